@@ -1,0 +1,149 @@
+//! DynamoDB items as sluice builds them, and their size counted the way DynamoDB counts it.
+//!
+//! The size matters twice: a write costs `ceil(size / 1 KiB)` write capacity units (WCU), which is
+//! what the rate limiter meters, and an item over 400 KB can never be written, so it is poison.
+//! The rules follow DynamoDB's "Item sizes and formats" documentation:
+//! - an attribute costs the UTF-8 length of its name plus the size of its value;
+//! - a string costs its UTF-8 length; a boolean or null, 1 byte;
+//! - a number costs about one byte per two significant digits, plus one;
+//! - a map or list costs 3 bytes plus, per element, 1 byte plus the element (and a map element's
+//!   name).
+
+use std::collections::BTreeMap;
+
+/// DynamoDB's largest item, in bytes (400 KB, counted as 400 × 1024).
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+
+/// DynamoDB's largest partition key value, in bytes.
+pub const MAX_PARTITION_KEY_BYTES: usize = 2048;
+
+/// The most significant digits a DynamoDB number keeps.
+pub const MAX_NUMBER_DIGITS: usize = 38;
+
+/// One attribute value, mirroring DynamoDB's types for what JSON can express.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrValue {
+    S(String),
+    /// A number as its decimal text, exactly as it arrived (DynamoDB numbers travel as strings).
+    N(String),
+    Bool(bool),
+    Null,
+    M(BTreeMap<String, AttrValue>),
+    L(Vec<AttrValue>),
+}
+
+impl AttrValue {
+    /// Size of the value alone (without an attribute name), in DynamoDB's accounting.
+    pub fn size(&self) -> usize {
+        match self {
+            AttrValue::S(s) => s.len(),
+            AttrValue::N(n) => number_size(n),
+            AttrValue::Bool(_) | AttrValue::Null => 1,
+            AttrValue::M(m) => 3 + m.iter().map(|(k, v)| 1 + k.len() + v.size()).sum::<usize>(),
+            AttrValue::L(l) => 3 + l.iter().map(|v| 1 + v.size()).sum::<usize>(),
+        }
+    }
+}
+
+/// Significant digits of a decimal number's text: leading and trailing zeros and the sign,
+/// decimal point and exponent do not count.
+pub fn significant_digits(n: &str) -> usize {
+    let mantissa = n.split(['e', 'E']).next().unwrap_or("");
+    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
+    digits.trim_start_matches('0').trim_end_matches('0').len()
+}
+
+fn number_size(n: &str) -> usize {
+    significant_digits(n).div_ceil(2) + 1
+}
+
+/// Write capacity units one write of an item of `bytes` costs: one per started KiB, at least one.
+pub fn wcu_for_bytes(bytes: usize) -> u32 {
+    let units = bytes.div_ceil(1024).max(1);
+    u32::try_from(units).unwrap_or(u32::MAX)
+}
+
+/// An item ready to write: its key (the partition key value), its attributes (the key attribute
+/// included) and its size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    key: String,
+    attrs: BTreeMap<String, AttrValue>,
+    size: usize,
+}
+
+impl Item {
+    /// Builds an item and computes its size once.
+    pub fn new(key: String, attrs: BTreeMap<String, AttrValue>) -> Self {
+        let size = attrs.iter().map(|(k, v)| k.len() + v.size()).sum();
+        Item { key, attrs, size }
+    }
+
+    /// The partition key value: equal keys are the same row.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn attrs(&self) -> &BTreeMap<String, AttrValue> {
+        &self.attrs
+    }
+
+    pub fn into_attrs(self) -> BTreeMap<String, AttrValue> {
+        self.attrs
+    }
+
+    /// Size in bytes as DynamoDB counts it.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Write capacity units one PutItem of this item costs.
+    pub fn wcu(&self) -> u32 {
+        wcu_for_bytes(self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> AttrValue {
+        AttrValue::S(v.to_string())
+    }
+
+    #[test]
+    fn numbers_cost_one_byte_per_two_significant_digits_plus_one() {
+        assert_eq!(number_size("0"), 1);
+        assert_eq!(number_size("7"), 2);
+        assert_eq!(number_size("12"), 2);
+        assert_eq!(number_size("123"), 3);
+        assert_eq!(number_size("-123.4500"), 4);
+        assert_eq!(number_size("1000000"), 2);
+        assert_eq!(number_size("0.000123"), 3);
+        assert_eq!(number_size("1.5e300"), 2);
+        assert_eq!(significant_digits("00120.0340"), 6);
+    }
+
+    #[test]
+    fn item_size_counts_names_values_and_container_overhead() {
+        let mut nested = BTreeMap::new();
+        nested.insert("a".to_string(), AttrValue::Bool(true)); // 1 + 1 + 1
+        nested.insert("bb".to_string(), AttrValue::L(vec![s("xy"), AttrValue::Null])); // 1 + 2 + (3 + 3 + 2)
+        let mut attrs = BTreeMap::new();
+        attrs.insert("request_id".to_string(), s("abc")); // 10 + 3
+        attrs.insert("status".to_string(), AttrValue::N("200".to_string())); // 6 + 2
+        attrs.insert("attrs".to_string(), AttrValue::M(nested)); // 5 + (3 + 3 + 11)
+        let item = Item::new("abc".to_string(), attrs);
+        assert_eq!(item.size(), 13 + 8 + 22);
+        assert_eq!(item.wcu(), 1);
+    }
+
+    #[test]
+    fn wcu_is_per_started_kib_and_never_zero() {
+        assert_eq!(wcu_for_bytes(0), 1);
+        assert_eq!(wcu_for_bytes(1), 1);
+        assert_eq!(wcu_for_bytes(1024), 1);
+        assert_eq!(wcu_for_bytes(1025), 2);
+        assert_eq!(wcu_for_bytes(MAX_ITEM_BYTES), 400);
+    }
+}

@@ -1,0 +1,27 @@
+//! sluice-core: everything sluice decides, with no IO of its own.
+//!
+//! - [`codec`]: message bodies (one JSON log, an array, or NDJSON) into DynamoDB items, with
+//!   deterministic keys and poison detection.
+//! - [`item`]: items and their size counted the way DynamoDB counts it, hence their WCU cost.
+//! - [`rate`]: the WCU token bucket and the backoff policy.
+//! - [`source`]: the contract a buffer (SQS, Kafka) implements, with the delivery contract.
+//! - [`writer`]: batches of up to 25 items, duplicate collapse, UnprocessedItems retries.
+//! - [`engine`]: the worker pool tying them together.
+//! - [`testing`]: in-memory fakes of a queue and a table, for tests.
+
+pub mod codec;
+pub mod engine;
+pub mod item;
+pub mod rate;
+pub mod source;
+pub mod testing;
+pub mod writer;
+
+pub use codec::{DecodeError, Schema, TtlRule, decode_message};
+pub use engine::{Engine, EngineConfig, EngineStats, StatsSnapshot};
+pub use item::{AttrValue, Item};
+pub use rate::{Backoff, WcuLimiter};
+pub use source::{AckFailure, Received, Source, SourceError};
+pub use writer::{
+    BatchResult, BatchWriter, WriteError, WriteErrorKind, WriteFailure, Writer, WriterConfig,
+};

@@ -1,0 +1,90 @@
+//! The contract between the engine and a buffer (SQS, Kafka, an in-memory fake).
+//!
+//! # Delivery contract
+//! - A message is acked ([`Source::ack`]) only after every log it carries is durably written, or
+//!   after it was handed to the dead-letter path with its reason. Nothing else deletes a message.
+//! - A message that cannot be finished is nacked ([`Source::nack`]): it becomes visible again
+//!   after the given delay and is delivered again, to this worker or another.
+//! - Keys are deterministic, so a message delivered twice writes the same rows twice: an upsert,
+//!   never a second row.
+//! - A source must tolerate a receive future being dropped (that is how shutdown cancels a parked
+//!   long poll): whatever it had dequeued comes back after its visibility timeout.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use bytes::Bytes;
+
+/// A message as received, with the handle needed to ack or nack it.
+#[derive(Debug)]
+pub struct Received<H> {
+    pub message_id: String,
+    pub body: Bytes,
+    /// How many times the buffer has handed this message out, this time included (SQS's
+    /// ApproximateReceiveCount).
+    pub receive_count: u32,
+    pub handle: H,
+    pub received_at: Instant,
+}
+
+/// A failure talking to the buffer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    pub message: String,
+    /// Whether trying the same call again may succeed.
+    pub retryable: bool,
+}
+
+impl SourceError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        SourceError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    pub fn fatal(message: impl Into<String>) -> Self {
+        SourceError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// One entry of an ack call that did not go through.
+#[derive(Debug, Clone)]
+pub struct AckFailure {
+    /// Index into the handles given to [`Source::ack`].
+    pub index: usize,
+    pub error: SourceError,
+}
+
+/// A buffer of messages: receive, ack, nack.
+pub trait Source: Send + Sync + 'static {
+    /// What identifies one delivery of one message (an SQS receipt handle).
+    type Handle: Send + Sync + Clone + std::fmt::Debug + 'static;
+
+    /// Receives up to `max` messages, waiting for them up to the source's long-poll time.
+    fn receive(
+        &self,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<Received<Self::Handle>>, SourceError>> + Send;
+
+    /// Deletes these deliveries (at most [`Source::max_ack_batch`]); returns those that failed.
+    fn ack(&self, handles: &[Self::Handle]) -> impl Future<Output = Vec<AckFailure>> + Send;
+
+    /// Makes a delivery visible again after `delay`.
+    fn nack(
+        &self,
+        handle: &Self::Handle,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// The most handles one ack call takes (SQS: 10).
+    fn max_ack_batch(&self) -> usize {
+        10
+    }
+}

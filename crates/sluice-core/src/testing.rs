@@ -1,0 +1,295 @@
+//! In-memory fakes of a queue and a table, for unit tests of the engine and the writer.
+//!
+//! They are not stand-ins for the integration path (the integration tests run against real
+//! servers); they exist so the logic can be tested with tokio's paused clock. The queue models what
+//! matters for delivery semantics: visibility timeouts, redelivery with a growing receive count,
+//! receipt handles that go stale on redelivery, and long polls.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::item::Item;
+use crate::source::{AckFailure, Received, Source, SourceError};
+use crate::writer::{BatchResult, BatchWriter, MAX_BATCH_ITEMS, WriteError, WriteErrorKind};
+
+#[derive(Debug)]
+struct StoredMessage {
+    id: String,
+    body: Bytes,
+    visible_at: Instant,
+    receive_count: u32,
+    receipt: Option<String>,
+}
+
+/// A queue with SQS's visibility semantics.
+pub struct InMemoryQueueForTests {
+    state: Mutex<QueueState>,
+    arrivals: Notify,
+    visibility_timeout: Duration,
+    wait_time: Duration,
+}
+
+#[derive(Default)]
+struct QueueState {
+    messages: Vec<StoredMessage>,
+    next_id: u64,
+    deleted: u64,
+    nacks: Vec<(String, Duration)>,
+}
+
+impl InMemoryQueueForTests {
+    pub fn new(visibility_timeout: Duration, wait_time: Duration) -> Self {
+        InMemoryQueueForTests {
+            state: Mutex::new(QueueState::default()),
+            arrivals: Notify::new(),
+            visibility_timeout,
+            wait_time,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enqueues a message; returns its id.
+    pub fn send(&self, body: impl Into<Bytes>) -> String {
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = format!("m-{}", s.next_id);
+        s.messages.push(StoredMessage {
+            id: id.clone(),
+            body: body.into(),
+            visible_at: Instant::now(),
+            receive_count: 0,
+            receipt: None,
+        });
+        drop(s);
+        self.arrivals.notify_waiters();
+        id
+    }
+
+    /// Messages not yet deleted (visible or not).
+    pub fn len(&self) -> usize {
+        self.lock().messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn deleted(&self) -> u64 {
+        self.lock().deleted
+    }
+
+    /// How often message `id` has been received so far.
+    pub fn receive_count(&self, id: &str) -> Option<u32> {
+        self.lock()
+            .messages
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.receive_count)
+    }
+
+    /// Every nack so far: (message id, delay).
+    pub fn nacks(&self) -> Vec<(String, Duration)> {
+        self.lock().nacks.clone()
+    }
+
+    fn take_visible(&self, max: usize) -> (Vec<Received<String>>, Option<Instant>) {
+        let mut s = self.lock();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut next_visible: Option<Instant> = None;
+        for m in s.messages.iter_mut() {
+            if m.visible_at <= now {
+                if out.len() == max {
+                    continue;
+                }
+                m.receive_count += 1;
+                m.visible_at = now + self.visibility_timeout;
+                let receipt = format!("{}#{}", m.id, m.receive_count);
+                m.receipt = Some(receipt.clone());
+                out.push(Received {
+                    message_id: m.id.clone(),
+                    body: m.body.clone(),
+                    receive_count: m.receive_count,
+                    handle: receipt,
+                    received_at: now,
+                });
+            } else {
+                next_visible = Some(next_visible.map_or(m.visible_at, |t| t.min(m.visible_at)));
+            }
+        }
+        (out, next_visible)
+    }
+}
+
+impl Source for InMemoryQueueForTests {
+    type Handle = String;
+
+    async fn receive(&self, max: usize) -> Result<Vec<Received<String>>, SourceError> {
+        let give_up = Instant::now() + self.wait_time;
+        loop {
+            let arrived = self.arrivals.notified();
+            let (out, next_visible) = self.take_visible(max);
+            if !out.is_empty() || Instant::now() >= give_up {
+                return Ok(out);
+            }
+            let wake = next_visible.map_or(give_up, |t| t.min(give_up));
+            tokio::select! {
+                _ = arrived => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, handles: &[String]) -> Vec<AckFailure> {
+        let mut s = self.lock();
+        let mut failures = Vec::new();
+        for (index, h) in handles.iter().enumerate() {
+            match s
+                .messages
+                .iter()
+                .position(|m| m.receipt.as_deref() == Some(h.as_str()))
+            {
+                Some(pos) => {
+                    s.messages.remove(pos);
+                    s.deleted += 1;
+                }
+                None => failures.push(AckFailure {
+                    index,
+                    error: SourceError::fatal(format!("receipt handle {h} is not current")),
+                }),
+            }
+        }
+        failures
+    }
+
+    async fn nack(&self, handle: &String, delay: Duration) -> Result<(), SourceError> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        let Some(m) = s
+            .messages
+            .iter_mut()
+            .find(|m| m.receipt.as_deref() == Some(handle.as_str()))
+        else {
+            return Err(SourceError::fatal(format!(
+                "receipt handle {handle} is not current"
+            )));
+        };
+        m.visible_at = now + delay;
+        let id = m.id.clone();
+        s.nacks.push((id, delay));
+        drop(s);
+        self.arrivals.notify_waiters();
+        Ok(())
+    }
+}
+
+/// A table keyed by item key that checks BatchWriteItem's rules and can be told to fail.
+#[derive(Default)]
+pub struct MemoryTableForTests {
+    state: Mutex<TableState>,
+    pub calls: AtomicU64,
+    pub puts: AtomicU64,
+}
+
+#[derive(Default)]
+struct TableState {
+    rows: BTreeMap<String, Item>,
+    fail_with: Option<WriteErrorKind>,
+    unprocessed_calls_left: u32,
+    reject_keys: HashSet<String>,
+    latency: Duration,
+    largest_batch: usize,
+}
+
+impl MemoryTableForTests {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TableState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every call fails with this error kind until cleared.
+    pub fn fail_with(&self, kind: Option<WriteErrorKind>) {
+        self.lock().fail_with = kind;
+    }
+
+    /// The next `calls` calls with more than one item leave their last item unprocessed.
+    pub fn leave_unprocessed(&self, calls: u32) {
+        self.lock().unprocessed_calls_left = calls;
+    }
+
+    /// A batch holding this key is rejected with a validation error.
+    pub fn reject_key(&self, key: &str) {
+        self.lock().reject_keys.insert(key.to_string());
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    pub fn rows(&self) -> BTreeMap<String, Item> {
+        self.lock().rows.clone()
+    }
+
+    pub fn largest_batch(&self) -> usize {
+        self.lock().largest_batch
+    }
+}
+
+impl BatchWriter for MemoryTableForTests {
+    async fn write_batch(&self, items: &[&Item]) -> Result<BatchResult, WriteError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let latency = self.lock().latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let mut s = self.lock();
+        if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
+            return Err(WriteError::new(
+                WriteErrorKind::InvalidItem,
+                format!("batch of {} items", items.len()),
+            ));
+        }
+        let mut seen = HashMap::new();
+        for item in items {
+            if seen.insert(item.key(), ()).is_some() {
+                return Err(WriteError::new(
+                    WriteErrorKind::InvalidItem,
+                    "Provided list of item keys contains duplicates",
+                ));
+            }
+            if s.reject_keys.contains(item.key()) {
+                return Err(WriteError::new(
+                    WriteErrorKind::InvalidItem,
+                    format!("item {} rejected", item.key()),
+                ));
+            }
+        }
+        if let Some(kind) = s.fail_with {
+            return Err(WriteError::new(kind, format!("injected {kind:?}")));
+        }
+        s.largest_batch = s.largest_batch.max(items.len());
+        let mut unprocessed = Vec::new();
+        if s.unprocessed_calls_left > 0 && items.len() > 1 {
+            s.unprocessed_calls_left -= 1;
+            unprocessed.push(items.len() - 1);
+        }
+        for (i, item) in items.iter().enumerate() {
+            if !unprocessed.contains(&i) {
+                s.rows.insert(item.key().to_string(), (*item).clone());
+                self.puts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(BatchResult {
+            unprocessed,
+            consumed_wcu: None,
+        })
+    }
+}

