@@ -16,8 +16,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::item::{
-    AttrValue, Item, MAX_ITEM_BYTES, MAX_NUMBER_DIGITS, MAX_PARTITION_KEY_BYTES,
-    significant_digits,
+    AttrValue, Item, MAX_ITEM_BYTES, MAX_NUMBER_DIGITS, MAX_PARTITION_KEY_BYTES, significant_digits,
 };
 
 /// How logs map onto items.
@@ -77,7 +76,9 @@ pub enum DecodeError {
         field: String,
         value: String,
     },
-    #[error("log {log}: key field `{field}` must be a non-empty string or a number of at most {MAX_PARTITION_KEY_BYTES} bytes")]
+    #[error(
+        "log {log}: key field `{field}` must be a non-empty string or a number of at most {MAX_PARTITION_KEY_BYTES} bytes"
+    )]
     BadKey { log: usize, field: String },
     #[error("log {log}: an attribute name is empty (DynamoDB rejects empty names)")]
     EmptyAttributeName { log: usize },
@@ -303,7 +304,10 @@ mod tests {
     #[test]
     fn one_object_array_and_ndjson_all_decode() {
         let schema = Schema::default();
-        assert_eq!(decode_message(log("a").as_bytes(), &schema).unwrap().len(), 1);
+        assert_eq!(
+            decode_message(log("a").as_bytes(), &schema).unwrap().len(),
+            1
+        );
         let array = format!("[{},{}]", log("a"), log("b"));
         let items = decode_message(array.as_bytes(), &schema).unwrap();
         assert_eq!(
@@ -313,7 +317,10 @@ mod tests {
         let ndjson = format!("{}\n{}\n\n{}\n", log("a"), log("b"), log("c"));
         assert_eq!(decode_message(ndjson.as_bytes(), &schema).unwrap().len(), 3);
         let pretty = "{\n  \"request_id\": \"p\",\n  \"ts\": 1700000000000,\n  \"method\": \"GET\",\n  \"path\": \"/\",\n  \"status\": 200,\n  \"latency_ms\": 1\n}";
-        assert_eq!(decode_message(pretty.as_bytes(), &schema).unwrap()[0].key(), "p");
+        assert_eq!(
+            decode_message(pretty.as_bytes(), &schema).unwrap()[0].key(),
+            "p"
+        );
     }
 
     #[test]
@@ -416,7 +423,10 @@ mod tests {
             }
         );
         assert_eq!(
-            err(log("a").replace("2026-11-22T10:00:00Z", "yesterday").as_bytes()).reason(),
+            err(log("a")
+                .replace("2026-11-22T10:00:00Z", "yesterday")
+                .as_bytes())
+            .reason(),
             "schema"
         );
         assert_eq!(

@@ -277,7 +277,10 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
             .stats
             .receive_errors_in_a_row
             .store(0, Ordering::Relaxed);
-        shared.stats.successful_polls.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .successful_polls
+            .fetch_add(1, Ordering::Relaxed);
         metrics::counter!("sluice_receive_requests_total").increment(1);
         if messages.is_empty() {
             continue;

@@ -128,7 +128,10 @@ mod tests {
     fn item_size_counts_names_values_and_container_overhead() {
         let mut nested = BTreeMap::new();
         nested.insert("a".to_string(), AttrValue::Bool(true)); // 1 + 1 + 1
-        nested.insert("bb".to_string(), AttrValue::L(vec![s("xy"), AttrValue::Null])); // 1 + 2 + (3 + 3 + 2)
+        nested.insert(
+            "bb".to_string(),
+            AttrValue::L(vec![s("xy"), AttrValue::Null]),
+        ); // 1 + 2 + (3 + 3 + 2)
         let mut attrs = BTreeMap::new();
         attrs.insert("request_id".to_string(), s("abc")); // 10 + 3
         attrs.insert("status".to_string(), AttrValue::N("200".to_string())); // 6 + 2

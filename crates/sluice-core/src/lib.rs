@@ -12,6 +12,7 @@
 pub mod codec;
 pub mod engine;
 pub mod item;
+pub mod metrics_catalog;
 pub mod rate;
 pub mod source;
 pub mod testing;

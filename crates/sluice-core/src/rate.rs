@@ -145,7 +145,10 @@ mod tests {
         let l = WcuLimiter::try_new(NonZeroU32::new(200).unwrap(), 0.1).unwrap();
         let start = Instant::now();
         l.acquire(20).await;
-        assert!(start.elapsed() < Duration::from_millis(250), "the burst is there at once");
+        assert!(
+            start.elapsed() < Duration::from_millis(250),
+            "the burst is there at once"
+        );
         for _ in 0..6 {
             l.acquire(10).await;
         }

@@ -304,7 +304,8 @@ impl BatchBuilder {
             return Err(p);
         }
         self.bytes += p.item.size();
-        self.index.insert(p.item.key().to_string(), self.items.len());
+        self.index
+            .insert(p.item.key().to_string(), self.items.len());
         self.items.push(p);
         Ok(())
     }
@@ -355,7 +356,13 @@ async fn run_batcher<W: BatchWriter>(
         // Tokens are taken before the batch leaves, while more items queue up for the next one.
         limiter.acquire(total_wcu(&batch.items)).await;
         let (client, limiter, config) = (client.clone(), limiter.clone(), config.clone());
-        calls.spawn(send_batch(client, limiter, config, batch.items, Some(permit)));
+        calls.spawn(send_batch(
+            client,
+            limiter,
+            config,
+            batch.items,
+            Some(permit),
+        ));
         while calls.try_join_next().is_some() {}
     }
     while calls.join_next().await.is_some() {}
@@ -374,8 +381,7 @@ fn send_batch<W: BatchWriter>(
         loop {
             let now = Instant::now();
             pending.retain(|p| p.expire(now));
-            let Some(earliest) = pending.iter().filter_map(Pending::earliest_deadline).min()
-            else {
+            let Some(earliest) = pending.iter().filter_map(Pending::earliest_deadline).min() else {
                 return;
             };
             if attempt > 0 {
@@ -417,7 +423,11 @@ fn send_batch<W: BatchWriter>(
                     }
                     metrics::counter!("sluice_unprocessed_items_retried_total")
                         .increment(rest.len() as u64);
-                    tracing::debug!(unprocessed = rest.len(), attempt, "retrying unprocessed items");
+                    tracing::debug!(
+                        unprocessed = rest.len(),
+                        attempt,
+                        "retrying unprocessed items"
+                    );
                     limiter.on_throttle();
                     pending = rest;
                 }

@@ -40,7 +40,11 @@ fn config() -> EngineConfig {
     }
 }
 
-fn start(queue: Arc<InMemoryQueueForTests>, table: Arc<MemoryTableForTests>, cfg: EngineConfig) -> Harness {
+fn start(
+    queue: Arc<InMemoryQueueForTests>,
+    table: Arc<MemoryTableForTests>,
+    cfg: EngineConfig,
+) -> Harness {
     let (writer, _task) = Writer::spawn(
         table.clone(),
         Arc::new(WcuLimiter::unlimited()),
@@ -50,7 +54,13 @@ fn start(queue: Arc<InMemoryQueueForTests>, table: Arc<MemoryTableForTests>, cfg
     let stats = engine.stats();
     let stop = CancellationToken::new();
     let run = tokio::spawn(engine.run(stop.clone()));
-    Harness { queue, table, stop, run, stats }
+    Harness {
+        queue,
+        table,
+        stop,
+        run,
+        stats,
+    }
 }
 
 fn queue() -> Arc<InMemoryQueueForTests> {
@@ -63,7 +73,10 @@ fn queue() -> Arc<InMemoryQueueForTests> {
 async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let give_up = tokio::time::Instant::now() + limit;
     while !cond() {
-        assert!(tokio::time::Instant::now() < give_up, "timed out waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -87,7 +100,11 @@ async fn the_fake_queue_redelivers_after_the_visibility_timeout() {
     assert_ne!(again[0].handle, first[0].handle);
     // The stale receipt no longer deletes it; the current one does.
     assert_eq!(q.ack(std::slice::from_ref(&first[0].handle)).await.len(), 1);
-    assert!(q.ack(std::slice::from_ref(&again[0].handle)).await.is_empty());
+    assert!(
+        q.ack(std::slice::from_ref(&again[0].handle))
+            .await
+            .is_empty()
+    );
     assert!(q.is_empty());
 }
 
@@ -108,15 +125,26 @@ async fn every_log_lands_once_and_every_message_is_acked() {
         let ids: Vec<String> = (0..5).map(|j| format!("m{i}-{j}")).collect();
         expected.extend(ids.iter().cloned());
         let body = if i % 2 == 0 {
-            format!("[{}]", ids.iter().map(|id| log(id)).collect::<Vec<_>>().join(","))
+            format!(
+                "[{}]",
+                ids.iter().map(|id| log(id)).collect::<Vec<_>>().join(",")
+            )
         } else {
             ids.iter().map(|id| log(id)).collect::<Vec<_>>().join("\n")
         };
         h.queue.send(body);
     }
-    wait_until("the queue is drained", Duration::from_secs(60), || h.queue.is_empty()).await;
+    wait_until("the queue is drained", Duration::from_secs(60), || {
+        h.queue.is_empty()
+    })
+    .await;
     let rows = h.table.rows();
-    assert_eq!(rows.keys().cloned().collect::<std::collections::BTreeSet<_>>(), expected);
+    assert_eq!(
+        rows.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected
+    );
     assert!(h.table.largest_batch() <= 25);
     h.stop.cancel();
     let stats = h.run.await.unwrap();
@@ -132,14 +160,23 @@ async fn a_message_whose_write_fails_is_not_deleted_and_comes_back() {
     table.fail_with(Some(WriteErrorKind::Fatal));
     let h = start(queue(), table, config());
     let id = h.queue.send(log("x"));
-    wait_until("the message is nacked", Duration::from_secs(30), || !h.queue.nacks().is_empty()).await;
+    wait_until("the message is nacked", Duration::from_secs(30), || {
+        !h.queue.nacks().is_empty()
+    })
+    .await;
     assert_eq!(h.queue.len(), 1, "a failed message must stay in the queue");
     assert!(h.table.rows().is_empty());
     assert_eq!(h.queue.nacks()[0], (id.clone(), Duration::from_secs(2)));
     h.table.fail_with(None);
-    wait_until("the message is written", Duration::from_secs(30), || h.queue.is_empty()).await;
+    wait_until("the message is written", Duration::from_secs(30), || {
+        h.queue.is_empty()
+    })
+    .await;
     assert!(h.table.rows().contains_key("x"));
-    assert!(h.stats.received.load(Ordering::Relaxed) >= 2, "it was delivered again");
+    assert!(
+        h.stats.received.load(Ordering::Relaxed) >= 2,
+        "it was delivered again"
+    );
     h.stop.cancel();
     h.run.await.unwrap();
 }
@@ -156,11 +193,17 @@ async fn throttles_and_unprocessed_items_are_retried_until_written() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(h.table.rows().is_empty());
     h.table.fail_with(None);
-    wait_until("all written", Duration::from_secs(30), || h.queue.is_empty()).await;
+    wait_until("all written", Duration::from_secs(30), || {
+        h.queue.is_empty()
+    })
+    .await;
     assert_eq!(h.table.rows().len(), 40);
     h.stop.cancel();
     let stats = h.run.await.unwrap();
-    assert_eq!(stats.nacked, 0, "retries happen inside the deadline, without a nack");
+    assert_eq!(
+        stats.nacked, 0,
+        "retries happen inside the deadline, without a nack"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -169,11 +212,20 @@ async fn the_timeout_cancels_the_write_and_nacks() {
     table.set_latency(Duration::from_secs(60));
     let h = start(queue(), table, config());
     h.queue.send(log("slow"));
-    wait_until("the message is nacked", Duration::from_secs(20), || !h.queue.nacks().is_empty()).await;
-    assert!(h.table.rows().is_empty(), "the cancelled call wrote nothing");
+    wait_until("the message is nacked", Duration::from_secs(20), || {
+        !h.queue.nacks().is_empty()
+    })
+    .await;
+    assert!(
+        h.table.rows().is_empty(),
+        "the cancelled call wrote nothing"
+    );
     assert_eq!(h.queue.len(), 1);
     h.table.set_latency(Duration::ZERO);
-    wait_until("written on redelivery", Duration::from_secs(30), || h.queue.is_empty()).await;
+    wait_until("written on redelivery", Duration::from_secs(30), || {
+        h.queue.is_empty()
+    })
+    .await;
     h.stop.cancel();
     h.run.await.unwrap();
 }
@@ -185,8 +237,14 @@ async fn poison_is_nacked_to_the_redrive_policy_and_does_not_block_others() {
     for i in 0..10 {
         h.queue.send(log(&format!("ok{i}")));
     }
-    wait_until("good ones written", Duration::from_secs(30), || h.table.rows().len() == 10).await;
-    wait_until("poison nacked", Duration::from_secs(30), || !h.queue.nacks().is_empty()).await;
+    wait_until("good ones written", Duration::from_secs(30), || {
+        h.table.rows().len() == 10
+    })
+    .await;
+    wait_until("poison nacked", Duration::from_secs(30), || {
+        !h.queue.nacks().is_empty()
+    })
+    .await;
     assert_eq!(h.queue.nacks(), vec![(bad, Duration::from_secs(30))]);
     assert_eq!(h.queue.len(), 1);
     h.stop.cancel();
@@ -204,8 +262,14 @@ async fn an_item_the_table_rejects_fails_only_its_own_message() {
     for i in 0..30 {
         h.queue.send(log(&format!("g{i}")));
     }
-    wait_until("good ones written", Duration::from_secs(30), || h.table.rows().len() == 30).await;
-    wait_until("bad one nacked", Duration::from_secs(30), || !h.queue.nacks().is_empty()).await;
+    wait_until("good ones written", Duration::from_secs(30), || {
+        h.table.rows().len() == 30
+    })
+    .await;
+    wait_until("bad one nacked", Duration::from_secs(30), || {
+        !h.queue.nacks().is_empty()
+    })
+    .await;
     assert!(!h.table.rows().contains_key("bad"));
     h.stop.cancel();
     let stats = h.run.await.unwrap();
@@ -241,7 +305,10 @@ async fn shutdown_finishes_what_fits_in_the_grace_period_and_returns_the_rest_at
     for i in 0..5 {
         h.queue.send(log(&format!("s{i}")));
     }
-    wait_until("in flight", Duration::from_secs(5), || h.stats.in_flight.load(Ordering::Relaxed) == 5).await;
+    wait_until("in flight", Duration::from_secs(5), || {
+        h.stats.in_flight.load(Ordering::Relaxed) == 5
+    })
+    .await;
     h.stop.cancel();
     let stats = h.run.await.unwrap();
     assert_eq!((stats.acked, stats.nacked), (5, 0));
@@ -254,11 +321,17 @@ async fn shutdown_finishes_what_fits_in_the_grace_period_and_returns_the_rest_at
     for i in 0..5 {
         h.queue.send(log(&format!("u{i}")));
     }
-    wait_until("in flight", Duration::from_secs(5), || h.stats.in_flight.load(Ordering::Relaxed) == 5).await;
+    wait_until("in flight", Duration::from_secs(5), || {
+        h.stats.in_flight.load(Ordering::Relaxed) == 5
+    })
+    .await;
     let began = tokio::time::Instant::now();
     h.stop.cancel();
     let stats = h.run.await.unwrap();
-    assert!(began.elapsed() < Duration::from_secs(4), "shutdown waited past the grace period");
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "shutdown waited past the grace period"
+    );
     assert_eq!((stats.acked, stats.nacked), (0, 5));
     assert!(h.queue.nacks().iter().all(|(_, d)| d.is_zero()));
     assert_eq!(h.queue.len(), 5);

@@ -1,1 +1,318 @@
+//! DynamoDB for sluice: [`DynamoDbWriter`] makes one BatchWriteItem call per batch for the
+//! core's writer, which owns batching, retries and pacing. The client given here must have the
+//! SDK's retries disabled ([`writer_client`]): two retry owners would multiply attempts and hide
+//! throttles from the rate controller.
 
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeyType, PutRequest, ReturnConsumedCapacity, ScalarAttributeType, WriteRequest,
+};
+use aws_smithy_runtime_api::http::Response as HttpResponse;
+use sluice_core::{AttrValue, BatchResult, BatchWriter, Item, WriteError, WriteErrorKind};
+
+/// A DynamoDB client for the write path: same settings as `sdk_config`, SDK retries off.
+pub fn writer_client(sdk_config: &aws_config::SdkConfig) -> Client {
+    let config = aws_sdk_dynamodb::config::Builder::from(sdk_config)
+        .retry_config(RetryConfig::disabled())
+        .build();
+    Client::from_conf(config)
+}
+
+pub struct DynamoDbWriter {
+    client: Client,
+    table: String,
+    key_attribute: String,
+}
+
+impl DynamoDbWriter {
+    pub fn new(client: Client, table: impl Into<String>, key_attribute: impl Into<String>) -> Self {
+        DynamoDbWriter {
+            client,
+            table: table.into(),
+            key_attribute: key_attribute.into(),
+        }
+    }
+
+    /// Checks the table exists and is keyed the way sluice writes it: a string partition key
+    /// named `key_attribute` and no sort key. Returns a message saying what to fix.
+    pub async fn check_table(&self) -> Result<(), String> {
+        let out = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot describe table `{}` (dynamodb.table): {}",
+                    self.table,
+                    DisplayErrorContext(&e)
+                )
+            })?;
+        let Some(table) = out.table() else {
+            return Err(format!("table `{}` has no description", self.table));
+        };
+        let hash = table
+            .key_schema()
+            .iter()
+            .find(|k| k.key_type() == &KeyType::Hash)
+            .map(|k| k.attribute_name().to_string());
+        if table
+            .key_schema()
+            .iter()
+            .any(|k| k.key_type() == &KeyType::Range)
+        {
+            return Err(format!(
+                "table `{}` has a sort key; sluice writes tables keyed by a partition key alone",
+                self.table
+            ));
+        }
+        if hash.as_deref() != Some(self.key_attribute.as_str()) {
+            return Err(format!(
+                "table `{}` is keyed by `{}`, but schema.key_attribute is `{}`: set schema.key_attribute to the table's partition key",
+                self.table,
+                hash.unwrap_or_default(),
+                self.key_attribute
+            ));
+        }
+        let key_type = table
+            .attribute_definitions()
+            .iter()
+            .find(|d| d.attribute_name() == self.key_attribute)
+            .map(|d| d.attribute_type().clone());
+        if key_type != Some(ScalarAttributeType::S) {
+            return Err(format!(
+                "table `{}`'s partition key `{}` must be of type S (string)",
+                self.table, self.key_attribute
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Core attribute values into the SDK's.
+pub fn to_attribute_value(v: &AttrValue) -> AttributeValue {
+    match v {
+        AttrValue::S(s) => AttributeValue::S(s.clone()),
+        AttrValue::N(n) => AttributeValue::N(n.clone()),
+        AttrValue::Bool(b) => AttributeValue::Bool(*b),
+        AttrValue::Null => AttributeValue::Null(true),
+        AttrValue::M(m) => AttributeValue::M(
+            m.iter()
+                .map(|(k, v)| (k.clone(), to_attribute_value(v)))
+                .collect(),
+        ),
+        AttrValue::L(l) => AttributeValue::L(l.iter().map(to_attribute_value).collect()),
+    }
+}
+
+/// Sorts a failed call into the writer's retry classes.
+pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> WriteErrorKind
+where
+    E: ProvideErrorMetadata,
+{
+    match err {
+        SdkError::ServiceError(se) => match se.err().code() {
+            Some(
+                "ProvisionedThroughputExceededException"
+                | "ThrottlingException"
+                | "Throttling"
+                | "RequestLimitExceeded"
+                | "TooManyRequestsException",
+            ) => WriteErrorKind::Throttled,
+            Some("ValidationException" | "ItemCollectionSizeLimitExceededException") => {
+                WriteErrorKind::InvalidItem
+            }
+            Some(
+                "InternalServerError"
+                | "InternalFailure"
+                | "ServiceUnavailable"
+                | "ReplicatedWriteConflictException"
+                | "TransactionConflictException",
+            ) => WriteErrorKind::Transient,
+            _ => {
+                let status = se.raw().status().as_u16();
+                if status >= 500 {
+                    WriteErrorKind::Transient
+                } else {
+                    WriteErrorKind::Fatal
+                }
+            }
+        },
+        SdkError::ConstructionFailure(_) => WriteErrorKind::Fatal,
+        // Time-outs, connection failures, unreadable responses: the call may not have happened.
+        _ => WriteErrorKind::Transient,
+    }
+}
+
+impl BatchWriter for DynamoDbWriter {
+    async fn write_batch(&self, items: &[&Item]) -> Result<BatchResult, WriteError> {
+        let mut requests = Vec::with_capacity(items.len());
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            index.insert(item.key(), i);
+            let attrs: HashMap<String, AttributeValue> = item
+                .attrs()
+                .iter()
+                .map(|(k, v)| (k.clone(), to_attribute_value(v)))
+                .collect();
+            let put = PutRequest::builder()
+                .set_item(Some(attrs))
+                .build()
+                .map_err(|e| WriteError::new(WriteErrorKind::InvalidItem, e.to_string()))?;
+            requests.push(WriteRequest::builder().put_request(put).build());
+        }
+        let out = self
+            .client
+            .batch_write_item()
+            .request_items(&self.table, requests)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| {
+                WriteError::new(
+                    classify(&e),
+                    format!(
+                        "BatchWriteItem on `{}`: {}",
+                        self.table,
+                        DisplayErrorContext(&e)
+                    ),
+                )
+            })?;
+        let mut unprocessed = Vec::new();
+        if let Some(left) = out.unprocessed_items().and_then(|m| m.get(&self.table)) {
+            for request in left {
+                let key = request
+                    .put_request()
+                    .and_then(|p| p.item().get(&self.key_attribute))
+                    .and_then(|v| v.as_s().ok());
+                match key.and_then(|k| index.get(k.as_str())) {
+                    Some(&i) => unprocessed.push(i),
+                    None => {
+                        // Cannot tell which item it was: retry the whole batch rather than
+                        // risk reporting an unwritten item as written.
+                        return Err(WriteError::new(
+                            WriteErrorKind::Transient,
+                            "BatchWriteItem returned an unprocessed item sluice cannot match",
+                        ));
+                    }
+                }
+            }
+        }
+        let consumed = out
+            .consumed_capacity()
+            .iter()
+            .filter_map(|c| c.capacity_units())
+            .sum::<f64>();
+        Ok(BatchResult {
+            unprocessed,
+            consumed_wcu: (consumed > 0.0).then_some(consumed),
+        })
+    }
+}
+
+/// Table administration used by `sluice demo` and the tests.
+pub mod admin {
+    use std::time::Duration;
+
+    use aws_sdk_dynamodb::Client;
+    use aws_sdk_dynamodb::error::DisplayErrorContext;
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ProvisionedThroughput,
+        ScalarAttributeType, TableStatus,
+    };
+
+    /// Creates a table keyed by a string partition key — on-demand, or provisioned with
+    /// `wcu` write units — and waits until it is active.
+    pub async fn create_table(
+        client: &Client,
+        name: &str,
+        key: &str,
+        wcu: Option<i64>,
+    ) -> Result<(), String> {
+        let definition = AttributeDefinition::builder()
+            .attribute_name(key)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let key_schema = KeySchemaElement::builder()
+            .attribute_name(key)
+            .key_type(KeyType::Hash)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut request = client
+            .create_table()
+            .table_name(name)
+            .attribute_definitions(definition)
+            .key_schema(key_schema);
+        request = match wcu {
+            None => request.billing_mode(BillingMode::PayPerRequest),
+            Some(w) => request
+                .billing_mode(BillingMode::Provisioned)
+                .provisioned_throughput(
+                    ProvisionedThroughput::builder()
+                        .read_capacity_units(w.max(1))
+                        .write_capacity_units(w.max(1))
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                ),
+        };
+        request
+            .send()
+            .await
+            .map_err(|e| format!("CreateTable {name}: {}", DisplayErrorContext(&e)))?;
+        for _ in 0..300 {
+            let d = client
+                .describe_table()
+                .table_name(name)
+                .send()
+                .await
+                .map_err(|e| format!("DescribeTable {name}: {}", DisplayErrorContext(&e)))?;
+            if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("table {name} did not become active in 30 s"))
+    }
+
+    pub async fn delete_table(client: &Client, name: &str) -> Result<(), String> {
+        client
+            .delete_table()
+            .table_name(name)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("DeleteTable {name}: {}", DisplayErrorContext(&e)))
+    }
+
+    /// Every partition key value in the table, one entry per row (a full, paginated scan).
+    pub async fn scan_keys(client: &Client, table: &str, key: &str) -> Result<Vec<String>, String> {
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let out = client
+                .scan()
+                .table_name(table)
+                .projection_expression("#k")
+                .expression_attribute_names("#k", key)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| format!("Scan {table}: {}", DisplayErrorContext(&e)))?;
+            for item in out.items() {
+                if let Some(v) = item.get(key).and_then(|v| v.as_s().ok()) {
+                    keys.push(v.clone());
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(keys),
+            }
+        }
+    }
+}

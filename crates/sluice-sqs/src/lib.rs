@@ -1,1 +1,415 @@
+//! SQS for sluice: the [`SqsSource`] the engine polls, and [`SqsSender`], a small batch sender
+//! used by the demo and the tests (the full producer library is its own crate).
+//!
+//! Receives are long polls (WaitTimeSeconds up to 20) asking for ApproximateReceiveCount; acks
+//! are DeleteMessageBatch calls of up to 10 entries whose per-entry failures are reported back;
+//! nacks are ChangeMessageVisibility. The SDK's own retries stay on for these calls: each is a
+//! single idempotent step the engine does not retry itself (the acker retries only the entries
+//! SQS reported as failed).
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, SendMessageBatchRequestEntry,
+};
+use bytes::Bytes;
+use sluice_core::{AckFailure, Received, Source, SourceError};
+
+/// SQS's longest visibility timeout: 12 hours.
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct SqsSourceConfig {
+    pub queue_url: String,
+    /// Long-poll wait, 0..=20 seconds.
+    pub wait_time_seconds: u32,
+    /// Visibility timeout asked for on receive; `None` keeps the queue's own.
+    pub visibility_timeout: Option<Duration>,
+}
+
+pub struct SqsSource {
+    client: Client,
+    config: SqsSourceConfig,
+}
+
+impl SqsSource {
+    pub fn new(client: Client, config: SqsSourceConfig) -> Self {
+        SqsSource { client, config }
+    }
+
+    pub fn queue_url(&self) -> &str {
+        &self.config.queue_url
+    }
+}
+
+/// Turns an SDK error into a [`SourceError`], keeping the whole cause chain in the message.
+fn source_error<E, R>(op: &str, err: SdkError<E, R>) -> SourceError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let retryable = match &err {
+        SdkError::ServiceError(se) => !matches!(
+            se.err().code(),
+            Some(
+                "AWS.SimpleQueueService.NonExistentQueue"
+                    | "QueueDoesNotExist"
+                    | "AccessDenied"
+                    | "AccessDeniedException"
+                    | "InvalidAddress"
+                    | "KMS.AccessDeniedException"
+            )
+        ),
+        SdkError::ConstructionFailure(_) => false,
+        _ => true,
+    };
+    SourceError {
+        message: format!("SQS {op} failed: {}", DisplayErrorContext(&err)),
+        retryable,
+    }
+}
+
+fn secs(d: Duration) -> i32 {
+    d.min(MAX_VISIBILITY).as_secs() as i32
+}
+
+impl Source for SqsSource {
+    type Handle = String;
+
+    async fn receive(&self, max: usize) -> Result<Vec<Received<String>>, SourceError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.config.queue_url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .wait_time_seconds(self.config.wait_time_seconds.min(20) as i32)
+            .set_visibility_timeout(self.config.visibility_timeout.map(secs))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| source_error("ReceiveMessage", e))?;
+        let received_at = tokio::time::Instant::now();
+        let mut messages = Vec::with_capacity(out.messages().len());
+        for m in out.messages() {
+            let Some(handle) = m.receipt_handle() else {
+                continue; // cannot be acked or nacked; SQS always sends one
+            };
+            let receive_count = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            messages.push(Received {
+                message_id: m.message_id().unwrap_or_default().to_string(),
+                body: Bytes::copy_from_slice(m.body().unwrap_or_default().as_bytes()),
+                receive_count,
+                handle: handle.to_string(),
+                received_at,
+            });
+        }
+        Ok(messages)
+    }
+
+    async fn ack(&self, handles: &[String]) -> Vec<AckFailure> {
+        let entries: Vec<_> = handles
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(h)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let result = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.config.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match result {
+            Ok(out) => out
+                .failed()
+                .iter()
+                .filter_map(|f| {
+                    let index = f.id().parse().ok()?;
+                    Some(AckFailure {
+                        index,
+                        error: SourceError {
+                            message: format!(
+                                "DeleteMessageBatch entry failed: {} {}",
+                                f.code(),
+                                f.message().unwrap_or_default()
+                            ),
+                            // A sender fault (a stale receipt handle) will not heal by retrying.
+                            retryable: !f.sender_fault(),
+                        },
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                let error = source_error("DeleteMessageBatch", e);
+                (0..handles.len())
+                    .map(|index| AckFailure {
+                        index,
+                        error: error.clone(),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    async fn nack(&self, handle: &String, delay: Duration) -> Result<(), SourceError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.config.queue_url)
+            .receipt_handle(handle)
+            .visibility_timeout(secs(delay))
+            .send()
+            .await
+            .map_err(|e| source_error("ChangeMessageVisibility", e))?;
+        Ok(())
+    }
+}
+
+impl SqsSource {
+    /// Sets the visibility of several deliveries in one call (up to 10); returns the failures.
+    pub async fn change_visibility_batch(
+        &self,
+        handles: &[String],
+        delay: Duration,
+    ) -> Vec<AckFailure> {
+        let entries: Vec<_> = handles
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(h)
+                    .visibility_timeout(secs(delay))
+                    .build()
+                    .ok()
+            })
+            .collect();
+        match self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.config.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => out
+                .failed()
+                .iter()
+                .filter_map(|f| {
+                    Some(AckFailure {
+                        index: f.id().parse().ok()?,
+                        error: SourceError {
+                            message: format!("{} {}", f.code(), f.message().unwrap_or_default()),
+                            retryable: !f.sender_fault(),
+                        },
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                let error = source_error("ChangeMessageVisibilityBatch", e);
+                (0..handles.len())
+                    .map(|index| AckFailure {
+                        index,
+                        error: error.clone(),
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// SQS's limits on one SendMessageBatch call.
+pub const MAX_SEND_BATCH_ENTRIES: usize = 10;
+pub const MAX_SEND_BATCH_BYTES: usize = 256 * 1024;
+
+/// Sends message bodies in SendMessageBatch calls (10 entries, 256 KiB at most), retrying the
+/// entries SQS reports as failed.
+#[derive(Clone)]
+pub struct SqsSender {
+    client: Client,
+    queue_url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SendError(String);
+
+impl SqsSender {
+    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
+        SqsSender {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+
+    /// Sends every body; returns once SQS has accepted all of them.
+    pub async fn send_all(&self, bodies: &[String]) -> Result<(), SendError> {
+        let mut start = 0;
+        while start < bodies.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < bodies.len()
+                && end - start < MAX_SEND_BATCH_ENTRIES
+                && (end == start || bytes + bodies[end].len() <= MAX_SEND_BATCH_BYTES)
+            {
+                bytes += bodies[end].len();
+                end += 1;
+            }
+            self.send_batch(&bodies[start..end]).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    async fn send_batch(&self, bodies: &[String]) -> Result<(), SendError> {
+        let mut pending: Vec<usize> = (0..bodies.len()).collect();
+        for attempt in 0..8u32 {
+            let entries: Vec<_> = pending
+                .iter()
+                .filter_map(|&i| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(&bodies[i])
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    SendError(format!(
+                        "SendMessageBatch failed: {}",
+                        DisplayErrorContext(&e)
+                    ))
+                })?;
+            let failed: Vec<_> = out.failed().to_vec();
+            if failed.is_empty() {
+                return Ok(());
+            }
+            if let Some(f) = failed.iter().find(|f| f.sender_fault()) {
+                return Err(SendError(format!(
+                    "SQS refused a message: {} {}",
+                    f.code(),
+                    f.message().unwrap_or_default()
+                )));
+            }
+            pending = failed.iter().filter_map(|f| f.id().parse().ok()).collect();
+            tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+        }
+        Err(SendError(format!(
+            "{} messages still failing after retries",
+            pending.len()
+        )))
+    }
+}
+
+/// Milliseconds since the epoch, for logs the demo and tests produce.
+pub fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// Queue administration used by `sluice demo` and the tests.
+pub mod admin {
+    use std::time::{Duration, Instant};
+
+    use aws_sdk_sqs::Client;
+    use aws_sdk_sqs::error::DisplayErrorContext;
+    use aws_sdk_sqs::types::QueueAttributeName;
+
+    /// Creates a standard queue; returns the URL the server gives (its shape differs per
+    /// server: always use this one).
+    pub async fn create_queue(
+        client: &Client,
+        name: &str,
+        visibility_timeout: Duration,
+    ) -> Result<String, String> {
+        let out = client
+            .create_queue()
+            .queue_name(name)
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility_timeout.as_secs().to_string(),
+            )
+            .send()
+            .await
+            .map_err(|e| format!("CreateQueue {name}: {}", DisplayErrorContext(&e)))?;
+        out.queue_url()
+            .map(String::from)
+            .ok_or_else(|| format!("CreateQueue {name} returned no URL"))
+    }
+
+    pub async fn delete_queue(client: &Client, url: &str) -> Result<(), String> {
+        client
+            .delete_queue()
+            .queue_url(url)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("DeleteQueue: {}", DisplayErrorContext(&e)))
+    }
+
+    /// (visible, in flight) counts. They lag right after a burst: poll them.
+    pub async fn queue_counts(client: &Client, url: &str) -> Result<(u64, u64), String> {
+        let out = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| format!("GetQueueAttributes: {}", DisplayErrorContext(&e)))?;
+        let get = |n: QueueAttributeName| -> u64 {
+            out.attributes()
+                .and_then(|a| a.get(&n))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((
+            get(QueueAttributeName::ApproximateNumberOfMessages),
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        ))
+    }
+
+    /// Waits until the queue reports no message, visible or in flight, twice in a row.
+    pub async fn wait_empty(client: &Client, url: &str, limit: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        let mut zeros = 0;
+        loop {
+            let (visible, in_flight) = queue_counts(client, url).await?;
+            if visible == 0 && in_flight == 0 {
+                zeros += 1;
+                if zeros == 2 {
+                    return Ok(());
+                }
+            } else {
+                zeros = 0;
+            }
+            if started.elapsed() > limit {
+                return Err(format!(
+                    "queue not empty after {limit:?}: {visible} visible, {in_flight} in flight"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

@@ -1,1 +1,99 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::config;
+use sluice::demo::DemoArgs;
+use sluice::telemetry;
+
+/// sluice drains request logs from an SQS queue into a DynamoDB table: idempotent upserts, paced
+/// in write capacity units so the table is never throttled, and nothing deleted from the queue
+/// before it is written.
+#[derive(Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the workers: long-poll the queue, write to the table, ack; until SIGTERM or SIGINT.
+    Run(ConfigArgs),
+    /// Check a config (file plus SLUICE__… environment) and exit 0, or exit 2 naming each bad
+    /// key.
+    Validate(ConfigArgs),
+    /// Run the whole pipeline once against an SQS + DynamoDB endpoint: create a queue and a
+    /// table, push a spike of logs, drain it, and print a summary.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// TOML config file (see config/sluice.example.toml). Every key can also be set from the
+    /// environment as SLUICE__SECTION__KEY, e.g. SLUICE__SQS__QUEUE_URL.
+    #[arg(short, long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Validate(args) => match config::load(args.config.as_deref()) {
+            Ok(s) => {
+                println!(
+                    "config ok: queue {} → table {} (budget: {})",
+                    s.sqs.queue_url,
+                    s.dynamodb.table,
+                    s.rate
+                        .wcu_per_second
+                        .map_or("unpaced".to_string(), |w| format!("{w} WCU/s"))
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(args) => {
+            let settings = match config::load(args.config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init_tracing(settings.telemetry.log_format, &settings.telemetry.log_level);
+            match runtime.block_on(sluice::run::run(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "sluice failed");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo(args) => {
+            telemetry::init_tracing(config::LogFormat::Pretty, "warn");
+            match runtime.block_on(sluice::demo::demo(args)) {
+                Ok(summary) if summary.lost == 0 => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Every metric sluice exports, with its help text. Names follow `sluice_<what>_<unit>`, with
+//! `_total` on counters. A name here never changes silently: dashboards and alerts depend on it.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+/// Registers help text for every metric (call once, after installing a recorder).
+pub fn describe() {
+    describe_counter!(
+        "sluice_messages_received_total",
+        "Messages received from the queue."
+    );
+    describe_counter!(
+        "sluice_messages_acked_total",
+        "Messages deleted from the queue after all their logs were written."
+    );
+    describe_counter!(
+        "sluice_messages_nacked_total",
+        "Messages returned to the queue, by reason (poison, timeout, deadline, write_failed, invalid_item, shutdown)."
+    );
+    describe_counter!(
+        "sluice_nack_failures_total",
+        "ChangeMessageVisibility calls that failed."
+    );
+    describe_counter!(
+        "sluice_ack_failures_total",
+        "Written messages whose delete failed; they are delivered again and rewritten idempotently."
+    );
+    describe_counter!(
+        "sluice_receive_requests_total",
+        "Successful receive (long-poll) calls."
+    );
+    describe_counter!("sluice_receive_errors_total", "Failed receive calls.");
+    describe_counter!("sluice_logs_written_total", "Logs written to the table.");
+    describe_counter!(
+        "sluice_wcu_consumed_total",
+        "Write capacity units consumed, as the table reported (or as computed when it did not)."
+    );
+    describe_counter!(
+        "sluice_throttled_requests_total",
+        "BatchWriteItem calls refused with a throttling error."
+    );
+    describe_counter!(
+        "sluice_unprocessed_items_retried_total",
+        "Items a BatchWriteItem left unprocessed and that were sent again."
+    );
+    describe_counter!(
+        "sluice_duplicates_collapsed_total",
+        "Items collapsed into a later item with the same key inside one batch."
+    );
+    describe_counter!(
+        "sluice_batch_write_requests_total",
+        "BatchWriteItem calls by outcome (ok, throttled, transient_error, invalid_item, write_failed)."
+    );
+    describe_gauge!(
+        "sluice_messages_in_flight",
+        "Messages received and not yet acked or nacked."
+    );
+    describe_gauge!(
+        "sluice_write_budget_wcu_per_second",
+        "The write budget the limiter paces to, in WCU per second."
+    );
+    describe_histogram!(
+        "sluice_message_processing_seconds",
+        "Time from receipt to ack or nack of a message."
+    );
+    describe_histogram!(
+        "sluice_rate_limiter_wait_seconds",
+        "Time a batch waited for write capacity tokens."
+    );
+}

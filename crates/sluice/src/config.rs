@@ -1,0 +1,518 @@
+//! Configuration: a TOML file plus `SLUICE__SECTION__KEY` environment overrides, unknown keys
+//! rejected, every value checked at start with the offending key named.
+//! `config/sluice.example.toml` documents every key with its default; keep the two in step.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use sluice_core::{Backoff, EngineConfig, Schema, TtlRule, WriterConfig};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub sqs: SqsSettings,
+    pub dynamodb: DynamoDbSettings,
+    pub schema: SchemaSettings,
+    pub rate: RateSettings,
+    pub worker: WorkerSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqsSettings {
+    /// The queue to drain. Required.
+    pub queue_url: String,
+    /// Long-poll wait per receive, 0..=20 seconds.
+    pub wait_time_seconds: u32,
+    /// Messages asked for per receive, 1..=10.
+    pub max_messages: u32,
+    /// Concurrent long pollers.
+    pub pollers: usize,
+    /// Visibility timeout asked for on receive; unset keeps the queue's own.
+    #[serde(with = "humantime_serde")]
+    pub visibility_timeout: Option<Duration>,
+    /// How long a message whose write failed or timed out stays invisible before it is retried.
+    #[serde(with = "humantime_serde")]
+    pub nack_delay: Duration,
+    /// How long a poison message stays invisible (it returns until the queue's redrive policy
+    /// moves it to the DLQ).
+    #[serde(with = "humantime_serde")]
+    pub poison_nack_delay: Duration,
+    /// How long acks wait to fill a DeleteMessageBatch of 10.
+    #[serde(with = "humantime_serde")]
+    pub ack_linger: Duration,
+}
+
+impl Default for SqsSettings {
+    fn default() -> Self {
+        SqsSettings {
+            queue_url: String::new(),
+            wait_time_seconds: 20,
+            max_messages: 10,
+            pollers: 4,
+            visibility_timeout: None,
+            nack_delay: Duration::from_secs(10),
+            poison_nack_delay: Duration::from_secs(60),
+            ack_linger: Duration::from_millis(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DynamoDbSettings {
+    /// The table to write. Required.
+    pub table: String,
+    /// Items per BatchWriteItem, 1..=25.
+    pub max_batch_items: usize,
+    /// BatchWriteItem calls in flight at once.
+    pub max_concurrent_requests: usize,
+    /// Longest one BatchWriteItem may take before it is retried.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// First retry delay for unprocessed items and failed calls (doubles per attempt, jittered).
+    #[serde(with = "humantime_serde")]
+    pub retry_base_delay: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// Check at start that the table exists and is keyed by `schema.key_attribute`.
+    pub check_table: bool,
+}
+
+impl Default for DynamoDbSettings {
+    fn default() -> Self {
+        DynamoDbSettings {
+            table: String::new(),
+            max_batch_items: 25,
+            max_concurrent_requests: 8,
+            request_timeout: Duration::from_secs(10),
+            retry_base_delay: Duration::from_millis(25),
+            retry_max_delay: Duration::from_secs(2),
+            check_table: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaSettings {
+    /// The log field holding the item key; a log without it gets a content hash as key.
+    pub key_field: String,
+    /// The table's partition key attribute (type S).
+    pub key_attribute: String,
+    /// Fields every log must carry (non-null); a log without one is poison.
+    pub required_fields: Vec<String>,
+    /// The timestamp field: RFC 3339 text or epoch milliseconds.
+    pub ts_field: String,
+    /// When set, items get this attribute = timestamp + `ttl_retention`, in epoch seconds.
+    pub ttl_attribute: Option<String>,
+    /// Retention for the TTL attribute.
+    #[serde(with = "humantime_serde")]
+    pub ttl_retention: Duration,
+}
+
+impl Default for SchemaSettings {
+    fn default() -> Self {
+        let s = Schema::default();
+        SchemaSettings {
+            key_field: s.key_field,
+            key_attribute: s.key_attribute,
+            required_fields: s.required_fields,
+            ts_field: s.ts_field,
+            ttl_attribute: None,
+            ttl_retention: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateSettings {
+    /// Write budget in WCU per second: the table's provisioned write capacity, or this
+    /// instance's share of it. Unset: writes are not paced.
+    pub wcu_per_second: Option<u32>,
+    /// Burst, in seconds of budget (0 < b ≤ 1).
+    pub burst_seconds: f64,
+}
+
+impl Default for RateSettings {
+    fn default() -> Self {
+        RateSettings {
+            wcu_per_second: None,
+            burst_seconds: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Messages held at once (received, not yet acked or nacked).
+    pub max_in_flight: usize,
+    /// Time a message has, from receipt, to be written; then it is nacked.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// Time in-flight messages get to finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Items queued for batching before messages wait (backpressure).
+    pub write_queue_items: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            max_in_flight: 1000,
+            message_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(25),
+            write_queue_items: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, pretty otherwise.
+    #[default]
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    pub listen: String,
+    pub log_format: LogFormat,
+    /// Log filter when RUST_LOG is unset (tracing-subscriber's EnvFilter syntax).
+    pub log_level: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            listen: "127.0.0.1:9464".into(),
+            log_format: LogFormat::Auto,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Loads the file (if any) and the `SLUICE__…` environment, and checks every value.
+pub fn load(path: Option<&Path>) -> Result<Settings> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = path {
+        if !path.is_file() {
+            bail!("config file {} not found", path.display());
+        }
+        builder = builder.add_source(
+            config::File::from(path)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("SLUICE")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("schema.required_fields")
+            .try_parsing(true),
+    );
+    let raw = builder
+        .build()
+        .map_err(|e| anyhow!("cannot read config: {e}"))?;
+    deserialize(raw)
+}
+
+impl Settings {
+    /// Every problem at once, each naming its key.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, msg: String| {
+            if !ok {
+                problems.push(msg);
+            }
+        };
+        let q = &self.sqs;
+        check(
+            !q.queue_url.is_empty(),
+            "sqs.queue_url is required (set it in the file or SLUICE__SQS__QUEUE_URL)".into(),
+        );
+        check(
+            q.queue_url.is_empty()
+                || q.queue_url.starts_with("https://")
+                || q.queue_url.starts_with("http://"),
+            format!(
+                "sqs.queue_url must be a queue URL (https://…), got `{}`",
+                q.queue_url
+            ),
+        );
+        check(
+            q.wait_time_seconds <= 20,
+            format!(
+                "sqs.wait_time_seconds must be 0..=20, got {}",
+                q.wait_time_seconds
+            ),
+        );
+        check(
+            (1..=10).contains(&q.max_messages),
+            format!("sqs.max_messages must be 1..=10, got {}", q.max_messages),
+        );
+        check(q.pollers >= 1, "sqs.pollers must be at least 1".into());
+        if let Some(v) = q.visibility_timeout {
+            check(
+                v <= sluice_sqs::MAX_VISIBILITY,
+                "sqs.visibility_timeout must be at most 12h".into(),
+            );
+            check(
+                self.worker.message_timeout < v,
+                format!(
+                    "worker.message_timeout ({}) must be shorter than sqs.visibility_timeout ({}): a message still being written would be delivered again",
+                    humantime::format_duration(self.worker.message_timeout),
+                    humantime::format_duration(v)
+                ),
+            );
+        }
+        let d = &self.dynamodb;
+        check(
+            !d.table.is_empty(),
+            "dynamodb.table is required (set it in the file or SLUICE__DYNAMODB__TABLE)".into(),
+        );
+        check(
+            d.table.is_empty()
+                || ((3..=255).contains(&d.table.len())
+                    && d.table
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))),
+            format!(
+                "dynamodb.table `{}` is not a valid table name (3-255 of a-z A-Z 0-9 _ . -)",
+                d.table
+            ),
+        );
+        check(
+            (1..=25).contains(&d.max_batch_items),
+            format!(
+                "dynamodb.max_batch_items must be 1..=25, got {}",
+                d.max_batch_items
+            ),
+        );
+        check(
+            d.max_concurrent_requests >= 1,
+            "dynamodb.max_concurrent_requests must be at least 1".into(),
+        );
+        check(
+            !d.request_timeout.is_zero(),
+            "dynamodb.request_timeout must be above zero".into(),
+        );
+        check(
+            d.retry_base_delay <= d.retry_max_delay && !d.retry_base_delay.is_zero(),
+            "dynamodb.retry_base_delay must be above zero and at most dynamodb.retry_max_delay"
+                .into(),
+        );
+        let s = &self.schema;
+        check(
+            !s.key_field.is_empty(),
+            "schema.key_field must not be empty".into(),
+        );
+        check(
+            !s.key_attribute.is_empty(),
+            "schema.key_attribute must not be empty".into(),
+        );
+        check(
+            !s.ts_field.is_empty(),
+            "schema.ts_field must not be empty".into(),
+        );
+        if s.ttl_attribute.is_some() {
+            check(
+                !s.ttl_retention.is_zero(),
+                "schema.ttl_retention must be above zero when schema.ttl_attribute is set".into(),
+            );
+        }
+        let r = &self.rate;
+        check(
+            r.wcu_per_second != Some(0),
+            "rate.wcu_per_second must be at least 1 (leave it unset for no pacing)".into(),
+        );
+        check(
+            r.burst_seconds > 0.0 && r.burst_seconds <= 1.0,
+            format!(
+                "rate.burst_seconds must be in (0, 1], got {}",
+                r.burst_seconds
+            ),
+        );
+        let w = &self.worker;
+        let engine = self.engine_config();
+        if let Err(e) = engine.validate() {
+            check(
+                false,
+                format!("worker: {e} (worker.max_in_flight, sqs.pollers, sqs.max_messages)"),
+            );
+        }
+        check(
+            w.write_queue_items >= 1,
+            "worker.write_queue_items must be at least 1".into(),
+        );
+        check(
+            self.telemetry.listen.parse::<SocketAddr>().is_ok(),
+            format!(
+                "telemetry.listen must be an address like 0.0.0.0:9464, got `{}`",
+                self.telemetry.listen
+            ),
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("invalid config:\n  - {}", problems.join("\n  - "))
+        }
+    }
+
+    pub fn schema(&self) -> Schema {
+        let s = &self.schema;
+        Schema {
+            key_field: s.key_field.clone(),
+            key_attribute: s.key_attribute.clone(),
+            required_fields: s.required_fields.clone(),
+            ts_field: s.ts_field.clone(),
+            ttl: s.ttl_attribute.clone().map(|attribute| TtlRule {
+                attribute,
+                retention: s.ttl_retention,
+            }),
+        }
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            pollers: self.sqs.pollers,
+            max_messages: self.sqs.max_messages as usize,
+            max_in_flight: self.worker.max_in_flight,
+            message_timeout: self.worker.message_timeout,
+            shutdown_grace: self.worker.shutdown_grace,
+            nack_delay: self.sqs.nack_delay,
+            poison_nack_delay: self.sqs.poison_nack_delay,
+            ack_linger: self.sqs.ack_linger,
+            max_concurrent_acks: 8,
+        }
+    }
+
+    pub fn writer_config(&self) -> WriterConfig {
+        WriterConfig {
+            max_batch_items: self.dynamodb.max_batch_items,
+            max_concurrent_requests: self.dynamodb.max_concurrent_requests,
+            backoff: Backoff {
+                base: self.dynamodb.retry_base_delay,
+                cap: self.dynamodb.retry_max_delay,
+            },
+            request_timeout: self.dynamodb.request_timeout,
+            queue_items: self.worker.write_queue_items,
+            ..WriterConfig::default()
+        }
+    }
+
+    pub fn wcu_budget(&self) -> Option<NonZeroU32> {
+        self.rate.wcu_per_second.and_then(NonZeroU32::new)
+    }
+}
+
+/// Reads a settings file for tests and tools without the environment layer.
+pub fn from_toml(text: &str) -> Result<Settings> {
+    let raw = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .context("cannot parse TOML")?;
+    deserialize(raw)
+}
+
+/// Deserializes and validates, naming the key of a value that does not fit.
+fn deserialize(raw: config::Config) -> Result<Settings> {
+    let settings: Settings = serde_path_to_error::deserialize(raw).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." || path.is_empty() {
+            anyhow!("invalid config: {inner}")
+        } else {
+            anyhow!("invalid config at `{path}`: {inner}")
+        }
+    })?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [sqs]
+        queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/logs"
+        [dynamodb]
+        table = "request-logs"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let s = from_toml(MINIMAL).unwrap();
+        assert_eq!(s.sqs.wait_time_seconds, 20);
+        assert_eq!(s.sqs.max_messages, 10);
+        assert_eq!(s.worker.message_timeout, Duration::from_secs(30));
+        assert_eq!(s.dynamodb.max_batch_items, 25);
+        assert_eq!(s.schema.key_attribute, "request_id");
+        assert_eq!(s.rate.wcu_per_second, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = from_toml(&format!("{MINIMAL}\n[worker]\nmax_inflight = 3\n")).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("max_inflight"), "{msg}");
+        assert!(msg.contains("worker"), "{msg}");
+        let err = from_toml(&format!("{MINIMAL}\n[sqss]\nx = 1\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("sqss"), "{err:#}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = from_toml(
+            r#"
+            [sqs]
+            queue_url = "https://q"
+            max_messages = 11
+            visibility_timeout = "20s"
+            [dynamodb]
+            table = "t"
+            [rate]
+            wcu_per_second = 0
+            "#,
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        for key in [
+            "sqs.max_messages",
+            "dynamodb.table",
+            "rate.wcu_per_second",
+            "worker.message_timeout",
+        ] {
+            assert!(msg.contains(key), "{key} missing from: {msg}");
+        }
+        let err = from_toml("[sqs]\nwait_time_seconds = \"soon\"\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("sqs.wait_time_seconds"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn required_keys_are_required() {
+        let msg = format!("{:#}", from_toml("").unwrap_err());
+        assert!(msg.contains("sqs.queue_url is required"), "{msg}");
+        assert!(msg.contains("dynamodb.table is required"), "{msg}");
+    }
+}

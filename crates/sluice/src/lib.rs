@@ -1,0 +1,8 @@
+//! The `sluice` binary's library: config, wiring, telemetry and the commands, so the
+//! integration tests drive exactly what the binary runs.
+
+pub mod config;
+pub mod demo;
+pub mod pipeline;
+pub mod run;
+pub mod telemetry;

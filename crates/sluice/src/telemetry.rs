@@ -1,0 +1,134 @@
+//! Logs (tracing-subscriber), metrics (Prometheus) and the HTTP server for /metrics, /healthz
+//! and /readyz.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result, anyhow};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sluice_core::EngineStats;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Starts logging. RUST_LOG, when set, wins over `default_filter`.
+pub fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn install_metrics() -> Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("sluice_message_processing_seconds".into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("sluice_rate_limiter_wait_seconds".into()),
+                &[
+                    0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
+            )
+        })
+        .map_err(|e| anyhow!("metrics buckets: {e}"))?
+        .install_recorder()
+        .map_err(|e| anyhow!("cannot install the metrics recorder: {e}"))?;
+    sluice_core::metrics_catalog::describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// What /readyz looks at.
+#[derive(Clone)]
+pub struct Health {
+    pub stats: Arc<EngineStats>,
+    pub shutdown: CancellationToken,
+}
+
+impl Health {
+    /// Ready unless shutting down or the queue has failed the last three receives.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.shutdown.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        let errors = self.stats.receive_errors_in_a_row.load(Ordering::Relaxed);
+        if errors >= 3 {
+            return Err(format!("the last {errors} receives from the queue failed"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: PrometheusHandle,
+    health: Health,
+}
+
+/// Binds the telemetry server and serves it until `stop` is cancelled. Returns the bound address.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: PrometheusHandle,
+    health: Health,
+    stop: CancellationToken,
+) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (telemetry.listen)"))?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { metrics, health });
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "telemetry server failed");
+        }
+    });
+    Ok(addr)
+}
+
+async fn render_metrics(State(state): State<AppState>) -> String {
+    state.metrics.run_upkeep();
+    state.metrics.render()
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}

@@ -1,0 +1,209 @@
+//! The real crates against real servers: MiniStack for SQS, and for DynamoDB MiniStack or
+//! DynamoDB Local (AWS's own engine). The servers are started by each test on free loopback
+//! ports and stopped when it ends.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use sluice::config::Settings;
+use sluice::pipeline::Pipeline;
+use sluice_sqs::SqsSender;
+use sluice_testkit::{Backend, TestEnv};
+use tokio_util::sync::CancellationToken;
+
+fn log(id: &str, i: usize) -> String {
+    format!(
+        r#"{{"request_id":"{id}","ts":"2026-11-22T10:00:{:02}Z","method":"GET","path":"/v1/items/{i}","status":200,"latency_ms":{}.5,"user_id":null,"attrs":{{"region":"eu-west-1","retry":false,"tags":["a",{i}]}}}}"#,
+        i % 60,
+        i % 97
+    )
+}
+
+fn settings(queue_url: &str, table: &str) -> Settings {
+    let mut s = Settings::default();
+    s.sqs.queue_url = queue_url.to_string();
+    s.sqs.wait_time_seconds = 2;
+    s.sqs.visibility_timeout = Some(Duration::from_secs(60));
+    s.dynamodb.table = table.to_string();
+    s.validate().expect("test settings are valid");
+    s
+}
+
+/// 900 distinct messages (50 of them carrying 2-6 logs, as arrays or NDJSON) plus 100 duplicate
+/// deliveries: exactly one row per request id, every message acked, the queue empty.
+async fn duplicates_and_multi_log_messages_end_as_one_row_per_request_id(backend: Backend) {
+    let env = TestEnv::start(backend).await.unwrap();
+    let url = env.create_queue("logs", 30).await.unwrap();
+    env.create_table("request-logs", "request_id")
+        .await
+        .unwrap();
+
+    let mut bodies = Vec::new();
+    let mut expected = BTreeSet::new();
+    for i in 0..900 {
+        if i % 18 == 0 {
+            let ids: Vec<String> = (0..2 + i % 5).map(|j| format!("multi-{i}-{j}")).collect();
+            expected.extend(ids.iter().cloned());
+            let logs: Vec<String> = ids.iter().map(|id| log(id, i)).collect();
+            bodies.push(if i % 36 == 0 {
+                format!("[{}]", logs.join(","))
+            } else {
+                logs.join("\n")
+            });
+        } else {
+            let id = format!("req-{i}");
+            expected.insert(id.clone());
+            bodies.push(log(&id, i));
+        }
+    }
+    let multi = bodies
+        .iter()
+        .filter(|b| b.starts_with('[') || b.contains('\n'))
+        .count();
+    assert_eq!(multi, 50);
+    let duplicates: Vec<String> = bodies.iter().step_by(9).take(100).cloned().collect();
+    bodies.extend(duplicates);
+    assert_eq!(bodies.len(), 1000);
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&bodies)
+        .await
+        .unwrap();
+
+    let pipeline = Pipeline::build(
+        &settings(&url, "request-logs"),
+        &env.sqs_config().await,
+        &env.dynamodb_config().await,
+    )
+    .await
+    .unwrap();
+    let stats = pipeline.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(stop.clone()));
+    let started = Instant::now();
+    while stats.acked.load(Ordering::Relaxed) < 1000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not drained: {:?}",
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.wait_queue_empty(&url, Duration::from_secs(30))
+        .await
+        .unwrap();
+    stop.cancel();
+    let summary = run.await.unwrap();
+    assert_eq!(summary.acked, 1000);
+    assert_eq!(summary.nacked, 0);
+
+    let rows = env.scan_keys("request-logs", "request_id").await.unwrap();
+    let unique: BTreeSet<String> = rows.iter().cloned().collect();
+    assert_eq!(rows.len(), unique.len(), "a request id has two rows");
+    assert_eq!(unique, expected);
+
+    // The JSON arrived faithfully, types and all.
+    let item = env
+        .dynamodb
+        .get_item()
+        .table_name("request-logs")
+        .key("request_id", AttributeValue::S("multi-18-0".into()))
+        .send()
+        .await
+        .unwrap();
+    let item = item.item().expect("row exists");
+    assert_eq!(item["status"], AttributeValue::N("200".into()));
+    assert_eq!(item["latency_ms"], AttributeValue::N("18.5".into()));
+    assert_eq!(item["user_id"], AttributeValue::Null(true));
+    let attrs = item["attrs"].as_m().expect("attrs is a map");
+    assert_eq!(attrs["retry"], AttributeValue::Bool(false));
+    assert_eq!(
+        attrs["tags"],
+        AttributeValue::L(vec![
+            AttributeValue::S("a".into()),
+            AttributeValue::N("18".into())
+        ])
+    );
+}
+
+/// A message whose write fails (the table does not exist yet) is nacked, not deleted, and comes
+/// back; once the table exists it is written and acked.
+async fn a_message_whose_write_fails_is_not_deleted_and_comes_back(backend: Backend) {
+    let env = TestEnv::start(backend).await.unwrap();
+    let url = env.create_queue("logs", 30).await.unwrap();
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&[log("comes-back", 1)])
+        .await
+        .unwrap();
+
+    let mut s = settings(&url, "late-table");
+    s.dynamodb.check_table = false;
+    s.sqs.nack_delay = Duration::from_secs(1);
+    let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
+        .await
+        .unwrap();
+    let stats = pipeline.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(stop.clone()));
+
+    let started = Instant::now();
+    while stats.nacked.load(Ordering::Relaxed) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never nacked: {:?}",
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stats.acked.load(Ordering::Relaxed), 0);
+    let (visible, in_flight) = env.queue_counts(&url).await.unwrap();
+    assert_eq!(
+        visible + in_flight,
+        1,
+        "the failed message must still be in the queue"
+    );
+
+    env.create_table("late-table", "request_id").await.unwrap();
+    while stats.acked.load(Ordering::Relaxed) < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "never written: {:?}",
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.wait_queue_empty(&url, Duration::from_secs(30))
+        .await
+        .unwrap();
+    stop.cancel();
+    let summary = run.await.unwrap();
+    assert!(
+        summary.received >= 3,
+        "delivered again after each nack: {summary:?}"
+    );
+    assert_eq!(
+        env.scan_keys("late-table", "request_id").await.unwrap(),
+        vec!["comes-back"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ministack_duplicates_and_multi_log_messages_end_as_one_row_per_request_id() {
+    duplicates_and_multi_log_messages_end_as_one_row_per_request_id(Backend::MiniStack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_local_duplicates_and_multi_log_messages_end_as_one_row_per_request_id() {
+    duplicates_and_multi_log_messages_end_as_one_row_per_request_id(Backend::DynamoDbLocal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ministack_a_message_whose_write_fails_is_not_deleted_and_comes_back() {
+    a_message_whose_write_fails_is_not_deleted_and_comes_back(Backend::MiniStack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_local_a_message_whose_write_fails_is_not_deleted_and_comes_back() {
+    a_message_whose_write_fails_is_not_deleted_and_comes_back(Backend::DynamoDbLocal).await;
+}
