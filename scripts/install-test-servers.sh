@@ -140,6 +140,13 @@ install_dynamodb_local() {
   log "dynamodb-local: installed"
 }
 
-install_ministack
-ensure_java
-install_dynamodb_local
+# Usage: install-test-servers.sh [ministack] [dynamodb-local]   (default: both)
+want=("$@")
+[[ ${#want[@]} -gt 0 ]] || want=(ministack dynamodb-local)
+for what in "${want[@]}"; do
+  case $what in
+    ministack) install_ministack ;;
+    dynamodb-local) ensure_java; install_dynamodb_local ;;
+    *) die "unknown server '$what' (expected ministack or dynamodb-local)" ;;
+  esac
+done

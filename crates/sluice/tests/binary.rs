@@ -1,0 +1,258 @@
+//! The real `sluice` binary: `validate` on good and bad configs, and `run` against MiniStack —
+//! drains a queue, serves /metrics, /healthz and /readyz, and exits 0 on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_sqs::SqsSender;
+use sluice_testkit::{Backend, TestEnv, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn temp_config(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with(text)
+}
+
+/// A small temp file that removes itself (no extra crate for one file).
+mod tempfile_path {
+    use std::path::PathBuf;
+
+    pub struct TempPath(pub PathBuf);
+
+    impl TempPath {
+        pub fn with(text: &str) -> Self {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path =
+                std::env::temp_dir().join(format!("sluice-test-{}-{n}.toml", std::process::id()));
+            std::fs::write(&path, text).expect("write temp config");
+            TempPath(path)
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn validate(config: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let file = temp_config(config);
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg("--config")
+        .arg(&file.0)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run sluice validate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+const GOOD: &str = "[sqs]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/1/logs\"\n[dynamodb]\ntable = \"request-logs\"\n";
+
+#[test]
+fn validate_accepts_the_documented_example_and_a_minimal_config() {
+    let example = include_str!("../../../config/sluice.example.toml");
+    let (code, out) = validate(example, &[]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = validate(GOOD, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("config ok"), "{out}");
+}
+
+#[test]
+fn validate_rejects_an_unknown_key_by_name() {
+    let (code, out) = validate(&format!("{GOOD}wait_time_secs = 5\n"), &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("dynamodb.wait_time_secs"), "{out}");
+    assert!(out.contains("unknown field"), "{out}");
+    // The same through the environment layer.
+    let (code, out) = validate(GOOD, &[("SLUICE__WORKER__MAX_INFLIGHT", "5")]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("worker.max_inflight"), "{out}");
+}
+
+#[test]
+fn validate_names_bad_values_and_missing_required_keys() {
+    let (code, out) = validate(
+        "[sqs]\nmax_messages = 20\n",
+        &[("SLUICE__RATE__BURST_SECONDS", "3")],
+    );
+    assert_eq!(code, 2, "{out}");
+    for needle in [
+        "sqs.queue_url is required",
+        "dynamodb.table is required",
+        "sqs.max_messages",
+        "rate.burst_seconds",
+    ] {
+        assert!(out.contains(needle), "{needle} missing in: {out}");
+    }
+    // The environment overrides the file.
+    let (code, out) = validate(GOOD, &[("SLUICE__DYNAMODB__TABLE", "x")]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("dynamodb.table `x`"), "{out}");
+}
+
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    try_http_get(port, path)
+        .await
+        .expect("telemetry server answers")
+}
+
+async fn try_http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Some((status, body))
+}
+
+fn metric(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_drains_the_queue_serves_telemetry_and_exits_zero_on_sigterm() {
+    let env = TestEnv::start(Backend::MiniStack).await.unwrap();
+    let url = env.create_queue("logs", 60).await.unwrap();
+    env.create_table("request-logs", "request_id")
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..200)
+        .map(|i| format!(r#"{{"request_id":"bin-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
+        .collect();
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&bodies)
+        .await
+        .unwrap();
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&["not json".to_string()])
+        .await
+        .unwrap();
+
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .envs(env.child_env())
+        .env("SLUICE__SQS__QUEUE_URL", &url)
+        .env("SLUICE__DYNAMODB__TABLE", "request-logs")
+        .env("SLUICE__RATE__WCU_PER_SECOND", "500")
+        .env("SLUICE__TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
+        .env("SLUICE__TELEMETRY__LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sluice run");
+
+    let started = Instant::now();
+    let scrape = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not drained in time"
+        );
+        // Not listening yet right after start: keep asking.
+        if let Some((status, body)) = try_http_get(port, "/metrics").await {
+            assert_eq!(status, 200);
+            if metric(&body, "sluice_messages_acked_total") == Some(200.0)
+                && body.contains("sluice_messages_nacked_total{reason=\"poison\"}")
+            {
+                break body;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(metric(&scrape, "sluice_logs_written_total"), Some(200.0));
+    assert_eq!(
+        metric(&scrape, "sluice_write_budget_wcu_per_second"),
+        Some(500.0)
+    );
+    for name in [
+        "sluice_messages_received_total",
+        "sluice_wcu_consumed_total",
+        "sluice_message_processing_seconds_bucket",
+        "sluice_messages_in_flight",
+        "sluice_rate_limiter_wait_seconds_bucket",
+    ] {
+        assert!(scrape.contains(name), "{name} missing from /metrics");
+    }
+    assert_eq!(http_get(port, "/healthz").await.0, 200);
+    assert_eq!(http_get(port, "/readyz").await.0, 200);
+    let rows = env.scan_keys("request-logs", "request_id").await.unwrap();
+    assert_eq!(rows.len(), 200);
+
+    // SIGTERM: the parked long poll is cancelled, the process exits 0 promptly.
+    let sigterm = Instant::now();
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sigterm.elapsed() < Duration::from_secs(15),
+            "sluice did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "exit status {status:?}\n{stdout}");
+    // JSON logs, one object per line, ending with the stop summary.
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["message"], "sluice stopped", "{stdout}");
+    assert_eq!(last["acked"], 200);
+    assert!(stdout.contains("poison message"), "{stdout}");
+}
+
+#[test]
+fn run_with_a_missing_table_fails_fast_and_says_which_key() {
+    let out = Command::new(BIN)
+        .arg("run")
+        .env(
+            "SLUICE__SQS__QUEUE_URL",
+            "http://127.0.0.1:9/000000000000/q",
+        )
+        .env("SLUICE__DYNAMODB__TABLE", "nope")
+        .env(
+            "SLUICE__TELEMETRY__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("dynamodb.table"), "{stderr}");
+}
