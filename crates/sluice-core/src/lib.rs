@@ -25,4 +25,5 @@ pub use rate::{Backoff, WcuLimiter};
 pub use source::{AckFailure, Received, Source, SourceError};
 pub use writer::{
     BatchResult, BatchWriter, WriteError, WriteErrorKind, WriteFailure, Writer, WriterConfig,
+    WriterStats,
 };

@@ -44,9 +44,13 @@ impl WcuLimiter {
         let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(budget).allow_burst(burst);
         metrics::gauge!("sluice_write_budget_wcu_per_second").set(budget.get() as f64);
+        // Start empty: a (re)started instance ramps up at the budget instead of spending a burst
+        // on top of it, so a crash-looping fleet cannot push a table over at every start.
+        let limiter = RateLimiter::direct(quota);
+        let _ = limiter.check_n(burst);
         Ok(WcuLimiter {
             bucket: Some(Bucket {
-                limiter: RateLimiter::direct(quota),
+                limiter,
                 budget,
                 burst,
             }),

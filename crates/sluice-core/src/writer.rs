@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -143,6 +143,23 @@ impl Default for WriterConfig {
     }
 }
 
+/// Live counters of one writer.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Logs whose row was written (a collapsed duplicate counts with the item it joined).
+    pub logs_written: AtomicU64,
+    /// WCU the table reported consumed (or as computed when it did not say).
+    pub wcu_consumed: AtomicU64,
+    /// Calls refused with a throttling error.
+    pub throttled_requests: AtomicU64,
+    /// Items sent again after a call left them unprocessed.
+    pub unprocessed_retried: AtomicU64,
+    /// Items collapsed into a later item with the same key in one batch.
+    pub duplicates_collapsed: AtomicU64,
+    /// BatchWriteItem calls made.
+    pub requests: AtomicU64,
+}
+
 /// The completion of one message's items.
 struct Tracker {
     remaining: AtomicUsize,
@@ -221,6 +238,7 @@ impl Pending {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Pending>,
+    stats: Arc<WriterStats>,
 }
 
 impl Writer {
@@ -232,8 +250,13 @@ impl Writer {
         config: WriterConfig,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue_items.max(1));
-        let task = tokio::spawn(run_batcher(client, limiter, config, rx));
-        (Writer { tx }, task)
+        let stats = Arc::new(WriterStats::default());
+        let task = tokio::spawn(run_batcher(client, limiter, config, rx, stats.clone()));
+        (Writer { tx, stats }, task)
+    }
+
+    pub fn stats(&self) -> Arc<WriterStats> {
+        self.stats.clone()
     }
 
     /// Writes all `items` (one message's logs), returning when every one is written, or the first
@@ -261,7 +284,8 @@ impl Writer {
     }
 }
 
-struct BatchBuilder {
+struct BatchBuilder<'a> {
+    stats: &'a WriterStats,
     items: Vec<Pending>,
     index: HashMap<String, usize>,
     bytes: usize,
@@ -269,9 +293,10 @@ struct BatchBuilder {
     max_bytes: usize,
 }
 
-impl BatchBuilder {
-    fn new(config: &WriterConfig) -> Self {
+impl<'a> BatchBuilder<'a> {
+    fn new(config: &WriterConfig, stats: &'a WriterStats) -> Self {
         BatchBuilder {
+            stats,
             items: Vec::new(),
             index: HashMap::new(),
             bytes: 0,
@@ -297,6 +322,9 @@ impl BatchBuilder {
             slot.item = p.item;
             slot.trackers.extend(p.trackers);
             metrics::counter!("sluice_duplicates_collapsed_total").increment(1);
+            self.stats
+                .duplicates_collapsed
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         let fits_bytes = self.bytes + p.item.size() <= self.max_bytes || self.items.is_empty();
@@ -320,6 +348,7 @@ async fn run_batcher<W: BatchWriter>(
     limiter: Arc<WcuLimiter>,
     config: WriterConfig,
     mut rx: mpsc::Receiver<Pending>,
+    stats: Arc<WriterStats>,
 ) {
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.max_concurrent_requests.max(1)));
@@ -336,7 +365,7 @@ async fn run_batcher<W: BatchWriter>(
                 None => break,
             },
         };
-        let mut batch = BatchBuilder::new(&config);
+        let mut batch = BatchBuilder::new(&config, &stats);
         if let Err(p) = batch.try_push(first) {
             carry = Some(p);
         }
@@ -355,27 +384,49 @@ async fn run_batcher<W: BatchWriter>(
         }
         // Tokens are taken before the batch leaves, while more items queue up for the next one.
         limiter.acquire(total_wcu(&batch.items)).await;
-        let (client, limiter, config) = (client.clone(), limiter.clone(), config.clone());
-        calls.spawn(send_batch(
-            client,
-            limiter,
-            config,
-            batch.items,
-            Some(permit),
-        ));
+        let ctx = Ctx {
+            client: client.clone(),
+            limiter: limiter.clone(),
+            config: config.clone(),
+            stats: stats.clone(),
+        };
+        calls.spawn(send_batch(ctx, batch.items, Some(permit)));
         while calls.try_join_next().is_some() {}
     }
     while calls.join_next().await.is_some() {}
 }
 
-fn send_batch<W: BatchWriter>(
+/// What one batch's sending needs.
+struct Ctx<W> {
     client: Arc<W>,
     limiter: Arc<WcuLimiter>,
     config: Arc<WriterConfig>,
+    stats: Arc<WriterStats>,
+}
+
+impl<W> Clone for Ctx<W> {
+    fn clone(&self) -> Self {
+        Ctx {
+            client: self.client.clone(),
+            limiter: self.limiter.clone(),
+            config: self.config.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+fn send_batch<W: BatchWriter>(
+    ctx: Ctx<W>,
     mut pending: Vec<Pending>,
     permit: Option<OwnedSemaphorePermit>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
+        let Ctx {
+            client,
+            limiter,
+            config,
+            stats,
+        } = &ctx;
         let _permit = permit;
         let mut attempt: u32 = 0;
         loop {
@@ -392,6 +443,7 @@ fn send_batch<W: BatchWriter>(
                 .request_timeout
                 .min(earliest.saturating_duration_since(now))
                 .max(Duration::from_millis(1));
+            stats.requests.fetch_add(1, Ordering::Relaxed);
             let outcome = match tokio::time::timeout(budget, client.write_batch(&refs)).await {
                 Ok(r) => r,
                 Err(_) => Err(WriteError::new(
@@ -417,12 +469,22 @@ fn send_batch<W: BatchWriter>(
                         }
                     }
                     metrics::counter!("sluice_logs_written_total").increment(written_logs);
-                    limiter.on_written(result.consumed_wcu.unwrap_or(written_wcu as f64));
+                    let consumed = result.consumed_wcu.unwrap_or(written_wcu as f64);
+                    stats
+                        .logs_written
+                        .fetch_add(written_logs, Ordering::Relaxed);
+                    stats
+                        .wcu_consumed
+                        .fetch_add(consumed.round() as u64, Ordering::Relaxed);
+                    limiter.on_written(consumed);
                     if rest.is_empty() {
                         return;
                     }
                     metrics::counter!("sluice_unprocessed_items_retried_total")
                         .increment(rest.len() as u64);
+                    stats
+                        .unprocessed_retried
+                        .fetch_add(rest.len() as u64, Ordering::Relaxed);
                     tracing::debug!(
                         unprocessed = rest.len(),
                         attempt,
@@ -434,6 +496,7 @@ fn send_batch<W: BatchWriter>(
                 Err(e) if e.is_retryable() => {
                     let label = if e.kind == WriteErrorKind::Throttled {
                         metrics::counter!("sluice_throttled_requests_total").increment(1);
+                        stats.throttled_requests.fetch_add(1, Ordering::Relaxed);
                         limiter.on_throttle();
                         "throttled"
                     } else {
@@ -448,14 +511,7 @@ fn send_batch<W: BatchWriter>(
                         .increment(1);
                     tracing::warn!(error = %e, items = pending.len(), "batch rejected; writing its items one by one to find the bad one");
                     for p in pending {
-                        send_batch(
-                            client.clone(),
-                            limiter.clone(),
-                            config.clone(),
-                            vec![p],
-                            None,
-                        )
-                        .await;
+                        send_batch(ctx.clone(), vec![p], None).await;
                     }
                     return;
                 }

@@ -336,26 +336,54 @@ pub mod admin {
     use aws_sdk_sqs::error::DisplayErrorContext;
     use aws_sdk_sqs::types::QueueAttributeName;
 
-    /// Creates a standard queue; returns the URL the server gives (its shape differs per
-    /// server: always use this one).
+    /// Creates a queue with these attributes (VisibilityTimeout, RedrivePolicy, FifoQueue, …);
+    /// returns the URL the server gives (its shape differs per server: always use this one).
     pub async fn create_queue(
         client: &Client,
         name: &str,
-        visibility_timeout: Duration,
+        attributes: &[(QueueAttributeName, String)],
     ) -> Result<String, String> {
         let out = client
             .create_queue()
             .queue_name(name)
-            .attributes(
-                QueueAttributeName::VisibilityTimeout,
-                visibility_timeout.as_secs().to_string(),
-            )
+            .set_attributes(Some(attributes.iter().cloned().collect()))
             .send()
             .await
             .map_err(|e| format!("CreateQueue {name}: {}", DisplayErrorContext(&e)))?;
         out.queue_url()
             .map(String::from)
             .ok_or_else(|| format!("CreateQueue {name} returned no URL"))
+    }
+
+    /// The queue's ARN (what a RedrivePolicy names as its dead-letter target).
+    pub async fn queue_arn(client: &Client, url: &str) -> Result<String, String> {
+        let out = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| format!("GetQueueAttributes: {}", DisplayErrorContext(&e)))?;
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .ok_or_else(|| "GetQueueAttributes returned no QueueArn".to_string())
+    }
+
+    /// The queue's own visibility timeout (what a receive gets unless it asks for another).
+    pub async fn visibility_timeout(client: &Client, url: &str) -> Result<Duration, String> {
+        let out = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| format!("GetQueueAttributes: {}", DisplayErrorContext(&e)))?;
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs)
+            .ok_or_else(|| "GetQueueAttributes returned no VisibilityTimeout".to_string())
     }
 
     pub async fn delete_queue(client: &Client, url: &str) -> Result<(), String> {

@@ -208,6 +208,8 @@ pub enum Backend {
     MiniStack,
     /// MiniStack for SQS, DynamoDB Local (AWS's engine) for DynamoDB.
     DynamoDbLocal,
+    /// sluice-sim, in this process, for both.
+    Sim,
 }
 
 /// Servers for one test, with clients and helpers.
@@ -216,16 +218,21 @@ pub struct TestEnv {
     pub dynamodb_endpoint: String,
     pub sqs: aws_sdk_sqs::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    /// The simulator, when the backend is [`Backend::Sim`] (its admin reports are here).
+    pub sim: Option<sluice_sim::SimServer>,
     _servers: Vec<ServerProcess>,
 }
 
 impl TestEnv {
     pub async fn start(backend: Backend) -> Result<TestEnv> {
+        if backend == Backend::Sim {
+            return Self::start_sim(sluice_sim::SimConfig::default()).await;
+        }
         let ministack = start_ministack().await?;
         let sqs_endpoint = ministack.endpoint.clone();
         let mut servers = vec![ministack];
         let dynamodb_endpoint = match backend {
-            Backend::MiniStack => sqs_endpoint.clone(),
+            Backend::MiniStack | Backend::Sim => sqs_endpoint.clone(),
             Backend::DynamoDbLocal => {
                 let ddb = start_dynamodb_local().await?;
                 let e = ddb.endpoint.clone();
@@ -238,7 +245,23 @@ impl TestEnv {
             dynamodb: aws_sdk_dynamodb::Client::new(&sdk_config(&dynamodb_endpoint).await),
             sqs_endpoint,
             dynamodb_endpoint,
+            sim: None,
             _servers: servers,
+        })
+    }
+
+    /// sluice-sim with the given settings, on a free loopback port of this process.
+    pub async fn start_sim(config: sluice_sim::SimConfig) -> Result<TestEnv> {
+        let sim = sluice_sim::SimServer::start("127.0.0.1:0".parse()?, config).await?;
+        let endpoint = sim.endpoint().to_string();
+        let sdk = sdk_config(&endpoint).await;
+        Ok(TestEnv {
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            sqs_endpoint: endpoint.clone(),
+            dynamodb_endpoint: endpoint,
+            sim: Some(sim),
+            _servers: Vec::new(),
         })
     }
 
@@ -267,7 +290,11 @@ impl TestEnv {
 
     /// Creates a standard queue; returns the URL the server gives.
     pub async fn create_queue(&self, name: &str, visibility_timeout_s: u64) -> Result<String> {
-        sluice_sqs::admin::create_queue(&self.sqs, name, Duration::from_secs(visibility_timeout_s))
+        let attributes = [(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            visibility_timeout_s.to_string(),
+        )];
+        sluice_sqs::admin::create_queue(&self.sqs, name, &attributes)
             .await
             .map_err(anyhow::Error::msg)
     }

@@ -5,4 +5,5 @@ pub mod config;
 pub mod demo;
 pub mod pipeline;
 pub mod run;
+pub mod sim;
 pub mod telemetry;

@@ -256,3 +256,129 @@ fn run_with_a_missing_table_fails_fast_and_says_which_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("dynamodb.table"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_a_queue_whose_visibility_is_shorter_than_the_message_timeout() {
+    let env = TestEnv::start(Backend::MiniStack).await.unwrap();
+    let url = env.create_queue("short-visibility", 20).await.unwrap();
+    env.create_table("request-logs", "request_id")
+        .await
+        .unwrap();
+    // The queue keeps messages invisible 20 s; sluice may work on one for 30 s: refused.
+    let out = Command::new(BIN)
+        .arg("run")
+        .envs(env.child_env())
+        .env("SLUICE__SQS__QUEUE_URL", &url)
+        .env("SLUICE__DYNAMODB__TABLE", "request-logs")
+        .env(
+            "SLUICE__TELEMETRY__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("worker.message_timeout"), "{stderr}");
+    assert!(stderr.contains("VisibilityTimeout"), "{stderr}");
+    // A queue that does not exist is named too.
+    let out = Command::new(BIN)
+        .arg("run")
+        .envs(env.child_env())
+        .env("SLUICE__SQS__QUEUE_URL", format!("{url}-missing"))
+        .env("SLUICE__DYNAMODB__TABLE", "request-logs")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sqs.queue_url"));
+}
+
+#[test]
+fn demo_drains_a_spike_into_the_embedded_simulator_and_loses_nothing() {
+    let out = Command::new(BIN)
+        .args(["demo", "--messages", "20000", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sluice demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(s["lost"], 0, "{s}");
+    assert_eq!(s["written"], s["unique_keys"], "{s}");
+    assert_eq!(s["unexpected_rows"], 0, "{s}");
+    assert_eq!(s["drained"], true, "{s}");
+    assert_eq!(s["dead_lettered"], s["poison_sent"], "{s}");
+    assert_eq!(s["throttled_requests"], 0, "{s}");
+    assert!(s["unique_keys"].as_u64().unwrap() > 20_000, "{s}");
+    for key in [
+        "sent",
+        "provisioned_wcu",
+        "peak_wcu_per_s",
+        "mean_wcu_per_s",
+        "duration_s",
+    ] {
+        assert!(s.get(key).is_some(), "{key} missing: {s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_serves_sdk_clients_and_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["sim", "--listen", "127.0.0.1:0", "--latency", "5ms"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let endpoint = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .expect("the endpoint is printed")
+        .to_string();
+    let sdk = sluice_testkit::sdk_config(&endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let url = sluice_sqs::admin::create_queue(&sqs, "q", &[])
+        .await
+        .unwrap();
+    SqsSender::new(sqs.clone(), &url)
+        .send_all(&["hello".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        sluice_sqs::admin::queue_counts(&sqs, &url).await.unwrap(),
+        (1, 0)
+    );
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    sluice_dynamodb::admin::create_table(&dynamodb, "tbl", "request_id", Some(5))
+        .await
+        .unwrap();
+    let (status, body) = http_get(
+        endpoint.rsplit(':').next().unwrap().parse().unwrap(),
+        "/_sim/tables/tbl/capacity",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"provisioned_wcu\":5"), "{body}");
+    let pid = child.id().unwrap();
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

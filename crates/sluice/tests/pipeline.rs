@@ -1,6 +1,7 @@
 //! The real crates against real servers: MiniStack for SQS, and for DynamoDB MiniStack or
-//! DynamoDB Local (AWS's own engine). The servers are started by each test on free loopback
-//! ports and stopped when it ends.
+//! DynamoDB Local (AWS's own engine); and the same tests against sluice-sim, which must behave
+//! like them. The servers are started by each test on free loopback ports and stopped when it
+//! ends.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -206,4 +207,94 @@ async fn ministack_a_message_whose_write_fails_is_not_deleted_and_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_local_a_message_whose_write_fails_is_not_deleted_and_comes_back() {
     a_message_whose_write_fails_is_not_deleted_and_comes_back(Backend::DynamoDbLocal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_duplicates_and_multi_log_messages_end_as_one_row_per_request_id() {
+    duplicates_and_multi_log_messages_end_as_one_row_per_request_id(Backend::Sim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_a_message_whose_write_fails_is_not_deleted_and_comes_back() {
+    a_message_whose_write_fails_is_not_deleted_and_comes_back(Backend::Sim).await;
+}
+
+/// Runs the pipeline over `logs` one-WCU logs into a table provisioned at `provisioned` WCU/s,
+/// paced at `budget` (None: unpaced), and returns the table's capacity report from the sim.
+async fn drain_into_provisioned_table(
+    logs: usize,
+    provisioned: i64,
+    budget: Option<u32>,
+) -> (serde_json::Value, sluice_core::StatsSnapshot) {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("logs", 60).await.unwrap();
+    sluice_dynamodb::admin::create_table(&env.dynamodb, "paced", "request_id", Some(provisioned))
+        .await
+        .unwrap();
+    // Ten logs per message, as producers pack them.
+    let bodies: Vec<String> = (0..logs / 10)
+        .map(|m| {
+            (0..10)
+                .map(|j| log(&format!("p-{m}-{j}"), m))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&bodies)
+        .await
+        .unwrap();
+    let mut s = settings(&url, "paced");
+    s.rate.wcu_per_second = budget;
+    s.dynamodb.retry_max_delay = Duration::from_millis(500);
+    let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
+        .await
+        .unwrap();
+    let stats = pipeline.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(stop.clone()));
+    let started = Instant::now();
+    while stats.acked.load(Ordering::Relaxed) < bodies.len() as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not drained: {:?}",
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let summary = run.await.unwrap();
+    let keys = env.scan_keys("paced", "request_id").await.unwrap();
+    assert_eq!(keys.len(), logs, "every log written, throttled or not");
+    let report = env.sim.as_ref().unwrap().capacity_report("paced").unwrap();
+    (report, summary)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_paced_writes_never_exceed_the_provisioned_capacity() {
+    // 1,500 WCU of logs into a 500 WCU/s table, paced at 500: about three seconds of writes.
+    let (report, summary) = drain_into_provisioned_table(1500, 500, Some(500)).await;
+    assert_eq!(report["throttled_requests"], 0, "{report}");
+    assert_eq!(report["unprocessed_items"], 0, "{report}");
+    assert_eq!(summary.nacked, 0);
+    // Per wall-clock second the table never saw more than its capacity, give or take one
+    // batch (25 WCU) straddling a second boundary.
+    let peak = report["peak_wcu_per_s"].as_f64().unwrap();
+    assert!(
+        peak <= 525.0,
+        "peak {peak} WCU in one second against 500 provisioned: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_unpaced_writes_are_throttled_but_nothing_is_lost() {
+    // The same load unpaced: the table refuses what is over capacity, the writer retries
+    // until everything is written.
+    let (report, _) = drain_into_provisioned_table(1500, 200, None).await;
+    let refused = report["throttled_requests"].as_u64().unwrap()
+        + report["unprocessed_items"].as_u64().unwrap();
+    assert!(
+        refused > 0,
+        "an unpaced spike must meet the table's limit: {report}"
+    );
 }
