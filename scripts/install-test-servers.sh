@@ -2,6 +2,7 @@
 # Install the local test servers used by sluice's integration tests.
 #
 #   ministack       MiniStack (PyPI), in its own venv:   $T/ministack/bin/ministack
+#   redis           Debian's redis-server (apt), for the shared rate bucket's tests
 #   dynamodb-local  DynamoDB Local (from the npm package amplify-dynamodb-simulator):
 #                   $T/dynamodb-local/DynamoDBLocal.jar (+ DynamoDBLocal_lib/)
 #
@@ -140,13 +141,30 @@ install_dynamodb_local() {
   log "dynamodb-local: installed"
 }
 
-# Usage: install-test-servers.sh [ministack] [dynamodb-local]   (default: both)
+# --- redis (the shared rate bucket's tests) -------------------------------------
+install_redis() {
+  if command -v redis-server >/dev/null; then
+    log "redis: already installed"
+    return
+  fi
+  log "redis: installing Debian's redis-server"
+  apt_install redis-server
+  # Debian's package starts a system service on port 6379; the tests start their own on free ports.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
+    systemctl stop redis-server || true
+  fi
+  command -v redis-server >/dev/null || die "redis-server missing after install"
+  log "redis: installed"
+}
+
+# Usage: install-test-servers.sh [ministack] [dynamodb-local] [redis]   (default: all)
 want=("$@")
-[[ ${#want[@]} -gt 0 ]] || want=(ministack dynamodb-local)
+[[ ${#want[@]} -gt 0 ]] || want=(ministack dynamodb-local redis)
 for what in "${want[@]}"; do
   case $what in
     ministack) install_ministack ;;
     dynamodb-local) ensure_java; install_dynamodb_local ;;
-    *) die "unknown server '$what' (expected ministack or dynamodb-local)" ;;
+    redis) install_redis ;;
+    *) die "unknown server '$what' (expected ministack, dynamodb-local or redis)" ;;
   esac
 done

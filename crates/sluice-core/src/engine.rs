@@ -50,6 +50,9 @@ pub struct EngineConfig {
     pub ack_linger: Duration,
     /// Delete calls in flight at once.
     pub max_concurrent_acks: usize,
+    /// Intake pacing: receive only while the write backlog takes less than this at the paced
+    /// rate, so a message never waits long for write capacity. None: no intake pacing.
+    pub intake_horizon: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
             poison_nack_delay: Duration::from_secs(60),
             ack_linger: Duration::from_millis(20),
             max_concurrent_acks: 8,
+            intake_horizon: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -85,6 +89,14 @@ impl EngineConfig {
         }
         if self.message_timeout.is_zero() {
             return Err("message_timeout must be above zero".into());
+        }
+        if let Some(h) = self.intake_horizon
+            && h * 2 > self.message_timeout
+        {
+            return Err(format!(
+                "intake_horizon ({h:?}) must be at most half of message_timeout ({:?}), so a received message has time to be written",
+                self.message_timeout
+            ));
         }
         Ok(())
     }
@@ -249,6 +261,20 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
                 Err(_) => break,
             },
         };
+        // Intake pacing: no more messages while what is already here takes longer than the
+        // horizon to write at the paced rate.
+        if let Some(horizon) = shared.config.intake_horizon {
+            while shared
+                .writer
+                .backlog_seconds()
+                .is_some_and(|s| s > horizon.as_secs_f64())
+            {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        }
         // Dropping the receive future is how a parked long poll is cancelled.
         let received = tokio::select! {
             biased;
@@ -289,6 +315,15 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
         shared.stats.received.fetch_add(n, Ordering::Relaxed);
         shared.stats.in_flight.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("sluice_messages_received_total").increment(n);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for m in &messages {
+            if let Some(sent) = m.sent_at_ms {
+                metrics::histogram!("sluice_message_age_seconds")
+                    .record(now_ms.saturating_sub(sent) as f64 / 1000.0);
+            }
+        }
         metrics::gauge!("sluice_messages_in_flight").increment(n as f64);
         for message in messages {
             // `reserved` holds `max` permits and a receive returns at most `max` messages.

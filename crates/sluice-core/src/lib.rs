@@ -9,6 +9,7 @@
 //! - [`engine`]: the worker pool tying them together.
 //! - [`testing`]: in-memory fakes of a queue and a table, for tests.
 
+pub mod aimd;
 pub mod codec;
 pub mod engine;
 pub mod item;
@@ -18,10 +19,11 @@ pub mod source;
 pub mod testing;
 pub mod writer;
 
+pub use aimd::{Aimd, AimdConfig, RateChange};
 pub use codec::{DecodeError, Schema, TtlRule, decode_message};
 pub use engine::{Engine, EngineConfig, EngineStats, StatsSnapshot};
 pub use item::{AttrValue, Item};
-pub use rate::{Backoff, WcuLimiter};
+pub use rate::{Backoff, FleetConfig, LeaseSource, WcuLimiter};
 pub use source::{AckFailure, Received, Source, SourceError};
 pub use writer::{
     BatchResult, BatchWriter, WriteError, WriteErrorKind, WriteFailure, Writer, WriterConfig,

@@ -64,6 +64,10 @@ pub fn describe() {
         "Time from receipt to ack or nack of a message."
     );
     describe_histogram!(
+        "sluice_message_age_seconds",
+        "Time from the producer's send (SQS SentTimestamp) to receipt: how far behind the backlog is."
+    );
+    describe_histogram!(
         "sluice_rate_limiter_wait_seconds",
         "Time a batch waited for write capacity tokens."
     );

@@ -1,25 +1,89 @@
 //! Write pacing in write capacity units.
 //!
-//! Every BatchWriteItem waits here for as many tokens as its items cost in WCU before it is sent,
-//! so the table sees at most `budget` WCU per second plus a burst of at most one second of budget.
-//! This is the first version: a fixed budget from config. Capacity discovery (DescribeTable),
-//! AIMD on throttles and fleet-wide budgets plug in behind the same three calls: `acquire`,
-//! `on_throttle`, `on_written`.
+//! Every BatchWriteItem waits here for as many tokens as its items cost in WCU before it is sent.
+//! Three layers decide how fast that is:
+//! - the **budget**: target utilization × the table's capacity (or this instance's share of it,
+//!   or an explicit override). A governor token bucket holds it, with a small burst of at most one
+//!   second of budget, and starts empty so a restart ramps up instead of bursting over.
+//! - **AIMD** under the budget ([`crate::aimd`]): a throttle or UnprocessedItems cuts the paced
+//!   rate, quiet seconds bring it back, never above the budget. It works by charging
+//!   `budget / rate` bucket cells per WCU, so the bucket's state survives every rate change.
+//! - optionally a **fleet bucket** ([`LeaseSource`], Redis in shared mode): tokens are leased
+//!   from one bucket shared by every instance, a few at a time. If it cannot be reached, this
+//!   instance falls back to its local share at once and tries the fleet again later: it never
+//!   stalls and never exceeds its share.
 
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use crate::aimd::{Aimd, AimdConfig, RateChange};
+
+/// A fleet-wide token bucket (Redis GCRA in sluice's shared mode).
+pub trait LeaseSource: Send + Sync {
+    /// Takes `cells` from the shared bucket. `Ok(None)`: granted. `Ok(Some(wait))`: not yet,
+    /// ask again after `wait`. `Err`: the bucket cannot be reached.
+    fn take(
+        &self,
+        cells: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Duration>, String>> + Send + '_>>;
+
+    /// The most cells one `take` can be granted (the shared bucket's burst).
+    fn max_cells(&self) -> u32 {
+        u32::MAX
+    }
+}
+
+/// How the fleet bucket is used.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetConfig {
+    /// WCU leased per round trip (a few per cent of the budget keeps round trips rare).
+    pub lease_wcu: u32,
+    /// Longest a lease call may take before the bucket counts as unreachable.
+    pub timeout: Duration,
+    /// How long to stay on the local share after the bucket failed.
+    pub retry_after: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            lease_wcu: 50,
+            timeout: Duration::from_millis(250),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
 /// A token bucket metered in WCU, or no pacing at all when no budget is set.
 pub struct WcuLimiter {
-    bucket: Option<Bucket>,
+    paced: Option<Paced>,
 }
 
 struct Bucket {
     limiter: DefaultDirectRateLimiter,
-    budget: NonZeroU32,
     burst: NonZeroU32,
+}
+
+struct Paced {
+    bucket: RwLock<Arc<Bucket>>,
+    burst_seconds: f64,
+    aimd: Mutex<Aimd>,
+    /// Fractional cells owed from earlier acquires (the AIMD factor is rarely a whole number).
+    carry: Mutex<f64>,
+    fleet: Option<Fleet>,
+}
+
+struct Fleet {
+    source: Arc<dyn LeaseSource>,
+    config: FleetConfig,
+    /// Cells leased from the fleet bucket and not yet spent.
+    balance: Mutex<f64>,
+    down_until: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,65 +92,228 @@ pub enum RateConfigError {
     Burst(f64),
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn make_bucket(budget: NonZeroU32, burst_seconds: f64) -> Bucket {
+    let burst = ((budget.get() as f64 * burst_seconds).floor() as u32).max(1);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    let limiter = RateLimiter::direct(Quota::per_second(budget).allow_burst(burst));
+    // Start empty: a (re)started instance ramps up at the budget instead of spending a burst on
+    // top of it, so a crash-looping fleet cannot push a table over at every start.
+    let _ = limiter.check_n(burst);
+    Bucket { limiter, burst }
+}
+
+fn report(change: Option<RateChange>) {
+    match change {
+        Some(RateChange::Decreased { from, to }) => {
+            metrics::counter!("sluice_aimd_decreases_total").increment(1);
+            metrics::gauge!("sluice_paced_rate_wcu_per_second").set(to);
+            tracing::info!(
+                from_wcu_per_s = from.round(),
+                to_wcu_per_s = to.round(),
+                "table throttled: paced rate cut"
+            );
+        }
+        Some(RateChange::Increased { from, to }) => {
+            metrics::counter!("sluice_aimd_increases_total").increment(1);
+            metrics::gauge!("sluice_paced_rate_wcu_per_second").set(to);
+            tracing::debug!(
+                from_wcu_per_s = from.round(),
+                to_wcu_per_s = to.round(),
+                "paced rate recovering"
+            );
+        }
+        None => {}
+    }
+}
+
 impl WcuLimiter {
     /// No pacing: writes go as fast as the table answers.
     pub fn unlimited() -> Self {
-        WcuLimiter { bucket: None }
+        WcuLimiter { paced: None }
     }
 
     /// Paces to `budget` WCU per second; `burst_seconds` (0 < b ≤ 1) of budget may be spent at
     /// once after an idle spell.
     pub fn try_new(budget: NonZeroU32, burst_seconds: f64) -> Result<Self, RateConfigError> {
+        Self::with_aimd(budget, burst_seconds, AimdConfig::default())
+    }
+
+    pub fn with_aimd(
+        budget: NonZeroU32,
+        burst_seconds: f64,
+        aimd: AimdConfig,
+    ) -> Result<Self, RateConfigError> {
         if !(burst_seconds > 0.0 && burst_seconds <= 1.0) {
             return Err(RateConfigError::Burst(burst_seconds));
         }
-        let burst = ((budget.get() as f64 * burst_seconds).floor() as u32).max(1);
-        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::per_second(budget).allow_burst(burst);
         metrics::gauge!("sluice_write_budget_wcu_per_second").set(budget.get() as f64);
-        // Start empty: a (re)started instance ramps up at the budget instead of spending a burst
-        // on top of it, so a crash-looping fleet cannot push a table over at every start.
-        let limiter = RateLimiter::direct(quota);
-        let _ = limiter.check_n(burst);
+        metrics::gauge!("sluice_paced_rate_wcu_per_second").set(budget.get() as f64);
         Ok(WcuLimiter {
-            bucket: Some(Bucket {
-                limiter,
-                budget,
-                burst,
+            paced: Some(Paced {
+                bucket: RwLock::new(Arc::new(make_bucket(budget, burst_seconds))),
+                burst_seconds,
+                aimd: Mutex::new(Aimd::new(budget.get() as f64, aimd, Instant::now())),
+                carry: Mutex::new(0.0),
+                fleet: None,
             }),
         })
     }
 
+    /// Takes tokens from a fleet-wide bucket first; the local budget becomes the fallback share.
+    pub fn with_fleet(mut self, source: Arc<dyn LeaseSource>, config: FleetConfig) -> Self {
+        if let Some(p) = &mut self.paced {
+            p.fleet = Some(Fleet {
+                source,
+                config,
+                balance: Mutex::new(0.0),
+                down_until: Mutex::new(None),
+            });
+        }
+        self
+    }
+
     /// The budget in WCU per second, if pacing is on.
-    pub fn budget(&self) -> Option<NonZeroU32> {
-        self.bucket.as_ref().map(|b| b.budget)
+    pub fn budget(&self) -> Option<f64> {
+        self.paced.as_ref().map(|p| lock(&p.aimd).budget())
+    }
+
+    /// The paced rate (the budget, or less after throttles), if pacing is on.
+    pub fn rate(&self) -> Option<f64> {
+        self.paced.as_ref().map(|p| {
+            let mut aimd = lock(&p.aimd);
+            report(aimd.recover(Instant::now()));
+            aimd.rate()
+        })
+    }
+
+    /// A new budget (capacity discovered or changed by UpdateTable).
+    pub fn set_budget(&self, budget: NonZeroU32) {
+        let Some(p) = &self.paced else { return };
+        let mut aimd = lock(&p.aimd);
+        if (aimd.budget() - budget.get() as f64).abs() < 0.5 {
+            return;
+        }
+        tracing::info!(
+            from_wcu_per_s = aimd.budget(),
+            to_wcu_per_s = budget.get(),
+            "write budget changed"
+        );
+        aimd.set_budget(budget.get() as f64, Instant::now());
+        metrics::gauge!("sluice_write_budget_wcu_per_second").set(budget.get() as f64);
+        metrics::gauge!("sluice_paced_rate_wcu_per_second").set(aimd.rate());
+        *p.bucket.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(make_bucket(budget, p.burst_seconds));
     }
 
     /// Waits until `wcu` tokens are available and takes them. A cost above the burst is taken in
     /// burst-sized slices, so a large batch waits its fair time instead of failing.
     pub async fn acquire(&self, wcu: u32) {
-        let Some(bucket) = &self.bucket else { return };
+        let Some(p) = &self.paced else { return };
         let started = Instant::now();
-        let mut left = wcu;
-        while left > 0 {
-            let n = left.min(bucket.burst.get());
-            let cells = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-            // `n` never exceeds the burst, the only way this can fail.
-            if bucket.limiter.until_n_ready(cells).await.is_err() {
-                break;
+        // Below the budget, each WCU costs budget/rate cells.
+        let cells = {
+            let mut aimd = lock(&p.aimd);
+            report(aimd.recover(started));
+            let factor = aimd.budget() / aimd.rate().max(f64::MIN_POSITIVE);
+            let mut carry = lock(&p.carry);
+            let exact = wcu as f64 * factor + *carry;
+            let whole = exact.floor();
+            *carry = exact - whole;
+            whole as u32
+        };
+        if cells > 0 {
+            let paid_by_fleet = match &p.fleet {
+                Some(fleet) if fleet.usable() => fleet.lease(cells as f64).await,
+                _ => false,
+            };
+            if !paid_by_fleet {
+                p.local(cells).await;
             }
-            left -= n;
         }
         metrics::histogram!("sluice_rate_limiter_wait_seconds")
             .record(started.elapsed().as_secs_f64());
     }
 
-    /// A throttle (exception or UnprocessedItems) was seen. The AIMD controller hooks in here.
-    pub fn on_throttle(&self) {}
+    /// A throttle (exception or UnprocessedItems) was seen: AIMD cuts the paced rate.
+    pub fn on_throttle(&self) {
+        if let Some(p) = &self.paced {
+            report(lock(&p.aimd).on_throttle(Instant::now()));
+        }
+    }
 
     /// `wcu` units were written.
     pub fn on_written(&self, wcu: f64) {
         metrics::counter!("sluice_wcu_consumed_total").increment(wcu.round() as u64);
+    }
+}
+
+impl Paced {
+    async fn local(&self, cells: u32) {
+        let bucket = self
+            .bucket
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut left = cells;
+        while left > 0 {
+            let n = left.min(bucket.burst.get());
+            let slice = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+            // `n` never exceeds the burst, the only way this can fail.
+            if bucket.limiter.until_n_ready(slice).await.is_err() {
+                break;
+            }
+            left -= n;
+        }
+    }
+}
+
+impl Fleet {
+    /// Spends from the leased balance if it covers `cells`.
+    fn take(&self, cells: f64) -> bool {
+        let mut balance = lock(&self.balance);
+        let covered = *balance >= cells;
+        if covered {
+            *balance -= cells;
+        }
+        covered
+    }
+
+    fn usable(&self) -> bool {
+        lock(&self.down_until).is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Leases until `cells` are covered. False: the fleet bucket failed, use the local share.
+    async fn lease(&self, cells: f64) -> bool {
+        loop {
+            if self.take(cells) {
+                return true;
+            }
+            let want = (self.config.lease_wcu as f64)
+                .max(cells - *lock(&self.balance))
+                .ceil() as u32;
+            let answer = tokio::time::timeout(self.config.timeout, self.source.take(want)).await;
+            match answer {
+                Ok(Ok(None)) => *lock(&self.balance) += want as f64,
+                Ok(Ok(Some(wait))) => tokio::time::sleep(wait.min(Duration::from_secs(1))).await,
+                Ok(Err(error)) => return self.fail(&error),
+                Err(_) => return self.fail("lease timed out"),
+            }
+        }
+    }
+
+    fn fail(&self, error: &str) -> bool {
+        metrics::counter!("sluice_redis_lease_failures_total").increment(1);
+        tracing::warn!(
+            error,
+            retry_in_s = self.config.retry_after.as_secs_f64(),
+            "fleet bucket unreachable: pacing to the local share"
+        );
+        *lock(&self.down_until) = Some(Instant::now() + self.config.retry_after);
+        false
     }
 }
 
@@ -140,7 +367,8 @@ mod tests {
         assert!(WcuLimiter::try_new(budget, 1.5).is_err());
         assert!(WcuLimiter::try_new(budget, 0.0).is_err());
         let l = WcuLimiter::try_new(budget, 0.2).unwrap();
-        assert_eq!(l.bucket.as_ref().unwrap().burst.get(), 20);
+        let p = l.paced.as_ref().unwrap();
+        assert_eq!(p.bucket.read().unwrap().burst.get(), 20);
     }
 
     #[tokio::test]
@@ -161,5 +389,103 @@ mod tests {
         // A cost larger than the burst is taken in slices rather than rejected.
         l.acquire(45).await;
         assert!(start.elapsed() >= Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn a_throttle_slows_pacing_below_the_budget() {
+        let l = WcuLimiter::try_new(NonZeroU32::new(1000).unwrap(), 0.01).unwrap();
+        l.on_throttle();
+        assert_eq!(l.rate(), Some(800.0));
+        assert_eq!(l.budget(), Some(1000.0));
+        // 400 WCU at 800 WCU/s take 0.5 s (at the full budget they would take 0.4 s).
+        let start = Instant::now();
+        for _ in 0..40 {
+            l.acquire(10).await;
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(480),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_budget_change_takes_effect_and_keeps_the_aimd_share() {
+        let l = WcuLimiter::try_new(NonZeroU32::new(1000).unwrap(), 0.01).unwrap();
+        l.on_throttle();
+        l.set_budget(NonZeroU32::new(100).unwrap());
+        assert_eq!((l.budget(), l.rate()), (Some(100.0), Some(80.0)));
+        let start = Instant::now();
+        for _ in 0..4 {
+            l.acquire(10).await;
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(450),
+            "40 WCU at 80 WCU/s: 0.5 s"
+        );
+    }
+
+    /// A fleet bucket that grants everything, or fails, as told.
+    struct FakeFleet {
+        up: std::sync::atomic::AtomicBool,
+        granted: std::sync::atomic::AtomicU32,
+    }
+
+    impl LeaseSource for FakeFleet {
+        fn take(
+            &self,
+            cells: u32,
+        ) -> Pin<Box<dyn Future<Output = Result<Option<Duration>, String>> + Send + '_>> {
+            Box::pin(async move {
+                if self.up.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.granted
+                        .fetch_add(cells, std::sync::atomic::Ordering::Relaxed);
+                    Ok(None)
+                } else {
+                    Err("connection refused".into())
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fleet_bucket_pays_when_up_and_the_local_share_when_down() {
+        let fleet = Arc::new(FakeFleet {
+            up: true.into(),
+            granted: 0.into(),
+        });
+        let config = FleetConfig {
+            lease_wcu: 50,
+            ..FleetConfig::default()
+        };
+        // Local share 10 WCU/s: far slower than the fleet bucket, which grants everything.
+        let l = WcuLimiter::try_new(NonZeroU32::new(10).unwrap(), 0.1)
+            .unwrap()
+            .with_fleet(fleet.clone(), config);
+        let start = Instant::now();
+        for _ in 0..20 {
+            l.acquire(10).await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "paid by the fleet, not the 10 WCU/s share"
+        );
+        assert_eq!(
+            fleet.granted.load(std::sync::atomic::Ordering::Relaxed),
+            200
+        );
+
+        // The fleet goes down: no stall, and no faster than the local share.
+        fleet.up.store(false, std::sync::atomic::Ordering::Relaxed);
+        let start = Instant::now();
+        for _ in 0..3 {
+            l.acquire(1).await;
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(190),
+            "3 WCU at 10 WCU/s: {took:?}"
+        );
+        assert!(took < Duration::from_secs(3), "never stalls: {took:?}");
     }
 }

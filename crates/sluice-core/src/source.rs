@@ -27,6 +27,8 @@ pub struct Received<H> {
     pub receive_count: u32,
     pub handle: H,
     pub received_at: Instant,
+    /// When the producer sent it (SQS's SentTimestamp), in milliseconds since the epoch.
+    pub sent_at_ms: Option<u64>,
 }
 
 /// A failure talking to the buffer.

@@ -121,6 +121,7 @@ impl InMemoryQueueForTests {
                     receive_count: m.receive_count,
                     handle: receipt,
                     received_at: now,
+                    sent_at_ms: None,
                 });
             } else {
                 next_visible = Some(next_visible.map_or(m.visible_at, |t| t.min(m.visible_at)));

@@ -158,6 +158,32 @@ pub struct WriterStats {
     pub duplicates_collapsed: AtomicU64,
     /// BatchWriteItem calls made.
     pub requests: AtomicU64,
+    /// WCU of items handed to the writer and not yet written or given up: the write backlog.
+    pub pending_wcu: AtomicU64,
+}
+
+/// Counts one item's WCU in `pending_wcu` for as long as it lives.
+struct Charge {
+    stats: Arc<WriterStats>,
+    wcu: u64,
+}
+
+impl Charge {
+    fn new(stats: &Arc<WriterStats>, wcu: u32) -> Self {
+        stats.pending_wcu.fetch_add(wcu as u64, Ordering::Relaxed);
+        Charge {
+            stats: stats.clone(),
+            wcu: wcu as u64,
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.stats
+            .pending_wcu
+            .fetch_sub(self.wcu, Ordering::Relaxed);
+    }
 }
 
 /// The completion of one message's items.
@@ -195,6 +221,7 @@ impl Tracker {
 struct Pending {
     item: Item,
     trackers: Vec<Arc<Tracker>>,
+    charge: Charge,
 }
 
 impl Pending {
@@ -239,6 +266,7 @@ impl Pending {
 pub struct Writer {
     tx: mpsc::Sender<Pending>,
     stats: Arc<WriterStats>,
+    limiter: Arc<WcuLimiter>,
 }
 
 impl Writer {
@@ -251,12 +279,26 @@ impl Writer {
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue_items.max(1));
         let stats = Arc::new(WriterStats::default());
-        let task = tokio::spawn(run_batcher(client, limiter, config, rx, stats.clone()));
-        (Writer { tx, stats }, task)
+        let task = tokio::spawn(run_batcher(
+            client,
+            limiter.clone(),
+            config,
+            rx,
+            stats.clone(),
+        ));
+        (Writer { tx, stats, limiter }, task)
     }
 
     pub fn stats(&self) -> Arc<WriterStats> {
         self.stats.clone()
+    }
+
+    /// Seconds the write backlog takes at the current paced rate (None when unpaced).
+    pub fn backlog_seconds(&self) -> Option<f64> {
+        let rate = self.limiter.rate()?;
+        let pending = self.stats.pending_wcu.load(Ordering::Relaxed) as f64;
+        metrics::gauge!("sluice_write_backlog_wcu").set(pending);
+        Some(pending / rate.max(1.0))
     }
 
     /// Writes all `items` (one message's logs), returning when every one is written, or the first
@@ -273,6 +315,7 @@ impl Writer {
         });
         for item in items {
             let pending = Pending {
+                charge: Charge::new(&self.stats, item.wcu()),
                 item,
                 trackers: vec![tracker.clone()],
             };
@@ -320,6 +363,7 @@ impl<'a> BatchBuilder<'a> {
             let slot = &mut self.items[i];
             self.bytes = self.bytes - slot.item.size() + p.item.size();
             slot.item = p.item;
+            slot.charge = p.charge; // the replaced item's charge is released
             slot.trackers.extend(p.trackers);
             metrics::counter!("sluice_duplicates_collapsed_total").increment(1);
             self.stats

@@ -24,6 +24,7 @@ struct Harness {
     stop: CancellationToken,
     run: JoinHandle<StatsSnapshot>,
     stats: Arc<sluice_core::EngineStats>,
+    writer_stats: Arc<sluice_core::WriterStats>,
 }
 
 fn config() -> EngineConfig {
@@ -37,6 +38,7 @@ fn config() -> EngineConfig {
         poison_nack_delay: Duration::from_secs(30),
         ack_linger: Duration::from_millis(10),
         max_concurrent_acks: 4,
+        intake_horizon: None,
     }
 }
 
@@ -45,11 +47,17 @@ fn start(
     table: Arc<MemoryTableForTests>,
     cfg: EngineConfig,
 ) -> Harness {
-    let (writer, _task) = Writer::spawn(
-        table.clone(),
-        Arc::new(WcuLimiter::unlimited()),
-        WriterConfig::default(),
-    );
+    start_paced(queue, table, cfg, WcuLimiter::unlimited())
+}
+
+fn start_paced(
+    queue: Arc<InMemoryQueueForTests>,
+    table: Arc<MemoryTableForTests>,
+    cfg: EngineConfig,
+    limiter: WcuLimiter,
+) -> Harness {
+    let (writer, _task) = Writer::spawn(table.clone(), Arc::new(limiter), WriterConfig::default());
+    let writer_stats = writer.stats();
     let engine = Engine::new(queue.clone(), writer, Schema::default(), cfg);
     let stats = engine.stats();
     let stop = CancellationToken::new();
@@ -60,6 +68,7 @@ fn start(
         stop,
         run,
         stats,
+        writer_stats,
     }
 }
 
@@ -345,4 +354,47 @@ async fn shutdown_cancels_a_parked_long_poll_at_once() {
     h.stop.cancel();
     h.run.await.unwrap();
     assert!(began.elapsed() < Duration::from_secs(1));
+}
+
+// Real time: the token bucket runs on governor's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_is_paced_so_the_write_backlog_stays_within_the_horizon() {
+    let mut cfg = config();
+    cfg.intake_horizon = Some(Duration::from_millis(500));
+    cfg.message_timeout = Duration::from_secs(10);
+    let limiter = WcuLimiter::try_new(std::num::NonZeroU32::new(200).unwrap(), 0.1).unwrap();
+    let h = start_paced(
+        queue(),
+        Arc::new(MemoryTableForTests::default()),
+        cfg,
+        limiter,
+    );
+    for i in 0..300 {
+        h.queue.send(log(&format!("i{i}")));
+    }
+    let mut peak = 0;
+    let started = std::time::Instant::now();
+    while !h.queue.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "not drained");
+        peak = peak.max(h.writer_stats.pending_wcu.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // 200 WCU/s × 0.5 s, plus what one round of receives (2 pollers × 10) can add past the check.
+    assert!(peak <= 100 + 20, "write backlog peaked at {peak} WCU");
+    assert!(
+        peak >= 50,
+        "the backlog did fill up to the horizon ({peak})"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1300),
+        "300 WCU at 200 WCU/s take 1.5 s"
+    );
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!((stats.acked, stats.nacked), (300, 0));
+    assert_eq!(
+        h.writer_stats.pending_wcu.load(Ordering::Relaxed),
+        0,
+        "every charge released"
+    );
 }

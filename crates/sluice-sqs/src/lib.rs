@@ -88,6 +88,7 @@ impl Source for SqsSource {
             .wait_time_seconds(self.config.wait_time_seconds.min(20) as i32)
             .set_visibility_timeout(self.config.visibility_timeout.map(secs))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send()
             .await
             .map_err(|e| source_error("ReceiveMessage", e))?;
@@ -97,17 +98,21 @@ impl Source for SqsSource {
             let Some(handle) = m.receipt_handle() else {
                 continue; // cannot be acked or nacked; SQS always sends one
             };
-            let receive_count = m
-                .attributes()
-                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1);
+            let attribute = |name: MessageSystemAttributeName| {
+                m.attributes()
+                    .and_then(|a| a.get(&name))
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            let receive_count =
+                attribute(MessageSystemAttributeName::ApproximateReceiveCount).unwrap_or(1) as u32;
+            let sent_at_ms = attribute(MessageSystemAttributeName::SentTimestamp);
             messages.push(Received {
                 message_id: m.message_id().unwrap_or_default().to_string(),
                 body: Bytes::copy_from_slice(m.body().unwrap_or_default().as_bytes()),
                 receive_count,
                 handle: handle.to_string(),
                 received_at,
+                sent_at_ms,
             });
         }
         Ok(messages)

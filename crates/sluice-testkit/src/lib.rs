@@ -201,6 +201,76 @@ pub async fn start_dynamodb_local() -> Result<ServerProcess> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("dynamodb-local did not start")))
 }
 
+/// Starts a Redis server (Debian's `redis-server`, installed by scripts/test.sh) on a free
+/// loopback port, without persistence.
+pub async fn start_redis() -> Result<ServerProcess> {
+    let bin = which("redis-server").ok_or_else(|| {
+        anyhow::anyhow!(
+            "redis-server is not installed: run scripts/test.sh (it installs Debian's redis-server)"
+        )
+    })?;
+    let mut last = None;
+    for _ in 0..3 {
+        let port = free_port();
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--port",
+        ])
+        .arg(port.to_string());
+        let mut server = spawn("redis", cmd, port)?;
+        server.endpoint = format!("redis://127.0.0.1:{port}/");
+        let started = Instant::now();
+        let ready = loop {
+            if let Some(status) = server.child.try_wait()? {
+                break Err(anyhow::anyhow!(
+                    "redis-server exited with {status}:\n{}",
+                    server.log_tail()
+                ));
+            }
+            if redis_ping(port) {
+                break Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                break Err(anyhow::anyhow!(
+                    "redis-server not ready:\n{}",
+                    server.log_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        match ready {
+            Ok(()) => return Ok(server),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+}
+
+fn redis_ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"])
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.is_file())
+}
+
 /// Which real servers a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
