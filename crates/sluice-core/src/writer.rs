@@ -160,6 +160,8 @@ pub struct WriterStats {
     pub requests: AtomicU64,
     /// WCU of items handed to the writer and not yet written or given up: the write backlog.
     pub pending_wcu: AtomicU64,
+    /// When the last successful write landed, in milliseconds since the epoch (0: none yet).
+    pub last_write_ms: AtomicU64,
 }
 
 /// Counts one item's WCU in `pending_wcu` for as long as it lives.
@@ -517,6 +519,12 @@ fn send_batch<W: BatchWriter>(
                     stats
                         .logs_written
                         .fetch_add(written_logs, Ordering::Relaxed);
+                    if written_logs > 0 {
+                        let now_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        stats.last_write_ms.fetch_max(now_ms, Ordering::Relaxed);
+                    }
                     stats
                         .wcu_consumed
                         .fetch_add(consumed.round() as u64, Ordering::Relaxed);

@@ -94,6 +94,41 @@ impl DynamoDbWriter {
     }
 }
 
+/// A table's write capacity, as DescribeTable reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableCapacity {
+    /// Provisioned write capacity units per second.
+    Provisioned(u64),
+    /// PAY_PER_REQUEST: no provisioned figure to pace to.
+    OnDemand,
+}
+
+/// Reads the table's write capacity (DescribeTable).
+pub async fn describe_capacity(client: &Client, table: &str) -> Result<TableCapacity, String> {
+    let out = client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| format!("DescribeTable `{table}`: {}", DisplayErrorContext(&e)))?;
+    let t = out
+        .table()
+        .ok_or_else(|| format!("DescribeTable `{table}` returned no table"))?;
+    let on_demand = t
+        .billing_mode_summary()
+        .and_then(|b| b.billing_mode())
+        .is_some_and(|m| m == &aws_sdk_dynamodb::types::BillingMode::PayPerRequest);
+    let wcu = t
+        .provisioned_throughput()
+        .and_then(|p| p.write_capacity_units())
+        .unwrap_or(0);
+    Ok(if on_demand || wcu <= 0 {
+        TableCapacity::OnDemand
+    } else {
+        TableCapacity::Provisioned(wcu as u64)
+    })
+}
+
 /// Core attribute values into the SDK's.
 pub fn to_attribute_value(v: &AttrValue) -> AttributeValue {
     match v {

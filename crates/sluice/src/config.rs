@@ -131,21 +131,99 @@ impl Default for SchemaSettings {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateMode {
+    /// Each instance paces to its share of the budget; no extra infrastructure.
+    #[default]
+    Local,
+    /// One token bucket in Redis for the whole fleet; the local share is the fallback.
+    Redis,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateSettings {
-    /// Write budget in WCU per second: the table's provisioned write capacity, or this
-    /// instance's share of it. Unset: writes are not paced.
+    /// Explicit write budget for the whole table, in WCU per second. Unset: discovered with
+    /// DescribeTable as target_utilization × the table's write capacity.
     pub wcu_per_second: Option<u32>,
-    /// Burst, in seconds of budget (0 < b ≤ 1).
+    /// Share of the discovered capacity to use (0 < u ≤ 1).
+    pub target_utilization: f64,
+    /// Capacity to assume for an on-demand table, in WCU per second. Unset: on-demand tables
+    /// are not paced.
+    pub on_demand_wcu_per_second: Option<u32>,
+    /// This instance's share of the budget (0 < s ≤ 1), when several instances write one table.
+    /// In redis mode it is the fallback when Redis cannot be reached.
+    pub share: Option<f64>,
+    /// Alternative to `share`: the number of instances; share = 1 / expected_replicas.
+    pub expected_replicas: Option<u32>,
+    /// How often DescribeTable is read again to follow capacity changes.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Burst, in seconds of budget (0 < b ≤ 1): what may be spent at once after an idle spell.
     pub burst_seconds: f64,
+    /// Receive only while the write backlog takes less than this at the paced rate. At most half
+    /// of worker.message_timeout.
+    #[serde(with = "humantime_serde")]
+    pub intake_horizon: Duration,
+    /// `local` or `redis`.
+    pub mode: RateMode,
+    pub redis: RedisSettings,
 }
 
 impl Default for RateSettings {
     fn default() -> Self {
         RateSettings {
             wcu_per_second: None,
-            burst_seconds: 1.0,
+            target_utilization: 0.98,
+            on_demand_wcu_per_second: None,
+            share: None,
+            expected_replicas: None,
+            refresh_interval: Duration::from_secs(60),
+            burst_seconds: 0.2,
+            intake_horizon: Duration::from_secs(5),
+            mode: RateMode::Local,
+            redis: RedisSettings::default(),
+        }
+    }
+}
+
+impl RateSettings {
+    /// This instance's share of the table budget.
+    pub fn share(&self) -> f64 {
+        match (self.share, self.expected_replicas) {
+            (Some(s), _) => s,
+            (None, Some(n)) if n > 0 => 1.0 / f64::from(n),
+            _ => 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Redis URL, e.g. redis://redis.internal:6379/0 (rediss:// is not supported yet).
+    pub url: String,
+    /// Key of the shared bucket. Default: sluice:bucket:<dynamodb.table>.
+    pub key: Option<String>,
+    /// WCU leased per round trip. 0: 2% of the budget, at least 10.
+    pub lease_wcu: u32,
+    /// Longest a lease may take before Redis counts as unreachable.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long to pace to the local share after Redis failed, before trying it again.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: String::new(),
+            key: None,
+            lease_wcu: 0,
+            timeout: Duration::from_millis(250),
+            retry_after: Duration::from_secs(5),
         }
     }
 }
@@ -340,7 +418,19 @@ impl Settings {
         let r = &self.rate;
         check(
             r.wcu_per_second != Some(0),
-            "rate.wcu_per_second must be at least 1 (leave it unset for no pacing)".into(),
+            "rate.wcu_per_second must be at least 1 (leave it unset to discover the table's capacity)"
+                .into(),
+        );
+        check(
+            r.on_demand_wcu_per_second != Some(0),
+            "rate.on_demand_wcu_per_second must be at least 1".into(),
+        );
+        check(
+            r.target_utilization > 0.0 && r.target_utilization <= 1.0,
+            format!(
+                "rate.target_utilization must be in (0, 1], got {}",
+                r.target_utilization
+            ),
         );
         check(
             r.burst_seconds > 0.0 && r.burst_seconds <= 1.0,
@@ -349,9 +439,53 @@ impl Settings {
                 r.burst_seconds
             ),
         );
+        check(
+            !(r.share.is_some() && r.expected_replicas.is_some()),
+            "set rate.share or rate.expected_replicas, not both".into(),
+        );
+        check(
+            r.share.is_none_or(|s| s > 0.0 && s <= 1.0),
+            format!(
+                "rate.share must be in (0, 1], got {}",
+                r.share.unwrap_or_default()
+            ),
+        );
+        check(
+            r.expected_replicas != Some(0),
+            "rate.expected_replicas must be at least 1".into(),
+        );
+        check(
+            r.refresh_interval >= Duration::from_secs(1),
+            "rate.refresh_interval must be at least 1s".into(),
+        );
+        check(
+            r.intake_horizon * 2 <= self.worker.message_timeout && !r.intake_horizon.is_zero(),
+            format!(
+                "rate.intake_horizon ({}) must be above zero and at most half of worker.message_timeout ({})",
+                humantime::format_duration(r.intake_horizon),
+                humantime::format_duration(self.worker.message_timeout)
+            ),
+        );
+        if r.mode == RateMode::Redis {
+            check(
+                r.redis.url.starts_with("redis://"),
+                format!(
+                    "rate.redis.url must be a redis:// URL when rate.mode = \"redis\", got `{}`",
+                    r.redis.url
+                ),
+            );
+            check(
+                !r.redis.timeout.is_zero(),
+                "rate.redis.timeout must be above zero".into(),
+            );
+        }
         let w = &self.worker;
         let engine = self.engine_config();
-        if let Err(e) = engine.validate() {
+        let pool = EngineConfig {
+            intake_horizon: None, // checked above, with its key
+            ..engine
+        };
+        if let Err(e) = pool.validate() {
             check(
                 false,
                 format!("worker: {e} (worker.max_in_flight, sqs.pollers, sqs.max_messages)"),
@@ -400,6 +534,7 @@ impl Settings {
             poison_nack_delay: self.sqs.poison_nack_delay,
             ack_linger: self.sqs.ack_linger,
             max_concurrent_acks: 8,
+            intake_horizon: Some(self.rate.intake_horizon),
         }
     }
 
@@ -417,6 +552,7 @@ impl Settings {
         }
     }
 
+    /// The explicit table budget, when set (otherwise it is discovered).
     pub fn wcu_budget(&self) -> Option<NonZeroU32> {
         self.rate.wcu_per_second.and_then(NonZeroU32::new)
     }

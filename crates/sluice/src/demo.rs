@@ -39,8 +39,8 @@ pub struct DemoArgs {
     /// Write capacity the demo table is provisioned with, in WCU per second.
     #[arg(long, default_value_t = 5000, value_name = "WCU")]
     pub provisioned_wcu: u32,
-    /// sluice's write budget in WCU per second (default: 98% of the provisioned capacity, the
-    /// headroom that keeps one-second peaks under it when a batch straddles a second).
+    /// sluice's write budget in WCU per second. Default: discovered from the table like
+    /// `sluice run` does, target_utilization (0.98) × provisioned capacity.
     #[arg(long, value_name = "WCU")]
     pub wcu: Option<u32>,
     /// Percent of messages that pack several logs (2 to 10, as a JSON array or NDJSON).
@@ -98,8 +98,16 @@ pub struct DemoSummary {
     pub budget_wcu: u32,
     /// Highest WCU consumed in one wall-clock second.
     pub peak_wcu_per_s: f64,
-    /// WCU consumed over the drain, per second.
+    /// WCU consumed per second while writing.
     pub mean_wcu_per_s: f64,
+    /// Consumed WCU / (provisioned WCU × writing time): how much of the table's capacity the
+    /// drain used.
+    pub utilization: f64,
+    pub consumed_wcu: u64,
+    /// The physical minimum drain time: consumed WCU / provisioned WCU per second.
+    pub min_drain_s: f64,
+    /// From the start of the drain to the last write.
+    pub write_s: f64,
     pub acked: u64,
     pub nacked: u64,
     pub drained: bool,
@@ -378,9 +386,6 @@ async fn drive(
         eprintln!();
     }
 
-    let budget = args
-        .wcu
-        .unwrap_or((u64::from(args.provisioned_wcu) * 98 / 100).max(1) as u32);
     let mut settings = Settings::default();
     settings.sqs.queue_url = queues.main.to_string();
     settings.sqs.pollers = 8;
@@ -388,14 +393,18 @@ async fn drive(
     // Poison returns at once so the queue's redrive moves it to the DLQ within the demo.
     settings.sqs.poison_nack_delay = Duration::ZERO;
     settings.dynamodb.table = table.to_string();
-    settings.rate.wcu_per_second = Some(budget);
+    settings.rate.wcu_per_second = args.wcu;
     settings.worker.max_in_flight = 2000;
     settings.validate()?;
     let pipeline = Pipeline::build(&settings, sdk, sdk).await?;
+    let budget = pipeline.limiter().budget().unwrap_or(0.0).round() as u32;
     let stats = pipeline.stats();
     let writer = pipeline.writer_stats();
     let shutdown = CancellationToken::new();
     let drain_started = Instant::now();
+    let drain_started_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let running = tokio::spawn(pipeline.run(shutdown.clone()));
 
     let mut drained = false;
@@ -443,22 +452,28 @@ async fn drive(
     let (dead_lettered, _) = sluice_sqs::admin::queue_counts(sqs, queues.dlq)
         .await
         .map_err(anyhow::Error::msg)?;
-    let consumed = writer.wcu_consumed.load(Ordering::Relaxed) as f64;
-    let (throttled, unprocessed, peak, mean) = match sim.and_then(|s| s.capacity_report(table)) {
+    // Writing time: from the start of the drain to the last write (the drain loop's own
+    // polling granularity is not the pipeline's).
+    let last_write_ms = writer.last_write_ms.load(Ordering::Relaxed);
+    let write_s = (last_write_ms.saturating_sub(drain_started_ms) as f64 / 1000.0).max(0.001);
+    let (throttled, unprocessed, peak, consumed) = match sim.and_then(|s| s.capacity_report(table))
+    {
         // The table's own account is the one that counts.
         Some(r) => (
             r["throttled_requests"].as_u64().unwrap_or(0),
             r["unprocessed_items"].as_u64().unwrap_or(0),
             r["peak_wcu_per_s"].as_f64().unwrap_or(0.0),
-            r["consumed_wcu_total"].as_f64().unwrap_or(0.0) / drain_s.max(0.001),
+            r["consumed_wcu_total"].as_f64().unwrap_or(0.0),
         ),
         None => (
             writer.throttled_requests.load(Ordering::Relaxed),
             writer.unprocessed_retried.load(Ordering::Relaxed),
             own_peak,
-            consumed / drain_s.max(0.001),
+            writer.wcu_consumed.load(Ordering::Relaxed) as f64,
         ),
     };
+    let mean = consumed / write_s;
+    let utilization = consumed / (f64::from(args.provisioned_wcu) * write_s);
     let round1 = |x: f64| (x * 10.0).round() / 10.0;
     Ok(DemoSummary {
         sent: total,
@@ -476,6 +491,10 @@ async fn drive(
         budget_wcu: budget,
         peak_wcu_per_s: round1(peak),
         mean_wcu_per_s: round1(mean),
+        utilization: (utilization * 1000.0).round() / 1000.0,
+        consumed_wcu: consumed.round() as u64,
+        min_drain_s: round1(consumed / f64::from(args.provisioned_wcu)),
+        write_s: round1(write_s),
         acked: final_stats.acked,
         nacked: final_stats.nacked,
         drained,
@@ -508,6 +527,12 @@ fn print_summary(s: &DemoSummary, json: bool) {
         ("provisioned WCU/s", s.provisioned_wcu.to_string()),
         ("peak WCU in 1 s", format!("{}", s.peak_wcu_per_s)),
         ("mean WCU/s", format!("{}", s.mean_wcu_per_s)),
+        ("budget WCU/s", s.budget_wcu.to_string()),
+        ("utilization", format!("{:.1}%", s.utilization * 100.0)),
+        (
+            "writing time",
+            format!("{} s (minimum {} s)", s.write_s, s.min_drain_s),
+        ),
         ("drain time", format!("{} s", s.drain_s)),
         ("drain rate", format!("{} msg/s", s.messages_per_s)),
         ("total time", format!("{} s", s.duration_s)),

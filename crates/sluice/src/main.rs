@@ -59,9 +59,14 @@ fn main() -> ExitCode {
                     "config ok: queue {} → table {} (budget: {})",
                     s.sqs.queue_url,
                     s.dynamodb.table,
-                    s.rate
-                        .wcu_per_second
-                        .map_or("unpaced".to_string(), |w| format!("{w} WCU/s"))
+                    s.rate.wcu_per_second.map_or(
+                        format!(
+                            "discovered, {} × the table's write capacity × share {}",
+                            s.rate.target_utilization,
+                            s.rate.share()
+                        ),
+                        |w| format!("{w} WCU/s × share {}", s.rate.share())
+                    )
                 );
                 ExitCode::SUCCESS
             }

@@ -10,12 +10,60 @@ use sluice_sqs::{SqsSource, SqsSourceConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use std::num::NonZeroU32;
+
+use sluice_core::{FleetConfig, LeaseSource};
+use sluice_dynamodb::TableCapacity;
+use sluice_redis::{BucketRate, RedisBucket};
+
+use crate::config::{RateMode, Settings};
 
 pub struct Pipeline {
     engine: Engine<SqsSource>,
     writer_stats: Arc<WriterStats>,
     writer_task: JoinHandle<()>,
+    limiter: Arc<WcuLimiter>,
+    refresh: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+/// Budgets derived from the table's capacity and the rate settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budgets {
+    /// What the whole fleet may write, WCU per second.
+    pub table: f64,
+    /// What this instance paces to on its own: its share of `table`.
+    pub local: f64,
+}
+
+/// The write budgets for a capacity: an explicit rate.wcu_per_second wins; otherwise
+/// target_utilization × capacity (provisioned, or the configured on-demand ceiling). None: no
+/// pacing (an on-demand table without a configured ceiling).
+pub fn budgets(settings: &Settings, capacity: Option<TableCapacity>) -> Option<Budgets> {
+    let r = &settings.rate;
+    let table = match (r.wcu_per_second, capacity) {
+        (Some(w), _) => f64::from(w),
+        (None, Some(TableCapacity::Provisioned(w))) => w as f64 * r.target_utilization,
+        (None, Some(TableCapacity::OnDemand)) => {
+            f64::from(r.on_demand_wcu_per_second?) * r.target_utilization
+        }
+        (None, None) => return None,
+    };
+    let local = (table * r.share()).max(1.0);
+    Some(Budgets {
+        table: table.max(1.0),
+        local,
+    })
+}
+
+fn nonzero(x: f64) -> NonZeroU32 {
+    NonZeroU32::new(x.floor().max(1.0) as u32).unwrap_or(NonZeroU32::MIN)
+}
+
+fn bucket_rate(settings: &Settings, b: Budgets) -> BucketRate {
+    BucketRate {
+        wcu_per_second: b.table,
+        burst_wcu: ((b.table * settings.rate.burst_seconds) as u32).max(1),
+    }
 }
 
 /// The queue must exist, and a message must stay invisible longer than sluice may work on it:
@@ -59,19 +107,83 @@ impl Pipeline {
         }
         let sqs_client = aws_sdk_sqs::Client::new(sqs);
         check_visibility(settings, &sqs_client).await?;
-        let limiter = match settings.wcu_budget() {
-            Some(budget) => WcuLimiter::try_new(budget, settings.rate.burst_seconds)
-                .map_err(|e| anyhow!("rate.burst_seconds: {e}"))?,
+        let ddb = sluice_dynamodb::writer_client(dynamodb);
+        let table = settings.dynamodb.table.clone();
+        let capacity = if settings.rate.wcu_per_second.is_some() {
+            None
+        } else {
+            match sluice_dynamodb::describe_capacity(&ddb, &table).await {
+                Ok(c) => Some(c),
+                Err(e) if settings.dynamodb.check_table => {
+                    return Err(anyhow!(
+                        "{e}: cannot discover the write capacity (or set rate.wcu_per_second)"
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot discover the write capacity: writes are not paced");
+                    None
+                }
+            }
+        };
+        if let Some(TableCapacity::Provisioned(w)) = capacity {
+            metrics::gauge!("sluice_table_capacity_wcu").set(w as f64);
+        }
+        let budgets = budgets(settings, capacity);
+        let mut bucket = None;
+        let limiter = match budgets {
+            Some(b) => {
+                let limiter = WcuLimiter::try_new(nonzero(b.local), settings.rate.burst_seconds)
+                    .map_err(|e| anyhow!("rate.burst_seconds: {e}"))?;
+                tracing::info!(table_budget_wcu_per_s = b.table.round(), local_budget_wcu_per_s = b.local.round(), mode = ?settings.rate.mode, capacity = ?capacity, "write budget");
+                if settings.rate.mode == RateMode::Redis {
+                    let r = &settings.rate.redis;
+                    let key = r
+                        .key
+                        .clone()
+                        .unwrap_or_else(|| format!("sluice:bucket:{table}"));
+                    let shared = Arc::new(
+                        RedisBucket::new(&r.url, key, bucket_rate(settings, b))
+                            .map_err(|e| anyhow!("rate.redis.url: {e}"))?,
+                    );
+                    bucket = Some(shared.clone());
+                    let lease = if r.lease_wcu > 0 {
+                        r.lease_wcu
+                    } else {
+                        ((b.table * 0.02) as u32).max(10)
+                    };
+                    let fleet = FleetConfig {
+                        lease_wcu: lease,
+                        timeout: r.timeout,
+                        retry_after: r.retry_after,
+                    };
+                    limiter.with_fleet(shared as Arc<dyn LeaseSource>, fleet)
+                } else {
+                    limiter
+                }
+            }
             None => {
                 tracing::warn!(
-                    "rate.wcu_per_second is not set: writes are not paced and a provisioned table may throttle"
+                    "no write budget (on-demand table without rate.on_demand_wcu_per_second, or capacity unknown): writes are not paced"
                 );
                 WcuLimiter::unlimited()
             }
         };
+        let limiter = Arc::new(limiter);
+        // Follow capacity changes (UpdateTable) while the budget is discovered.
+        let refresh = (settings.rate.wcu_per_second.is_none() && budgets.is_some()).then(|| {
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(refresh_budget(
+                settings.clone(),
+                ddb.clone(),
+                limiter.clone(),
+                bucket.clone(),
+                stop.clone(),
+            ));
+            (stop, task)
+        });
         let (writer, writer_task) = Writer::spawn(
             Arc::new(table_writer),
-            Arc::new(limiter),
+            limiter.clone(),
             settings.writer_config(),
         );
         let source = SqsSource::new(
@@ -93,6 +205,8 @@ impl Pipeline {
             engine,
             writer_stats,
             writer_task,
+            limiter,
+            refresh,
         })
     }
 
@@ -104,10 +218,116 @@ impl Pipeline {
         self.writer_stats.clone()
     }
 
+    pub fn limiter(&self) -> Arc<WcuLimiter> {
+        self.limiter.clone()
+    }
+
     /// Runs until `shutdown`, drains, and returns the final counts.
     pub async fn run(self, shutdown: CancellationToken) -> StatsSnapshot {
         let snapshot = self.engine.run(shutdown).await;
         let _ = self.writer_task.await;
+        if let Some((stop, task)) = self.refresh {
+            stop.cancel();
+            let _ = task.await;
+        }
         snapshot
+    }
+}
+
+/// Reads the table's capacity every rate.refresh_interval and moves the budgets with it.
+async fn refresh_budget(
+    settings: Settings,
+    ddb: aws_sdk_dynamodb::Client,
+    limiter: Arc<WcuLimiter>,
+    bucket: Option<Arc<RedisBucket>>,
+    stop: CancellationToken,
+) {
+    let table = settings.dynamodb.table.clone();
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(settings.rate.refresh_interval) => {}
+        }
+        let capacity = match sluice_dynamodb::describe_capacity(&ddb, &table).await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "capacity refresh failed; keeping the current budget");
+                continue;
+            }
+        };
+        if last == Some(capacity) {
+            continue;
+        }
+        last = Some(capacity);
+        if let TableCapacity::Provisioned(w) = capacity {
+            metrics::gauge!("sluice_table_capacity_wcu").set(w as f64);
+        }
+        let Some(b) = budgets(&settings, Some(capacity)) else {
+            tracing::warn!(
+                ?capacity,
+                "the table has no capacity to pace to now; keeping the current budget"
+            );
+            continue;
+        };
+        limiter.set_budget(nonzero(b.local));
+        if let Some(bucket) = &bucket {
+            bucket.set_rate(bucket_rate(&settings, b));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        let mut s = Settings::default();
+        s.sqs.queue_url = "https://q/x".into();
+        s.dynamodb.table = "tbl".into();
+        s
+    }
+
+    #[test]
+    fn the_budget_is_target_utilization_times_provisioned_capacity() {
+        let s = settings();
+        let b = budgets(&s, Some(TableCapacity::Provisioned(1000))).unwrap();
+        assert_eq!((b.table, b.local), (980.0, 980.0));
+    }
+
+    #[test]
+    fn an_explicit_budget_wins_over_discovery() {
+        let mut s = settings();
+        s.rate.wcu_per_second = Some(300);
+        let b = budgets(&s, Some(TableCapacity::Provisioned(1000))).unwrap();
+        assert_eq!(b.table, 300.0);
+        assert_eq!(budgets(&s, None).unwrap().table, 300.0);
+    }
+
+    #[test]
+    fn on_demand_tables_pace_to_the_configured_ceiling_or_not_at_all() {
+        let mut s = settings();
+        assert_eq!(budgets(&s, Some(TableCapacity::OnDemand)), None);
+        s.rate.on_demand_wcu_per_second = Some(4000);
+        assert_eq!(
+            budgets(&s, Some(TableCapacity::OnDemand)).unwrap().table,
+            3920.0
+        );
+    }
+
+    #[test]
+    fn each_instance_takes_its_share_of_the_table_budget() {
+        let mut s = settings();
+        s.rate.expected_replicas = Some(4);
+        let b = budgets(&s, Some(TableCapacity::Provisioned(1000))).unwrap();
+        assert_eq!((b.table, b.local), (980.0, 245.0));
+        s.rate.expected_replicas = None;
+        s.rate.share = Some(0.5);
+        assert_eq!(
+            budgets(&s, Some(TableCapacity::Provisioned(1000)))
+                .unwrap()
+                .local,
+            490.0
+        );
     }
 }

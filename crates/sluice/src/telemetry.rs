@@ -51,6 +51,14 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
         )
         .and_then(|b| {
             b.set_buckets_for_metric(
+                Matcher::Full("sluice_message_age_seconds".into()),
+                &[
+                    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+                ],
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
                 Matcher::Full("sluice_rate_limiter_wait_seconds".into()),
                 &[
                     0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
