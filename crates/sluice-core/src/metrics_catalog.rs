@@ -59,6 +59,30 @@ pub fn describe() {
         "sluice_write_budget_wcu_per_second",
         "The write budget the limiter paces to, in WCU per second."
     );
+    describe_gauge!(
+        "sluice_paced_rate_wcu_per_second",
+        "The rate writes are paced to now: the budget, or less after throttles (AIMD)."
+    );
+    describe_gauge!(
+        "sluice_table_capacity_wcu",
+        "The table's provisioned write capacity, as DescribeTable last reported it."
+    );
+    describe_gauge!(
+        "sluice_write_backlog_wcu",
+        "WCU received and not yet written; intake pauses while it exceeds rate × intake_horizon."
+    );
+    describe_counter!(
+        "sluice_aimd_decreases_total",
+        "Cuts of the paced rate after a throttle or UnprocessedItems."
+    );
+    describe_counter!(
+        "sluice_aimd_increases_total",
+        "Additive recovery steps of the paced rate back towards the budget."
+    );
+    describe_counter!(
+        "sluice_redis_lease_failures_total",
+        "Leases from the shared Redis bucket that failed; the instance paced to its local share."
+    );
     describe_histogram!(
         "sluice_message_processing_seconds",
         "Time from receipt to ack or nack of a message."

@@ -133,6 +133,15 @@ impl SimServer {
         self.state.sqs.report()
     }
 
+    /// Requests served per operation.
+    pub fn requests_report(&self) -> BTreeMap<String, u64> {
+        self.state
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Stops accepting and closes open connections.
     pub fn stop(&self) {
         self.stop.cancel();

@@ -1,6 +1,7 @@
 //! The `sluice` binary's library: config, wiring, telemetry and the commands, so the
 //! integration tests drive exactly what the binary runs.
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod pipeline;

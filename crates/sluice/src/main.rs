@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sluice::bench::BenchArgs;
 use sluice::config;
 use sluice::demo::DemoArgs;
 use sluice::sim::SimArgs;
@@ -30,6 +31,10 @@ enum Command {
     /// Run sluice-sim, the in-memory SQS + DynamoDB server that enforces provisioned write
     /// capacity and injects faults, and print the endpoint to use.
     Sim(SimArgs),
+    /// Benchmark write pacing: N `sluice run` processes drain a backlog into a simulated
+    /// provisioned table; prints utilization, throttles, the highest 5-second average and the
+    /// drain time against the physical minimum.
+    BenchPacing(BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -88,6 +93,16 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "sluice failed");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::BenchPacing(args) => {
+            telemetry::init_tracing(config::LogFormat::Pretty, "error");
+            match runtime.block_on(sluice::bench::bench(args)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }

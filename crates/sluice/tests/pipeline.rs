@@ -299,3 +299,50 @@ async fn sim_unpaced_writes_are_throttled_but_nothing_is_lost() {
         "an unpaced spike must meet the table's limit: {report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_the_budget_follows_an_update_table_at_the_next_refresh() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("logs", 60).await.unwrap();
+    sluice_dynamodb::admin::create_table(&env.dynamodb, "growing", "request_id", Some(100))
+        .await
+        .unwrap();
+    let mut s = settings(&url, "growing");
+    s.rate.refresh_interval = Duration::from_secs(1);
+    s.rate.expected_replicas = Some(2);
+    let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
+        .await
+        .unwrap();
+    let limiter = pipeline.limiter();
+    assert_eq!(
+        limiter.budget(),
+        Some(49.0),
+        "0.98 × 100 WCU, half of it for this instance"
+    );
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(stop.clone()));
+    env.dynamodb
+        .update_table()
+        .table_name("growing")
+        .provisioned_throughput(
+            aws_sdk_dynamodb::types::ProvisionedThroughput::builder()
+                .read_capacity_units(1)
+                .write_capacity_units(1000)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while limiter.budget() != Some(490.0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "budget still {:?}",
+            limiter.budget()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    run.await.unwrap();
+}

@@ -1,0 +1,359 @@
+//! `sluice bench-pacing`: how fully, and how safely, sluice uses a table's write capacity.
+//!
+//! For each scenario: sluice-sim runs in this process with a table provisioned at W WCU/s; N
+//! `sluice run` processes (children of this one, configured through the environment, as a fleet
+//! would be) drain a backlog of logs of mixed sizes (0.2-3 KB, so 1-3 WCU each); the table's own
+//! per-second account then gives the figures. The simulated table keeps only one second of burst
+//! credit (DynamoDB keeps 300 s), so any overshoot shows up as a throttle instead of being
+//! absorbed by credit.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use aws_config::{BehaviorVersion, Region};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use sluice_sim::{SimConfig, SimServer, TableSettings};
+use sluice_sqs::SqsSender;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Provisioned write capacity of the table, WCU per second.
+    #[arg(long, default_value_t = 1000, value_name = "WCU")]
+    pub provisioned_wcu: u32,
+    /// Size of the backlog, in seconds of provisioned capacity (its WCU ÷ W).
+    #[arg(long, default_value_t = 30)]
+    pub backlog_seconds: u32,
+    /// Scenarios to run: `N` (N instances, each pacing to 1/N of the budget), `N-redis` (one
+    /// shared Redis bucket), `N-aimd` (each told the whole budget: AIMD alone).
+    #[arg(long, value_delimiter = ',', default_value = "1,3,3-redis,3-aimd")]
+    pub scenarios: Vec<String>,
+    /// redis-server binary for the -redis scenarios (started on a free loopback port).
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: String,
+    /// Print the results as JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    pub scenario: String,
+    pub instances: u32,
+    pub redis: bool,
+    pub provisioned_wcu: u32,
+    pub consumed_wcu: f64,
+    pub logs: usize,
+    pub drain_s: f64,
+    pub min_drain_s: f64,
+    pub utilization: f64,
+    pub max_5s_avg_wcu: f64,
+    pub throttled_requests: u64,
+    pub unprocessed_items: u64,
+    pub write_requests: u64,
+    pub throttled_share: f64,
+    pub lost: usize,
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A child process killed on drop.
+struct Child(tokio::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+async fn start_redis(bin: &str) -> Result<(Child, String)> {
+    let port = free_port()?;
+    let child = tokio::process::Command::new(bin)
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--port",
+        ])
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!("cannot start {bin} (apt-get install redis-server, or --redis-server PATH)")
+        })?;
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("redis-server did not open port {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((Child(child), format!("redis://127.0.0.1:{port}/")))
+}
+
+/// Mixed-size request logs: 0.2-3 KB each (1-3 WCU), one per message.
+fn backlog(total_wcu: u64, seed: u64) -> (Vec<String>, u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut bodies = Vec::new();
+    let mut wcu = 0;
+    while wcu < total_wcu {
+        let size = rng.random_range(200..3000usize);
+        let i = bodies.len();
+        let body = serde_json::json!({
+            "request_id": format!("bench-{i}"),
+            "ts": 1_795_341_600_000u64 + i as u64,
+            "method": "GET", "path": "/v1/items", "status": 200, "latency_ms": 3,
+            "attrs": {"pad": "x".repeat(size.saturating_sub(120))}
+        })
+        .to_string();
+        wcu += sluice_core::item::wcu_for_bytes(body.len()) as u64;
+        bodies.push(body);
+    }
+    (bodies, wcu)
+}
+
+async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
+    // N: N instances, each pacing to its share (1/N). N-redis: one shared bucket in Redis.
+    // N-aimd: each instance told the whole budget (a misconfigured fleet), AIMD alone reins it in.
+    let (instances, redis, share) = match scenario.split_once('-') {
+        Some((n, "redis")) => (n.parse::<u32>()?, true, true),
+        Some((n, "aimd")) => (n.parse::<u32>()?, false, false),
+        None => (scenario.parse::<u32>()?, false, true),
+        _ => bail!("unknown scenario `{scenario}` (expected N, N-redis or N-aimd)"),
+    };
+    let w = args.provisioned_wcu;
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            tables: TableSettings {
+                burst_seconds: 1.0,
+                ..TableSettings::default()
+            },
+            ..SimConfig::default()
+        },
+    )
+    .await?;
+    let endpoint = sim.endpoint().to_string();
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(&endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "bench",
+        ))
+        .load()
+        .await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let queue = sluice_sqs::admin::create_queue(&sqs, "bench", &[])
+        .await
+        .map_err(anyhow::Error::msg)?;
+    sluice_dynamodb::admin::create_table(&ddb, "bench", "request_id", Some(i64::from(w)))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let (bodies, _) = backlog(u64::from(w) * u64::from(args.backlog_seconds), 11);
+
+    let redis_server = if redis {
+        Some(start_redis(&args.redis_server).await?)
+    } else {
+        None
+    };
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    let mut health = Vec::new();
+    for _ in 0..instances {
+        let port = free_port()?;
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("run")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("SLUICE__SQS__QUEUE_URL", &queue)
+            .env("SLUICE__SQS__VISIBILITY_TIMEOUT", "60s")
+            .env("SLUICE__DYNAMODB__TABLE", "bench")
+            .env(
+                "SLUICE__RATE__EXPECTED_REPLICAS",
+                if share { instances } else { 1 }.to_string(),
+            )
+            .env("SLUICE__TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
+            .env("SLUICE__TELEMETRY__LOG_FORMAT", "json")
+            .env("SLUICE__TELEMETRY__LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if let Some((_, url)) = &redis_server {
+            cmd.env("SLUICE__RATE__MODE", "redis")
+                .env("SLUICE__RATE__REDIS__URL", url);
+        }
+        children.push(Child(cmd.spawn().context("cannot start `sluice run`")?));
+        health.push(port);
+    }
+    // Wait until every instance serves /healthz: they are polling.
+    let started = Instant::now();
+    for port in health {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("an instance did not start (port {port})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // The spike arrives: the backlog is sent far faster than it can be written.
+    let drain_started = Instant::now();
+    let first_second = now_s();
+    let sender = SqsSender::new(sqs.clone(), &queue);
+    let mut sends = tokio::task::JoinSet::new();
+    for part in bodies.chunks(bodies.len().div_ceil(8).max(1)) {
+        let (sender, part) = (sender.clone(), part.to_vec());
+        sends.spawn(async move { sender.send_all(&part).await });
+    }
+    while let Some(r) = sends.join_next().await {
+        r??;
+    }
+    let expected = bodies.len();
+    let mut last_report = Instant::now();
+    let report = loop {
+        let report = sim.capacity_report("bench").context("table report")?;
+        if report["items"].as_u64().unwrap_or(0) as usize >= expected {
+            break report;
+        }
+        if drain_started.elapsed() > Duration::from_secs(u64::from(args.backlog_seconds) * 4 + 60) {
+            bail!("not drained in time: {report}");
+        }
+        if last_report.elapsed() > Duration::from_secs(5) && !args.json {
+            eprintln!(
+                "  {scenario}: {:>5.1}s, {} of {expected} logs written",
+                drain_started.elapsed().as_secs_f64(),
+                report["items"]
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let drain_s = drain_started.elapsed().as_secs_f64();
+    for c in &mut children {
+        if let Some(pid) = c.0.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+    for c in &mut children {
+        let _ = tokio::time::timeout(Duration::from_secs(30), c.0.wait()).await;
+    }
+
+    let per_second: BTreeMap<u64, f64> = report["per_second"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p[0].as_u64()?, p[1].as_f64()?)))
+        .filter(|(s, _)| *s >= first_second)
+        .collect();
+    let (first, last) = (
+        per_second.keys().next().copied().unwrap_or(0),
+        per_second.keys().last().copied().unwrap_or(0),
+    );
+    let series: Vec<f64> = (first..=last)
+        .map(|s| per_second.get(&s).copied().unwrap_or(0.0))
+        .collect();
+    let max_5s = series
+        .windows(5)
+        .map(|w| w.iter().sum::<f64>() / 5.0)
+        .fold(0.0, f64::max);
+    let consumed = report["consumed_wcu_total"].as_f64().unwrap_or(0.0);
+    let requests = sim
+        .requests_report()
+        .get("BatchWriteItem")
+        .copied()
+        .unwrap_or(0);
+    let throttled = report["throttled_requests"].as_u64().unwrap_or(0);
+    let keys = sluice_dynamodb::admin::scan_keys(&ddb, "bench", "request_id")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    Ok(BenchRow {
+        scenario: scenario.to_string(),
+        instances,
+        redis,
+        provisioned_wcu: w,
+        consumed_wcu: consumed,
+        logs: expected,
+        drain_s: r3(drain_s),
+        min_drain_s: r3(consumed / f64::from(w)),
+        utilization: r3(consumed / (f64::from(w) * drain_s)),
+        max_5s_avg_wcu: r3(max_5s),
+        throttled_requests: throttled,
+        unprocessed_items: report["unprocessed_items"].as_u64().unwrap_or(0),
+        write_requests: requests,
+        throttled_share: r3(throttled as f64 / requests.max(1) as f64),
+        lost: expected.saturating_sub(keys.len()),
+    })
+}
+
+pub async fn bench(args: BenchArgs) -> Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    for scenario in &args.scenarios {
+        if !args.json {
+            eprintln!("running scenario {scenario} ...");
+        }
+        let row = run_scenario(&args, scenario).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&row)?);
+        }
+        rows.push(row);
+    }
+    if !args.json {
+        println!(
+            "\n| scenario | instances | Redis | W (WCU/s) | consumed WCU | drain s | minimum s | utilization | max 5 s avg WCU/s | throttled requests | unprocessed items | write requests | lost |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &rows {
+            println!(
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1}% | {:.0} | {} ({:.2}%) | {} | {} | {} |",
+                r.scenario,
+                r.instances,
+                if r.redis { "yes" } else { "no" },
+                r.provisioned_wcu,
+                r.consumed_wcu,
+                r.drain_s,
+                r.min_drain_s,
+                r.utilization * 100.0,
+                r.max_5s_avg_wcu,
+                r.throttled_requests,
+                r.throttled_share * 100.0,
+                r.unprocessed_items,
+                r.write_requests,
+                r.lost
+            );
+        }
+    }
+    Ok(rows)
+}
