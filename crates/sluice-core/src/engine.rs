@@ -2,21 +2,30 @@
 //!
 //! ```text
 //! pollers (N) ──receive──▶ message task (≤ max_in_flight) ──items──▶ Writer ──▶ table
-//!                               │ all items written          │ failure / timeout / poison
-//!                               ▼                            ▼
-//!                          acker (batched deletes)      nack (visibility delay)
+//!     │ paced by the write backlog     │ all items written          │ failure / timeout / poison
+//!     │ stopped while the breaker      ▼                            ▼
+//!     │ is open                   acker (batched deletes)   nack (backoff by receive count),
+//!     └ heartbeat: every held message's visibility is         or the dead-letter path
+//!       extended before it lapses
 //! ```
 //!
 //! - In-flight is bounded by a semaphore: a poller reserves `max_messages` slots before it polls,
 //!   so a parked long poll can never bring in more than the pool can hold.
 //! - Each message runs under `message_timeout`, counted from its receipt. When it fires, the
 //!   message's future is dropped, which abandons its unsent items, and the message is nacked.
+//! - While a message is held its visibility is extended before it lapses (one heartbeat task,
+//!   batched ChangeMessageVisibility); the handle registered at receipt stops that when dropped.
+//! - A nack makes the message visible again after `base × 2^(receive count − 1)`, capped, with
+//!   jitter. Poison goes to the dead-letter path with its reason when the source has one.
+//! - FIFO: messages of one group are handled one after another, in order; when one fails, it and
+//!   every later message of its group that is held go back to the queue, unprocessed.
 //! - Shutdown: the token stops the pollers at once (a parked long poll is dropped); in-flight
 //!   messages get `shutdown_grace` to finish; the rest are nacked with no delay so another worker
 //!   takes them immediately; pending acks are flushed; `run` returns.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -42,9 +51,12 @@ pub struct EngineConfig {
     pub message_timeout: Duration,
     /// Time in-flight messages get to finish after shutdown begins.
     pub shutdown_grace: Duration,
-    /// Visibility delay of a message whose write failed or timed out.
-    pub nack_delay: Duration,
-    /// Visibility delay of a poison message left to the queue's redrive policy.
+    /// Nack backoff: a failed message is invisible for `base × 2^(receive count − 1)`, at most
+    /// `nack_backoff_max`, with jitter.
+    pub nack_backoff_base: Duration,
+    pub nack_backoff_max: Duration,
+    /// Visibility delay of a poison message left to the queue's redrive policy (when the source
+    /// has no dead-letter path).
     pub poison_nack_delay: Duration,
     /// How long the acker waits to fill a batch of deletes.
     pub ack_linger: Duration,
@@ -53,6 +65,11 @@ pub struct EngineConfig {
     /// Intake pacing: receive only while the write backlog takes less than this at the paced
     /// rate, so a message never waits long for write capacity. None: no intake pacing.
     pub intake_horizon: Option<Duration>,
+    /// The visibility timeout messages are received with. Some: a heartbeat extends every held
+    /// message's visibility before it lapses. None: no heartbeat.
+    pub visibility_timeout: Option<Duration>,
+    /// How long a receive may park (the long-poll wait): liveness allows twice this.
+    pub poll_wait: Duration,
 }
 
 impl Default for EngineConfig {
@@ -63,14 +80,20 @@ impl Default for EngineConfig {
             max_in_flight: 1000,
             message_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
-            nack_delay: Duration::from_secs(10),
+            nack_backoff_base: Duration::from_secs(2),
+            nack_backoff_max: Duration::from_secs(300),
             poison_nack_delay: Duration::from_secs(60),
             ack_linger: Duration::from_millis(20),
             max_concurrent_acks: 8,
             intake_horizon: Some(Duration::from_secs(5)),
+            visibility_timeout: None,
+            poll_wait: Duration::from_secs(20),
         }
     }
 }
+
+/// SQS's longest visibility timeout; a message is not held past it.
+pub const MAX_HOLD: Duration = Duration::from_secs(12 * 3600);
 
 impl EngineConfig {
     /// Checks the numbers fit together; names the offending setting.
@@ -87,8 +110,8 @@ impl EngineConfig {
                 self.max_in_flight, self.pollers, self.max_messages
             ));
         }
-        if self.message_timeout.is_zero() {
-            return Err("message_timeout must be above zero".into());
+        if self.message_timeout.is_zero() || self.message_timeout > MAX_HOLD {
+            return Err("message_timeout must be above zero and at most 12h".into());
         }
         if let Some(h) = self.intake_horizon
             && h * 2 > self.message_timeout
@@ -100,20 +123,39 @@ impl EngineConfig {
         }
         Ok(())
     }
+
+    /// The nack delay of a message received `receive_count` times.
+    pub fn nack_delay(&self, receive_count: u32) -> Duration {
+        Backoff {
+            base: self.nack_backoff_base,
+            cap: self.nack_backoff_max,
+        }
+        .delay(receive_count.saturating_sub(1))
+    }
 }
 
-/// Live counters of one engine, for summaries, progress and readiness.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Live counters of one engine, for summaries, progress, readiness and liveness.
 #[derive(Debug, Default)]
 pub struct EngineStats {
     pub received: AtomicU64,
     pub acked: AtomicU64,
     pub nacked: AtomicU64,
     pub poison: AtomicU64,
+    pub dead_lettered: AtomicU64,
     pub ack_failures: AtomicU64,
     pub in_flight: AtomicU64,
     /// Receive calls failed in a row (0 after any success).
     pub receive_errors_in_a_row: AtomicU32,
     pub successful_polls: AtomicU64,
+    /// Per poller: when its loop last made progress (a receive returned, or it waited on purpose
+    /// for backpressure or the breaker), in milliseconds since the epoch.
+    poller_progress: Mutex<Vec<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -122,6 +164,7 @@ pub struct StatsSnapshot {
     pub acked: u64,
     pub nacked: u64,
     pub poison: u64,
+    pub dead_lettered: u64,
     pub ack_failures: u64,
     pub in_flight: u64,
 }
@@ -133,9 +176,34 @@ impl EngineStats {
             acked: self.acked.load(Ordering::Relaxed),
             nacked: self.nacked.load(Ordering::Relaxed),
             poison: self.poison.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             ack_failures: self.ack_failures.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
         }
+    }
+
+    fn progress(&self, poller: usize) {
+        let mut p = self
+            .poller_progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if p.len() <= poller {
+            p.resize(poller + 1, 0);
+        }
+        p[poller] = epoch_ms();
+    }
+
+    /// The longest time any poller has gone without progress (zero before polling starts).
+    pub fn stalest_poller(&self) -> Duration {
+        let p = self
+            .poller_progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = epoch_ms();
+        p.iter()
+            .map(|&t| Duration::from_millis(now.saturating_sub(t)))
+            .max()
+            .unwrap_or_default()
     }
 }
 
@@ -156,6 +224,36 @@ enum Outcome {
     Shutdown,
 }
 
+/// The messages being held, whose visibility the heartbeat keeps extending.
+struct Held<H> {
+    entries: Mutex<HashMap<u64, HeldEntry<H>>>,
+    next: AtomicU64,
+}
+
+struct HeldEntry<H> {
+    handle: H,
+    visible_until: Instant,
+    first_received: Instant,
+}
+
+/// A held message's registration; dropping it stops the heartbeat for that message.
+struct HeldGuard<H> {
+    held: Arc<Held<H>>,
+    key: u64,
+}
+
+impl<H> Held<H> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HeldEntry<H>>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<H> Drop for HeldGuard<H> {
+    fn drop(&mut self) {
+        self.held.lock().remove(&self.key);
+    }
+}
+
 struct Shared<S: Source> {
     source: Arc<S>,
     writer: Writer,
@@ -166,6 +264,26 @@ struct Shared<S: Source> {
     hard_stop: CancellationToken,
     acks: mpsc::Sender<S::Handle>,
     tasks: TaskTracker,
+    held: Arc<Held<S::Handle>>,
+}
+
+impl<S: Source> Shared<S> {
+    fn hold(&self, message: &Received<S::Handle>) -> HeldGuard<S::Handle> {
+        let key = self.held.next.fetch_add(1, Ordering::Relaxed);
+        let visibility = self.config.visibility_timeout.unwrap_or(MAX_HOLD);
+        self.held.lock().insert(
+            key,
+            HeldEntry {
+                handle: message.handle.clone(),
+                visible_until: message.received_at + visibility,
+                first_received: message.received_at,
+            },
+        );
+        HeldGuard {
+            held: self.held.clone(),
+            key,
+        }
+    }
 }
 
 impl<S: Source> Engine<S> {
@@ -198,15 +316,29 @@ impl<S: Source> Engine<S> {
             hard_stop: CancellationToken::new(),
             acks: ack_tx,
             tasks: TaskTracker::new(),
+            held: Arc::new(Held {
+                entries: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(0),
+            }),
             source: self.source,
             writer: self.writer,
             schema: self.schema,
             config: self.config,
             stats: self.stats,
         });
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = shared.config.visibility_timeout.map(|visibility| {
+            tokio::spawn(run_heartbeat(
+                shared.source.clone(),
+                shared.held.clone(),
+                visibility,
+                heartbeat_stop.clone(),
+            ))
+        });
 
         let mut pollers = JoinSet::new();
         for poller in 0..shared.config.pollers {
+            shared.stats.progress(poller);
             pollers.spawn(poll_loop(poller, shared.clone(), shutdown.clone()));
         }
         while pollers.join_next().await.is_some() {}
@@ -230,6 +362,10 @@ impl<S: Source> Engine<S> {
             shared.hard_stop.cancel();
             shared.tasks.wait().await;
         }
+        heartbeat_stop.cancel();
+        if let Some(h) = heartbeat {
+            let _ = h.await;
+        }
         let stats = shared.stats.clone();
         drop(shared); // the last ack sender: the acker flushes and ends
         let _ = acker.await;
@@ -239,9 +375,62 @@ impl<S: Source> Engine<S> {
             acked = snapshot.acked,
             nacked = snapshot.nacked,
             poison = snapshot.poison,
+            dead_lettered = snapshot.dead_lettered,
             "engine stopped"
         );
         snapshot
+    }
+}
+
+/// Extends the visibility of every held message before it lapses: each tick, the messages with
+/// less than half their visibility left get a fresh visibility timeout, ten per call.
+async fn run_heartbeat<S: Source>(
+    source: Arc<S>,
+    held: Arc<Held<S::Handle>>,
+    visibility: Duration,
+    stop: CancellationToken,
+) {
+    let tick = (visibility / 6).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let batch = source.max_ack_batch().max(1);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let now = Instant::now();
+        let due: Vec<(u64, S::Handle)> = held
+            .lock()
+            .iter()
+            .filter(|(_, e)| {
+                e.visible_until.saturating_duration_since(now) <= visibility / 2
+                    && now + visibility <= e.first_received + MAX_HOLD
+            })
+            .map(|(k, e)| (*k, e.handle.clone()))
+            .collect();
+        for chunk in due.chunks(batch) {
+            let handles: Vec<S::Handle> = chunk.iter().map(|(_, h)| h.clone()).collect();
+            let failures = source.extend(&handles, visibility).await;
+            let failed: std::collections::HashSet<usize> =
+                failures.iter().map(|f| f.index).collect();
+            let extended_until = now + visibility;
+            let mut entries = held.lock();
+            for (i, (key, _)) in chunk.iter().enumerate() {
+                if !failed.contains(&i)
+                    && let Some(e) = entries.get_mut(key)
+                {
+                    e.visible_until = extended_until;
+                }
+            }
+            drop(entries);
+            metrics::counter!("sluice_visibility_extensions_total")
+                .increment((chunk.len() - failed.len()) as u64);
+            for f in failures {
+                // Usually a message acked or nacked meanwhile; otherwise it may be delivered
+                // again when its visibility lapses (and rewritten idempotently).
+                metrics::counter!("sluice_visibility_extension_failures_total").increment(1);
+                tracing::debug!(error = %f.error, "visibility extension failed");
+            }
+        }
     }
 }
 
@@ -251,8 +440,10 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
         base: Duration::from_millis(200),
         cap: Duration::from_secs(10),
     };
+    let breaker = shared.writer.breaker();
     let mut errors: u32 = 0;
     loop {
+        shared.stats.progress(poller);
         let mut reserved = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -261,26 +452,34 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
                 Err(_) => break,
             },
         };
-        // Intake pacing: no more messages while what is already here takes longer than the
-        // horizon to write at the paced rate.
-        if let Some(horizon) = shared.config.intake_horizon {
-            while shared
-                .writer
-                .backlog_seconds()
-                .is_some_and(|s| s > horizon.as_secs_f64())
-            {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                }
+        // The breaker is open: the table keeps failing, so the messages wait in the queue.
+        // Intake pacing: nothing more while what is here takes longer than the horizon to write.
+        loop {
+            let open = breaker.is_open(Instant::now().into_std());
+            let behind = shared.config.intake_horizon.is_some_and(|h| {
+                shared
+                    .writer
+                    .backlog_seconds()
+                    .is_some_and(|s| s > h.as_secs_f64())
+            });
+            if !open && !behind {
+                break;
+            }
+            shared.stats.progress(poller);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(if open { 200 } else { 20 })) => {}
             }
         }
-        // Dropping the receive future is how a parked long poll is cancelled.
+        // Dropping the receive future is how a parked long poll is cancelled: on shutdown, and
+        // when the breaker opens (whatever it brought in would only fail).
         let received = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = breaker.opened() => continue,
             r = shared.source.receive(max) => r,
         };
+        shared.stats.progress(poller);
         let messages = match received {
             Ok(messages) => messages,
             Err(error) => {
@@ -315,59 +514,125 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
         shared.stats.received.fetch_add(n, Ordering::Relaxed);
         shared.stats.in_flight.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("sluice_messages_received_total").increment(n);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        for m in &messages {
-            if let Some(sent) = m.sent_at_ms {
+        metrics::gauge!("sluice_messages_in_flight").increment(n as f64);
+        let now_ms = epoch_ms();
+        // FIFO groups in the order received: each group's messages are handled one by one.
+        let mut groups: Vec<(String, Vec<(Received<S::Handle>, OwnedSemaphorePermit)>)> =
+            Vec::new();
+        for message in messages {
+            if let Some(sent) = message.sent_at_ms {
                 metrics::histogram!("sluice_message_age_seconds")
                     .record(now_ms.saturating_sub(sent) as f64 / 1000.0);
             }
-        }
-        metrics::gauge!("sluice_messages_in_flight").increment(n as f64);
-        for message in messages {
             // `reserved` holds `max` permits and a receive returns at most `max` messages.
             let Some(permit) = reserved.split(1) else {
                 break;
             };
+            match message.group_id.clone() {
+                None => {
+                    let task_shared = shared.clone();
+                    shared.tasks.spawn(async move {
+                        settle(&task_shared, message, permit).await;
+                    });
+                }
+                Some(g) => match groups.iter_mut().find(|(name, _)| *name == g) {
+                    Some((_, list)) => list.push((message, permit)),
+                    None => groups.push((g, vec![(message, permit)])),
+                },
+            }
+        }
+        for (_, list) in groups {
             let task_shared = shared.clone();
-            shared
-                .tasks
-                .spawn(handle_message(task_shared, message, permit));
+            shared.tasks.spawn(run_group(task_shared, list));
         }
     }
 }
 
-async fn handle_message<S: Source>(
+/// One FIFO group's messages, in order. When one is not written, it and every later one go back
+/// to the queue unprocessed, so nothing of the group is ever written out of order.
+async fn run_group<S: Source>(
     shared: Arc<Shared<S>>,
+    list: Vec<(Received<S::Handle>, OwnedSemaphorePermit)>,
+) {
+    let mut failed = false;
+    for (message, permit) in list {
+        if failed {
+            // The failed message, now invisible, keeps the group locked in the queue; these
+            // follow it back in order.
+            finish(
+                &shared,
+                &message,
+                Some((Duration::ZERO, "fifo_order")),
+                permit,
+            )
+            .await;
+            continue;
+        }
+        failed = !settle(&shared, message, permit).await;
+    }
+}
+
+/// Processes one message and settles it: ack, dead-letter, or nack. True when it was written
+/// (or handed to the dead-letter path).
+async fn settle<S: Source>(
+    shared: &Shared<S>,
     message: Received<S::Handle>,
     permit: OwnedSemaphorePermit,
-) {
+) -> bool {
+    let guard = shared.hold(&message);
     let deadline = message.received_at + shared.config.message_timeout;
     let outcome = tokio::select! {
         biased;
         _ = shared.hard_stop.cancelled() => Outcome::Shutdown,
-        r = tokio::time::timeout_at(deadline, process(&shared, &message, deadline)) => match r {
+        r = tokio::time::timeout_at(deadline, process(shared, &message, deadline)) => match r {
             Ok(outcome) => outcome,
             Err(_) => Outcome::TimedOut,
         },
     };
+    // The heartbeat must not extend a message once it is settled.
+    drop(guard);
     let id = message.message_id.as_str();
     let receive_count = message.receive_count;
-    let (delay, reason) = match outcome {
+    let nack = match outcome {
         Outcome::Written => {
             // Fails only if the acker is gone, which happens after every task has ended.
             let _ = shared.acks.send(message.handle.clone()).await;
-            (None, None)
+            None
         }
         Outcome::Poison(error) => {
             shared.stats.poison.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(message_id = id, receive_count, reason = error.reason(), %error, "poison message; leaving it to the queue's redrive policy");
-            (Some(shared.config.poison_nack_delay), Some("poison"))
+            metrics::counter!("sluice_poison_messages_total", "reason" => error.reason())
+                .increment(1);
+            let detail = error.to_string();
+            match shared
+                .source
+                .dead_letter(&message, error.reason(), &detail)
+                .await
+            {
+                Ok(true) => {
+                    shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("sluice_dead_lettered_total", "reason" => error.reason())
+                        .increment(1);
+                    tracing::warn!(message_id = id, receive_count, reason = error.reason(), error = %detail, "poison message sent to the dead-letter queue");
+                    let _ = shared.acks.send(message.handle.clone()).await;
+                    return true;
+                }
+                Ok(false) => {
+                    tracing::warn!(message_id = id, receive_count, reason = error.reason(), error = %detail, "poison message; leaving it to the queue's redrive policy");
+                    Some((shared.config.poison_nack_delay, "poison"))
+                }
+                Err(e) => {
+                    tracing::warn!(message_id = id, reason = error.reason(), error = %e, "could not dead-letter a poison message; it comes back later");
+                    Some((
+                        shared.config.nack_delay(receive_count),
+                        "dead_letter_failed",
+                    ))
+                }
+            }
         }
         Outcome::WriteFailed(error) => {
             tracing::warn!(message_id = id, receive_count, reason = error.reason(), %error, "message not written; returning it to the queue");
-            (Some(shared.config.nack_delay), Some(error.reason()))
+            Some((shared.config.nack_delay(receive_count), error.reason()))
         }
         Outcome::TimedOut => {
             tracing::warn!(
@@ -376,16 +641,28 @@ async fn handle_message<S: Source>(
                 timeout_s = shared.config.message_timeout.as_secs_f64(),
                 "message timed out; returning it to the queue"
             );
-            (Some(shared.config.nack_delay), Some("timeout"))
+            Some((shared.config.nack_delay(receive_count), "timeout"))
         }
-        Outcome::Shutdown => (Some(Duration::ZERO), Some("shutdown")),
+        Outcome::Shutdown => Some((Duration::ZERO, "shutdown")),
     };
-    if let (Some(delay), Some(reason)) = (delay, reason) {
+    let written = nack.is_none();
+    finish(shared, &message, nack, permit).await;
+    written
+}
+
+/// Nacks (when asked) and releases a message's slot.
+async fn finish<S: Source>(
+    shared: &Shared<S>,
+    message: &Received<S::Handle>,
+    nack: Option<(Duration, &'static str)>,
+    permit: OwnedSemaphorePermit,
+) {
+    if let Some((delay, reason)) = nack {
         shared.stats.nacked.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("sluice_messages_nacked_total", "reason" => reason).increment(1);
         if let Err(error) = shared.source.nack(&message.handle, delay).await {
             metrics::counter!("sluice_nack_failures_total").increment(1);
-            tracing::warn!(message_id = id, %error, "nack failed; the message returns when its visibility timeout ends");
+            tracing::warn!(message_id = %message.message_id, %error, "nack failed; the message returns when its visibility timeout ends");
         }
     }
     metrics::histogram!("sluice_message_processing_seconds")

@@ -10,6 +10,7 @@
 //! - [`testing`]: in-memory fakes of a queue and a table, for tests.
 
 pub mod aimd;
+pub mod breaker;
 pub mod codec;
 pub mod engine;
 pub mod item;
@@ -20,6 +21,7 @@ pub mod testing;
 pub mod writer;
 
 pub use aimd::{Aimd, AimdConfig, RateChange};
+pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use codec::{DecodeError, Schema, TtlRule, decode_message};
 pub use engine::{Engine, EngineConfig, EngineStats, StatsSnapshot};
 pub use item::{AttrValue, Item};

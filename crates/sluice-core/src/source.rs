@@ -29,6 +29,8 @@ pub struct Received<H> {
     pub received_at: Instant,
     /// When the producer sent it (SQS's SentTimestamp), in milliseconds since the epoch.
     pub sent_at_ms: Option<u64>,
+    /// FIFO queues: the message group. Messages of one group are written in order.
+    pub group_id: Option<String>,
 }
 
 /// A failure talking to the buffer.
@@ -84,6 +86,27 @@ pub trait Source: Send + Sync + 'static {
         handle: &Self::Handle,
         delay: Duration,
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// Sets the visibility of several held deliveries at once (the heartbeat: at most
+    /// [`Source::max_ack_batch`]); returns those that failed.
+    fn extend(
+        &self,
+        handles: &[Self::Handle],
+        visibility: Duration,
+    ) -> impl Future<Output = Vec<AckFailure>> + Send;
+
+    /// Hands a message that can never be written to the dead-letter path, with the reason.
+    /// `Ok(true)`: it is there, and the engine deletes it from the source. `Ok(false)`: this
+    /// source has no dead-letter path; the engine leaves it to the queue's redrive policy.
+    fn dead_letter(
+        &self,
+        message: &Received<Self::Handle>,
+        reason: &str,
+        error: &str,
+    ) -> impl Future<Output = Result<bool, SourceError>> + Send {
+        let _ = (message, reason, error);
+        async { Ok(false) }
+    }
 
     /// The most handles one ack call takes (SQS: 10).
     fn max_ack_batch(&self) -> usize {

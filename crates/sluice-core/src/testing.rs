@@ -21,6 +21,7 @@ use crate::writer::{BatchResult, BatchWriter, MAX_BATCH_ITEMS, WriteError, Write
 #[derive(Debug)]
 struct StoredMessage {
     id: String,
+    group: Option<String>,
     body: Bytes,
     visible_at: Instant,
     receive_count: u32,
@@ -41,6 +42,9 @@ struct QueueState {
     next_id: u64,
     deleted: u64,
     nacks: Vec<(String, Duration)>,
+    extends: u64,
+    /// Some: the queue has a dead-letter path; (message id, body, reason) of what went there.
+    dead_letters: Option<Vec<(String, Bytes, String)>>,
 }
 
 impl InMemoryQueueForTests {
@@ -57,13 +61,36 @@ impl InMemoryQueueForTests {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Gives the queue a dead-letter path (what [`Source::dead_letter`] hands over lands there).
+    pub fn with_dead_letters(self) -> Self {
+        self.lock().dead_letters = Some(Vec::new());
+        self
+    }
+
+    /// What went to the dead-letter path: (message id, body, reason).
+    pub fn dead_letters(&self) -> Vec<(String, Bytes, String)> {
+        self.lock().dead_letters.clone().unwrap_or_default()
+    }
+
+    /// How many visibility extensions the heartbeat made.
+    pub fn extends(&self) -> u64 {
+        self.lock().extends
+    }
+
     /// Enqueues a message; returns its id.
     pub fn send(&self, body: impl Into<Bytes>) -> String {
+        self.send_to_group(body, None)
+    }
+
+    /// Enqueues a message in a FIFO group. Like SQS FIFO, a group with a message in flight is
+    /// locked: its later messages are not handed out until that one is deleted or visible again.
+    pub fn send_to_group(&self, body: impl Into<Bytes>, group: Option<&str>) -> String {
         let mut s = self.lock();
         s.next_id += 1;
         let id = format!("m-{}", s.next_id);
         s.messages.push(StoredMessage {
             id: id.clone(),
+            group: group.map(String::from),
             body: body.into(),
             visible_at: Instant::now(),
             receive_count: 0,
@@ -106,7 +133,17 @@ impl InMemoryQueueForTests {
         let now = Instant::now();
         let mut out = Vec::new();
         let mut next_visible: Option<Instant> = None;
+        let mut locked: std::collections::HashSet<String> = std::collections::HashSet::new();
         for m in s.messages.iter_mut() {
+            // FIFO: the first message of a group not visible locks the rest of the group.
+            if let Some(g) = &m.group {
+                if locked.contains(g) {
+                    continue;
+                }
+                if m.visible_at > now {
+                    locked.insert(g.clone());
+                }
+            }
             if m.visible_at <= now {
                 if out.len() == max {
                     continue;
@@ -122,6 +159,7 @@ impl InMemoryQueueForTests {
                     handle: receipt,
                     received_at: now,
                     sent_at_ms: None,
+                    group_id: m.group.clone(),
                 });
             } else {
                 next_visible = Some(next_visible.map_or(m.visible_at, |t| t.min(m.visible_at)));
@@ -170,6 +208,47 @@ impl Source for InMemoryQueueForTests {
             }
         }
         failures
+    }
+
+    async fn extend(&self, handles: &[String], visibility: Duration) -> Vec<AckFailure> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        let mut failures = Vec::new();
+        for (index, h) in handles.iter().enumerate() {
+            match s
+                .messages
+                .iter_mut()
+                .find(|m| m.receipt.as_deref() == Some(h.as_str()) && m.visible_at > now)
+            {
+                Some(m) => m.visible_at = now + visibility,
+                None => failures.push(AckFailure {
+                    index,
+                    error: SourceError::fatal(format!("{h} is not in flight")),
+                }),
+            }
+        }
+        s.extends += (handles.len() - failures.len()) as u64;
+        failures
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &Received<String>,
+        reason: &str,
+        _error: &str,
+    ) -> Result<bool, SourceError> {
+        let mut s = self.lock();
+        match &mut s.dead_letters {
+            Some(list) => {
+                list.push((
+                    message.message_id.clone(),
+                    message.body.clone(),
+                    reason.to_string(),
+                ));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn nack(&self, handle: &String, delay: Duration) -> Result<(), SourceError> {

@@ -27,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::item::Item;
 use crate::rate::{Backoff, WcuLimiter};
 
@@ -125,6 +126,8 @@ pub struct WriterConfig {
     pub request_timeout: Duration,
     /// Items waiting for a batch; a full queue makes `write` wait (backpressure).
     pub queue_items: usize,
+    /// When persistent table failures stop intake.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for WriterConfig {
@@ -139,6 +142,7 @@ impl Default for WriterConfig {
             },
             request_timeout: Duration::from_secs(10),
             queue_items: 2048,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -269,6 +273,7 @@ pub struct Writer {
     tx: mpsc::Sender<Pending>,
     stats: Arc<WriterStats>,
     limiter: Arc<WcuLimiter>,
+    breaker: Arc<Breaker>,
 }
 
 impl Writer {
@@ -281,14 +286,27 @@ impl Writer {
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue_items.max(1));
         let stats = Arc::new(WriterStats::default());
+        let breaker = Arc::new(Breaker::new(config.breaker));
         let task = tokio::spawn(run_batcher(
             client,
             limiter.clone(),
             config,
             rx,
             stats.clone(),
+            breaker.clone(),
         ));
-        (Writer { tx, stats, limiter }, task)
+        let writer = Writer {
+            tx,
+            stats,
+            limiter,
+            breaker,
+        };
+        (writer, task)
+    }
+
+    /// The circuit breaker this writer's outcomes drive; the pollers consult it.
+    pub fn breaker(&self) -> Arc<Breaker> {
+        self.breaker.clone()
     }
 
     pub fn stats(&self) -> Arc<WriterStats> {
@@ -395,6 +413,7 @@ async fn run_batcher<W: BatchWriter>(
     config: WriterConfig,
     mut rx: mpsc::Receiver<Pending>,
     stats: Arc<WriterStats>,
+    breaker: Arc<Breaker>,
 ) {
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.max_concurrent_requests.max(1)));
@@ -435,6 +454,7 @@ async fn run_batcher<W: BatchWriter>(
             limiter: limiter.clone(),
             config: config.clone(),
             stats: stats.clone(),
+            breaker: breaker.clone(),
         };
         calls.spawn(send_batch(ctx, batch.items, Some(permit)));
         while calls.try_join_next().is_some() {}
@@ -448,6 +468,7 @@ struct Ctx<W> {
     limiter: Arc<WcuLimiter>,
     config: Arc<WriterConfig>,
     stats: Arc<WriterStats>,
+    breaker: Arc<Breaker>,
 }
 
 impl<W> Clone for Ctx<W> {
@@ -457,6 +478,7 @@ impl<W> Clone for Ctx<W> {
             limiter: self.limiter.clone(),
             config: self.config.clone(),
             stats: self.stats.clone(),
+            breaker: self.breaker.clone(),
         }
     }
 }
@@ -472,6 +494,7 @@ fn send_batch<W: BatchWriter>(
             limiter,
             config,
             stats,
+            breaker,
         } = &ctx;
         let _permit = permit;
         let mut attempt: u32 = 0;
@@ -500,6 +523,7 @@ fn send_batch<W: BatchWriter>(
             drop(refs);
             match outcome {
                 Ok(result) => {
+                    breaker.record_success();
                     metrics::counter!("sluice_batch_write_requests_total", "outcome" => "ok")
                         .increment(1);
                     let unprocessed: HashSet<usize> = result.unprocessed.into_iter().collect();
@@ -552,6 +576,7 @@ fn send_batch<W: BatchWriter>(
                         limiter.on_throttle();
                         "throttled"
                     } else {
+                        breaker.record_failure(Instant::now().into_std(), &e.message);
                         "transient_error"
                     };
                     metrics::counter!("sluice_batch_write_requests_total", "outcome" => label)
@@ -571,6 +596,7 @@ fn send_batch<W: BatchWriter>(
                     let failure = if e.kind == WriteErrorKind::InvalidItem {
                         WriteFailure::Rejected(e)
                     } else {
+                        breaker.record_failure(Instant::now().into_std(), &e.message);
                         WriteFailure::Failed(e)
                     };
                     metrics::counter!("sluice_batch_write_requests_total", "outcome" => failure.reason())

@@ -25,6 +25,7 @@ struct Harness {
     run: JoinHandle<StatsSnapshot>,
     stats: Arc<sluice_core::EngineStats>,
     writer_stats: Arc<sluice_core::WriterStats>,
+    breaker: Arc<sluice_core::Breaker>,
 }
 
 fn config() -> EngineConfig {
@@ -34,11 +35,14 @@ fn config() -> EngineConfig {
         max_in_flight: 100,
         message_timeout: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(3),
-        nack_delay: Duration::from_secs(2),
+        nack_backoff_base: Duration::from_secs(2),
+        nack_backoff_max: Duration::from_secs(60),
         poison_nack_delay: Duration::from_secs(30),
         ack_linger: Duration::from_millis(10),
         max_concurrent_acks: 4,
         intake_horizon: None,
+        visibility_timeout: None,
+        poll_wait: Duration::from_secs(20),
     }
 }
 
@@ -58,6 +62,7 @@ fn start_paced(
 ) -> Harness {
     let (writer, _task) = Writer::spawn(table.clone(), Arc::new(limiter), WriterConfig::default());
     let writer_stats = writer.stats();
+    let breaker = writer.breaker();
     let engine = Engine::new(queue.clone(), writer, Schema::default(), cfg);
     let stats = engine.stats();
     let stop = CancellationToken::new();
@@ -69,6 +74,7 @@ fn start_paced(
         run,
         stats,
         writer_stats,
+        breaker,
     }
 }
 
@@ -175,7 +181,13 @@ async fn a_message_whose_write_fails_is_not_deleted_and_comes_back() {
     .await;
     assert_eq!(h.queue.len(), 1, "a failed message must stay in the queue");
     assert!(h.table.rows().is_empty());
-    assert_eq!(h.queue.nacks()[0], (id.clone(), Duration::from_secs(2)));
+    let (nacked, delay) = h.queue.nacks()[0].clone();
+    assert_eq!(nacked, id);
+    // First receive: base 2 s, jittered into [1 s, 2 s].
+    assert!(
+        delay >= Duration::from_secs(1) && delay <= Duration::from_secs(2),
+        "{delay:?}"
+    );
     h.table.fail_with(None);
     wait_until("the message is written", Duration::from_secs(30), || {
         h.queue.is_empty()
@@ -282,7 +294,10 @@ async fn an_item_the_table_rejects_fails_only_its_own_message() {
     assert!(!h.table.rows().contains_key("bad"));
     h.stop.cancel();
     let stats = h.run.await.unwrap();
-    assert_eq!((stats.acked, stats.nacked), (30, 1));
+    // Only the bad message fails (once per delivery so far); the 30 others are acked.
+    assert_eq!(stats.acked, 30);
+    assert!(stats.nacked >= 1);
+    assert!(!h.queue.is_empty(), "the bad message stays in the queue");
 }
 
 #[tokio::test(start_paused = true)]
@@ -397,4 +412,156 @@ async fn intake_is_paced_so_the_write_backlog_stays_within_the_horizon() {
         0,
         "every charge released"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn nack_backoff_grows_with_the_receive_count() {
+    let table = Arc::new(MemoryTableForTests::default());
+    table.fail_with(Some(WriteErrorKind::Fatal));
+    let h = start(queue(), table, config());
+    let id = h.queue.send(log("again"));
+    wait_until("five nacks", Duration::from_secs(600), || {
+        h.queue.nacks().len() >= 5
+    })
+    .await;
+    let delays: Vec<Duration> = h.queue.nacks().iter().map(|(_, d)| *d).collect();
+    for (n, d) in delays.iter().enumerate().take(5) {
+        // base 2 s × 2^(n) with jitter in [half, full], capped at 60 s
+        let ceiling = Duration::from_secs(2 * 2u64.pow(n as u32)).min(Duration::from_secs(60));
+        assert!(
+            *d >= ceiling / 2 && *d <= ceiling,
+            "nack {n}: {d:?} vs {ceiling:?}"
+        );
+    }
+    assert_eq!(h.queue.receive_count(&id), Some(5));
+    h.stop.cancel();
+    h.run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_keeps_a_slow_message_invisible_until_it_is_written() {
+    // Visibility 3 s, but the table takes 10 s: without the heartbeat the message would be
+    // delivered again (and written twice) while the first write is still going on.
+    let q = Arc::new(InMemoryQueueForTests::new(
+        Duration::from_secs(3),
+        Duration::from_secs(20),
+    ));
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_secs(10));
+    let mut cfg = config();
+    cfg.visibility_timeout = Some(Duration::from_secs(3));
+    cfg.message_timeout = Duration::from_secs(30);
+    let h = start(q, table, cfg);
+    let id = h.queue.send(log("slow"));
+    wait_until("written", Duration::from_secs(60), || h.queue.is_empty()).await;
+    assert_eq!(
+        h.stats.received.load(Ordering::Relaxed),
+        1,
+        "never delivered twice"
+    );
+    assert!(
+        h.queue.extends() >= 3,
+        "extended {} times",
+        h.queue.extends()
+    );
+    assert!(h.queue.receive_count(&id).is_none(), "deleted");
+    // Once settled, it is not extended any more.
+    let extends = h.queue.extends();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.queue.extends(), extends);
+    h.stop.cancel();
+    h.run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn poison_goes_to_the_dead_letter_path_with_its_reason_and_is_deleted() {
+    let q = Arc::new(
+        InMemoryQueueForTests::new(Duration::from_secs(30), Duration::from_secs(20))
+            .with_dead_letters(),
+    );
+    let h = start(q, Arc::new(MemoryTableForTests::default()), config());
+    let bad = h.queue.send("{not json");
+    let missing = h.queue.send(log("m").replace("\"method\":\"GET\",", ""));
+    h.queue.send(log("fine"));
+    wait_until("drained", Duration::from_secs(30), || h.queue.is_empty()).await;
+    let mut dead = h.queue.dead_letters();
+    dead.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(dead.len(), 2);
+    assert_eq!(
+        (dead[0].0.as_str(), dead[0].2.as_str()),
+        (bad.as_str(), "not_json")
+    );
+    assert_eq!(
+        (dead[1].0.as_str(), dead[1].2.as_str()),
+        (missing.as_str(), "schema")
+    );
+    assert!(h.queue.nacks().is_empty(), "sent at once, never nacked");
+    assert_eq!(h.table.rows().len(), 1);
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!((stats.dead_lettered, stats.acked), (2, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifo_groups_are_written_in_order_and_a_failure_returns_the_rest_of_its_group() {
+    let table = Arc::new(MemoryTableForTests::default());
+    table.reject_key("g1-2"); // the third message of group g1 can never be written
+    let h = start(queue(), table, config());
+    for i in 0..5 {
+        for g in ["g1", "g2"] {
+            h.queue.send_to_group(log(&format!("{g}-{i}")), Some(g));
+        }
+    }
+    wait_until("g2 written", Duration::from_secs(30), || {
+        h.table
+            .rows()
+            .keys()
+            .filter(|k| k.starts_with("g2"))
+            .count()
+            == 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rows = h.table.rows();
+    // g1: 0 and 1 written; 2 fails; 3 and 4 are never written ahead of it.
+    assert!(rows.contains_key("g1-0") && rows.contains_key("g1-1"));
+    assert!(!rows.contains_key("g1-2") && !rows.contains_key("g1-3") && !rows.contains_key("g1-4"));
+    let fifo_returns = h.queue.nacks().iter().filter(|(_, d)| d.is_zero()).count();
+    assert!(
+        fifo_returns >= 2,
+        "the later messages of g1 went back: {:?}",
+        h.queue.nacks()
+    );
+    h.stop.cancel();
+    h.run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_persistently_failing_table_opens_the_breaker_and_receiving_stops() {
+    let table = Arc::new(MemoryTableForTests::default());
+    table.fail_with(Some(WriteErrorKind::Fatal));
+    let h = start(queue(), table, config());
+    for i in 0..20 {
+        h.queue.send(log(&format!("b{i}")));
+    }
+    // Five failed batches in a row open the breaker; while it is open the queue is left alone.
+    let now = || tokio::time::Instant::now().into_std();
+    wait_until("breaker open", Duration::from_secs(120), || {
+        h.breaker.is_open(now())
+    })
+    .await;
+    let received = h.stats.received.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert!(h.breaker.is_open(now()), "the first cooldown is 5 s");
+    assert_eq!(
+        h.stats.received.load(Ordering::Relaxed),
+        received,
+        "no receives while open"
+    );
+    // The table heals; the probe after the cooldown closes the breaker and everything lands.
+    h.table.fail_with(None);
+    wait_until("drained", Duration::from_secs(600), || h.queue.is_empty()).await;
+    assert_eq!(h.table.rows().len(), 20);
+    h.stop.cancel();
+    h.run.await.unwrap();
 }

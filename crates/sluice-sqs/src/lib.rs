@@ -13,7 +13,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 use bytes::Bytes;
 use sluice_core::{AckFailure, Received, Source, SourceError};
@@ -28,6 +28,8 @@ pub struct SqsSourceConfig {
     pub wait_time_seconds: u32,
     /// Visibility timeout asked for on receive; `None` keeps the queue's own.
     pub visibility_timeout: Option<Duration>,
+    /// Where poison goes, with its reason; `None` leaves it to the queue's redrive policy.
+    pub dead_letter_queue_url: Option<String>,
 }
 
 pub struct SqsSource {
@@ -89,6 +91,7 @@ impl Source for SqsSource {
             .set_visibility_timeout(self.config.visibility_timeout.map(secs))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .send()
             .await
             .map_err(|e| source_error("ReceiveMessage", e))?;
@@ -106,6 +109,10 @@ impl Source for SqsSource {
             let receive_count =
                 attribute(MessageSystemAttributeName::ApproximateReceiveCount).unwrap_or(1) as u32;
             let sent_at_ms = attribute(MessageSystemAttributeName::SentTimestamp);
+            let group_id = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                .cloned();
             messages.push(Received {
                 message_id: m.message_id().unwrap_or_default().to_string(),
                 body: Bytes::copy_from_slice(m.body().unwrap_or_default().as_bytes()),
@@ -113,6 +120,7 @@ impl Source for SqsSource {
                 handle: handle.to_string(),
                 received_at,
                 sent_at_ms,
+                group_id,
             });
         }
         Ok(messages)
@@ -169,26 +177,7 @@ impl Source for SqsSource {
         }
     }
 
-    async fn nack(&self, handle: &String, delay: Duration) -> Result<(), SourceError> {
-        self.client
-            .change_message_visibility()
-            .queue_url(&self.config.queue_url)
-            .receipt_handle(handle)
-            .visibility_timeout(secs(delay))
-            .send()
-            .await
-            .map_err(|e| source_error("ChangeMessageVisibility", e))?;
-        Ok(())
-    }
-}
-
-impl SqsSource {
-    /// Sets the visibility of several deliveries in one call (up to 10); returns the failures.
-    pub async fn change_visibility_batch(
-        &self,
-        handles: &[String],
-        delay: Duration,
-    ) -> Vec<AckFailure> {
+    async fn extend(&self, handles: &[String], delay: Duration) -> Vec<AckFailure> {
         let entries: Vec<_> = handles
             .iter()
             .enumerate()
@@ -232,6 +221,71 @@ impl SqsSource {
                     .collect()
             }
         }
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &Received<String>,
+        reason: &str,
+        error: &str,
+    ) -> Result<bool, SourceError> {
+        let Some(dlq) = &self.config.dead_letter_queue_url else {
+            return Ok(false);
+        };
+        let attribute = |v: &str| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+                .ok()
+        };
+        let body = String::from_utf8_lossy(&message.body).into_owned();
+        let mut send = self
+            .client
+            .send_message()
+            .queue_url(dlq)
+            .message_body(if body.is_empty() {
+                " ".to_string()
+            } else {
+                body
+            });
+        // SQS caps attribute values at the message size; keep the error readable but bounded.
+        let error: String = error.chars().take(1024).collect();
+        for (name, value) in [
+            ("sluice_reason", reason.to_string()),
+            ("sluice_error", error),
+            ("sluice_source_message_id", message.message_id.clone()),
+            ("sluice_receive_count", message.receive_count.to_string()),
+            ("sluice_source_queue", self.config.queue_url.clone()),
+        ] {
+            if let Some(v) = attribute(&value) {
+                send = send.message_attributes(name, v);
+            }
+        }
+        if let Some(g) = &message.group_id {
+            // A FIFO dead-letter queue needs a group and a deduplication id.
+            if dlq.ends_with(".fifo") {
+                send = send
+                    .message_group_id(g)
+                    .message_deduplication_id(&message.message_id);
+            }
+        }
+        send.send()
+            .await
+            .map_err(|e| source_error("SendMessage (dead-letter queue)", e))?;
+        Ok(true)
+    }
+
+    async fn nack(&self, handle: &String, delay: Duration) -> Result<(), SourceError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.config.queue_url)
+            .receipt_handle(handle)
+            .visibility_timeout(secs(delay))
+            .send()
+            .await
+            .map_err(|e| source_error("ChangeMessageVisibility", e))?;
+        Ok(())
     }
 }
 

@@ -36,9 +36,15 @@ pub struct SqsSettings {
     /// Visibility timeout asked for on receive; unset keeps the queue's own.
     #[serde(with = "humantime_serde")]
     pub visibility_timeout: Option<Duration>,
-    /// How long a message whose write failed or timed out stays invisible before it is retried.
+    /// Nack backoff: a message whose write failed or timed out stays invisible for
+    /// base × 2^(receive count − 1), at most `nack_backoff_max`, with jitter.
     #[serde(with = "humantime_serde")]
-    pub nack_delay: Duration,
+    pub nack_backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub nack_backoff_max: Duration,
+    /// Where poison goes at once, with its reason as message attributes. Unset: poison is nacked
+    /// with `poison_nack_delay` and the queue's redrive policy moves it after maxReceiveCount.
+    pub dead_letter_queue_url: Option<String>,
     /// How long a poison message stays invisible (it returns until the queue's redrive policy
     /// moves it to the DLQ).
     #[serde(with = "humantime_serde")]
@@ -56,7 +62,9 @@ impl Default for SqsSettings {
             max_messages: 10,
             pollers: 4,
             visibility_timeout: None,
-            nack_delay: Duration::from_secs(10),
+            nack_backoff_base: Duration::from_secs(2),
+            nack_backoff_max: Duration::from_secs(300),
+            dead_letter_queue_url: None,
             poison_nack_delay: Duration::from_secs(60),
             ack_linger: Duration::from_millis(20),
         }
@@ -352,14 +360,30 @@ impl Settings {
                 "sqs.visibility_timeout must be at most 12h".into(),
             );
             check(
-                self.worker.message_timeout < v,
+                v >= Duration::from_secs(2),
                 format!(
-                    "worker.message_timeout ({}) must be shorter than sqs.visibility_timeout ({}): a message still being written would be delivered again",
-                    humantime::format_duration(self.worker.message_timeout),
+                    "sqs.visibility_timeout must be at least 2s (the heartbeat extends it while a message is held), got {}",
                     humantime::format_duration(v)
                 ),
             );
         }
+        check(
+            !q.nack_backoff_base.is_zero() && q.nack_backoff_base <= q.nack_backoff_max,
+            "sqs.nack_backoff_base must be above zero and at most sqs.nack_backoff_max".into(),
+        );
+        check(
+            q.nack_backoff_max <= sluice_sqs::MAX_VISIBILITY,
+            "sqs.nack_backoff_max must be at most 12h".into(),
+        );
+        check(
+            q.dead_letter_queue_url
+                .as_deref()
+                .is_none_or(|u| u.starts_with("https://") || u.starts_with("http://")),
+            format!(
+                "sqs.dead_letter_queue_url must be a queue URL, got `{}`",
+                q.dead_letter_queue_url.as_deref().unwrap_or_default()
+            ),
+        );
         let d = &self.dynamodb;
         check(
             !d.table.is_empty(),
@@ -530,11 +554,14 @@ impl Settings {
             max_in_flight: self.worker.max_in_flight,
             message_timeout: self.worker.message_timeout,
             shutdown_grace: self.worker.shutdown_grace,
-            nack_delay: self.sqs.nack_delay,
+            nack_backoff_base: self.sqs.nack_backoff_base,
+            nack_backoff_max: self.sqs.nack_backoff_max,
             poison_nack_delay: self.sqs.poison_nack_delay,
             ack_linger: self.sqs.ack_linger,
             max_concurrent_acks: 8,
             intake_horizon: Some(self.rate.intake_horizon),
+            visibility_timeout: self.sqs.visibility_timeout,
+            poll_wait: Duration::from_secs(u64::from(self.sqs.wait_time_seconds)),
         }
     }
 
@@ -621,7 +648,7 @@ mod tests {
             [sqs]
             queue_url = "https://q"
             max_messages = 11
-            visibility_timeout = "20s"
+            visibility_timeout = "1s"
             [dynamodb]
             table = "t"
             [rate]
@@ -634,7 +661,7 @@ mod tests {
             "sqs.max_messages",
             "dynamodb.table",
             "rate.wcu_per_second",
-            "worker.message_timeout",
+            "sqs.visibility_timeout",
         ] {
             assert!(msg.contains(key), "{key} missing from: {msg}");
         }

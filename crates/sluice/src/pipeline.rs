@@ -4,7 +4,11 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 use aws_config::SdkConfig;
-use sluice_core::{Engine, EngineStats, StatsSnapshot, WcuLimiter, Writer, WriterStats};
+use std::time::Duration;
+
+use sluice_core::{
+    Engine, EngineConfig, EngineStats, StatsSnapshot, WcuLimiter, Writer, WriterStats,
+};
 use sluice_dynamodb::DynamoDbWriter;
 use sluice_sqs::{SqsSource, SqsSourceConfig};
 use tokio::task::JoinHandle;
@@ -23,6 +27,8 @@ pub struct Pipeline {
     writer_stats: Arc<WriterStats>,
     writer_task: JoinHandle<()>,
     limiter: Arc<WcuLimiter>,
+    breaker: Arc<sluice_core::Breaker>,
+    poll_wait: Duration,
     refresh: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -66,9 +72,9 @@ fn bucket_rate(settings: &Settings, b: Budgets) -> BucketRate {
     }
 }
 
-/// The queue must exist, and a message must stay invisible longer than sluice may work on it:
-/// otherwise a message still being written is delivered again to another worker.
-async fn check_visibility(settings: &Settings, sqs: &aws_sdk_sqs::Client) -> Result<()> {
+/// The queue must exist; its visibility timeout (or sqs.visibility_timeout) is what the
+/// heartbeat renews while a message is held.
+async fn queue_visibility(settings: &Settings, sqs: &aws_sdk_sqs::Client) -> Result<Duration> {
     let queue = sluice_sqs::admin::visibility_timeout(sqs, &settings.sqs.queue_url)
         .await
         .map_err(|e| {
@@ -78,20 +84,13 @@ async fn check_visibility(settings: &Settings, sqs: &aws_sdk_sqs::Client) -> Res
             )
         })?;
     let effective = settings.sqs.visibility_timeout.unwrap_or(queue);
-    if settings.worker.message_timeout >= effective {
+    if effective < Duration::from_secs(2) {
         anyhow::bail!(
-            "worker.message_timeout ({}) must be shorter than the visibility timeout ({}, {}): \
-             lower worker.message_timeout or set sqs.visibility_timeout",
-            humantime::format_duration(settings.worker.message_timeout),
-            humantime::format_duration(effective),
-            if settings.sqs.visibility_timeout.is_some() {
-                "sqs.visibility_timeout"
-            } else {
-                "the queue's own VisibilityTimeout"
-            },
+            "the queue's VisibilityTimeout is {}: set sqs.visibility_timeout to at least 2s so held messages can be kept invisible",
+            humantime::format_duration(effective)
         );
     }
-    Ok(())
+    Ok(effective)
 }
 
 impl Pipeline {
@@ -106,7 +105,7 @@ impl Pipeline {
             table_writer.check_table().await.map_err(|e| anyhow!(e))?;
         }
         let sqs_client = aws_sdk_sqs::Client::new(sqs);
-        check_visibility(settings, &sqs_client).await?;
+        let visibility = queue_visibility(settings, &sqs_client).await?;
         let ddb = sluice_dynamodb::writer_client(dynamodb);
         let table = settings.dynamodb.table.clone();
         let capacity = if settings.rate.wcu_per_second.is_some() {
@@ -192,20 +191,27 @@ impl Pipeline {
                 queue_url: settings.sqs.queue_url.clone(),
                 wait_time_seconds: settings.sqs.wait_time_seconds,
                 visibility_timeout: settings.sqs.visibility_timeout,
+                dead_letter_queue_url: settings.sqs.dead_letter_queue_url.clone(),
             },
         );
         let writer_stats = writer.stats();
+        let breaker = writer.breaker();
         let engine = Engine::new(
             Arc::new(source),
             writer,
             settings.schema(),
-            settings.engine_config(),
+            EngineConfig {
+                visibility_timeout: Some(visibility),
+                ..settings.engine_config()
+            },
         );
         Ok(Pipeline {
             engine,
             writer_stats,
             writer_task,
             limiter,
+            breaker,
+            poll_wait: Duration::from_secs(u64::from(settings.sqs.wait_time_seconds)),
             refresh,
         })
     }
@@ -220,6 +226,14 @@ impl Pipeline {
 
     pub fn limiter(&self) -> Arc<WcuLimiter> {
         self.limiter.clone()
+    }
+
+    pub fn breaker(&self) -> Arc<sluice_core::Breaker> {
+        self.breaker.clone()
+    }
+
+    pub fn poll_wait(&self) -> Duration {
+        self.poll_wait
     }
 
     /// Runs until `shutdown`, drains, and returns the final counts.

@@ -258,17 +258,16 @@ fn run_with_a_missing_table_fails_fast_and_says_which_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_refuses_a_queue_whose_visibility_is_shorter_than_the_message_timeout() {
+async fn run_names_a_missing_queue() {
     let env = TestEnv::start(Backend::MiniStack).await.unwrap();
-    let url = env.create_queue("short-visibility", 20).await.unwrap();
+    let url = env.create_queue("present", 20).await.unwrap();
     env.create_table("request-logs", "request_id")
         .await
         .unwrap();
-    // The queue keeps messages invisible 20 s; sluice may work on one for 30 s: refused.
     let out = Command::new(BIN)
         .arg("run")
         .envs(env.child_env())
-        .env("SLUICE__SQS__QUEUE_URL", &url)
+        .env("SLUICE__SQS__QUEUE_URL", format!("{url}-missing"))
         .env("SLUICE__DYNAMODB__TABLE", "request-logs")
         .env(
             "SLUICE__TELEMETRY__LISTEN",
@@ -279,19 +278,7 @@ async fn run_refuses_a_queue_whose_visibility_is_shorter_than_the_message_timeou
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("worker.message_timeout"), "{stderr}");
-    assert!(stderr.contains("VisibilityTimeout"), "{stderr}");
-    // A queue that does not exist is named too.
-    let out = Command::new(BIN)
-        .arg("run")
-        .envs(env.child_env())
-        .env("SLUICE__SQS__QUEUE_URL", format!("{url}-missing"))
-        .env("SLUICE__DYNAMODB__TABLE", "request-logs")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sqs.queue_url"));
+    assert!(stderr.contains("sqs.queue_url"), "{stderr}");
 }
 
 #[test]

@@ -140,7 +140,8 @@ async fn a_message_whose_write_fails_is_not_deleted_and_comes_back(backend: Back
 
     let mut s = settings(&url, "late-table");
     s.dynamodb.check_table = false;
-    s.sqs.nack_delay = Duration::from_secs(1);
+    s.sqs.nack_backoff_base = Duration::from_secs(1);
+    s.sqs.nack_backoff_max = Duration::from_secs(1);
     let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
         .await
         .unwrap();
@@ -345,4 +346,101 @@ async fn sim_the_budget_follows_an_update_table_at_the_next_refresh() {
     }
     stop.cancel();
     run.await.unwrap();
+}
+
+/// Poison goes to the configured dead-letter queue at once, with its reason as message
+/// attributes, and is deleted from the source; the good messages are written.
+async fn poison_goes_to_the_dead_letter_queue_with_its_reason(backend: Backend) {
+    let env = TestEnv::start(backend).await.unwrap();
+    let url = env.create_queue("logs", 30).await.unwrap();
+    let dlq = env.create_queue("logs-dlq", 30).await.unwrap();
+    env.create_table("request-logs", "request_id")
+        .await
+        .unwrap();
+    let mut bodies: Vec<String> = (0..5).map(|i| log(&format!("ok-{i}"), i)).collect();
+    bodies.push("not json".into());
+    bodies.push(log("no-method", 1).replace("\"method\":\"GET\",", ""));
+    bodies.push("[1,2]".into());
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&bodies)
+        .await
+        .unwrap();
+
+    let mut s = settings(&url, "request-logs");
+    s.sqs.dead_letter_queue_url = Some(dlq.clone());
+    let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
+        .await
+        .unwrap();
+    let stats = pipeline.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(stop.clone()));
+    let started = Instant::now();
+    while stats.acked.load(Ordering::Relaxed) < 8 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.wait_queue_empty(&url, Duration::from_secs(30))
+        .await
+        .unwrap();
+    stop.cancel();
+    let summary = run.await.unwrap();
+    assert_eq!((summary.dead_lettered, summary.nacked), (3, 0));
+    assert_eq!(
+        env.scan_keys("request-logs", "request_id")
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+
+    let mut reasons = Vec::new();
+    for _ in 0..10 {
+        let out = env
+            .sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages() {
+            let attrs = m.message_attributes().expect("attributes");
+            let attr = |n: &str| attrs[n].string_value().unwrap_or_default().to_string();
+            assert!(!attr("sluice_source_message_id").is_empty());
+            assert_eq!(attr("sluice_receive_count"), "1");
+            assert!(!attr("sluice_error").is_empty());
+            reasons.push((
+                attr("sluice_reason"),
+                m.body().unwrap_or_default().to_string(),
+            ));
+        }
+        if reasons.len() == 3 {
+            break;
+        }
+    }
+    reasons.sort();
+    assert_eq!(
+        reasons.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["not_json", "schema", "schema"]
+    );
+    assert!(
+        reasons.iter().any(|(_, b)| b == "not json"),
+        "the body is kept as sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_poison_goes_to_the_dead_letter_queue_with_its_reason() {
+    poison_goes_to_the_dead_letter_queue_with_its_reason(Backend::Sim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ministack_poison_goes_to_the_dead_letter_queue_with_its_reason() {
+    poison_goes_to_the_dead_letter_queue_with_its_reason(Backend::MiniStack).await;
 }

@@ -1,0 +1,186 @@
+//! The circuit breaker: when the table fails persistently (repeated non-throttle errors, table
+//! missing, access denied), stop receiving. The messages wait safely in the queue instead of
+//! cycling through receive, fail and nack. After a cooldown one round of receives is let through
+//! as a probe (half open): a successful write closes the breaker, another failure opens it again
+//! with a doubled cooldown. Throttles are not failures here (AIMD answers those), nor are items
+//! the table rejects (their messages fail alone).
+//!
+//! Pure state with explicit instants, like [`crate::aimd`].
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerConfig {
+    /// Failed batch writes in a row that open the breaker.
+    pub threshold: u32,
+    pub first_cooldown: Duration,
+    pub max_cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            threshold: 5,
+            first_cooldown: Duration::from_secs(5),
+            max_cooldown: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open { until: Instant },
+    HalfOpen,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: BreakerState,
+    failures: u32,
+    cooldown: Duration,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    inner: Mutex<Inner>,
+    /// Wakes parked long polls when the breaker opens, so they stop at once.
+    opened: tokio::sync::Notify,
+}
+
+impl Breaker {
+    pub fn new(config: BreakerConfig) -> Self {
+        Breaker {
+            inner: Mutex::new(Inner {
+                state: BreakerState::Closed,
+                failures: 0,
+                cooldown: config.first_cooldown,
+            }),
+            config,
+            opened: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Completes when the breaker next opens.
+    pub async fn opened(&self) {
+        self.opened.notified().await
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn state(&self, now: Instant) -> BreakerState {
+        let mut i = self.lock();
+        if let BreakerState::Open { until } = i.state
+            && now >= until
+        {
+            i.state = BreakerState::HalfOpen;
+            metrics::gauge!("sluice_circuit_open").set(0.0);
+            tracing::info!("circuit half open: probing the table with one round of receives");
+        }
+        i.state
+    }
+
+    /// May the pollers receive now?
+    pub fn allows(&self, now: Instant) -> bool {
+        !matches!(self.state(now), BreakerState::Open { .. })
+    }
+
+    pub fn is_open(&self, now: Instant) -> bool {
+        !self.allows(now)
+    }
+
+    pub fn record_success(&self) {
+        let mut i = self.lock();
+        if i.state != BreakerState::Closed {
+            tracing::info!("circuit closed: the table accepts writes again");
+        }
+        i.state = BreakerState::Closed;
+        i.failures = 0;
+        i.cooldown = self.config.first_cooldown;
+        metrics::gauge!("sluice_circuit_open").set(0.0);
+    }
+
+    pub fn record_failure(&self, now: Instant, error: &str) {
+        let mut i = self.lock();
+        i.failures = i.failures.saturating_add(1);
+        let trip = match i.state {
+            BreakerState::HalfOpen => true,
+            BreakerState::Closed => i.failures >= self.config.threshold,
+            BreakerState::Open { .. } => false,
+        };
+        if trip {
+            let cooldown = i.cooldown;
+            i.state = BreakerState::Open {
+                until: now + cooldown,
+            };
+            i.cooldown = (cooldown * 2).min(self.config.max_cooldown);
+            metrics::counter!("sluice_circuit_opened_total").increment(1);
+            self.opened.notify_waiters();
+            metrics::gauge!("sluice_circuit_open").set(1.0);
+            tracing::warn!(
+                failures = i.failures,
+                cooldown_s = cooldown.as_secs_f64(),
+                error,
+                "circuit open: the table keeps failing; receiving stops, messages wait in the queue"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_the_threshold_probes_after_the_cooldown_and_backs_off() {
+        let b = Breaker::new(BreakerConfig::default());
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            b.record_failure(t0, "boom");
+        }
+        assert!(b.allows(t0), "four failures are not yet persistent");
+        b.record_failure(t0, "boom");
+        assert!(b.is_open(t0));
+        assert!(b.is_open(t0 + Duration::from_millis(4900)));
+        assert_eq!(b.state(t0 + Duration::from_secs(5)), BreakerState::HalfOpen);
+        // The probe fails: open again, for twice as long.
+        let t1 = t0 + Duration::from_secs(5);
+        b.record_failure(t1, "boom");
+        assert!(b.is_open(t1 + Duration::from_millis(9900)));
+        assert_eq!(
+            b.state(t1 + Duration::from_secs(10)),
+            BreakerState::HalfOpen
+        );
+        // The probe succeeds: closed, and the cooldown starts small again.
+        b.record_success();
+        assert_eq!(b.state(t1 + Duration::from_secs(10)), BreakerState::Closed);
+        let t2 = t1 + Duration::from_secs(20);
+        for _ in 0..5 {
+            b.record_failure(t2, "boom");
+        }
+        assert_eq!(
+            b.state(t2),
+            BreakerState::Open {
+                until: t2 + Duration::from_secs(5)
+            }
+        );
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let b = Breaker::new(BreakerConfig::default());
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            b.record_failure(t0, "boom");
+        }
+        b.record_success();
+        for _ in 0..4 {
+            b.record_failure(t0, "boom");
+        }
+        assert!(b.allows(t0));
+    }
+}
