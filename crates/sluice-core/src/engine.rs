@@ -517,8 +517,7 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
         metrics::gauge!("sluice_messages_in_flight").increment(n as f64);
         let now_ms = epoch_ms();
         // FIFO groups in the order received: each group's messages are handled one by one.
-        let mut groups: Vec<(String, Vec<(Received<S::Handle>, OwnedSemaphorePermit)>)> =
-            Vec::new();
+        let mut groups: Vec<(String, Vec<Claimed<S::Handle>>)> = Vec::new();
         for message in messages {
             if let Some(sent) = message.sent_at_ms {
                 metrics::histogram!("sluice_message_age_seconds")
@@ -548,12 +547,12 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
     }
 }
 
+/// A received message with its in-flight slot.
+type Claimed<H> = (Received<H>, OwnedSemaphorePermit);
+
 /// One FIFO group's messages, in order. When one is not written, it and every later one go back
 /// to the queue unprocessed, so nothing of the group is ever written out of order.
-async fn run_group<S: Source>(
-    shared: Arc<Shared<S>>,
-    list: Vec<(Received<S::Handle>, OwnedSemaphorePermit)>,
-) {
+async fn run_group<S: Source>(shared: Arc<Shared<S>>, list: Vec<Claimed<S::Handle>>) {
     let mut failed = false;
     for (message, permit) in list {
         if failed {
