@@ -288,6 +288,8 @@ struct TableState {
     reject_keys: HashSet<String>,
     latency: Duration,
     largest_batch: usize,
+    /// Keys in the order their puts landed (a key written twice appears twice).
+    put_order: Vec<String>,
 }
 
 impl MemoryTableForTests {
@@ -320,6 +322,11 @@ impl MemoryTableForTests {
 
     pub fn largest_batch(&self) -> usize {
         self.lock().largest_batch
+    }
+
+    /// Keys in the order their puts landed.
+    pub fn put_order(&self) -> Vec<String> {
+        self.lock().put_order.clone()
     }
 }
 
@@ -364,6 +371,7 @@ impl BatchWriter for MemoryTableForTests {
         for (i, item) in items.iter().enumerate() {
             if !unprocessed.contains(&i) {
                 s.rows.insert(item.key().to_string(), (*item).clone());
+                s.put_order.push(item.key().to_string());
                 self.puts.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -565,3 +565,55 @@ async fn a_persistently_failing_table_opens_the_breaker_and_receiving_stops() {
     h.stop.cancel();
     h.run.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn chaos_fifo_fifty_groups_keep_their_order_under_injected_failures() {
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_millis(20));
+    table.leave_unprocessed(200); // many batches come back partly unprocessed
+    for g in (0..50).step_by(7) {
+        table.reject_key(&format!("g{g}-6")); // these groups stop at their 7th message
+    }
+    let mut cfg = config();
+    cfg.pollers = 4;
+    let h = start(queue(), table, cfg);
+    for i in 0..10 {
+        for g in 0..50 {
+            h.queue
+                .send_to_group(log(&format!("g{g}-{i}")), Some(&format!("g{g}")));
+        }
+    }
+    // Transient outages on top, while the backlog drains.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.table.fail_with(Some(WriteErrorKind::Transient));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        h.table.fail_with(None);
+    }
+    let stuck = (0..50).step_by(7).count();
+    wait_until(
+        "all but the stuck groups drained",
+        Duration::from_secs(600),
+        || h.queue.len() == stuck * 4,
+    )
+    .await;
+    let order = h.table.put_order();
+    for g in 0..50 {
+        // The first landing of each key of the group, in landing order.
+        let mut seen = Vec::new();
+        for k in order.iter().filter(|k| k.starts_with(&format!("g{g}-"))) {
+            let i: usize = k.rsplit('-').next().unwrap().parse().unwrap();
+            if !seen.contains(&i) {
+                seen.push(i);
+            }
+        }
+        let expected: Vec<usize> = if g % 7 == 0 {
+            (0..6).collect()
+        } else {
+            (0..10).collect()
+        };
+        assert_eq!(seen, expected, "group g{g} written out of order");
+    }
+    h.stop.cancel();
+    h.run.await.unwrap();
+}

@@ -20,6 +20,26 @@ pub struct Settings {
     pub rate: RateSettings,
     pub worker: WorkerSettings,
     pub telemetry: TelemetrySettings,
+    pub spot: SpotSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpotSettings {
+    /// Poll IMDSv2 for the spot interruption notice and drain when it comes (EC2 spot only).
+    pub enabled: bool,
+    /// How often to ask.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for SpotSettings {
+    fn default() -> Self {
+        SpotSettings {
+            enabled: false,
+            poll_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,6 +314,16 @@ impl Default for TelemetrySettings {
 
 /// Loads the file (if any) and the `SLUICE__…` environment, and checks every value.
 pub fn load(path: Option<&Path>) -> Result<Settings> {
+    deserialize(raw(path)?)
+}
+
+/// Loads like [`load`] but checks only that it parses: for tools (`sluice dlq`) that need a few
+/// keys, not a runnable worker config.
+pub fn load_partial(path: Option<&Path>) -> Result<Settings> {
+    parse(raw(path)?)
+}
+
+fn raw(path: Option<&Path>) -> Result<config::Config> {
     let mut builder = config::Config::builder();
     if let Some(path) = path {
         if !path.is_file() {
@@ -313,10 +343,29 @@ pub fn load(path: Option<&Path>) -> Result<Settings> {
             .with_list_parse_key("schema.required_fields")
             .try_parsing(true),
     );
-    let raw = builder
+    builder
         .build()
-        .map_err(|e| anyhow!("cannot read config: {e}"))?;
-    deserialize(raw)
+        .map_err(|e| anyhow!("cannot read config: {e}"))
+}
+
+/// Deserializes, naming the key of a value that does not fit.
+fn parse(raw: config::Config) -> Result<Settings> {
+    serde_path_to_error::deserialize(raw).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." || path.is_empty() {
+            anyhow!("invalid config: {inner}")
+        } else {
+            anyhow!("invalid config at `{path}`: {inner}")
+        }
+    })
+}
+
+/// Deserializes and validates.
+fn deserialize(raw: config::Config) -> Result<Settings> {
+    let settings = parse(raw)?;
+    settings.validate()?;
+    Ok(settings)
 }
 
 impl Settings {
@@ -519,6 +568,21 @@ impl Settings {
             w.write_queue_items >= 1,
             "worker.write_queue_items must be at least 1".into(),
         );
+        if self.spot.enabled {
+            // The notice comes two minutes ahead; the drain must end well before.
+            check(
+                self.spot.poll_interval + w.shutdown_grace <= Duration::from_secs(90),
+                format!(
+                    "with spot.enabled, spot.poll_interval + worker.shutdown_grace must be at most 90s (the notice comes 2 minutes ahead), got {} + {}",
+                    humantime::format_duration(self.spot.poll_interval),
+                    humantime::format_duration(w.shutdown_grace)
+                ),
+            );
+            check(
+                !self.spot.poll_interval.is_zero(),
+                "spot.poll_interval must be above zero".into(),
+            );
+        }
         check(
             self.telemetry.listen.parse::<SocketAddr>().is_ok(),
             format!(
@@ -592,21 +656,6 @@ pub fn from_toml(text: &str) -> Result<Settings> {
         .build()
         .context("cannot parse TOML")?;
     deserialize(raw)
-}
-
-/// Deserializes and validates, naming the key of a value that does not fit.
-fn deserialize(raw: config::Config) -> Result<Settings> {
-    let settings: Settings = serde_path_to_error::deserialize(raw).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path == "." || path.is_empty() {
-            anyhow!("invalid config: {inner}")
-        } else {
-            anyhow!("invalid config at `{path}`: {inner}")
-        }
-    })?;
-    settings.validate()?;
-    Ok(settings)
 }
 
 #[cfg(test)]

@@ -4,7 +4,11 @@
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod dlq;
+pub mod notify;
 pub mod pipeline;
+pub mod queue_metrics;
 pub mod run;
 pub mod sim;
+pub mod spot;
 pub mod telemetry;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use sluice::bench::BenchArgs;
 use sluice::config;
 use sluice::demo::DemoArgs;
+use sluice::dlq::DlqArgs;
 use sluice::sim::SimArgs;
 use sluice::telemetry;
 
@@ -35,6 +36,8 @@ enum Command {
     /// provisioned table; prints utilization, throttles, the highest 5-second average and the
     /// drain time against the physical minimum.
     BenchPacing(BenchArgs),
+    /// Inspect the dead-letter queue (stats, peek) and send its messages back (redrive).
+    Dlq(DlqArgs),
 }
 
 #[derive(clap::Args)]
@@ -93,6 +96,16 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "sluice failed");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dlq(args) => {
+            telemetry::init_tracing(config::LogFormat::Pretty, "warn");
+            match runtime.block_on(sluice::dlq::dlq(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }

@@ -5,11 +5,19 @@ use aws_config::BehaviorVersion;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::notify::Notifier;
 use crate::pipeline::Pipeline;
+use crate::queue_metrics;
 use crate::telemetry::{self, Health};
 
 pub async fn run(settings: Settings) -> Result<()> {
     let metrics = telemetry::install_metrics()?;
+    queue_metrics::describe();
+    // systemd (Type=notify): watchdog pings from the start, READY=1 once receiving, STOPPING=1
+    // on the first signal. All no-ops without NOTIFY_SOCKET.
+    let notifier = std::sync::Arc::new(Notifier::from_env());
+    let background_stop = CancellationToken::new();
+    let _watchdog = notifier.spawn_watchdog(background_stop.clone());
     // Region, credentials and endpoints come from the SDK's default chain (env, profile, IMDS,
     // IRSA); AWS_ENDPOINT_URL_SQS / AWS_ENDPOINT_URL_DYNAMODB point at local servers.
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
@@ -20,13 +28,29 @@ pub async fn run(settings: Settings) -> Result<()> {
         .listen
         .parse()
         .context("telemetry.listen")?;
-    let health = Health {
-        stats: pipeline.stats(),
-        shutdown: shutdown.clone(),
-    };
+    let health = Health::for_pipeline(&pipeline, shutdown.clone());
     let server_stop = CancellationToken::new();
     let addr = telemetry::serve(listen, metrics, health, server_stop.clone()).await?;
     tokio::spawn(watch_signals(shutdown.clone()));
+    if settings.spot.enabled {
+        tokio::spawn(crate::spot::watch(
+            settings.spot.poll_interval,
+            shutdown.clone(),
+        ));
+    }
+    queue_metrics::spawn(
+        aws_sdk_sqs::Client::new(&sdk),
+        settings.sqs.queue_url.clone(),
+        background_stop.clone(),
+    );
+    notifier.ready("draining the queue into the table");
+    tokio::spawn({
+        let (notifier, shutdown) = (notifier.clone(), shutdown.clone());
+        async move {
+            shutdown.cancelled().await;
+            notifier.stopping("shutting down: draining in-flight messages");
+        }
+    });
     tracing::info!(
         queue_url = %settings.sqs.queue_url,
         table = %settings.dynamodb.table,
@@ -36,6 +60,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     );
     let summary = pipeline.run(shutdown).await;
     server_stop.cancel();
+    background_stop.cancel();
     tracing::info!(
         received = summary.received,
         acked = summary.acked,

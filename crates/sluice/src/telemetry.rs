@@ -13,7 +13,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sluice_core::EngineStats;
+use std::time::Duration;
+
+use sluice_core::{Breaker, EngineStats};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -77,13 +79,42 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
 pub struct Health {
     pub stats: Arc<EngineStats>,
     pub shutdown: CancellationToken,
+    pub breaker: Arc<Breaker>,
+    /// The long-poll wait: a poll loop silent for twice this (at least 10 s) is stuck.
+    pub poll_wait: Duration,
 }
 
 impl Health {
-    /// Ready unless shutting down or the queue has failed the last three receives.
+    pub fn for_pipeline(pipeline: &crate::pipeline::Pipeline, shutdown: CancellationToken) -> Self {
+        Health {
+            stats: pipeline.stats(),
+            shutdown,
+            breaker: pipeline.breaker(),
+            poll_wait: pipeline.poll_wait(),
+        }
+    }
+
+    /// Alive unless a poll loop has made no progress for twice the long-poll wait.
+    pub fn alive(&self) -> Result<(), String> {
+        let limit = (self.poll_wait * 2).max(Duration::from_secs(10));
+        let stalest = self.stats.stalest_poller();
+        if stalest > limit {
+            return Err(format!(
+                "a poll loop has made no progress for {:.0} s (limit {:.0} s)",
+                stalest.as_secs_f64(),
+                limit.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ready unless shutting down, the breaker is open, or the last three receives failed.
     pub fn ready(&self) -> Result<(), String> {
         if self.shutdown.is_cancelled() {
             return Err("shutting down".into());
+        }
+        if self.breaker.is_open(std::time::Instant::now()) {
+            return Err("the circuit breaker is open: the table keeps failing".into());
         }
         let errors = self.stats.receive_errors_in_a_row.load(Ordering::Relaxed);
         if errors >= 3 {
@@ -112,7 +143,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(render_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { metrics, health });
     tokio::spawn(async move {
@@ -129,6 +160,16 @@ pub async fn serve(
 async fn render_metrics(State(state): State<AppState>) -> String {
     state.metrics.run_upkeep();
     state.metrics.render()
+}
+
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.health.alive() {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not alive: {why}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {

@@ -369,3 +369,383 @@ async fn sim_serves_sdk_clients_and_stops_on_sigterm() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_stats_peek_and_redrive_find_the_dlq_through_the_redrive_policy() {
+    use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let dlq = sluice_sqs::admin::create_queue(&env.sqs, "logs-dlq", &[])
+        .await
+        .unwrap();
+    let arn = sluice_sqs::admin::queue_arn(&env.sqs, &dlq).await.unwrap();
+    let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": 3}).to_string();
+    let source = sluice_sqs::admin::create_queue(
+        &env.sqs,
+        "logs",
+        &[(QueueAttributeName::RedrivePolicy, policy)],
+    )
+    .await
+    .unwrap();
+    for i in 0..5 {
+        let reason = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(if i % 2 == 0 { "not_json" } else { "schema" })
+            .build()
+            .unwrap();
+        env.sqs
+            .send_message()
+            .queue_url(&dlq)
+            .message_body(format!("bad body {i}"))
+            .message_attributes("sluice_reason", reason)
+            .send()
+            .await
+            .unwrap();
+    }
+    let dlq_cmd = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("dlq")
+            .args(args)
+            .envs(env.child_env())
+            .env("SLUICE__SQS__QUEUE_URL", &source)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let stats: serde_json::Value =
+        serde_json::from_str(dlq_cmd(&["stats", "--json"]).trim()).unwrap();
+    assert_eq!(stats["visible"], 5, "{stats}");
+    assert_eq!(stats["dlq"], dlq.as_str());
+
+    let peeked = dlq_cmd(&["peek", "--json", "--max", "10"]);
+    let reasons: Vec<String> = peeked
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(reasons.len(), 5, "{peeked}");
+    assert_eq!(reasons.iter().filter(|r| *r == "not_json").count(), 3);
+    assert_eq!(
+        env.queue_counts(&dlq).await.unwrap(),
+        (5, 0),
+        "peek leaves them visible"
+    );
+
+    let done = dlq_cmd(&["redrive", "--rate", "100"]);
+    assert!(done.contains("5 message(s) moved"), "{done}");
+    assert_eq!(env.queue_counts(&dlq).await.unwrap(), (0, 0));
+    assert_eq!(env.queue_counts(&source).await.unwrap(), (5, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_interruption_notice_drains_and_exits_zero_losing_nothing() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let imds = sluice_testkit::FakeImds::start().await.unwrap();
+    let url = env.create_queue("logs", 60).await.unwrap();
+    sluice_dynamodb::admin::create_table(&env.dynamodb, "request-logs", "request_id", Some(200))
+        .await
+        .unwrap();
+    // 2,000 one-WCU logs against 196 WCU/s: ten seconds of work, so the notice comes mid-drain.
+    let bodies: Vec<String> = (0..2000)
+        .map(|i| format!(r#"{{"request_id":"spot-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
+        .collect();
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&bodies)
+        .await
+        .unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("run")
+        .envs(env.child_env())
+        .env("AWS_EC2_METADATA_DISABLED", "false")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.endpoint)
+        .env("SLUICE__SQS__QUEUE_URL", &url)
+        .env("SLUICE__DYNAMODB__TABLE", "request-logs")
+        .env("SLUICE__SPOT__ENABLED", "true")
+        .env("SLUICE__SPOT__POLL_INTERVAL", "200ms")
+        .env("SLUICE__WORKER__SHUTDOWN_GRACE", "3s")
+        .env("SLUICE__TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
+        .env("SLUICE__TELEMETRY__LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while env
+        .scan_keys("request-logs", "request_id")
+        .await
+        .unwrap()
+        .len()
+        < 200
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "not writing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    imds.notify("2026-11-22T12:02:00Z");
+    let noticed = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("drained and exited within poll + grace + margin")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        noticed.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        noticed.elapsed()
+    );
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout)
+        .await
+        .unwrap();
+    assert!(stdout.contains("spot interruption notice"), "{stdout}");
+    // Nothing lost, nothing stranded: every log is written or its message is visible again now.
+    let written = env
+        .scan_keys("request-logs", "request_id")
+        .await
+        .unwrap()
+        .len();
+    let (visible, in_flight) = env.queue_counts(&url).await.unwrap();
+    assert_eq!(
+        in_flight, 0,
+        "unfinished messages were made visible again at once"
+    );
+    assert!(written < 2000, "the notice came mid-drain");
+    assert!(
+        written + visible as usize >= 2000,
+        "{written} written + {visible} waiting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_sigterm_with_many_in_flight_exits_zero_in_time_and_loses_nothing() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("logs", 60).await.unwrap();
+    sluice_dynamodb::admin::create_table(&env.dynamodb, "request-logs", "request_id", Some(300))
+        .await
+        .unwrap();
+    // Slow writes keep hundreds of messages in flight when SIGTERM comes.
+    env.sim
+        .as_ref()
+        .unwrap()
+        .set_faults(sluice_sim::Faults {
+            op_latency: [(
+                "BatchWriteItem".to_string(),
+                sluice_sim::Latency {
+                    fixed_ms: 400,
+                    jitter_ms: 200,
+                },
+            )]
+            .into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let bodies: Vec<String> = (0..3000)
+        .map(|i| format!(r#"{{"request_id":"term-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
+        .collect();
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&bodies)
+        .await
+        .unwrap();
+    let grace = 2;
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("run")
+        .envs(env.child_env())
+        .env("SLUICE__SQS__QUEUE_URL", &url)
+        .env("SLUICE__DYNAMODB__TABLE", "request-logs")
+        .env("SLUICE__WORKER__SHUTDOWN_GRACE", format!("{grace}s"))
+        .env(
+            "SLUICE__TELEMETRY__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .stdout(Stdio::null())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let (_, in_flight) = env.queue_counts(&url).await.unwrap();
+        if in_flight >= 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never had many in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = child.id().unwrap();
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let term = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(grace + 5), child.wait())
+        .await
+        .expect("exited within grace + 5 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let (visible, in_flight) = env.queue_counts(&url).await.unwrap();
+    assert_eq!(
+        in_flight, 0,
+        "unfinished messages were made visible again at once"
+    );
+    let written = env
+        .scan_keys("request-logs", "request_id")
+        .await
+        .unwrap()
+        .len();
+    assert!(
+        written + visible as usize >= 3000,
+        "{written} written + {visible} waiting"
+    );
+    assert!(term.elapsed() < Duration::from_secs(grace + 5));
+}
+
+/// Chaos (a): kill -9 the worker at random moments, restarting it each time. Every request id
+/// ends as exactly one row, and the queue ends empty except the poison in the dead-letter queue.
+/// CI runs 5,000 messages and 10 kills; SLUICE_CHAOS_MESSAGES / SLUICE_CHAOS_KILLS scale it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
+    use rand::{Rng, SeedableRng};
+    use tokio::io::AsyncBufReadExt;
+    let messages: usize = std::env::var("SLUICE_CHAOS_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let kills: usize = std::env::var("SLUICE_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    // The simulator in its own process, so it outlives every worker.
+    let mut sim = tokio::process::Command::new(BIN)
+        .args(["sim", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(sim.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let endpoint = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let sdk = sluice_testkit::sdk_config(&endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let url = sluice_sqs::admin::create_queue(
+        &sqs,
+        "chaos",
+        &[(QueueAttributeName::VisibilityTimeout, "4".into())],
+    )
+    .await
+    .unwrap();
+    let dlq = sluice_sqs::admin::create_queue(&sqs, "chaos-dlq", &[])
+        .await
+        .unwrap();
+    sluice_dynamodb::admin::create_table(&ddb, "chaos", "request_id", None)
+        .await
+        .unwrap();
+    let mut bodies: Vec<String> = (0..messages)
+        .map(|i| {
+            // Some messages carry three logs; a few are delivered twice by the producer.
+            let ids: Vec<String> = if i % 10 == 0 { (0..3).map(|j| format!("k-{i}-{j}")).collect() } else { vec![format!("k-{i}")] };
+            ids.iter()
+                .map(|id| format!(r#"{{"request_id":"{id}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    let unique: usize = (0..messages).map(|i| if i % 10 == 0 { 3 } else { 1 }).sum();
+    let duplicates: Vec<String> = bodies.iter().step_by(50).cloned().collect();
+    bodies.extend(duplicates);
+    let poison = ["not json", "[1]", "{\"request_id\":\"p\"}"];
+    bodies.extend(poison.iter().map(|s| s.to_string()));
+    SqsSender::new(sqs.clone(), &url)
+        .send_all(&bodies)
+        .await
+        .unwrap();
+
+    let start_worker = || {
+        tokio::process::Command::new(BIN)
+            .arg("run")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("SLUICE__SQS__QUEUE_URL", &url)
+            .env("SLUICE__SQS__DEAD_LETTER_QUEUE_URL", &dlq)
+            .env("SLUICE__SQS__WAIT_TIME_SECONDS", "1")
+            .env("SLUICE__DYNAMODB__TABLE", "chaos")
+            .env("SLUICE__RATE__WCU_PER_SECOND", "4000")
+            .env(
+                "SLUICE__TELEMETRY__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for _ in 0..kills {
+        let mut worker = start_worker();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        worker.start_kill().unwrap(); // SIGKILL: no drain, no acks flushed, nothing returned
+        worker.wait().await.unwrap();
+    }
+    let mut worker = start_worker();
+    let started = Instant::now();
+    loop {
+        let (visible, in_flight) = sluice_sqs::admin::queue_counts(&sqs, &url).await.unwrap();
+        let (dead, _) = sluice_sqs::admin::queue_counts(&sqs, &dlq).await.unwrap();
+        if visible == 0 && in_flight == 0 && dead as usize >= poison.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{visible} visible, {in_flight} in flight, {dead} dead"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let pid = worker.id().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    worker.wait().await.unwrap();
+    let keys = sluice_dynamodb::admin::scan_keys(&ddb, "chaos", "request_id")
+        .await
+        .unwrap();
+    let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!(keys.len(), distinct.len(), "a request id has two rows");
+    assert_eq!(keys.len(), unique, "every request id written");
+    let (dead, _) = sluice_sqs::admin::queue_counts(&sqs, &dlq).await.unwrap();
+    assert_eq!(
+        dead as usize,
+        poison.len(),
+        "only the poison is dead-lettered"
+    );
+}

@@ -1,0 +1,340 @@
+//! `sluice dlq stats | peek | redrive`: look into the dead-letter queue and send its messages back.
+//!
+//! The dead-letter queue is `--dlq URL`, else `sqs.dead_letter_queue_url`, else the one the source
+//! queue's RedrivePolicy names.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aws_config::BehaviorVersion;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
+};
+use serde_json::json;
+
+use crate::config;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub command: DlqCommand,
+    /// TOML config (for sqs.queue_url and sqs.dead_letter_queue_url).
+    #[arg(short, long, env = "SLUICE_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<std::path::PathBuf>,
+    /// The dead-letter queue, when neither the config nor the source queue's RedrivePolicy says.
+    #[arg(long, value_name = "URL", global = true)]
+    pub dlq: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum DlqCommand {
+    /// Message counts of the dead-letter queue (visible, in flight, delayed).
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show up to N messages with their reasons, leaving them in place (visible again at once).
+    Peek {
+        #[arg(long, default_value_t = 10)]
+        max: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move messages back to the source queue (sqs.queue_url), at a bounded rate, with progress.
+    Redrive {
+        /// Messages per second at most.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Stop after this many messages (default: until the dead-letter queue is empty).
+        #[arg(long)]
+        max: Option<u64>,
+    },
+}
+
+/// The source queue's dead-letter queue, from its RedrivePolicy.
+async fn dlq_from_redrive(sqs: &Client, source: &str) -> Result<Option<String>> {
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(source)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "GetQueueAttributes on sqs.queue_url: {}",
+                DisplayErrorContext(&e)
+            )
+        })?;
+    let Some(policy) = out
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+    else {
+        return Ok(None);
+    };
+    let policy: serde_json::Value =
+        serde_json::from_str(policy).context("RedrivePolicy is not JSON")?;
+    let Some(arn) = policy["deadLetterTargetArn"].as_str() else {
+        return Ok(None);
+    };
+    let parts: Vec<&str> = arn.split(':').collect();
+    let (account, name) = match parts.as_slice() {
+        [.., account, name] => (*account, *name),
+        _ => bail!("cannot read deadLetterTargetArn `{arn}`"),
+    };
+    let url = sqs
+        .get_queue_url()
+        .queue_name(name)
+        .queue_owner_aws_account_id(account)
+        .send()
+        .await
+        .map_err(|e| anyhow!("GetQueueUrl {name}: {}", DisplayErrorContext(&e)))?;
+    Ok(url.queue_url().map(String::from))
+}
+
+fn count(out: &HashMap<QueueAttributeName, String>, n: QueueAttributeName) -> u64 {
+    out.get(&n).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+pub async fn dlq(args: DlqArgs) -> Result<()> {
+    let settings = config::load_partial(args.config.as_deref())?;
+    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let sqs = Client::new(&sdk);
+    let source = settings.sqs.queue_url.clone();
+    let dlq = match (args.dlq.clone(), settings.sqs.dead_letter_queue_url.clone()) {
+        (Some(u), _) | (None, Some(u)) => u,
+        (None, None) if !source.is_empty() => dlq_from_redrive(&sqs, &source)
+            .await?
+            .ok_or_else(|| anyhow!("no dead-letter queue: pass --dlq, set sqs.dead_letter_queue_url, or give sqs.queue_url a RedrivePolicy"))?,
+        _ => bail!("no dead-letter queue: pass --dlq or set sqs.dead_letter_queue_url (or sqs.queue_url with a RedrivePolicy)"),
+    };
+    match args.command {
+        DlqCommand::Stats { json } => {
+            let out = sqs
+                .get_queue_attributes()
+                .queue_url(&dlq)
+                .attribute_names(QueueAttributeName::All)
+                .send()
+                .await
+                .map_err(|e| anyhow!("GetQueueAttributes {dlq}: {}", DisplayErrorContext(&e)))?;
+            let a = out.attributes().cloned().unwrap_or_default();
+            let visible = count(&a, QueueAttributeName::ApproximateNumberOfMessages);
+            let in_flight = count(
+                &a,
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            );
+            let delayed = count(&a, QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+            if json {
+                println!(
+                    "{}",
+                    json!({"dlq": dlq, "visible": visible, "in_flight": in_flight, "delayed": delayed})
+                );
+            } else {
+                println!(
+                    "dead-letter queue {dlq}\n  visible   {visible}\n  in flight {in_flight}\n  delayed   {delayed}"
+                );
+            }
+        }
+        DlqCommand::Peek { max, json } => {
+            let mut seen = 0;
+            let mut handles = Vec::new();
+            while seen < max {
+                let out = sqs
+                    .receive_message()
+                    .queue_url(&dlq)
+                    .max_number_of_messages((max - seen).min(10) as i32)
+                    .message_attribute_names("All")
+                    .message_system_attribute_names(MessageSystemAttributeName::All)
+                    .visibility_timeout(30)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                    .map_err(|e| anyhow!("ReceiveMessage {dlq}: {}", DisplayErrorContext(&e)))?;
+                if out.messages().is_empty() {
+                    break;
+                }
+                for m in out.messages() {
+                    seen += 1;
+                    let attr = |n: &str| {
+                        m.message_attributes()
+                            .and_then(|a| a.get(n))
+                            .and_then(|v| v.string_value())
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    let body = m.body().unwrap_or_default();
+                    let preview: String = body.chars().take(200).collect();
+                    if json {
+                        println!(
+                            "{}",
+                            json!({
+                                "message_id": m.message_id(), "reason": attr("sluice_reason"),
+                                "error": attr("sluice_error"), "source_message_id": attr("sluice_source_message_id"),
+                                "receive_count": attr("sluice_receive_count"), "body": preview,
+                            })
+                        );
+                    } else {
+                        let reason = attr("sluice_reason");
+                        println!(
+                            "{}  reason={}  {}\n    {}{}",
+                            m.message_id().unwrap_or_default(),
+                            if reason.is_empty() {
+                                "(redriven by SQS: maxReceiveCount)"
+                            } else {
+                                reason.as_str()
+                            },
+                            attr("sluice_error"),
+                            preview,
+                            if body.len() > preview.len() {
+                                " …"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    if let Some(h) = m.receipt_handle() {
+                        handles.push(h.to_string());
+                    }
+                }
+            }
+            // Leave everything as it was: visible again at once.
+            for h in handles {
+                let _ = sqs
+                    .change_message_visibility()
+                    .queue_url(&dlq)
+                    .receipt_handle(h)
+                    .visibility_timeout(0)
+                    .send()
+                    .await;
+            }
+            if !json {
+                println!("{seen} message(s) shown; left in the dead-letter queue");
+            }
+        }
+        DlqCommand::Redrive { rate, max } => {
+            if source.is_empty() {
+                bail!("redrive needs the source queue: set sqs.queue_url");
+            }
+            redrive(&sqs, &dlq, &source, rate.max(1), max).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u64>) -> Result<()> {
+    let fifo = source.ends_with(".fifo");
+    let started = Instant::now();
+    let (mut moved, mut failed) = (0u64, 0u64);
+    let mut last = Instant::now();
+    let mut empty_polls = 0;
+    loop {
+        if max.is_some_and(|m| moved >= m) || empty_polls >= 2 {
+            break;
+        }
+        let want = max.map_or(10, |m| (m - moved).min(10)) as i32;
+        let out = sqs
+            .receive_message()
+            .queue_url(dlq)
+            .max_number_of_messages(want)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .visibility_timeout(60)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .map_err(|e| anyhow!("ReceiveMessage {dlq}: {}", DisplayErrorContext(&e)))?;
+        let messages = out.messages();
+        if messages.is_empty() {
+            empty_polls += 1;
+            continue;
+        }
+        empty_polls = 0;
+        let mut entries = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            // sluice's own dead-letter attributes stay behind; the producer's travel back.
+            let attrs: HashMap<String, MessageAttributeValue> = m
+                .message_attributes()
+                .map(|a| {
+                    a.iter()
+                        .filter(|(k, _)| !k.starts_with("sluice_"))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut e = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(m.body().unwrap_or(" "))
+                .set_message_attributes((!attrs.is_empty()).then_some(attrs));
+            if fifo {
+                let group = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                    .cloned()
+                    .unwrap_or_else(|| "redrive".into());
+                e = e
+                    .message_group_id(group)
+                    .message_deduplication_id(m.message_id().unwrap_or_default());
+            }
+            entries.push(e.build().map_err(|e| anyhow!("{e}"))?);
+        }
+        let sent = sqs
+            .send_message_batch()
+            .queue_url(source)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| anyhow!("SendMessageBatch {source}: {}", DisplayErrorContext(&e)))?;
+        // Delete only what the source queue took; the rest stays in the dead-letter queue.
+        let ok: Vec<usize> = sent
+            .successful()
+            .iter()
+            .filter_map(|s| s.id().parse().ok())
+            .collect();
+        failed += sent.failed().len() as u64;
+        let deletes: Vec<_> = ok
+            .iter()
+            .filter_map(|&i| messages[i].receipt_handle().map(|h| (i, h)))
+            .filter_map(|(i, h)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(h)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        if !deletes.is_empty() {
+            sqs.delete_message_batch()
+                .queue_url(dlq)
+                .set_entries(Some(deletes))
+                .send()
+                .await
+                .map_err(|e| anyhow!("DeleteMessageBatch {dlq}: {}", DisplayErrorContext(&e)))?;
+        }
+        moved += ok.len() as u64;
+        if last.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "redriving: {moved} moved, {failed} failed, {:.1} msg/s",
+                moved as f64 / started.elapsed().as_secs_f64()
+            );
+            last = Instant::now();
+        }
+        // Pace: `rate` messages per second at most.
+        let due = Duration::from_secs_f64(moved as f64 / f64::from(rate));
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    println!(
+        "redrive done: {moved} message(s) moved from {dlq} to {source}, {failed} failed, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        bail!(
+            "{failed} message(s) could not be sent back; they are still in the dead-letter queue"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! Queue depth gauges: what the dashboards, the alerts and KEDA look at, from sluice's own
+//! /metrics, so a scaling decision and the graph that explains it show the same numbers.
+//!
+//! Every [`POLL_INTERVAL`] the source queue's GetQueueAttributes is read, and so is its dead-letter
+//! queue's, found through the source's `RedrivePolicy` (`deadLetterTargetArn` → queue name and
+//! owner → GetQueueUrl). They are exported as
+//! `sluice_queue_messages{queue="source"|"dlq", state="visible"|"in_flight"|"delayed"}`
+//! (SQS's ApproximateNumberOfMessages, …NotVisible and …Delayed). Every instance of a fleet
+//! reports the same queue, so aggregate with `max`, never `sum`.
+//!
+//! This costs 2 SQS requests per interval per instance. It needs `sqs:GetQueueAttributes` on both
+//! queues and `sqs:GetQueueUrl` on the DLQ (deploy/iam/). A failed read is logged and counted in
+//! `sluice_queue_attribute_errors_total{queue}`; the gauges keep their last value, and the
+//! workers are never affected.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::QueueAttributeName;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How often the queues' attributes are read. SQS's approximate counts themselves lag by about
+/// a minute, so polling faster would show nothing new.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(15);
+
+pub const QUEUE_MESSAGES: &str = "sluice_queue_messages";
+pub const QUEUE_ATTRIBUTE_ERRORS: &str = "sluice_queue_attribute_errors_total";
+
+/// Registers the help texts of the metrics this module exports.
+pub fn describe() {
+    metrics::describe_gauge!(
+        QUEUE_MESSAGES,
+        "Messages in the source queue and its dead-letter queue (queue=source|dlq), by state: \
+         visible (ApproximateNumberOfMessages), in_flight (…NotVisible), delayed (…Delayed). \
+         Read every 15 s with GetQueueAttributes; the same for every instance of a fleet."
+    );
+    metrics::describe_counter!(
+        QUEUE_ATTRIBUTE_ERRORS,
+        "Failed reads of a queue's attributes for sluice_queue_messages, by queue (source|dlq)."
+    );
+}
+
+/// Counts of one queue, as GetQueueAttributes reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueCounts {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+impl QueueCounts {
+    fn export(&self, queue: &'static str) {
+        for (state, value) in [
+            ("visible", self.visible),
+            ("in_flight", self.in_flight),
+            ("delayed", self.delayed),
+        ] {
+            metrics::gauge!(QUEUE_MESSAGES, "queue" => queue, "state" => state).set(value as f64);
+        }
+    }
+}
+
+/// Starts the poller: one read at once, then every [`POLL_INTERVAL`], until `stop`.
+pub fn spawn(client: Client, queue_url: String, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut poller = QueuePoller::new(client, queue_url);
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = poller.poll_once() => {}
+            }
+        }
+    })
+}
+
+/// Reads the queues' counts and keeps the DLQ's URL between reads.
+pub struct QueuePoller {
+    client: Client,
+    queue_url: String,
+    /// The DLQ's ARN and URL, re-resolved when the redrive policy names another ARN.
+    dlq: Option<(String, String)>,
+}
+
+impl QueuePoller {
+    pub fn new(client: Client, queue_url: String) -> Self {
+        QueuePoller {
+            client,
+            queue_url,
+            dlq: None,
+        }
+    }
+
+    /// One read of both queues; exports the gauges and returns the counts (for tests).
+    pub async fn poll_once(&mut self) -> (Option<QueueCounts>, Option<QueueCounts>) {
+        let source = match self.read(&self.queue_url, true).await {
+            Ok((counts, redrive)) => {
+                counts.export("source");
+                self.follow_redrive(redrive.as_deref()).await;
+                Some(counts)
+            }
+            Err(error) => {
+                metrics::counter!(QUEUE_ATTRIBUTE_ERRORS, "queue" => "source").increment(1);
+                tracing::warn!(error, queue_url = %self.queue_url, "cannot read the queue's attributes");
+                None
+            }
+        };
+        let dlq = match &self.dlq {
+            Some((_, url)) => match self.read(url, false).await {
+                Ok((counts, _)) => {
+                    counts.export("dlq");
+                    Some(counts)
+                }
+                Err(error) => {
+                    metrics::counter!(QUEUE_ATTRIBUTE_ERRORS, "queue" => "dlq").increment(1);
+                    tracing::warn!(error, dlq_url = %url, "cannot read the dead-letter queue's attributes");
+                    // Resolve it again next time: it may have been deleted and recreated.
+                    self.dlq = None;
+                    None
+                }
+            },
+            None => None,
+        };
+        (source, dlq)
+    }
+
+    async fn follow_redrive(&mut self, redrive: Option<&str>) {
+        let Some(arn) = redrive.and_then(dead_letter_target_arn) else {
+            self.dlq = None; // no DLQ configured (or it was removed)
+            return;
+        };
+        if self.dlq.as_ref().is_some_and(|(known, _)| *known == arn) {
+            return;
+        }
+        let Some((account, name)) = queue_name_from_arn(&arn) else {
+            tracing::warn!(
+                arn,
+                "the queue's RedrivePolicy names an ARN that is not an SQS queue"
+            );
+            return;
+        };
+        match self
+            .client
+            .get_queue_url()
+            .queue_name(name)
+            .queue_owner_aws_account_id(account)
+            .send()
+            .await
+        {
+            Ok(out) => match out.queue_url() {
+                Some(url) => {
+                    tracing::info!(
+                        dlq_url = url,
+                        "found the dead-letter queue through the redrive policy"
+                    );
+                    self.dlq = Some((arn, url.to_string()));
+                }
+                None => {
+                    tracing::warn!(arn, "GetQueueUrl returned no URL for the dead-letter queue")
+                }
+            },
+            Err(error) => {
+                metrics::counter!(QUEUE_ATTRIBUTE_ERRORS, "queue" => "dlq").increment(1);
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), arn, "cannot find the dead-letter queue");
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        url: &str,
+        with_redrive: bool,
+    ) -> Result<(QueueCounts, Option<String>), String> {
+        let mut request = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+        if with_redrive {
+            request = request.attribute_names(QueueAttributeName::RedrivePolicy);
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+        let attributes = out.attributes();
+        let number = |name: QueueAttributeName| {
+            attributes
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let counts = QueueCounts {
+            visible: number(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: number(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: number(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        };
+        let redrive = attributes
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+            .cloned();
+        Ok((counts, redrive))
+    }
+}
+
+/// `deadLetterTargetArn` of a RedrivePolicy JSON document.
+fn dead_letter_target_arn(redrive_policy: &str) -> Option<String> {
+    let policy: serde_json::Value = serde_json::from_str(redrive_policy).ok()?;
+    policy
+        .get("deadLetterTargetArn")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// `arn:PARTITION:sqs:REGION:ACCOUNT:NAME` → (ACCOUNT, NAME).
+fn queue_name_from_arn(arn: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    match parts.as_slice() {
+        ["arn", _, "sqs", _, account, name] if !name.is_empty() => {
+            Some((account.to_string(), name.to_string()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dlq_is_named_by_the_redrive_policy_arn() {
+        let policy = r#"{"deadLetterTargetArn":"arn:aws:sqs:eu-west-1:123456789012:logs-dlq","maxReceiveCount":3}"#;
+        let arn = dead_letter_target_arn(policy).unwrap();
+        assert_eq!(
+            queue_name_from_arn(&arn),
+            Some(("123456789012".into(), "logs-dlq".into()))
+        );
+        // maxReceiveCount as a string, as older SQS APIs return it.
+        assert!(
+            dead_letter_target_arn(
+                r#"{"deadLetterTargetArn":"arn:aws-us-gov:sqs:us-gov-west-1:1:q.fifo","maxReceiveCount":"5"}"#
+            )
+            .is_some()
+        );
+        assert_eq!(
+            queue_name_from_arn("arn:aws-cn:sqs:cn-north-1:1:q.fifo"),
+            Some(("1".into(), "q.fifo".into()))
+        );
+    }
+
+    #[test]
+    fn anything_else_is_no_dlq() {
+        assert_eq!(dead_letter_target_arn(""), None);
+        assert_eq!(dead_letter_target_arn("not json"), None);
+        assert_eq!(dead_letter_target_arn(r#"{"maxReceiveCount":3}"#), None);
+        assert_eq!(queue_name_from_arn("arn:aws:sns:us-east-1:1:topic"), None);
+        assert_eq!(queue_name_from_arn("arn:aws:sqs:us-east-1:1:"), None);
+        assert_eq!(queue_name_from_arn("logs-dlq"), None);
+    }
+
+    /// Against sluice-sim, through the real SDK: the source's counts, then the DLQ found
+    /// through its RedrivePolicy.
+    #[tokio::test]
+    async fn reads_the_source_and_finds_its_dlq_through_the_redrive_policy() {
+        use aws_config::{BehaviorVersion, Region};
+        let sim = sluice_sim::SimServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            sluice_sim::SimConfig::default(),
+        )
+        .await
+        .unwrap();
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(sim.endpoint())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .load()
+            .await;
+        let sqs = Client::new(&sdk);
+        let dlq = sqs
+            .create_queue()
+            .queue_name("qm-dlq")
+            .send()
+            .await
+            .unwrap();
+        let dlq_url = dlq.queue_url().unwrap().to_string();
+        let dlq_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .unwrap()[&QueueAttributeName::QueueArn]
+            .clone();
+        let plain = sqs
+            .create_queue()
+            .queue_name("qm-plain")
+            .send()
+            .await
+            .unwrap();
+        let source = sqs
+            .create_queue()
+            .queue_name("qm-source")
+            .attributes(
+                QueueAttributeName::RedrivePolicy,
+                serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 3})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let source_url = source.queue_url().unwrap().to_string();
+        for (url, n) in [(&source_url, 3), (&dlq_url, 2)] {
+            for i in 0..n {
+                sqs.send_message()
+                    .queue_url(url)
+                    .message_body(format!("m{i}"))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        sqs.send_message()
+            .queue_url(&source_url)
+            .message_body("later")
+            .delay_seconds(60)
+            .send()
+            .await
+            .unwrap();
+        sqs.receive_message()
+            .queue_url(&source_url)
+            .max_number_of_messages(1)
+            .send()
+            .await
+            .unwrap();
+
+        let mut poller = QueuePoller::new(sqs.clone(), source_url);
+        let (s, d) = poller.poll_once().await;
+        assert_eq!(
+            s,
+            Some(QueueCounts {
+                visible: 2,
+                in_flight: 1,
+                delayed: 1
+            })
+        );
+        assert_eq!(
+            d,
+            Some(QueueCounts {
+                visible: 2,
+                in_flight: 0,
+                delayed: 0
+            })
+        );
+        assert_eq!(
+            poller.dlq.as_ref().map(|(_, u)| u.as_str()),
+            Some(dlq_url.as_str())
+        );
+
+        let mut without = QueuePoller::new(sqs, plain.queue_url().unwrap().to_string());
+        let (s, d) = without.poll_once().await;
+        assert_eq!(s, Some(QueueCounts::default()));
+        assert_eq!(d, None);
+        sim.stop();
+    }
+}
