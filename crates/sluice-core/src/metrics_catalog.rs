@@ -83,6 +83,35 @@ pub fn describe() {
         "sluice_redis_lease_failures_total",
         "Leases from the shared Redis bucket that failed; the instance paced to its local share."
     );
+    describe_counter!(
+        "sluice_visibility_extensions_total",
+        "Visibility extensions the heartbeat made for held messages."
+    );
+    describe_counter!(
+        "sluice_visibility_extension_failures_total",
+        "Visibility extensions that failed (usually a message settled meanwhile)."
+    );
+    describe_counter!(
+        "sluice_poison_messages_total",
+        "Messages that can never be written, by reason (not_utf8, not_json, empty, schema, too_large)."
+    );
+    describe_counter!(
+        "sluice_dead_lettered_total",
+        "Poison messages sent to the dead-letter queue, by reason."
+    );
+    describe_gauge!(
+        "sluice_circuit_open",
+        "1 while the circuit breaker is open (the table keeps failing, receiving stopped)."
+    );
+    describe_counter!(
+        "sluice_circuit_opened_total",
+        "Times the circuit breaker opened."
+    );
+    describe_counter!("sluice_spot_notices_total", "Spot interruption notices received.");
+    describe_counter!(
+        "sluice_spot_poll_errors_total",
+        "Failed reads of the spot interruption notice from IMDS."
+    );
     describe_histogram!(
         "sluice_message_processing_seconds",
         "Time from receipt to ack or nack of a message."
