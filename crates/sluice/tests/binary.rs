@@ -622,16 +622,7 @@ async fn chaos_sigterm_with_many_in_flight_exits_zero_in_time_and_loses_nothing(
 /// CI runs 5,000 messages and 10 kills; SLUICE_CHAOS_MESSAGES / SLUICE_CHAOS_KILLS scale it up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
-    use rand::{Rng, SeedableRng};
     use tokio::io::AsyncBufReadExt;
-    let messages: usize = std::env::var("SLUICE_CHAOS_MESSAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
-    let kills: usize = std::env::var("SLUICE_CHAOS_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
     // The simulator in its own process, so it outlives every worker.
     let mut sim = tokio::process::Command::new(BIN)
         .args(["sim", "--listen", "127.0.0.1:0"])
@@ -647,6 +638,27 @@ async fn chaos_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         .find(|w| w.starts_with("http://"))
         .unwrap()
         .to_string();
+    kill_9_chaos(&endpoint, 5000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kill_9_on_ministack_loses_nothing_and_duplicates_nothing() {
+    let ministack = sluice_testkit::start_ministack().await.unwrap();
+    kill_9_chaos(&ministack.endpoint, 2000).await;
+}
+
+/// Chaos (a) against any endpoint serving SQS and DynamoDB from another process.
+async fn kill_9_chaos(endpoint: &str, default_messages: usize) {
+    use rand::{Rng, SeedableRng};
+    let messages: usize = std::env::var("SLUICE_CHAOS_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_messages);
+    let kills: usize = std::env::var("SLUICE_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let endpoint = endpoint.to_string();
     let sdk = sluice_testkit::sdk_config(&endpoint).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
@@ -724,7 +736,7 @@ async fn chaos_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(180),
+            started.elapsed() < Duration::from_secs(600),
             "{visible} visible, {in_flight} in flight, {dead} dead"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -748,4 +760,64 @@ async fn chaos_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         poison.len(),
         "only the poison is dead-lettered"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_fails_when_a_poll_loop_stops_making_progress() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("logs", 30).await.unwrap();
+    env.create_table("request-logs", "request_id")
+        .await
+        .unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("run")
+        .envs(env.child_env())
+        .env("SLUICE__SQS__QUEUE_URL", &url)
+        .env("SLUICE__SQS__WAIT_TIME_SECONDS", "1")
+        .env("SLUICE__DYNAMODB__TABLE", "request-logs")
+        .env("SLUICE__TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some((200, _)) = try_http_get(port, "/healthz").await {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never healthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Receives now hang for a minute: a 1 s long poll taking 60 s is a stuck poll loop.
+    env.sim
+        .as_ref()
+        .unwrap()
+        .set_faults(sluice_sim::Faults {
+            slow_receive_ms: 60_000,
+            ..Default::default()
+        })
+        .unwrap();
+    let stuck = Instant::now();
+    let (status, body) = loop {
+        let answer = http_get(port, "/healthz").await;
+        if answer.0 != 200 {
+            break answer;
+        }
+        assert!(
+            stuck.elapsed() < Duration::from_secs(30),
+            "/healthz never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no progress"), "{body}");
+    // The limit is max(2 × 1 s, 10 s): about ten seconds, not less.
+    assert!(
+        stuck.elapsed() >= Duration::from_secs(8),
+        "{:?}",
+        stuck.elapsed()
+    );
+    child.start_kill().unwrap();
 }
