@@ -11,10 +11,11 @@ use aws_config::BehaviorVersion;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName, SendMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use serde_json::json;
+use sluice_core::Source;
 
 use crate::config;
 
@@ -226,6 +227,15 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
 
 async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u64>) -> Result<()> {
     let fifo = source.ends_with(".fifo");
+    let dlq_source = sluice_sqs::SqsSource::new(
+        sqs.clone(),
+        sluice_sqs::SqsSourceConfig {
+            queue_url: dlq.to_string(),
+            wait_time_seconds: 1,
+            visibility_timeout: None,
+            dead_letter_queue_url: None,
+        },
+    );
     let started = Instant::now();
     let (mut moved, mut failed) = (0u64, 0u64);
     let mut last = Instant::now();
@@ -294,24 +304,22 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
             .filter_map(|s| s.id().parse().ok())
             .collect();
         failed += sent.failed().len() as u64;
-        let deletes: Vec<_> = ok
+        // The DLQ as a source: its ack is the batched delete, with per-entry failures.
+        let handles: Vec<String> = ok
             .iter()
-            .filter_map(|&i| messages[i].receipt_handle().map(|h| (i, h)))
-            .filter_map(|(i, h)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(h)
-                    .build()
-                    .ok()
-            })
+            .filter_map(|&i| messages[i].receipt_handle().map(String::from))
             .collect();
-        if !deletes.is_empty() {
-            sqs.delete_message_batch()
-                .queue_url(dlq)
-                .set_entries(Some(deletes))
-                .send()
-                .await
-                .map_err(|e| anyhow!("DeleteMessageBatch {dlq}: {}", DisplayErrorContext(&e)))?;
+        if !handles.is_empty() {
+            let undeleted = dlq_source.ack(&handles).await;
+            if let Some(f) = undeleted.first() {
+                // Sent back but still in the DLQ: a later redrive sends it again (the row is
+                // rewritten idempotently). Say so rather than hide it.
+                eprintln!(
+                    "warning: {} message(s) were sent back but could not be deleted from the dead-letter queue: {}",
+                    undeleted.len(),
+                    f.error
+                );
+            }
         }
         moved += ok.len() as u64;
         if last.elapsed() >= Duration::from_secs(1) {
