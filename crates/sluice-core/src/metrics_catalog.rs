@@ -107,7 +107,10 @@ pub fn describe() {
         "sluice_circuit_opened_total",
         "Times the circuit breaker opened."
     );
-    describe_counter!("sluice_spot_notices_total", "Spot interruption notices received.");
+    describe_counter!(
+        "sluice_spot_notices_total",
+        "Spot interruption notices received."
+    );
     describe_counter!(
         "sluice_spot_poll_errors_total",
         "Failed reads of the spot interruption notice from IMDS."

@@ -55,7 +55,8 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
             b.set_buckets_for_metric(
                 Matcher::Full("sluice_message_age_seconds".into()),
                 &[
-                    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+                    0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0,
+                    3600.0, 14400.0, 86400.0,
                 ],
             )
         })

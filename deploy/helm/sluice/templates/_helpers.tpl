@@ -1,0 +1,135 @@
+{{/* Names and labels. */}}
+{{- define "sluice.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "sluice.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sluice.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "sluice.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sluice.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: {{ .Values.mode }}
+{{- end -}}
+
+{{/* Labels without the component: the test resources add their own. */}}
+{{- define "sluice.commonLabels" -}}
+helm.sh/chart: {{ include "sluice.chart" . }}
+app.kubernetes.io/name: {{ include "sluice.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: sluice
+{{- end -}}
+
+{{- define "sluice.labels" -}}
+{{ include "sluice.commonLabels" . }}
+app.kubernetes.io/component: {{ .Values.mode }}
+{{- end -}}
+
+{{- define "sluice.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "sluice.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* repository:tag, or repository@digest when a digest is given. */}}
+{{- define "sluice.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sluice.testImage" -}}
+{{- if .Values.test.image.digest -}}
+{{- printf "%s@%s" .Values.test.image.repository .Values.test.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.test.image.repository .Values.test.image.tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* An explicit pullPolicy wins; otherwise a digest never changes (IfNotPresent) and a tag may
+     (Always). Called with an image dict. */}}
+{{- define "sluice.pullPolicy" -}}
+{{- if .pullPolicy -}}{{ .pullPolicy }}
+{{- else if .digest -}}IfNotPresent
+{{- else -}}Always
+{{- end -}}
+{{- end -}}
+
+{{- define "sluice.terminationGracePeriodSeconds" -}}
+{{- $drain := int .Values.drainSeconds -}}
+{{- $grace := .Values.terminationGracePeriodSeconds | default (add $drain 15) | int -}}
+{{- if le $grace $drain -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be longer than drainSeconds (%d): the drain would be killed" $grace $drain) -}}
+{{- end -}}
+{{- $grace -}}
+{{- end -}}
+
+{{/* Which autoscaler owns the replica count: keda, hpa or none. */}}
+{{- define "sluice.scaler" -}}
+{{- if and (eq .Values.mode "worker") .Values.keda.enabled -}}
+keda
+{{- else if .Values.autoscaling.enabled -}}
+hpa
+{{- else -}}
+none
+{{- end -}}
+{{- end -}}
+
+{{- define "sluice.maxReplicas" -}}
+{{- $scaler := include "sluice.scaler" . -}}
+{{- if eq $scaler "keda" -}}{{ .Values.keda.maxReplicaCount }}
+{{- else if eq $scaler "hpa" -}}{{ .Values.autoscaling.maxReplicas }}
+{{- else -}}{{ .Values.replicaCount }}{{- end -}}
+{{- end -}}
+
+{{/* Container env shared by the init container and sluice itself. */}}
+{{- define "sluice.env" -}}
+- name: AWS_REGION
+  value: {{ required "aws.region is required" .Values.aws.region | quote }}
+{{- with .Values.aws.endpointUrl }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+- name: SLUICE__TELEMETRY__LISTEN
+  value: {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
+- name: SLUICE__TELEMETRY__LOG_FORMAT
+  value: json
+- name: SLUICE__WORKER__SHUTDOWN_GRACE
+  value: {{ printf "%ds" (int .Values.drainSeconds) | quote }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Values arrive as float64 whatever their YAML spelling; turn whole numbers back into integers
+     (in place) so sluice.toml reads `pollers = 8`, not `pollers = 8.0`. */}}
+{{- define "sluice.intify" -}}
+{{- $m := . -}}
+{{- range $k, $v := $m -}}
+{{- if kindIs "map" $v -}}
+{{- include "sluice.intify" $v -}}
+{{- else if and (kindIs "float64" $v) (eq (float64 (int64 $v)) $v) -}}
+{{- $_ := set $m $k (int64 $v) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
