@@ -1,0 +1,766 @@
+//! The durable spool: a bounded, append-only log of SQS messages on local disk, written while
+//! the queue is unreachable or throttling and replayed in order once it takes messages again.
+//!
+//! Layout of the spool directory:
+//!
+//! - `spool-<16 hex digits>.seg`: segments, numbered in write order. Each starts with the 8-byte
+//!   header `SLSPOOL` + format version (1), then records: `len: u32 LE`, `crc32: u32 LE` (of the
+//!   payload), `payload: len bytes`.
+//! - `cursor`: `<segment number> <offset>` of the first record not yet delivered, replaced
+//!   atomically (write, fsync, rename).
+//!
+//! A record's payload is `flags: u8` (bit 0 group id, bit 1 dedup id, bit 2 delay), then for each
+//! flag set, in that order, `u16 LE length + bytes` (ids) or `u32 LE` (delay seconds), then the
+//! message body to the end. On open, a torn record at the tail of the newest segment (a crash
+//! mid-write) is cut off; a record that fails its checksum anywhere else ends that segment's
+//! replay with an error log and a count in `sluice_producer_spool_corrupt_total`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::OutMessage;
+
+const MAGIC: &[u8; 8] = b"SLSPOOL\x01";
+const RECORD_HEADER: u64 = 8;
+/// A record larger than this is not a record: the length field is garbage.
+const MAX_RECORD: u32 = 16 * 1024 * 1024;
+
+/// When appended records are forced to disk. A kill -9 loses nothing in any mode (the bytes are
+/// in the kernel's page cache once `append` returns); the policy decides what a power loss or a
+/// kernel crash can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync after every append: nothing acknowledged is lost even on power loss.
+    Always,
+    /// fsync at most once per interval: a power loss loses at most that much.
+    Interval(Duration),
+    /// Leave it to the kernel.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Bytes of undelivered records the spool may hold; appends beyond it fail with
+    /// [`SpoolError::Full`].
+    pub max_bytes: u64,
+    /// A new segment starts once the current one reaches this size.
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+}
+
+impl SpoolConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SpoolConfig {
+            dir: dir.into(),
+            max_bytes: 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            fsync: FsyncPolicy::Always,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error(
+        "the spool is full ({pending} of {max} bytes hold undelivered messages); raise producer.spool_max_bytes or fix the queue"
+    )]
+    Full { pending: u64, max: u64 },
+    #[error("spool I/O error in {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A position in the spool: segment number and byte offset inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// What [`Spool::open`] found on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub records: u64,
+    pub bytes: u64,
+    /// Bytes cut from the tail of the newest segment (a record torn by a crash).
+    pub torn_bytes: u64,
+    /// Segments whose replay ended early at a record that failed its checksum.
+    pub corrupt_segments: u64,
+}
+
+pub struct Spool {
+    config: SpoolConfig,
+    /// First undelivered record.
+    cursor: Position,
+    /// Where the next record goes.
+    write: Position,
+    writer: File,
+    /// Undelivered records and their bytes (headers included).
+    records: u64,
+    bytes: u64,
+    last_sync: Instant,
+    dirty: bool,
+    /// Segment whose replay stopped at a bad record: the reader moves on to the next one.
+    segment_ends: Vec<(u64, u64)>,
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("spool-{n:016x}.seg"))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(hex) = name
+            .strip_prefix("spool-")
+            .and_then(|s| s.strip_suffix(".seg"))
+            && let Ok(n) = u64::from_str_radix(hex, 16)
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Reads one record at the reader's position. `Ok(None)` at a clean end of file; `Err(len)` when
+/// what follows is not a whole, valid record (torn or corrupt) of which `len` bytes exist.
+fn read_record(r: &mut impl Read) -> io::Result<Result<Option<Vec<u8>>, ()>> {
+    let mut header = [0u8; 8];
+    let mut got = 0;
+    while got < header.len() {
+        let n = r.read(&mut header[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    if got == 0 {
+        return Ok(Ok(None));
+    }
+    if got < header.len() {
+        return Ok(Err(()));
+    }
+    let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default());
+    if len > MAX_RECORD {
+        return Ok(Err(()));
+    }
+    let mut payload = vec![0u8; len as usize];
+    match r.read_exact(&mut payload) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Err(())),
+        Err(e) => return Err(e),
+    }
+    if crc32fast::hash(&payload) != crc {
+        return Ok(Err(()));
+    }
+    Ok(Ok(Some(payload)))
+}
+
+pub(crate) fn encode(m: &OutMessage, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]);
+    let mut flags = 0u8;
+    if m.group_id.is_some() {
+        flags |= 1;
+    }
+    if m.dedup_id.is_some() {
+        flags |= 2;
+    }
+    if m.delay_seconds.is_some() {
+        flags |= 4;
+    }
+    out.push(flags);
+    for id in [&m.group_id, &m.dedup_id].into_iter().flatten() {
+        // SQS ids are at most 128 characters, well inside u16.
+        out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        out.extend_from_slice(id.as_bytes());
+    }
+    if let Some(d) = m.delay_seconds {
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+    out.extend_from_slice(m.body.as_bytes());
+    let payload = &out[start + 8..];
+    let len = payload.len() as u32;
+    let crc = crc32fast::hash(payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn decode(payload: &[u8]) -> Option<OutMessage> {
+    let (&flags, mut rest) = payload.split_first()?;
+    let mut take_id = |present: bool| -> Option<Option<String>> {
+        if !present {
+            return Some(None);
+        }
+        let len = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+        let id = std::str::from_utf8(rest.get(2..2 + len)?).ok()?.to_owned();
+        rest = &rest[2 + len..];
+        Some(Some(id))
+    };
+    let group_id = take_id(flags & 1 != 0)?;
+    let dedup_id = take_id(flags & 2 != 0)?;
+    let delay_seconds = if flags & 4 != 0 {
+        let d = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        Some(d)
+    } else {
+        None
+    };
+    Some(OutMessage {
+        body: String::from_utf8(rest.to_vec()).ok()?,
+        group_id,
+        dedup_id,
+        delay_seconds,
+    })
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `config.dir`, checks every undelivered record, and cuts a
+    /// torn tail.
+    pub fn open(config: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
+        let dir = config.dir.clone();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let cursor_path = dir.join("cursor");
+        let mut cursor = match fs::read_to_string(&cursor_path) {
+            Ok(text) => {
+                let mut parts = text.split_whitespace().map(str::parse::<u64>);
+                match (parts.next(), parts.next()) {
+                    (Some(Ok(segment)), Some(Ok(offset))) => Position { segment, offset },
+                    _ => {
+                        tracing::error!(path = %cursor_path.display(), "spool cursor file is unreadable; replaying every segment (duplicates are safe, losses are not)");
+                        Position {
+                            segment: 0,
+                            offset: MAGIC.len() as u64,
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Position {
+                segment: 0,
+                offset: MAGIC.len() as u64,
+            },
+            Err(e) => return Err(io_err(&cursor_path)(e)),
+        };
+        let mut segments = list_segments(&dir)?;
+        // Segments wholly before the cursor were delivered: remove leftovers of an interrupted
+        // cleanup.
+        for &s in segments.iter().filter(|&&s| s < cursor.segment) {
+            let p = segment_path(&dir, s);
+            fs::remove_file(&p).map_err(io_err(&p))?;
+        }
+        segments.retain(|&s| s >= cursor.segment);
+        if segments.first().is_some_and(|&s| s > cursor.segment) {
+            cursor = Position {
+                segment: segments[0],
+                offset: MAGIC.len() as u64,
+            };
+        }
+        let mut recovery = Recovery::default();
+        let mut segment_ends = Vec::new();
+        let last = segments.last().copied();
+        for &s in &segments {
+            let p = segment_path(&dir, s);
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .map_err(io_err(&p))?;
+            let file_len = f.metadata().map_err(io_err(&p))?.len();
+            let mut magic = [0u8; 8];
+            let header_ok = f.read_exact(&mut magic).is_ok() && &magic == MAGIC;
+            if !header_ok {
+                if Some(s) == last && file_len <= MAGIC.len() as u64 {
+                    // Created but its header never finished: start it again.
+                    f.set_len(0).map_err(io_err(&p))?;
+                    f.write_all(MAGIC).map_err(io_err(&p))?;
+                    continue;
+                }
+                tracing::error!(path = %p.display(), "spool segment has no valid header (not a sluice spool, or a newer format); skipped");
+                metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
+                recovery.corrupt_segments += 1;
+                segment_ends.push((s, 0));
+                continue;
+            }
+            let start = if s == cursor.segment {
+                cursor.offset
+            } else {
+                MAGIC.len() as u64
+            };
+            f.seek(SeekFrom::Start(start)).map_err(io_err(&p))?;
+            let mut r = BufReader::new(&mut f);
+            let mut pos = start;
+            loop {
+                match read_record(&mut r).map_err(io_err(&p))? {
+                    Ok(Some(payload)) => {
+                        pos += RECORD_HEADER + payload.len() as u64;
+                        recovery.records += 1;
+                        recovery.bytes += RECORD_HEADER + payload.len() as u64;
+                    }
+                    Ok(None) => break,
+                    Err(()) => {
+                        drop(r);
+                        if Some(s) == last {
+                            recovery.torn_bytes = file_len - pos;
+                            tracing::warn!(path = %p.display(), offset = pos, bytes = file_len - pos, "spool: cutting a torn record at the tail (a crash mid-write; the caller was never told it was accepted)");
+                            f.set_len(pos).map_err(io_err(&p))?;
+                        } else {
+                            tracing::error!(path = %p.display(), offset = pos, "spool record fails its checksum; the rest of this segment is skipped");
+                            metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
+                            recovery.corrupt_segments += 1;
+                            segment_ends.push((s, pos));
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let write_segment = last.unwrap_or(cursor.segment);
+        let wp = segment_path(&dir, write_segment);
+        let mut writer = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&wp)
+            .map_err(io_err(&wp))?;
+        let mut write_offset = writer.metadata().map_err(io_err(&wp))?.len();
+        if write_offset == 0 {
+            writer.write_all(MAGIC).map_err(io_err(&wp))?;
+            write_offset = MAGIC.len() as u64;
+        }
+        let spool = Spool {
+            config,
+            cursor,
+            write: Position {
+                segment: write_segment,
+                offset: write_offset,
+            },
+            writer,
+            records: recovery.records,
+            bytes: recovery.bytes,
+            last_sync: Instant::now(),
+            dirty: false,
+            segment_ends,
+        };
+        spool.publish();
+        Ok((spool, recovery))
+    }
+
+    fn publish(&self) {
+        metrics::gauge!("sluice_producer_spool_bytes").set(self.bytes as f64);
+        metrics::gauge!("sluice_producer_spool_messages").set(self.records as f64);
+    }
+
+    /// Undelivered messages.
+    pub fn len(&self) -> u64 {
+        self.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Bytes of undelivered messages on disk.
+    pub fn pending_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.config.max_bytes
+    }
+
+    /// Appends messages, all or none, and applies the fsync policy. Once this returns `Ok` the
+    /// messages survive the process being killed.
+    pub fn append(&mut self, messages: &[OutMessage]) -> Result<(), SpoolError> {
+        let mut buf = Vec::new();
+        for m in messages {
+            encode(m, &mut buf);
+        }
+        let size = buf.len() as u64;
+        if self.bytes + size > self.config.max_bytes {
+            return Err(SpoolError::Full {
+                pending: self.bytes,
+                max: self.config.max_bytes,
+            });
+        }
+        if self.write.offset > MAGIC.len() as u64
+            && self.write.offset + size > self.config.segment_bytes
+        {
+            self.roll()?;
+        }
+        let path = segment_path(&self.config.dir, self.write.segment);
+        if let Err(e) = self.writer.write_all(&buf) {
+            // Leave no half record behind: cut back to the last whole one.
+            let _ = self.writer.set_len(self.write.offset);
+            return Err(io_err(&path)(e));
+        }
+        self.write.offset += size;
+        self.records += messages.len() as u64;
+        self.bytes += size;
+        self.dirty = true;
+        match self.config.fsync {
+            FsyncPolicy::Always => self.sync()?,
+            FsyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => self.sync()?,
+            _ => {}
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Forces appended records to disk if the policy is `Interval` and the interval has passed.
+    pub fn tick(&mut self) -> Result<(), SpoolError> {
+        if let FsyncPolicy::Interval(every) = self.config.fsync
+            && self.dirty
+            && self.last_sync.elapsed() >= every
+        {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), SpoolError> {
+        let path = segment_path(&self.config.dir, self.write.segment);
+        self.writer.sync_data().map_err(io_err(&path))?;
+        self.last_sync = Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn roll(&mut self) -> Result<(), SpoolError> {
+        if self.config.fsync != FsyncPolicy::Never {
+            self.sync()?;
+        }
+        let next = self.write.segment + 1;
+        let path = segment_path(&self.config.dir, next);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        f.write_all(MAGIC).map_err(io_err(&path))?;
+        self.writer = f;
+        self.write = Position {
+            segment: next,
+            offset: MAGIC.len() as u64,
+        };
+        Ok(())
+    }
+
+    /// Reads up to `max` undelivered messages (and at most `max_bytes` of bodies, but always at
+    /// least one) from the cursor, without consuming them. Returns them with the position just
+    /// after the last one, to pass to [`Spool::commit`] once they are delivered.
+    pub fn peek(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<OutMessage>, Position), SpoolError> {
+        let mut out = Vec::new();
+        let mut body_bytes = 0;
+        let mut pos = self.cursor;
+        while out.len() < max && pos < self.write {
+            let path = segment_path(&self.config.dir, pos.segment);
+            let end_here = self
+                .segment_ends
+                .iter()
+                .find(|(s, _)| *s == pos.segment)
+                .map(|&(_, e)| e);
+            let next_segment = Position {
+                segment: pos.segment + 1,
+                offset: MAGIC.len() as u64,
+            };
+            if end_here.is_some_and(|e| pos.offset >= e) {
+                pos = next_segment;
+                continue;
+            }
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    pos = next_segment;
+                    continue;
+                }
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            f.seek(SeekFrom::Start(pos.offset)).map_err(io_err(&path))?;
+            let mut r = BufReader::new(f);
+            let mut moved = false;
+            while out.len() < max {
+                if pos.segment == self.write.segment && pos.offset >= self.write.offset {
+                    break;
+                }
+                match read_record(&mut r).map_err(io_err(&path))? {
+                    Ok(Some(payload)) => {
+                        let Some(m) = decode(&payload) else {
+                            tracing::error!(path = %path.display(), offset = pos.offset, "spool record has a valid checksum but does not decode; skipped");
+                            metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
+                            pos.offset += RECORD_HEADER + payload.len() as u64;
+                            continue;
+                        };
+                        if !out.is_empty() && body_bytes + m.body.len() > max_bytes {
+                            return Ok((out, pos));
+                        }
+                        body_bytes += m.body.len();
+                        pos.offset += RECORD_HEADER + payload.len() as u64;
+                        out.push(m);
+                        moved = true;
+                    }
+                    Ok(None) => break,
+                    Err(()) => {
+                        tracing::error!(path = %path.display(), offset = pos.offset, "spool record fails its checksum; the rest of this segment is skipped");
+                        metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
+                        self.segment_ends.push((pos.segment, pos.offset));
+                        if pos.segment == self.write.segment {
+                            // New appends must not land behind the damage.
+                            self.roll()?;
+                        }
+                        break;
+                    }
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
+            if pos.segment < self.write.segment {
+                pos = next_segment;
+            } else if !moved {
+                break;
+            }
+        }
+        Ok((out, pos))
+    }
+
+    /// Marks everything before `upto` delivered (`count` messages), persists the cursor and
+    /// removes segments wholly delivered.
+    pub fn commit(&mut self, upto: Position, count: u64) -> Result<(), SpoolError> {
+        if upto <= self.cursor {
+            return Ok(());
+        }
+        let delivered = if upto.segment == self.cursor.segment {
+            upto.offset - self.cursor.offset
+        } else {
+            // Crossing segments: recount from what is left.
+            0
+        };
+        let old = self.cursor;
+        self.cursor = upto;
+        self.records = self.records.saturating_sub(count);
+        if upto >= self.write {
+            self.records = 0;
+            self.bytes = 0;
+        } else if delivered > 0 {
+            self.bytes = self.bytes.saturating_sub(delivered);
+        } else {
+            self.bytes = self.recount()?;
+        }
+        let dir = self.config.dir.clone();
+        let tmp = dir.join("cursor.tmp");
+        let cursor_path = dir.join("cursor");
+        {
+            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+            writeln!(f, "{} {}", upto.segment, upto.offset).map_err(io_err(&tmp))?;
+            if self.config.fsync != FsyncPolicy::Never {
+                f.sync_data().map_err(io_err(&tmp))?;
+            }
+        }
+        fs::rename(&tmp, &cursor_path).map_err(io_err(&cursor_path))?;
+        for s in old.segment..upto.segment {
+            let p = segment_path(&dir, s);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p)(e)),
+            }
+            self.segment_ends.retain(|(seg, _)| *seg != s);
+        }
+        // Everything delivered and the segment grown large: start a fresh one so the disk is
+        // given back.
+        if self.records == 0 && self.write.offset > self.config.segment_bytes / 2 {
+            self.roll()?;
+            self.cursor = self.write;
+            let p = segment_path(&dir, self.write.segment - 1);
+            let _ = fs::remove_file(&p);
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Bytes from the cursor to the end of the log, skipping cut segment tails.
+    fn recount(&self) -> Result<u64, SpoolError> {
+        let mut total = 0;
+        for s in self.cursor.segment..=self.write.segment {
+            let p = segment_path(&self.config.dir, s);
+            let len = if s == self.write.segment {
+                self.write.offset
+            } else {
+                match fs::metadata(&p) {
+                    Ok(m) => m.len(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&p)(e)),
+                }
+            };
+            let start = if s == self.cursor.segment {
+                self.cursor.offset
+            } else {
+                MAGIC.len() as u64
+            };
+            total += len.saturating_sub(start);
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: usize) -> OutMessage {
+        OutMessage {
+            body: format!("{{\"request_id\":\"r{i}\"}}"),
+            group_id: i.is_multiple_of(2).then(|| format!("g{}", i % 3)),
+            dedup_id: i.is_multiple_of(3).then(|| format!("d{i}")),
+            delay_seconds: i.is_multiple_of(5).then_some(i as u32),
+        }
+    }
+
+    fn config(dir: &Path) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.to_path_buf(),
+            max_bytes: 1 << 20,
+            segment_bytes: 512,
+            fsync: FsyncPolicy::Never,
+        }
+    }
+
+    fn drain(spool: &mut Spool) -> Vec<OutMessage> {
+        let mut all = Vec::new();
+        loop {
+            let (batch, pos) = spool.peek(3, usize::MAX).unwrap();
+            if batch.is_empty() {
+                return all;
+            }
+            spool.commit(pos, batch.len() as u64).unwrap();
+            all.extend(batch);
+        }
+    }
+
+    #[test]
+    fn round_trips_in_order_across_segments_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let sent: Vec<_> = (0..40).map(msg).collect();
+        {
+            let (mut s, rec) = Spool::open(config(dir.path())).unwrap();
+            assert_eq!(rec, Recovery::default());
+            for chunk in sent.chunks(4) {
+                s.append(chunk).unwrap();
+            }
+            assert_eq!(s.len(), 40);
+            assert!(
+                list_segments(dir.path()).unwrap().len() > 3,
+                "segments roll"
+            );
+            // Deliver the first 10, then "crash".
+            let (batch, pos) = s.peek(10, usize::MAX).unwrap();
+            assert_eq!(batch, sent[..10]);
+            s.commit(pos, 10).unwrap();
+        }
+        let (mut s, rec) = Spool::open(config(dir.path())).unwrap();
+        assert_eq!(rec.records, 30);
+        assert_eq!(s.len(), 30);
+        assert_eq!(s.pending_bytes(), rec.bytes);
+        assert_eq!(drain(&mut s), sent[10..]);
+        assert!(s.is_empty());
+        assert_eq!(s.pending_bytes(), 0);
+        // Delivered segments are gone.
+        assert!(list_segments(dir.path()).unwrap().len() <= 2);
+        // And it keeps working after being emptied.
+        s.append(&sent[..2]).unwrap();
+        assert_eq!(drain(&mut s), sent[..2]);
+    }
+
+    #[test]
+    fn cuts_a_torn_tail_and_keeps_what_came_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.segment_bytes = 1 << 20;
+        {
+            let (mut s, _) = Spool::open(cfg.clone()).unwrap();
+            s.append(&[msg(1), msg(2)]).unwrap();
+        }
+        // A crash mid-write: half of a third record.
+        let seg = segment_path(dir.path(), 0);
+        let mut extra = Vec::new();
+        encode(&msg(3), &mut extra);
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&extra[..extra.len() / 2]).unwrap();
+        drop(f);
+        let (mut s, rec) = Spool::open(cfg.clone()).unwrap();
+        assert_eq!(rec.records, 2);
+        assert_eq!(rec.torn_bytes, (extra.len() / 2) as u64);
+        s.append(&[msg(4)]).unwrap();
+        assert_eq!(drain(&mut s), vec![msg(1), msg(2), msg(4)]);
+    }
+
+    #[test]
+    fn a_flipped_bit_is_detected_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        {
+            let (mut s, _) = Spool::open(cfg.clone()).unwrap();
+            for i in 0..30 {
+                s.append(&[msg(i)]).unwrap();
+            }
+        }
+        let seg = segment_path(dir.path(), 0);
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[MAGIC.len() + 10] ^= 0x40;
+        fs::write(&seg, bytes).unwrap();
+        let (mut s, rec) = Spool::open(cfg).unwrap();
+        assert_eq!(rec.corrupt_segments, 1);
+        let got = drain(&mut s);
+        assert!(!got.contains(&msg(0)), "the damaged record is not replayed");
+        assert!(got.ends_with(&[msg(29)]), "later segments still are");
+    }
+
+    #[test]
+    fn refuses_appends_beyond_max_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.max_bytes = 200;
+        let (mut s, _) = Spool::open(cfg).unwrap();
+        let mut n = 0;
+        let err = loop {
+            match s.append(&[msg(1)]) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(n >= 1);
+        assert!(matches!(err, SpoolError::Full { .. }), "{err}");
+        assert!(s.pending_bytes() <= 200);
+        let (b, pos) = s.peek(1, usize::MAX).unwrap();
+        s.commit(pos, b.len() as u64).unwrap();
+        s.append(&[msg(1)]).unwrap();
+    }
+
+    #[test]
+    fn peek_respects_byte_budget_but_returns_at_least_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(config(dir.path())).unwrap();
+        s.append(&[msg(1), msg(2), msg(3)]).unwrap();
+        let (b, _) = s.peek(10, 1).unwrap();
+        assert_eq!(b.len(), 1);
+        let (b, _) = s.peek(10, msg(1).body.len() + msg(2).body.len()).unwrap();
+        assert_eq!(b.len(), 2);
+    }
+}

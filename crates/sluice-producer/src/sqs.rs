@@ -1,0 +1,115 @@
+//! The SQS transport: SendMessageBatch through the official AWS SDK, with the SDK's own retries
+//! turned off (the producer owns retries, so they do not stack).
+
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::retry::RetryConfig;
+use aws_sdk_sqs::config::timeout::TimeoutConfig;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+
+use crate::{EntryOutcome, OutMessage, SendFuture, Transport, TransportError, TransportErrorKind};
+
+/// Error codes SQS uses for "slow down".
+const THROTTLE_CODES: &[&str] = &[
+    "RequestThrottled",
+    "ThrottlingException",
+    "Throttling",
+    "AWS.SimpleQueueService.RequestThrottled",
+    "KmsThrottled",
+];
+
+#[derive(Clone)]
+pub struct SqsTransport {
+    client: Client,
+    queue_url: String,
+}
+
+impl SqsTransport {
+    /// Wraps `client` with SDK retries off and a 10 s limit per call attempt (an unreachable
+    /// endpoint then fails in bounded time, and the producer spools).
+    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
+        let conf = client
+            .config()
+            .to_builder()
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(10))
+                    .build(),
+            )
+            .build();
+        SqsTransport {
+            client: Client::from_conf(conf),
+            queue_url: queue_url.into(),
+        }
+    }
+
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+}
+
+impl Transport for SqsTransport {
+    fn send<'a>(&'a self, batch: &'a [OutMessage]) -> SendFuture<'a> {
+        Box::pin(async move {
+            let mut entries = Vec::with_capacity(batch.len());
+            for (i, m) in batch.iter().enumerate() {
+                let mut e = SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(&m.body);
+                if let Some(g) = &m.group_id {
+                    e = e.message_group_id(g);
+                }
+                if let Some(d) = &m.dedup_id {
+                    e = e.message_deduplication_id(d);
+                }
+                if let Some(d) = m.delay_seconds {
+                    e = e.delay_seconds(d as i32);
+                }
+                entries.push(e.build().map_err(|e| TransportError {
+                    kind: TransportErrorKind::Unavailable,
+                    message: format!("cannot build a SendMessageBatch entry: {e}"),
+                })?);
+            }
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    let code = e.code().unwrap_or_default().to_owned();
+                    let kind = match &e {
+                        SdkError::ServiceError(_) if THROTTLE_CODES.contains(&code.as_str()) => {
+                            TransportErrorKind::Throttled
+                        }
+                        _ => TransportErrorKind::Unavailable,
+                    };
+                    TransportError {
+                        kind,
+                        message: format!("SendMessageBatch failed: {}", DisplayErrorContext(&e)),
+                    }
+                })?;
+            let mut outcomes = vec![EntryOutcome::Sent; batch.len()];
+            for f in out.failed() {
+                let Ok(i) = f.id().parse::<usize>() else {
+                    continue;
+                };
+                let Some(slot) = outcomes.get_mut(i) else {
+                    continue;
+                };
+                let why = format!("{}: {}", f.code(), f.message().unwrap_or_default());
+                *slot = if f.sender_fault() {
+                    EntryOutcome::Rejected(why)
+                } else {
+                    EntryOutcome::Retry(why)
+                };
+            }
+            Ok(outcomes)
+        })
+    }
+}
