@@ -147,6 +147,16 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// Decodes one log (the `log`-th of its message, for error messages) into its item: what an
+/// ingest API checks before it accepts a log.
+pub fn decode_log(
+    log: usize,
+    map: Map<String, Value>,
+    schema: &Schema,
+) -> Result<Item, DecodeError> {
+    log_to_item(log, map, schema)
+}
+
 fn log_to_item(log: usize, map: Map<String, Value>, schema: &Schema) -> Result<Item, DecodeError> {
     for field in &schema.required_fields {
         if map.get(field).is_none_or(Value::is_null) {

@@ -21,6 +21,227 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub telemetry: TelemetrySettings,
     pub spot: SpotSettings,
+    pub ingest: IngestSettings,
+    pub producer: ProducerSettings,
+}
+
+/// What `sluice ingest` runs as: the queue to fill (sqs.queue_url) and the HTTP API in front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Worker,
+    Ingest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Who the key belongs to: the per-key rate limit and the logs name it.
+    pub name: String,
+    /// SHA-256 of the key, in hex (`printf %s "$KEY" | sha256sum`); the key itself is never
+    /// stored.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Address of the ingest HTTP API (`sluice ingest --listen` overrides it).
+    pub listen: String,
+    /// API keys, as `{ name, sha256 }` tables. `sluice ingest` needs at least one, here or in
+    /// `api_keys_file`.
+    pub api_keys: Vec<ApiKey>,
+    /// A file of more keys, one `name sha256hex` per line (`#` starts a comment): e.g. a mounted
+    /// Kubernetes Secret.
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Logs per second each key may send (governor's keyed token bucket); above it, 429 with
+    /// Retry-After.
+    pub rate_per_key: u32,
+    /// Logs a key may send at once above its rate (the bucket's size).
+    pub burst_per_key: u32,
+    /// Largest request body, before and after gzip; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Logs per request at most; more gets 413.
+    pub max_logs_per_request: usize,
+    /// Admission control: when the bytes waiting (producer memory + spool) pass this, requests
+    /// get 503 with Retry-After at once, before their body is read.
+    pub max_backlog_bytes: u64,
+    /// The Retry-After sent with 503.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Longest a request waits for its logs to reach the queue or the spool before 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// PEM certificate chain: set it (with `tls_key`) to serve HTTPS (rustls).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            listen: "127.0.0.1:8080".into(),
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            rate_per_key: 5000,
+            burst_per_key: 10000,
+            max_body_bytes: 5 * 1024 * 1024,
+            max_logs_per_request: 10000,
+            max_backlog_bytes: 256 * 1024 * 1024,
+            retry_after: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncSetting {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicySetting {
+    Block,
+    Shed,
+}
+
+/// The producer `sluice ingest` (and `sluice load`) put logs into SQS with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProducerSettings {
+    /// Logs are packed (NDJSON) into messages of at most this many bytes; SQS takes up to 1 MiB.
+    pub max_message_bytes: usize,
+    /// Bodies per SendMessageBatch at most, in bytes (SQS: 1 MiB).
+    pub max_batch_bytes: usize,
+    /// Longest a log waits for its message (and a message for its batch) to fill.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Bytes of logs held in memory; beyond it `full_policy` applies (ingest answers 503).
+    pub buffer_bytes: usize,
+    /// `block` (callers wait) or `shed` (logs dropped and counted) when the buffer is full.
+    pub full_policy: FullPolicySetting,
+    /// SendMessageBatch calls in flight (FIFO queues use 1).
+    pub max_in_flight: usize,
+    /// FIFO queues: the log field whose value is the MessageGroupId.
+    pub group_field: Option<String>,
+    /// FIFO queues: the group of logs without `group_field`.
+    pub default_group: String,
+    /// DelaySeconds on every message (standard queues), 0..=900.
+    pub delay_seconds: Option<u32>,
+    /// Attempts per batch before its messages go to the spool.
+    pub send_attempts: u32,
+    /// First retry delay of a failed send (doubles, jittered, up to `retry_max`).
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Directory of the durable spool; unset keeps undeliverable logs in memory only.
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Bytes the spool may hold.
+    pub spool_max_bytes: u64,
+    /// Size of one spool segment file.
+    pub spool_segment_bytes: u64,
+    /// `always` (fsync each append), `interval` (every `spool_fsync_interval`) or `never`.
+    pub spool_fsync: FsyncSetting,
+    #[serde(with = "humantime_serde")]
+    pub spool_fsync_interval: Duration,
+    /// At shutdown, how long to keep sending before the rest goes to the spool.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> Self {
+        let d = sluice_producer::ProducerConfig::default();
+        let s = sluice_producer::spool::SpoolConfig::new("");
+        ProducerSettings {
+            max_message_bytes: d.max_message_bytes,
+            max_batch_bytes: d.max_batch_bytes,
+            linger: d.linger,
+            buffer_bytes: d.buffer_bytes,
+            full_policy: FullPolicySetting::Block,
+            max_in_flight: d.max_in_flight,
+            group_field: None,
+            default_group: d.default_group,
+            delay_seconds: None,
+            send_attempts: d.send_attempts,
+            retry_base: d.retry_base,
+            retry_max: d.retry_max,
+            spool_dir: None,
+            spool_max_bytes: s.max_bytes,
+            spool_segment_bytes: s.segment_bytes,
+            spool_fsync: FsyncSetting::Always,
+            spool_fsync_interval: Duration::from_secs(1),
+            shutdown_timeout: d.shutdown_timeout,
+        }
+    }
+}
+
+impl ProducerSettings {
+    pub fn producer_config(&self, queue_url: &str) -> sluice_producer::ProducerConfig {
+        use sluice_producer::spool::{FsyncPolicy, SpoolConfig};
+        sluice_producer::ProducerConfig {
+            max_message_bytes: self.max_message_bytes,
+            max_batch_bytes: self.max_batch_bytes,
+            linger: self.linger,
+            buffer_bytes: self.buffer_bytes,
+            full_policy: match self.full_policy {
+                FullPolicySetting::Block => sluice_producer::FullPolicy::Block,
+                FullPolicySetting::Shed => sluice_producer::FullPolicy::Shed,
+            },
+            max_in_flight: self.max_in_flight,
+            group_field: self.group_field.clone(),
+            default_group: self.default_group.clone(),
+            delay_seconds: self.delay_seconds,
+            send_attempts: self.send_attempts,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            spool: self.spool_dir.as_ref().map(|dir| SpoolConfig {
+                dir: dir.clone(),
+                max_bytes: self.spool_max_bytes,
+                segment_bytes: self.spool_segment_bytes,
+                fsync: match self.spool_fsync {
+                    FsyncSetting::Always => FsyncPolicy::Always,
+                    FsyncSetting::Interval => FsyncPolicy::Interval(self.spool_fsync_interval),
+                    FsyncSetting::Never => FsyncPolicy::Never,
+                },
+            }),
+            shutdown_timeout: self.shutdown_timeout,
+            ..sluice_producer::ProducerConfig::for_queue(queue_url)
+        }
+    }
+}
+
+/// Reads `ingest.api_keys_file`: `name sha256hex` per line.
+pub fn read_api_keys_file(path: &Path) -> Result<Vec<ApiKey>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read ingest.api_keys_file {}", path.display()))?;
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), Some(sha256), None) => keys.push(ApiKey {
+                name: name.into(),
+                sha256: sha256.into(),
+            }),
+            _ => bail!(
+                "ingest.api_keys_file {} line {}: expected `name sha256hex`",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(keys)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -317,6 +538,13 @@ pub fn load(path: Option<&Path>) -> Result<Settings> {
     deserialize(raw(path)?)
 }
 
+/// [`load`] for a process that runs as `mode`.
+pub fn load_for(path: Option<&Path>, mode: Mode) -> Result<Settings> {
+    let settings = parse(raw(path)?)?;
+    settings.validate_for(mode)?;
+    Ok(settings)
+}
+
 /// Loads like [`load`] but checks only that it parses: for tools (`sluice dlq`) that need a few
 /// keys, not a runnable worker config.
 pub fn load_partial(path: Option<&Path>) -> Result<Settings> {
@@ -369,8 +597,13 @@ fn deserialize(raw: config::Config) -> Result<Settings> {
 }
 
 impl Settings {
-    /// Every problem at once, each naming its key.
+    /// Every problem at once, each naming its key (for `sluice run`).
     pub fn validate(&self) -> Result<()> {
+        self.validate_for(Mode::Worker)
+    }
+
+    /// Every problem at once, each naming its key, for what the process runs as.
+    pub fn validate_for(&self, mode: Mode) -> Result<()> {
         let mut problems = Vec::new();
         let mut check = |ok: bool, msg: String| {
             if !ok {
@@ -435,7 +668,7 @@ impl Settings {
         );
         let d = &self.dynamodb;
         check(
-            !d.table.is_empty(),
+            mode == Mode::Ingest || !d.table.is_empty(),
             "dynamodb.table is required (set it in the file or SLUICE__DYNAMODB__TABLE)".into(),
         );
         check(
@@ -589,6 +822,75 @@ impl Settings {
                 "telemetry.listen must be an address like 0.0.0.0:9464, got `{}`",
                 self.telemetry.listen
             ),
+        );
+        let p = &self.producer;
+        if let Err(e) = p.producer_config(&self.sqs.queue_url).validate() {
+            for problem in e.split("; ") {
+                check(false, format!("producer.{problem}"));
+            }
+        }
+        if p.spool_dir.is_some() {
+            check(
+                p.spool_max_bytes >= p.max_message_bytes as u64,
+                "producer.spool_max_bytes must hold at least one message (producer.max_message_bytes)"
+                    .into(),
+            );
+            check(
+                p.spool_segment_bytes >= 4096,
+                "producer.spool_segment_bytes must be at least 4096".into(),
+            );
+        }
+        let i = &self.ingest;
+        check(
+            i.listen.parse::<SocketAddr>().is_ok(),
+            format!(
+                "ingest.listen must be an address like 0.0.0.0:8080, got `{}`",
+                i.listen
+            ),
+        );
+        for (n, k) in i.api_keys.iter().enumerate() {
+            check(
+                !k.name.is_empty(),
+                format!("ingest.api_keys[{n}].name must not be empty"),
+            );
+            check(
+                k.sha256.len() == 64 && k.sha256.chars().all(|c| c.is_ascii_hexdigit()),
+                format!(
+                    "ingest.api_keys[{n}].sha256 must be 64 hex digits (printf %s \"$KEY\" | sha256sum), got `{}`",
+                    k.sha256
+                ),
+            );
+        }
+        if mode == Mode::Ingest {
+            check(
+                !i.api_keys.is_empty() || i.api_keys_file.is_some(),
+                "ingest.api_keys (or ingest.api_keys_file) needs at least one key for sluice ingest"
+                    .into(),
+            );
+        }
+        check(
+            i.rate_per_key >= 1,
+            "ingest.rate_per_key must be at least 1".into(),
+        );
+        check(
+            i.burst_per_key >= 1,
+            "ingest.burst_per_key must be at least 1".into(),
+        );
+        check(
+            i.max_body_bytes >= 1024,
+            "ingest.max_body_bytes must be at least 1024".into(),
+        );
+        check(
+            i.max_logs_per_request >= 1,
+            "ingest.max_logs_per_request must be at least 1".into(),
+        );
+        check(
+            !i.request_timeout.is_zero(),
+            "ingest.request_timeout must be above zero".into(),
+        );
+        check(
+            i.tls_cert.is_some() == i.tls_key.is_some(),
+            "ingest.tls_cert and ingest.tls_key go together: set both or neither".into(),
         );
         if problems.is_empty() {
             Ok(())

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod dlq;
+pub mod ingest;
 pub mod notify;
 pub mod pipeline;
 pub mod queue_metrics;

@@ -25,7 +25,10 @@ enum Command {
     Run(ConfigArgs),
     /// Check a config (file plus SLUICE__… environment) and exit 0, or exit 2 naming each bad
     /// key.
-    Validate(ConfigArgs),
+    Validate(ValidateArgs),
+    /// Run the ingest HTTP API: POST /v1/logs (JSON, array or NDJSON; gzip) with an API key;
+    /// logs go into sqs.queue_url through the producer, spooled to disk while SQS is down.
+    Ingest(IngestArgs),
     /// Run the whole pipeline once against an SQS + DynamoDB endpoint: create a queue and a
     /// table, push a spike of logs, drain it, and print a summary.
     Demo(DemoArgs),
@@ -38,6 +41,25 @@ enum Command {
     BenchPacing(BenchArgs),
     /// Inspect the dead-letter queue (stats, peek) and send its messages back (redrive).
     Dlq(DlqArgs),
+}
+
+#[derive(clap::Args)]
+struct ValidateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// What the config is for: `run` (the workers; needs dynamodb.table) or `ingest` (needs an
+    /// API key).
+    #[arg(long = "for", value_name = "COMMAND", default_value = "run", value_parser = ["run", "ingest"])]
+    for_command: String,
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to serve the API on; overrides ingest.listen.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -61,7 +83,27 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Validate(args) => match config::load(args.config.as_deref()) {
+        Command::Validate(args) if args.for_command == "ingest" => {
+            match config::load_for(args.config.config.as_deref(), config::Mode::Ingest) {
+                Ok(s) => {
+                    println!(
+                        "config ok: ingest on {} → queue {} (spool: {})",
+                        s.ingest.listen,
+                        s.sqs.queue_url,
+                        s.producer
+                            .spool_dir
+                            .as_ref()
+                            .map_or("none".into(), |d| d.display().to_string())
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Validate(args) => match config::load(args.config.config.as_deref()) {
             Ok(s) => {
                 println!(
                     "config ok: queue {} → table {} (budget: {})",
@@ -96,6 +138,25 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "sluice failed");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Ingest(args) => {
+            let settings =
+                match config::load_for(args.config.config.as_deref(), config::Mode::Ingest) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::from(2);
+                    }
+                };
+            telemetry::init_tracing(settings.telemetry.log_format, &settings.telemetry.log_level);
+            match runtime.block_on(sluice::ingest::ingest(settings, args.listen)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "sluice ingest failed");
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }

@@ -73,7 +73,7 @@ pub async fn run(settings: Settings) -> Result<()> {
 
 /// First SIGTERM/SIGINT: graceful shutdown. A second one: exit now (what is held returns to the
 /// queue when its visibility timeout ends).
-async fn watch_signals(shutdown: CancellationToken) {
+pub(crate) async fn watch_signals(shutdown: CancellationToken) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(error) => {

@@ -72,6 +72,7 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
         .install_recorder()
         .map_err(|e| anyhow!("cannot install the metrics recorder: {e}"))?;
     sluice_core::metrics_catalog::describe();
+    sluice_producer::describe_metrics();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -125,19 +126,36 @@ impl Health {
     }
 }
 
+/// What /healthz and /readyz ask: the worker's [`Health`], or the ingest API's.
+pub trait Probe: Send + Sync + 'static {
+    fn alive(&self) -> Result<(), String>;
+    fn ready(&self) -> Result<(), String>;
+}
+
+impl Probe for Health {
+    fn alive(&self) -> Result<(), String> {
+        Health::alive(self)
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        Health::ready(self)
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     metrics: PrometheusHandle,
-    health: Health,
+    health: Arc<dyn Probe>,
 }
 
 /// Binds the telemetry server and serves it until `stop` is cancelled. Returns the bound address.
 pub async fn serve(
     listen: SocketAddr,
     metrics: PrometheusHandle,
-    health: Health,
+    health: impl Probe,
     stop: CancellationToken,
 ) -> Result<SocketAddr> {
+    let health: Arc<dyn Probe> = Arc::new(health);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (telemetry.listen)"))?;
