@@ -13,11 +13,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use aws_config::{BehaviorVersion, Region};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use sluice_sim::{SimConfig, SimServer, TableSettings};
 use sluice_sqs::SqsSender;
+
+use crate::load::{LogGen, SizeDist};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -112,21 +112,13 @@ async fn start_redis(bin: &str) -> Result<(Child, String)> {
     Ok((Child(child), format!("redis://127.0.0.1:{port}/")))
 }
 
-/// Mixed-size request logs: 0.2-3 KB each (1-3 WCU), one per message.
+/// Mixed-size request logs from the load generator: 0.2-3 KB each (1-3 WCU), one per message.
 fn backlog(total_wcu: u64, seed: u64) -> (Vec<String>, u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut logs = LogGen::new("bench", seed, SizeDist::Uniform(200, 3000), 0.0, None, 0);
     let mut bodies = Vec::new();
     let mut wcu = 0;
     while wcu < total_wcu {
-        let size = rng.random_range(200..3000usize);
-        let i = bodies.len();
-        let body = serde_json::json!({
-            "request_id": format!("bench-{i}"),
-            "ts": 1_795_341_600_000u64 + i as u64,
-            "method": "GET", "path": "/v1/items", "status": 200, "latency_ms": 3,
-            "attrs": {"pad": "x".repeat(size.saturating_sub(120))}
-        })
-        .to_string();
+        let body = logs.next_log().json;
         wcu += sluice_core::item::wcu_for_bytes(body.len()) as u64;
         bodies.push(body);
     }

@@ -27,6 +27,7 @@ use sluice_sqs::SqsSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::load::{LogGen, SizeDist};
 use crate::pipeline::Pipeline;
 
 const MAX_RECEIVE_COUNT: u32 = 3;
@@ -143,31 +144,6 @@ struct Spike {
     poison: usize,
 }
 
-fn make_log(rng: &mut StdRng, id: &str, now_ms: u64) -> serde_json::Value {
-    const METHODS: [&str; 4] = ["GET", "GET", "POST", "PUT"];
-    const PATHS: [&str; 5] = [
-        "/v1/orders",
-        "/v1/users/me",
-        "/v1/search",
-        "/healthz",
-        "/v1/cart",
-    ];
-    const STATUS: [u16; 6] = [200, 200, 200, 201, 404, 500];
-    let mut log = json!({
-        "request_id": id,
-        "ts": now_ms - rng.random_range(0..60_000u64),
-        "method": METHODS[rng.random_range(0..METHODS.len())],
-        "path": PATHS[rng.random_range(0..PATHS.len())],
-        "status": STATUS[rng.random_range(0..STATUS.len())],
-        "latency_ms": (rng.random_range(1.0..250.0f64) * 100.0).round() / 100.0,
-        "attrs": {"region": "eu-west-1", "client": format!("app/{}", rng.random_range(1..9))},
-    });
-    if rng.random_bool(0.7) {
-        log["user_id"] = json!(format!("u-{}", rng.random_range(1..5000)));
-    }
-    log
-}
-
 /// Messages that can never be written, one of each kind in turn.
 fn poison_body(n: usize, run_id: &str) -> String {
     match n % 4 {
@@ -183,10 +159,15 @@ fn poison_body(n: usize, run_id: &str) -> String {
 
 fn make_spike(args: &DemoArgs, run_id: &str) -> Spike {
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    // The logs themselves come from the load generator (`sluice load`), ~250-1000 bytes each.
+    let mut logs_gen = LogGen::new(
+        run_id,
+        args.seed,
+        SizeDist::Uniform(250, 1000),
+        0.0,
+        None,
+        0,
+    );
     let mut bodies = Vec::with_capacity(args.messages + args.messages / 8 + args.poison);
     let mut keys = HashSet::new();
     let mut logs = 0;
@@ -197,16 +178,12 @@ fn make_spike(args: &DemoArgs, run_id: &str) -> Spike {
         for j in 0..count {
             let id = format!("{run_id}-{i}-{j}");
             keys.insert(id.clone());
-            entries.push(make_log(&mut rng, &id, now_ms));
+            entries.push(logs_gen.log_for(id).json);
         }
         let body = match (count, i % 2) {
-            (1, _) => entries[0].to_string(),
-            (_, 0) => serde_json::Value::Array(entries).to_string(),
-            _ => entries
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
+            (1, _) => entries.swap_remove(0),
+            (_, 0) => format!("[{}]", entries.join(",")),
+            _ => entries.join("\n"),
         };
         bodies.push((body, count));
     }

@@ -625,7 +625,11 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} (ingest.listen / --listen)"))?;
     let addr = tcp.local_addr()?;
-    tokio::spawn(crate::run::watch_signals(shutdown.clone()));
+    tokio::spawn(crate::run::watch_signals(
+        shutdown.clone(),
+        "shutting down: not ready any more, finishing requests in flight, then flushing to SQS",
+        "second signal: exiting now; every log answered 202 is already in SQS or the spool",
+    ));
     // Readiness goes false first, so load balancers stop sending while requests in flight end.
     let graceful = {
         let (shutdown, state) = (shutdown.clone(), state.clone());

@@ -6,6 +6,7 @@ use sluice::bench::BenchArgs;
 use sluice::config;
 use sluice::demo::DemoArgs;
 use sluice::dlq::DlqArgs;
+use sluice::load::LoadArgs;
 use sluice::sim::SimArgs;
 use sluice::telemetry;
 
@@ -29,6 +30,10 @@ enum Command {
     /// Run the ingest HTTP API: POST /v1/logs (JSON, array or NDJSON; gzip) with an API key;
     /// logs go into sqs.queue_url through the producer, spooled to disk while SQS is down.
     Ingest(IngestArgs),
+    /// Generate request logs at a rate (size distribution, duplicates, key space, FIFO groups)
+    /// and push them straight into SQS or through `sluice ingest`; progress each second and a
+    /// summary at the end.
+    Load(LoadArgs),
     /// Run the whole pipeline once against an SQS + DynamoDB endpoint: create a queue and a
     /// table, push a spike of logs, drain it, and print a summary.
     Demo(DemoArgs),
@@ -186,6 +191,24 @@ fn main() -> ExitCode {
             telemetry::init_tracing(config::LogFormat::Pretty, "warn");
             match runtime.block_on(sluice::sim::sim(args)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Load(args) => {
+            telemetry::init_tracing(config::LogFormat::Pretty, "warn");
+            let json = args.json;
+            match runtime.block_on(sluice::load::load(args)) {
+                Ok(summary) => {
+                    sluice::load::print_summary(&summary, json);
+                    if summary.failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE

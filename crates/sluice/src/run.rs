@@ -31,7 +31,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     let health = Health::for_pipeline(&pipeline, shutdown.clone());
     let server_stop = CancellationToken::new();
     let addr = telemetry::serve(listen, metrics, health, server_stop.clone()).await?;
-    tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn(watch_signals(
+        shutdown.clone(),
+        "shutting down: no more receives, draining in-flight messages",
+        "second signal: exiting now; held messages return after their visibility timeout",
+    ));
     if settings.spot.enabled {
         tokio::spawn(crate::spot::watch(
             settings.spot.poll_interval,
@@ -73,7 +77,13 @@ pub async fn run(settings: Settings) -> Result<()> {
 
 /// First SIGTERM/SIGINT: graceful shutdown. A second one: exit now (what is held returns to the
 /// queue when its visibility timeout ends).
-pub(crate) async fn watch_signals(shutdown: CancellationToken) {
+/// Cancels `shutdown` on the first SIGTERM/SIGINT (logging `first`) and exits 130 on the second
+/// (logging `second`).
+pub(crate) async fn watch_signals(
+    shutdown: CancellationToken,
+    first: &'static str,
+    second: &'static str,
+) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(error) => {
@@ -87,16 +97,10 @@ pub(crate) async fn watch_signals(shutdown: CancellationToken) {
             _ = tokio::signal::ctrl_c() => "SIGINT",
         };
         if n == 0 {
-            tracing::info!(
-                signal = name,
-                "shutting down: no more receives, draining in-flight messages"
-            );
+            tracing::info!(signal = name, "{first}");
             shutdown.cancel();
         } else {
-            tracing::warn!(
-                signal = name,
-                "second signal: exiting now; held messages return after their visibility timeout"
-            );
+            tracing::warn!(signal = name, "{second}");
             std::process::exit(130);
         }
     }

@@ -1,0 +1,675 @@
+//! The producer side, through the real binaries: `sluice ingest` in front of SQS, `sluice load`
+//! pushing into it, `sluice run` draining into the table. On sluice-sim (which can fail SQS on
+//! demand) and on MiniStack.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use sluice_testkit::{Backend, TestEnv, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const KEY: &str = "sk-test-3f9a1c";
+const TABLE: &str = "request-logs";
+
+/// A scratch directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("sluice-ingest-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A running `sluice ingest` and its ports.
+struct Ingest {
+    child: Child,
+    port: u16,
+    telemetry: u16,
+    config: PathBuf,
+}
+
+/// Writes an ingest config (one API key, a spool in `dir`) plus `extra` TOML, and starts it.
+async fn start_ingest(env: &TestEnv, dir: &TempDir, queue_url: &str, extra: &str) -> Ingest {
+    let config = dir.path("ingest.toml");
+    let spool = dir.path("spool");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[sqs]
+queue_url = "{queue_url}"
+
+[ingest]
+api_keys = [{{ name = "test", sha256 = "{}" }}]
+{extra}
+
+[producer]
+spool_dir = "{}"
+linger = "20ms"
+retry_base = "20ms"
+retry_max = "200ms"
+"#,
+            sha256_hex(KEY),
+            spool.display()
+        ),
+    )
+    .unwrap();
+    restart_ingest(env, &config).await
+}
+
+async fn restart_ingest(env: &TestEnv, config: &Path) -> Ingest {
+    let (port, telemetry) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .args(["ingest", "--config"])
+        .arg(config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .envs(env.child_env())
+        .env(
+            "SLUICE__TELEMETRY__LISTEN",
+            format!("127.0.0.1:{telemetry}"),
+        )
+        .env("SLUICE__TELEMETRY__LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start sluice ingest");
+    let started = Instant::now();
+    // The telemetry port answers plain HTTP even when the API is TLS; then the API must listen.
+    loop {
+        if let Some((200, _)) = try_get(telemetry, "/healthz").await
+            && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "sluice ingest did not come up on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ingest {
+        child,
+        port,
+        telemetry,
+        config: config.to_owned(),
+    }
+}
+
+impl Ingest {
+    async fn kill_9(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    /// SIGTERM; returns (exit success, stdout).
+    async fn stop(mut self) -> (bool, String) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("ingest exits after SIGTERM")
+            .unwrap();
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        (status.success(), out)
+    }
+}
+
+async fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let (status, _, body) = request(port, "GET", path, &[], b"").await?;
+    Some((status, body))
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, raw headers, body).
+async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(body).await.ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, head.to_ascii_lowercase(), body.to_string()))
+}
+
+async fn post_logs(port: u16, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
+    request(port, "POST", "/v1/logs", headers, body)
+        .await
+        .expect("ingest answers")
+}
+
+fn metric(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn log_line(id: &str) -> String {
+    format!(
+        r#"{{"request_id":"{id}","ts":1795341600000,"method":"GET","path":"/v1/x","status":200,"latency_ms":1.5}}"#
+    )
+}
+
+/// Runs `sluice load ... --json`; returns (exit code, summary).
+async fn load(env: &TestEnv, args: &[String]) -> (i32, serde_json::Value) {
+    let out = Command::new(BIN)
+        .arg("load")
+        .args(args)
+        .arg("--json")
+        .envs(env.child_env())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run sluice load");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| {
+        panic!(
+            "sluice load printed no JSON summary ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), summary)
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn read_keys(path: &Path) -> HashSet<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Starts `sluice run` on the queue and waits until every key is in the table, then stops it.
+async fn drain_into_table(env: &TestEnv, queue_url: &str, want: &HashSet<String>) {
+    let mut run = Command::new(BIN)
+        .arg("run")
+        .envs(env.child_env())
+        .env("SLUICE__SQS__QUEUE_URL", queue_url)
+        .env("SLUICE__DYNAMODB__TABLE", TABLE)
+        .env("SLUICE__RATE__WCU_PER_SECOND", "5000")
+        .env(
+            "SLUICE__TELEMETRY__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start sluice run");
+    let started = Instant::now();
+    let rows: HashSet<String> = loop {
+        let rows: HashSet<String> = env
+            .scan_keys(TABLE, "request_id")
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        if want.is_subset(&rows) || started.elapsed() > Duration::from_secs(90) {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let _ = run.start_kill();
+    let _ = run.wait().await;
+    let missing: Vec<&String> = want.difference(&rows).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} accepted logs never reached the table, e.g. {missing:?}",
+        want.difference(&rows).count(),
+        want.len()
+    );
+}
+
+async fn end_to_end(backend: Backend) {
+    let env = TestEnv::start(backend).await.unwrap();
+    let url = env.create_queue("ingest-logs", 30).await.unwrap();
+    env.create_table(TABLE, "request_id").await.unwrap();
+    let dir = TempDir::new("e2e");
+    let ingest = start_ingest(&env, &dir, &url, "").await;
+    let keys_file = dir.path("keys");
+    let (code, s) = load(
+        &env,
+        &strings(&[
+            "--ingest",
+            &format!("http://127.0.0.1:{}", ingest.port),
+            "--api-key",
+            KEY,
+            "--count",
+            "3000",
+            "--rate",
+            "0",
+            "--size",
+            "lognormal:400-4000",
+            "--duplicate-ratio",
+            "0.1",
+            "--batch",
+            "50",
+            "--gzip",
+            "--run-id",
+            "e2e",
+            "--keys-out",
+            keys_file.to_str().unwrap(),
+        ]),
+    )
+    .await;
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["generated"], 3000, "{s}");
+    assert_eq!(s["accepted"], 3000, "{s}");
+    assert_eq!(s["failed"], 0, "{s}");
+    assert!(s["duplicates"].as_u64().unwrap() > 100, "{s}");
+    let keys = read_keys(&keys_file);
+    assert_eq!(keys.len() as u64, s["distinct_keys"].as_u64().unwrap());
+
+    // Straight to SQS through the producer too, into the same queue.
+    let direct_keys = dir.path("direct-keys");
+    let (code, d) = load(
+        &env,
+        &strings(&[
+            "--queue-url",
+            &url,
+            "--count",
+            "2000",
+            "--rate",
+            "0",
+            "--run-id",
+            "direct",
+            "--keys-out",
+            direct_keys.to_str().unwrap(),
+        ]),
+    )
+    .await;
+    assert_eq!(code, 0, "{d}");
+    assert_eq!(d["accepted"], 2000, "{d}");
+    assert!(
+        d["messages_sent"].as_u64().unwrap() < 2000,
+        "logs are packed several to a message: {d}"
+    );
+
+    let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+    assert!(
+        metric(&scrape, "sluice_ingest_logs_total").unwrap() >= 3000.0,
+        "{scrape}"
+    );
+    assert!(scrape.contains("sluice_ingest_requests_total{code=\"202\"}"));
+    assert!(
+        scrape.contains("sluice_producer_messages_total{path=\"direct\"}"),
+        "{scrape}"
+    );
+    let (ok, stdout) = ingest.stop().await;
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("sluice ingest stopped"), "{stdout}");
+
+    let mut want = keys;
+    want.extend(read_keys(&direct_keys));
+    assert_eq!(
+        want.len(),
+        3000 - s["duplicates"].as_u64().unwrap() as usize + 2000
+    );
+    drain_into_table(&env, &url, &want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_to_sqs_to_run_to_table_on_the_simulator() {
+    end_to_end(Backend::Sim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_to_sqs_to_run_to_table_on_ministack() {
+    end_to_end(Backend::MiniStack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_answers_401_400_413_415_and_429_with_reasons() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("ingest-codes", 30).await.unwrap();
+    let dir = TempDir::new("codes");
+    let ingest = start_ingest(
+        &env,
+        &dir,
+        &url,
+        "rate_per_key = 20\nburst_per_key = 40\nmax_body_bytes = 65536\nmax_logs_per_request = 40",
+    )
+    .await;
+    let port = ingest.port;
+    let one = log_line("codes-1");
+    let auth = format!("Bearer {KEY}");
+
+    let (status, head, body) = post_logs(port, &[], one.as_bytes()).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert!(body.contains("API key"), "{body}");
+    let (status, _, _) = post_logs(
+        port,
+        &[("Authorization", "Bearer not-the-key")],
+        one.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = post_logs(port, &[("X-Api-Key", KEY)], one.as_bytes()).await;
+    assert_eq!(status, 202, "X-Api-Key works too");
+
+    // The 400 names the line and says what is wrong.
+    let bad = format!(
+        "{}\n{{\"request_id\":\"codes-3\",\"ts\":1,\"method\":\"GET\",\"path\":\"/\",\"status\":200}}\n",
+        log_line("codes-2")
+    );
+    let (status, _, body) = post_logs(port, &[("Authorization", &auth)], bad.as_bytes()).await;
+    assert_eq!(status, 400, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["line"], 2, "{body}");
+    assert!(
+        v["error"].as_str().unwrap().contains("latency_ms"),
+        "{body}"
+    );
+    let (status, _, body) =
+        post_logs(port, &[("Authorization", &auth)], b"{\"request_id\": oops}").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("line 1"), "{body}");
+
+    let big = format!("{}\n", log_line("big")).repeat(1000);
+    let (status, _, body) = post_logs(port, &[("Authorization", &auth)], big.as_bytes()).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("max_body_bytes"), "{body}");
+    let (status, _, _) = post_logs(
+        port,
+        &[("Authorization", &auth), ("Content-Encoding", "br")],
+        one.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 415);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(
+        &mut gz,
+        format!("[{},{}]", log_line("gz-1"), log_line("gz-2")).as_bytes(),
+    )
+    .unwrap();
+    let (status, _, body) = post_logs(
+        port,
+        &[("Authorization", &auth), ("Content-Encoding", "gzip")],
+        &gz.finish().unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body.trim(), r#"{"accepted":2}"#);
+
+    // Over the key's rate: 429 with Retry-After, and the load generator sees it too.
+    let forty: String = (0..40)
+        .map(|i| log_line(&format!("burst-{i}")) + "\n")
+        .collect();
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let (status, head, _) =
+            post_logs(port, &[("Authorization", &auth)], forty.as_bytes()).await;
+        if status == 429 {
+            assert!(head.contains("retry-after: "), "{head}");
+        }
+        codes.push(status);
+    }
+    assert!(codes.contains(&429), "{codes:?}");
+    let (code, s) = load(
+        &env,
+        &strings(&[
+            "--ingest",
+            &format!("http://127.0.0.1:{port}"),
+            "--api-key",
+            KEY,
+            "--rate",
+            "0",
+            "--count",
+            "400",
+            "--batch",
+            "20",
+            "--retry-for",
+            "0s",
+        ]),
+    )
+    .await;
+    assert_eq!(code, 1, "logs refused: exit 1\n{s}");
+    assert!(s["status_429"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["accepted"].as_u64().unwrap() < 400, "{s}");
+    assert_eq!(
+        s["accepted"].as_u64().unwrap() + s["failed"].as_u64().unwrap(),
+        400,
+        "{s}"
+    );
+    // A wrong key through the load generator: the server's reason comes back.
+    let (code, s) = load(
+        &env,
+        &strings(&[
+            "--ingest",
+            &format!("http://127.0.0.1:{port}"),
+            "--api-key",
+            "wrong",
+            "--count",
+            "10",
+        ]),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(s["first_error"].as_str().unwrap().starts_with("401"), "{s}");
+
+    let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+    for code in ["202", "400", "401", "413", "415", "429"] {
+        assert!(
+            scrape.contains(&format!("sluice_ingest_requests_total{{code=\"{code}\"}}")),
+            "{code} not counted:\n{scrape}"
+        );
+    }
+    let (ok, stdout) = ingest.stop().await;
+    assert!(ok, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_outage_spools_sheds_with_503_and_a_kill_9_loses_nothing() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let sim = env.sim.as_ref().unwrap();
+    let url = env.create_queue("ingest-outage", 30).await.unwrap();
+    env.create_table(TABLE, "request_id").await.unwrap();
+    let dir = TempDir::new("outage");
+    // Admission control past 300 KB waiting, so the outage ends in 503s.
+    let ingest = start_ingest(
+        &env,
+        &dir,
+        &url,
+        "max_backlog_bytes = 300000\nretry_after = \"1s\"",
+    )
+    .await;
+    sim.set_faults(sluice_sim::Faults {
+        error_503_rate: 1.0,
+        only_ops: Some(vec!["SendMessageBatch".into(), "SendMessage".into()]),
+        ..Default::default()
+    })
+    .unwrap();
+    let keys_file = dir.path("keys");
+    let (_, s) = load(
+        &env,
+        &strings(&[
+            "--ingest",
+            &format!("http://127.0.0.1:{}", ingest.port),
+            "--api-key",
+            KEY,
+            "--count",
+            "3000",
+            "--rate",
+            "0",
+            "--size",
+            "300-700",
+            "--batch",
+            "50",
+            "--concurrency",
+            "2",
+            "--retry-for",
+            "0s",
+            "--run-id",
+            "outage",
+            "--keys-out",
+            keys_file.to_str().unwrap(),
+        ]),
+    )
+    .await;
+    let accepted = s["accepted"].as_u64().unwrap();
+    assert!(
+        accepted >= 200,
+        "the spool took logs during the outage: {s}"
+    );
+    assert!(
+        s["status_503"].as_u64().unwrap() > 0,
+        "past max_backlog_bytes the API sheds with 503: {s}"
+    );
+    assert_eq!(
+        env.queue_counts(&url).await.unwrap(),
+        (0, 0),
+        "SQS took nothing"
+    );
+    let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+    assert!(
+        metric(&scrape, "sluice_producer_spool_bytes").unwrap() > 100_000.0,
+        "{scrape}"
+    );
+    let (status, body) = try_get(ingest.port, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "not ready while backed up: {body}");
+
+    // kill -9 mid-outage, restart on the same spool while SQS is still down, then recover.
+    let config = ingest.config.clone();
+    ingest.kill_9().await;
+    let ingest = restart_ingest(&env, &config).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.queue_counts(&url).await.unwrap(), (0, 0));
+    sim.set_faults(sluice_sim::Faults::default()).unwrap();
+    let started = Instant::now();
+    loop {
+        let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+        if metric(&scrape, "sluice_producer_spool_bytes") == Some(0.0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the spool was not replayed:\n{scrape}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(try_get(ingest.port, "/readyz").await.unwrap().0, 200);
+    let (ok, stdout) = ingest.stop().await;
+    assert!(ok, "{stdout}");
+
+    let keys = read_keys(&keys_file);
+    assert_eq!(keys.len() as u64, accepted, "no duplicates asked for");
+    drain_into_table(&env, &url, &keys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_serves_https_with_the_configured_certificate() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("ingest-tls", 30).await.unwrap();
+    let dir = TempDir::new("tls");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    std::fs::write(dir.path("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let ingest = start_ingest(
+        &env,
+        &dir,
+        &url,
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            dir.path("cert.pem").display(),
+            dir.path("key.pem").display()
+        ),
+    )
+    .await;
+    let (code, s) = load(
+        &env,
+        &strings(&[
+            "--ingest",
+            &format!("https://127.0.0.1:{}", ingest.port),
+            "--cacert",
+            dir.path("cert.pem").to_str().unwrap(),
+            "--api-key",
+            KEY,
+            "--count",
+            "500",
+            "--rate",
+            "0",
+        ]),
+    )
+    .await;
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["accepted"], 500, "{s}");
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain = request(ingest.port, "POST", "/v1/logs", &[], b"{}").await;
+    assert!(plain.is_none_or(|(status, _, _)| status != 202));
+    let (ok, stdout) = ingest.stop().await;
+    assert!(ok, "{stdout}");
+    let started = Instant::now();
+    while env.queue_counts(&url).await.unwrap().0 == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
