@@ -129,7 +129,9 @@ refuse "unknown top-level key" "additional properties 'replicas' not allowed" "$
 refuse "grace not above the drain" "must be longer than drainSeconds" "${BASE[@]}" --set drainSeconds=30 --set terminationGracePeriodSeconds=30
 refuse "invalid mode" "mode" "${BASE[@]}" --set mode=batch
 refuse "config key set by the chart" "additional properties 'listen' not allowed" "${BASE[@]}" --set config.telemetry.listen=0.0.0.0:1
-note "helm template refuses 6 bad value sets (missing required, misspelt key, unknown key, grace ≤ drain, bad mode, chart-owned key)"
+refuse "ingest mode without API keys" "ingest mode needs API keys" --set mode=ingest --set aws.region=eu-west-1 --set config.sqs.queue_url=https://sqs.eu-west-1.amazonaws.com/1/q
+refuse "an API key that is not a SHA-256" "sha256" -f "$CHART/ci/ingest-values.yaml" --set 'config.ingest.api_keys[0].name=a' --set 'config.ingest.api_keys[0].sha256=secret'
+note "helm template refuses 8 bad value sets (missing required, misspelt key, unknown key, grace ≤ drain, bad mode, chart-owned key, ingest without keys, a key that is not a hash)"
 "$HELM" package "$CHART" -d "$WORK/pkg" >/dev/null || die "helm package failed"
 tar -tzf "$WORK"/pkg/sluice-*.tgz | grep -q '/ci/' && die "the packaged chart contains ci/ (check .helmignore)"
 note "helm package: $(basename "$WORK"/pkg/sluice-*.tgz) ($(tar -tzf "$WORK"/pkg/sluice-*.tgz | wc -l) files)"

@@ -70,6 +70,11 @@ pub enum SpoolError {
     Full { pending: u64, max: u64 },
     #[error("spool I/O error in {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "the spool {} is in use by another process (its LOCK file is held); give each producer its own producer.spool_dir",
+        dir.display()
+    )]
+    Locked { dir: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -111,6 +116,8 @@ pub struct Spool {
     dirty: bool,
     /// Segment whose replay stopped at a bad record: the reader moves on to the next one.
     segment_ends: Vec<(u64, u64)>,
+    /// Held (flock) for as long as the spool is open.
+    _lock: File,
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -234,6 +241,20 @@ impl Spool {
     pub fn open(config: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
         let dir = config.dir.clone();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // One process per spool: two writers would interleave records and fight over the cursor.
+        // The lock is the kernel's (flock), so it goes with the process, kill -9 included.
+        let lock_path = dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { dir }),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
         let cursor_path = dir.join("cursor");
         let mut cursor = match fs::read_to_string(&cursor_path) {
             Ok(text) => {
@@ -353,6 +374,7 @@ impl Spool {
             last_sync: Instant::now(),
             dirty: false,
             segment_ends,
+            _lock: lock,
         };
         spool.publish();
         Ok((spool, recovery))
@@ -652,6 +674,16 @@ mod tests {
             spool.commit(pos, batch.len() as u64).unwrap();
             all.extend(batch);
         }
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_a_spool_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = Spool::open(config(dir.path())).unwrap();
+        let second = Spool::open(config(dir.path()));
+        assert!(matches!(second, Err(SpoolError::Locked { .. })));
+        drop(first);
+        Spool::open(config(dir.path())).expect("free again once the first is closed");
     }
 
     #[test]

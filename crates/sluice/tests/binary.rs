@@ -66,6 +66,48 @@ fn validate_accepts_the_documented_example_and_a_minimal_config() {
 }
 
 #[test]
+fn validate_for_ingest_needs_a_key_and_no_table_and_names_bad_producer_values() {
+    let ingest = "[sqs]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/1/logs\"\n";
+    let file = temp_config(ingest);
+    let out = Command::new(BIN)
+        .args(["validate", "--for", "ingest", "--config"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("ingest.api_keys"), "{text}");
+    assert!(
+        !text.contains("dynamodb.table"),
+        "ingest needs no table: {text}"
+    );
+
+    let good = format!(
+        "{ingest}[ingest]\napi_keys = [{{ name = \"a\", sha256 = \"{}\" }}]\n",
+        "ab".repeat(32)
+    );
+    let file = temp_config(&good);
+    let out = Command::new(BIN)
+        .args(["validate", "--for", "ingest", "--config"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let file = temp_config(&format!(
+        "{good}[producer]\nmax_message_bytes = 2000000\nspool_fsync = \"sometimes\"\n"
+    ));
+    let out = Command::new(BIN)
+        .args(["validate", "--for", "ingest", "--config"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("producer.spool_fsync"), "{text}");
+}
+
+#[test]
 fn validate_rejects_an_unknown_key_by_name() {
     let (code, out) = validate(&format!("{GOOD}wait_time_secs = 5\n"), &[]);
     assert_eq!(code, 2, "{out}");

@@ -116,6 +116,20 @@ none
   value: json
 - name: SLUICE__WORKER__SHUTDOWN_GRACE
   value: {{ printf "%ds" (int .Values.drainSeconds) | quote }}
+{{- if eq .Values.mode "ingest" }}
+- name: SLUICE__PRODUCER__SPOOL_DIR
+  value: /var/lib/sluice/spool
+{{- if .Values.ingest.apiKeysSecret }}
+- name: SLUICE__INGEST__API_KEYS_FILE
+  value: /etc/sluice-keys/api_keys
+{{- end }}
+{{- if .Values.ingest.tlsSecret }}
+- name: SLUICE__INGEST__TLS_CERT
+  value: /etc/sluice-tls/tls.crt
+- name: SLUICE__INGEST__TLS_KEY
+  value: /etc/sluice-tls/tls.key
+{{- end }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
