@@ -673,3 +673,88 @@ async fn ingest_serves_https_with_the_configured_certificate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The README's few lines: an axum app with RequestLogLayer, a Producer on the real SDK, and
+/// `sluice run` on the other side of the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_axum_service_with_the_layer_gets_its_requests_into_the_table() {
+    use axum::routing::get;
+    use sluice_producer::layer::RequestLogLayer;
+    use sluice_producer::sqs::SqsTransport;
+    use sluice_producer::{Producer, ProducerConfig};
+
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("layer-logs", 30).await.unwrap();
+    env.create_table(TABLE, "request_id").await.unwrap();
+    let producer = Producer::start(
+        ProducerConfig::for_queue(&url),
+        SqsTransport::new(env.sqs.clone(), &url),
+    )
+    .unwrap();
+    let app = axum::Router::new()
+        .route("/v1/orders", get(|| async { "ok" }))
+        .layer(RequestLogLayer::new(producer.clone()).user_id(|req| {
+            req.headers
+                .get("x-user-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut want = HashSet::new();
+    for i in 0..50 {
+        let id = format!("layer-{i}");
+        let (status, head, _) = request(
+            port,
+            "GET",
+            if i % 5 == 0 {
+                "/missing"
+            } else {
+                "/v1/orders?token=secret"
+            },
+            &[("x-request-id", &id), ("x-user-id", "u-7")],
+            b"",
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, if i % 5 == 0 { 404 } else { 200 });
+        assert!(head.contains(&format!("x-request-id: {id}")), "{head}");
+        want.insert(id);
+    }
+    // Without a request id the layer makes one and hands it back.
+    let (_, head, _) = request(port, "GET", "/v1/orders", &[], b"").await.unwrap();
+    let generated = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("a generated request id")
+        .trim()
+        .to_owned();
+    want.insert(generated);
+    let report = producer.close().await;
+    assert_eq!(report.dropped_logs, 0);
+    server.abort();
+
+    drain_into_table(&env, &url, &want).await;
+    let item = env
+        .dynamodb
+        .get_item()
+        .table_name(TABLE)
+        .key(
+            "request_id",
+            aws_sdk_dynamodb::types::AttributeValue::S("layer-5".into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the row of layer-5");
+    let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let n = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).cloned();
+    assert_eq!(s("method").as_deref(), Some("GET"));
+    assert_eq!(s("path").as_deref(), Some("/missing"), "no query string");
+    assert_eq!(n("status").as_deref(), Some("404"));
+    assert_eq!(s("user_id").as_deref(), Some("u-7"));
+    assert!(n("latency_ms").is_some());
+}
