@@ -434,6 +434,38 @@ async fn run_heartbeat<S: Source>(
     }
 }
 
+/// How long a receive outstanding at shutdown may still take to land (its messages are handed
+/// back at once); a long poll parked on an empty queue is dropped after this.
+const RECEIVE_LANDING: Duration = Duration::from_millis(500);
+
+/// Makes messages received as shutdown began visible again at once, unprocessed.
+async fn hand_back<S: Source>(shared: &Shared<S>, messages: Vec<Received<S::Handle>>) {
+    if messages.is_empty() {
+        return;
+    }
+    let n = messages.len() as u64;
+    shared.stats.received.fetch_add(n, Ordering::Relaxed);
+    shared.stats.nacked.fetch_add(n, Ordering::Relaxed);
+    metrics::counter!("sluice_messages_received_total").increment(n);
+    metrics::counter!("sluice_messages_nacked_total", "reason" => "shutdown").increment(n);
+    let handles: Vec<S::Handle> = messages.into_iter().map(|m| m.handle).collect();
+    let mut failed = 0;
+    for chunk in handles.chunks(shared.source.max_ack_batch().max(1)) {
+        failed += shared.source.extend(chunk, Duration::ZERO).await.len();
+    }
+    if failed > 0 {
+        metrics::counter!("sluice_nack_failures_total").increment(failed as u64);
+        tracing::warn!(
+            failed,
+            "could not hand back messages received at shutdown; they return when their visibility timeout ends"
+        );
+    }
+    tracing::info!(
+        messages = n,
+        "handed back messages that arrived as shutdown began"
+    );
+}
+
 async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: CancellationToken) {
     let max = shared.config.max_messages;
     let backoff = Backoff {
@@ -473,11 +505,20 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
         }
         // Dropping the receive future is how a parked long poll is cancelled: on shutdown, and
         // when the breaker opens (whatever it brought in would only fail).
+        let receive = shared.source.receive(max);
+        tokio::pin!(receive);
         let received = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => {
+                // A receive that is answering as shutdown comes would strand its messages in
+                // flight until their visibility timeout: let it land, and hand them straight back.
+                if let Ok(Ok(messages)) = tokio::time::timeout(RECEIVE_LANDING, &mut receive).await {
+                    hand_back(&shared, messages).await;
+                }
+                break;
+            }
             _ = breaker.opened() => continue,
-            r = shared.source.receive(max) => r,
+            r = &mut receive => r,
         };
         shared.stats.progress(poller);
         let messages = match received {

@@ -371,6 +371,79 @@ async fn shutdown_cancels_a_parked_long_poll_at_once() {
     assert!(began.elapsed() < Duration::from_secs(1));
 }
 
+/// The in-memory queue with a slow network: a receive takes its messages, then spends `delay`
+/// on the way back (so a shutdown can come while the answer is in transit).
+struct SlowReceive {
+    inner: Arc<InMemoryQueueForTests>,
+    delay: Duration,
+}
+
+impl Source for SlowReceive {
+    type Handle = <InMemoryQueueForTests as Source>::Handle;
+
+    async fn receive(
+        &self,
+        max: usize,
+    ) -> Result<Vec<sluice_core::source::Received<Self::Handle>>, sluice_core::source::SourceError>
+    {
+        let got = self.inner.receive(max).await?;
+        if !got.is_empty() {
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(got)
+    }
+
+    async fn ack(&self, handles: &[Self::Handle]) -> Vec<sluice_core::source::AckFailure> {
+        self.inner.ack(handles).await
+    }
+
+    async fn nack(
+        &self,
+        handle: &Self::Handle,
+        delay: Duration,
+    ) -> Result<(), sluice_core::source::SourceError> {
+        self.inner.nack(handle, delay).await
+    }
+
+    async fn extend(
+        &self,
+        handles: &[Self::Handle],
+        visibility: Duration,
+    ) -> Vec<sluice_core::source::AckFailure> {
+        self.inner.extend(handles, visibility).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_arriving_as_shutdown_begins_are_handed_back_not_stranded() {
+    let inner = queue();
+    let source = Arc::new(SlowReceive {
+        inner: inner.clone(),
+        delay: Duration::from_millis(200),
+    });
+    let (writer, _task) = Writer::spawn(
+        Arc::new(MemoryTableForTests::default()),
+        Arc::new(WcuLimiter::unlimited()),
+        WriterConfig::default(),
+    );
+    let engine = Engine::new(source, writer, Schema::default(), config());
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(engine.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await; // parked in the long poll
+    let ids: Vec<String> = (0..10)
+        .map(|i| inner.send(log(&format!("late-{i}"))))
+        .collect();
+    // The pollers have taken the messages and their answer is on the wire.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(ids.iter().all(|id| inner.receive_count(id) == Some(1)));
+    stop.cancel();
+    let stats = run.await.unwrap();
+    assert_eq!(stats.nacked, 10, "{stats:?}");
+    // Visible again now, not after the 30 s visibility timeout.
+    let back = inner.receive(10).await.unwrap();
+    assert_eq!(back.len(), 10);
+}
+
 // Real time: the token bucket runs on governor's clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_is_paced_so_the_write_backlog_stays_within_the_horizon() {

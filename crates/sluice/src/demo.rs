@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::SdkConfig;
 use aws_sdk_sqs::types::QueueAttributeName;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -119,24 +119,6 @@ pub struct DemoSummary {
     pub backend: String,
 }
 
-async fn sdk_config(endpoint: &str) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).endpoint_url(endpoint);
-    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-    {
-        loader = loader.region(Region::new("us-east-1"));
-    }
-    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-        loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "sluice-demo",
-        ));
-    }
-    loader.load().await
-}
-
 struct Spike {
     bodies: Vec<String>,
     logs: usize,
@@ -232,7 +214,7 @@ pub async fn demo(args: DemoArgs) -> Result<DemoSummary> {
     } else {
         endpoint.clone()
     };
-    let sdk = sdk_config(&endpoint).await;
+    let sdk = crate::load::sdk_config(Some(&endpoint)).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let run_id = format!(

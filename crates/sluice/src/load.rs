@@ -423,7 +423,9 @@ pub struct LoadSummary {
     pub request_p99_ms: Option<f64>,
 }
 
-async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
+/// The SDK's default chain; with a local `endpoint`, region and credentials fall back to
+/// us-east-1 / test when the environment has none (local servers accept any).
+pub(crate) async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(e) = endpoint {
         loader = loader.endpoint_url(e);
@@ -438,7 +440,7 @@ async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
                 "test",
                 None,
                 None,
-                "sluice-load",
+                "sluice-local",
             ));
         }
     }

@@ -65,17 +65,25 @@ fn validate_accepts_the_documented_example_and_a_minimal_config() {
     assert!(out.contains("config ok"), "{out}");
 }
 
-#[test]
-fn validate_for_ingest_needs_a_key_and_no_table_and_names_bad_producer_values() {
-    let ingest = "[sqs]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/1/logs\"\n";
-    let file = temp_config(ingest);
+/// `sluice validate --for ingest` on `config`: (exit code, stderr).
+fn validate_ingest(config: &str) -> (i32, String) {
+    let file = temp_config(config);
     let out = Command::new(BIN)
         .args(["validate", "--for", "ingest", "--config"])
         .arg(&file.0)
         .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(2), "{text}");
+        .expect("run sluice validate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn validate_for_ingest_needs_a_key_and_no_table_and_names_bad_producer_values() {
+    let ingest = "[sqs]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/1/logs\"\n";
+    let (code, text) = validate_ingest(ingest);
+    assert_eq!(code, 2, "{text}");
     assert!(text.contains("ingest.api_keys"), "{text}");
     assert!(
         !text.contains("dynamodb.table"),
@@ -86,25 +94,14 @@ fn validate_for_ingest_needs_a_key_and_no_table_and_names_bad_producer_values() 
         "{ingest}[ingest]\napi_keys = [{{ name = \"a\", sha256 = \"{}\" }}]\n",
         "ab".repeat(32)
     );
-    let file = temp_config(&good);
-    let out = Command::new(BIN)
-        .args(["validate", "--for", "ingest", "--config"])
-        .arg(&file.0)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-
-    let file = temp_config(&format!(
-        "{good}[producer]\nmax_message_bytes = 2000000\nspool_fsync = \"sometimes\"\n"
-    ));
-    let out = Command::new(BIN)
-        .args(["validate", "--for", "ingest", "--config"])
-        .arg(&file.0)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (code, text) = validate_ingest(&good);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = validate_ingest(&format!("{good}[producer]\nspool_fsync = \"sometimes\"\n"));
+    assert_eq!(code, 2, "{text}");
     assert!(text.contains("producer.spool_fsync"), "{text}");
+    let (code, text) = validate_ingest(&format!("{good}[producer]\nmax_message_bytes = 2000000\n"));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("producer.max_message_bytes"), "{text}");
 }
 
 #[test]

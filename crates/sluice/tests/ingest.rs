@@ -234,6 +234,14 @@ async fn load(env: &TestEnv, args: &[String]) -> (i32, serde_json::Value) {
     (out.status.code().unwrap_or(-1), summary)
 }
 
+/// `sluice load --ingest http://127.0.0.1:PORT --api-key KEY ARGS... --json`.
+async fn load_into(env: &TestEnv, port: u16, args: &[&str]) -> (i32, serde_json::Value) {
+    let url = format!("http://127.0.0.1:{port}");
+    let mut all = vec!["--ingest", url.as_str(), "--api-key", KEY];
+    all.extend_from_slice(args);
+    load(env, &strings(&all)).await
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
@@ -294,13 +302,10 @@ async fn end_to_end(backend: Backend) {
     let dir = TempDir::new("e2e");
     let ingest = start_ingest(&env, &dir, &url, "").await;
     let keys_file = dir.path("keys");
-    let (code, s) = load(
+    let (code, s) = load_into(
         &env,
-        &strings(&[
-            "--ingest",
-            &format!("http://127.0.0.1:{}", ingest.port),
-            "--api-key",
-            KEY,
+        ingest.port,
+        &[
             "--count",
             "3000",
             "--rate",
@@ -316,7 +321,7 @@ async fn end_to_end(backend: Backend) {
             "e2e",
             "--keys-out",
             keys_file.to_str().unwrap(),
-        ]),
+        ],
     )
     .await;
     assert_eq!(code, 0, "{s}");
@@ -473,13 +478,10 @@ async fn ingest_answers_401_400_413_415_and_429_with_reasons() {
         codes.push(status);
     }
     assert!(codes.contains(&429), "{codes:?}");
-    let (code, s) = load(
+    let (code, s) = load_into(
         &env,
-        &strings(&[
-            "--ingest",
-            &format!("http://127.0.0.1:{port}"),
-            "--api-key",
-            KEY,
+        port,
+        &[
             "--rate",
             "0",
             "--count",
@@ -488,7 +490,7 @@ async fn ingest_answers_401_400_413_415_and_429_with_reasons() {
             "20",
             "--retry-for",
             "0s",
-        ]),
+        ],
     )
     .await;
     assert_eq!(code, 1, "logs refused: exit 1\n{s}");
@@ -548,13 +550,10 @@ async fn an_sqs_outage_spools_sheds_with_503_and_a_kill_9_loses_nothing() {
     })
     .unwrap();
     let keys_file = dir.path("keys");
-    let (_, s) = load(
+    let (_, s) = load_into(
         &env,
-        &strings(&[
-            "--ingest",
-            &format!("http://127.0.0.1:{}", ingest.port),
-            "--api-key",
-            KEY,
+        ingest.port,
+        &[
             "--count",
             "3000",
             "--rate",
@@ -571,7 +570,7 @@ async fn an_sqs_outage_spools_sheds_with_503_and_a_kill_9_loses_nothing() {
             "outage",
             "--keys-out",
             keys_file.to_str().unwrap(),
-        ]),
+        ],
     )
     .await;
     let accepted = s["accepted"].as_u64().unwrap();
