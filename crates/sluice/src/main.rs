@@ -6,6 +6,7 @@ use sluice::bench::BenchArgs;
 use sluice::config;
 use sluice::demo::DemoArgs;
 use sluice::dlq::DlqArgs;
+use sluice::kafka_cmd::KafkaArgs;
 use sluice::load::LoadArgs;
 use sluice::sim::SimArgs;
 use sluice::telemetry;
@@ -46,6 +47,9 @@ enum Command {
     BenchPacing(BenchArgs),
     /// Inspect the dead-letter queue (stats, peek) and send its messages back (redrive).
     Dlq(DlqArgs),
+    /// Kafka mode: a consumer group's lag, and replay (move its offsets back to a time or an
+    /// offset so that range is written again).
+    Kafka(KafkaArgs),
 }
 
 #[derive(clap::Args)]
@@ -162,6 +166,16 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "sluice ingest failed");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Kafka(args) => {
+            telemetry::init_tracing(config::LogFormat::Pretty, "warn");
+            match runtime.block_on(sluice::kafka_cmd::kafka(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }

@@ -18,12 +18,22 @@ use std::num::NonZeroU32;
 
 use sluice_core::{FleetConfig, LeaseSource};
 use sluice_dynamodb::TableCapacity;
+use sluice_kafka::KafkaSource;
 use sluice_redis::{BucketRate, RedisBucket};
 
 use crate::config::{RateMode, Settings};
 
+/// The longest a Kafka receive waits for records before it returns empty.
+const KAFKA_POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// The engine over the configured buffer.
+enum Engines {
+    Sqs(Engine<SqsSource>),
+    Kafka(Engine<KafkaSource>, Arc<KafkaSource>),
+}
+
 pub struct Pipeline {
-    engine: Engine<SqsSource>,
+    engine: Engines,
     writer_stats: Arc<WriterStats>,
     writer_task: JoinHandle<()>,
     limiter: Arc<WcuLimiter>,
@@ -104,8 +114,6 @@ impl Pipeline {
         if settings.dynamodb.check_table {
             table_writer.check_table().await.map_err(|e| anyhow!(e))?;
         }
-        let sqs_client = aws_sdk_sqs::Client::new(sqs);
-        let visibility = queue_visibility(settings, &sqs_client).await?;
         let ddb = sluice_dynamodb::writer_client(dynamodb);
         let table = settings.dynamodb.table.clone();
         let capacity = if settings.rate.wcu_per_second.is_some() {
@@ -185,39 +193,71 @@ impl Pipeline {
             limiter.clone(),
             settings.writer_config(),
         );
-        let source = SqsSource::new(
-            sqs_client,
-            SqsSourceConfig {
-                queue_url: settings.sqs.queue_url.clone(),
-                wait_time_seconds: settings.sqs.wait_time_seconds,
-                visibility_timeout: settings.sqs.visibility_timeout,
-                dead_letter_queue_url: settings.sqs.dead_letter_queue_url.clone(),
-            },
-        );
         let writer_stats = writer.stats();
         let breaker = writer.breaker();
-        let engine = Engine::new(
-            Arc::new(source),
-            writer,
-            settings.schema(),
-            EngineConfig {
-                visibility_timeout: Some(visibility),
-                ..settings.engine_config()
-            },
-        );
+        let (engine, poll_wait) = if settings.kafka.enabled {
+            let k = &settings.kafka;
+            let source = Arc::new(KafkaSource::start(k.kafka_config()).map_err(|e| {
+                anyhow!(
+                    "cannot start the Kafka consumer (kafka.brokers `{}`, group `{}`): {e}",
+                    k.brokers,
+                    k.group_id
+                )
+            })?);
+            let engine = Engine::new(
+                source.clone(),
+                writer,
+                settings.schema(),
+                EngineConfig {
+                    // Kafka has no visibility timeout: no heartbeat.
+                    visibility_timeout: None,
+                    poll_wait: KAFKA_POLL_WAIT,
+                    ..settings.engine_config()
+                },
+            );
+            (Engines::Kafka(engine, source), KAFKA_POLL_WAIT)
+        } else {
+            let sqs_client = aws_sdk_sqs::Client::new(sqs);
+            let visibility = queue_visibility(settings, &sqs_client).await?;
+            let source = SqsSource::new(
+                sqs_client,
+                SqsSourceConfig {
+                    queue_url: settings.sqs.queue_url.clone(),
+                    wait_time_seconds: settings.sqs.wait_time_seconds,
+                    visibility_timeout: settings.sqs.visibility_timeout,
+                    dead_letter_queue_url: settings.sqs.dead_letter_queue_url.clone(),
+                },
+            );
+            let engine = Engine::new(
+                Arc::new(source),
+                writer,
+                settings.schema(),
+                EngineConfig {
+                    visibility_timeout: Some(visibility),
+                    ..settings.engine_config()
+                },
+            );
+            (
+                Engines::Sqs(engine),
+                Duration::from_secs(u64::from(settings.sqs.wait_time_seconds)),
+            )
+        };
         Ok(Pipeline {
             engine,
             writer_stats,
             writer_task,
             limiter,
             breaker,
-            poll_wait: Duration::from_secs(u64::from(settings.sqs.wait_time_seconds)),
+            poll_wait,
             refresh,
         })
     }
 
     pub fn stats(&self) -> Arc<EngineStats> {
-        self.engine.stats()
+        match &self.engine {
+            Engines::Sqs(e) => e.stats(),
+            Engines::Kafka(e, _) => e.stats(),
+        }
     }
 
     pub fn writer_stats(&self) -> Arc<WriterStats> {
@@ -238,7 +278,15 @@ impl Pipeline {
 
     /// Runs until `shutdown`, drains, and returns the final counts.
     pub async fn run(self, shutdown: CancellationToken) -> StatsSnapshot {
-        let snapshot = self.engine.run(shutdown).await;
+        let snapshot = match self.engine {
+            Engines::Sqs(e) => e.run(shutdown).await,
+            Engines::Kafka(e, source) => {
+                let snapshot = e.run(shutdown).await;
+                // Every record is written or returned: commit and leave the group.
+                source.close().await;
+                snapshot
+            }
+        };
         let _ = self.writer_task.await;
         if let Some((stop, task)) = self.refresh {
             stop.cancel();

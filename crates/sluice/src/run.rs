@@ -42,11 +42,13 @@ pub async fn run(settings: Settings) -> Result<()> {
             shutdown.clone(),
         ));
     }
-    queue_metrics::spawn(
-        aws_sdk_sqs::Client::new(&sdk),
-        settings.sqs.queue_url.clone(),
-        background_stop.clone(),
-    );
+    if !settings.kafka.enabled {
+        queue_metrics::spawn(
+            aws_sdk_sqs::Client::new(&sdk),
+            settings.sqs.queue_url.clone(),
+            background_stop.clone(),
+        );
+    }
     notifier.ready("draining the queue into the table");
     tokio::spawn({
         let (notifier, shutdown) = (notifier.clone(), shutdown.clone());
@@ -55,8 +57,16 @@ pub async fn run(settings: Settings) -> Result<()> {
             notifier.stopping("shutting down: draining in-flight messages");
         }
     });
+    let buffer = if settings.kafka.enabled {
+        format!(
+            "kafka {} topics {:?} group {}",
+            settings.kafka.brokers, settings.kafka.topics, settings.kafka.group_id
+        )
+    } else {
+        settings.sqs.queue_url.clone()
+    };
     tracing::info!(
-        queue_url = %settings.sqs.queue_url,
+        buffer = %buffer,
         table = %settings.dynamodb.table,
         telemetry = %addr,
         budget_wcu_per_s = settings.rate.wcu_per_second,
@@ -75,8 +85,6 @@ pub async fn run(settings: Settings) -> Result<()> {
     Ok(())
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. A second one: exit now (what is held returns to the
-/// queue when its visibility timeout ends).
 /// Cancels `shutdown` on the first SIGTERM/SIGINT (logging `first`) and exits 130 on the second
 /// (logging `second`).
 pub(crate) async fn watch_signals(

@@ -73,6 +73,7 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
         .map_err(|e| anyhow!("cannot install the metrics recorder: {e}"))?;
     sluice_core::metrics_catalog::describe();
     sluice_producer::describe_metrics();
+    sluice_kafka::describe_metrics();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 

@@ -1,0 +1,338 @@
+//! KafkaSource under the real engine, against librdkafka's in-process mock cluster: out-of-order
+//! completion, injected broker errors, poison to the DLQ topic, and a rebalance between two
+//! consumers. The real-broker runs (noida-db, Tansu, kill -9) are in crates/sluice/tests/kafka.rs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use sluice_core::testing::MemoryTableForTests;
+use sluice_core::{Engine, EngineConfig, Schema, WcuLimiter, Writer, WriterConfig};
+use sluice_kafka::source::header_map;
+use sluice_kafka::{KafkaConfig, KafkaSource};
+use tokio_util::sync::CancellationToken;
+
+const TOPIC: &str = "logs";
+const DLQ: &str = "logs-dlq";
+
+fn log(id: &str) -> String {
+    format!(
+        r#"{{"request_id":"{id}","ts":1795341600000,"method":"GET","path":"/p","status":200,"latency_ms":3}}"#
+    )
+}
+
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        pollers: 2,
+        max_messages: 10,
+        max_in_flight: 200,
+        message_timeout: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(3),
+        nack_backoff_base: Duration::from_millis(100),
+        nack_backoff_max: Duration::from_secs(1),
+        poison_nack_delay: Duration::from_millis(100),
+        ack_linger: Duration::from_millis(5),
+        max_concurrent_acks: 4,
+        intake_horizon: None,
+        visibility_timeout: None,
+        poll_wait: Duration::from_secs(1),
+    }
+}
+
+fn config(brokers: &str, group: &str) -> KafkaConfig {
+    let mut c = KafkaConfig::new(brokers, group, &[TOPIC], DLQ);
+    c.session_timeout = Duration::from_secs(3);
+    c.commit_interval = Duration::from_millis(200);
+    c.buffer_records = 500;
+    c
+}
+
+/// Produces `n` logs keyed by request id; returns (partition, offset) → request id.
+async fn produce(brokers: &str, prefix: &str, n: usize) -> HashMap<(i32, i64), String> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut sends = Vec::new();
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let producer = producer.clone();
+        sends.push(tokio::spawn(async move {
+            let body = log(&id);
+            let d = producer
+                .send(
+                    FutureRecord::to(TOPIC).key(&id).payload(&body),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+            ((d.partition, d.offset), id)
+        }));
+    }
+    let mut out = HashMap::new();
+    for s in sends {
+        let (k, v) = s.await.unwrap();
+        out.insert(k, v);
+    }
+    out
+}
+
+/// The group's committed offsets, read by a client that does not join it.
+fn committed(brokers: &str, group: &str, partitions: i32) -> HashMap<i32, i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(TOPIC, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+    let out = got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    drop(got);
+    out
+}
+
+struct Run {
+    stop: CancellationToken,
+    engine: tokio::task::JoinHandle<sluice_core::StatsSnapshot>,
+    source: Arc<KafkaSource>,
+}
+
+fn start(brokers: &str, group: &str, table: Arc<MemoryTableForTests>) -> Run {
+    start_paced(brokers, group, table, WcuLimiter::unlimited())
+}
+
+fn start_paced(
+    brokers: &str,
+    group: &str,
+    table: Arc<MemoryTableForTests>,
+    limiter: WcuLimiter,
+) -> Run {
+    let source = Arc::new(KafkaSource::start(config(brokers, group)).unwrap());
+    let (writer, _task) = Writer::spawn(table, Arc::new(limiter), WriterConfig::default());
+    let engine = Engine::new(source.clone(), writer, Schema::default(), engine_config());
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(engine.run(stop.clone()));
+    Run {
+        stop,
+        engine: run,
+        source,
+    }
+}
+
+impl Run {
+    async fn stop(self) -> sluice_core::StatsSnapshot {
+        self.stop.cancel();
+        let stats = self.engine.await.unwrap();
+        assert!(self.source.close().await, "the consumer closed in time");
+        stats
+    }
+}
+
+/// Every commit seen while running points at or before the first unwritten record.
+fn check_commits(
+    brokers: &str,
+    group: &str,
+    sent: &HashMap<(i32, i64), String>,
+    table: &MemoryTableForTests,
+) -> usize {
+    let commits = committed(brokers, group, 4);
+    let rows = table.rows();
+    let mut checked = 0;
+    for (&(p, o), id) in sent {
+        if commits.get(&p).is_some_and(|&c| o < c) {
+            assert!(
+                rows.contains_key(id),
+                "partition {p} committed past offset {o} ({id}) before it was written"
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_records_land_once_and_commits_never_pass_an_unwritten_record() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(TOPIC, 4, 1).unwrap();
+    mock.create_topic(DLQ, 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let sent = produce(&brokers, "k", 10_000).await;
+    assert_eq!(sent.len(), 10_000);
+    let table = Arc::new(MemoryTableForTests::default());
+    // Slow writes with many in flight: batches finish out of order.
+    table.set_latency(Duration::from_millis(15));
+    let run = start(&brokers, "g1", table.clone());
+    let started = Instant::now();
+    let mut checks = 0;
+    while table.rows().len() < 10_000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{} of 10000 written",
+            table.rows().len()
+        );
+        checks += check_commits(&brokers, "g1", &sent, &table);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(checks > 0, "commits were observed while running");
+    let stats = run.stop().await;
+    assert_eq!(stats.acked, 10_000);
+    let commits = committed(&brokers, "g1", 4);
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for &(p, o) in sent.keys() {
+        let e = ends.entry(p).or_default();
+        *e = (*e).max(o + 1);
+    }
+    assert_eq!(commits, ends, "everything written is committed at close");
+    let ids: HashSet<&String> = sent.values().collect();
+    assert_eq!(table.rows().len(), ids.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_errors_on_fetch_and_commit_delay_but_lose_nothing() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(TOPIC, 4, 1).unwrap();
+    mock.create_topic(DLQ, 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let sent = produce(&brokers, "e", 2000).await;
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 4],
+    );
+    mock.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 6],
+    );
+    let table = Arc::new(MemoryTableForTests::default());
+    let run = start(&brokers, "g2", table.clone());
+    let started = Instant::now();
+    while table.rows().len() < 2000 {
+        assert!(started.elapsed() < Duration::from_secs(60));
+        check_commits(&brokers, "g2", &sent, &table);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    run.stop().await;
+    let commits = committed(&brokers, "g2", 4);
+    assert_eq!(commits.values().sum::<i64>(), 2000, "{commits:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_goes_to_the_dlq_topic_with_its_reason_and_is_committed_past() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(TOPIC, 1, 1).unwrap();
+    mock.create_topic(DLQ, 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for (key, body) in [
+        ("a", log("a")),
+        ("bad", "this is not JSON".to_string()),
+        ("b", log("b")),
+    ] {
+        producer
+            .send(
+                FutureRecord::to(TOPIC).key(key).payload(&body),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let table = Arc::new(MemoryTableForTests::default());
+    let run = start(&brokers, "g3", table.clone());
+    let started = Instant::now();
+    while committed(&brokers, "g3", 1).get(&0) != Some(&3) {
+        assert!(started.elapsed() < Duration::from_secs(30), "not committed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = run.stop().await;
+    assert_eq!((stats.acked, stats.dead_lettered), (3, 1), "{stats:?}");
+    assert_eq!(table.rows().len(), 2);
+
+    let dlq: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[DLQ]).unwrap();
+    let started = Instant::now();
+    let (key, payload, headers) = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing in the DLQ"
+        );
+        if let Some(Ok(m)) = dlq.poll(Duration::from_millis(200)) {
+            break (
+                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                String::from_utf8_lossy(m.payload().unwrap()).into_owned(),
+                header_map(m.headers().unwrap()),
+            );
+        }
+    };
+    assert_eq!(key.as_deref(), Some("bad"));
+    assert_eq!(payload, "this is not JSON");
+    assert_eq!(headers["sluice_source_topic"], TOPIC);
+    assert_eq!(headers["sluice_source_offset"], "1");
+    assert!(!headers["sluice_reason"].is_empty(), "{headers:?}");
+    assert!(!headers["sluice_error"].is_empty(), "{headers:?}");
+    dlq.unsubscribe();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_between_two_consumers_loses_nothing() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(TOPIC, 4, 1).unwrap();
+    mock.create_topic(DLQ, 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let sent = produce(&brokers, "r", 6000).await;
+    let table = Arc::new(MemoryTableForTests::default());
+    // 600 WCU/s each: ten seconds of work for one member, so the second joins mid-run.
+    let paced = || WcuLimiter::try_new(std::num::NonZeroU32::new(600).unwrap(), 1.0).unwrap();
+    let first = start_paced(&brokers, "g4", table.clone(), paced());
+    let started = Instant::now();
+    while table.rows().len() < 1000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "first consumer stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A second member joins: partitions are revoked from the first and split.
+    let second = start_paced(&brokers, "g4", table.clone(), paced());
+    let started = Instant::now();
+    while table.rows().len() < 6000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{} of 6000 written",
+            table.rows().len()
+        );
+        check_commits(&brokers, "g4", &sent, &table);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (a, b) = (first.stop().await, second.stop().await);
+    assert!(b.acked > 0, "the second member took partitions: {b:?}");
+    assert!(a.acked + b.acked >= 6000);
+    let commits = committed(&brokers, "g4", 4);
+    assert_eq!(commits.values().sum::<i64>(), 6000, "{commits:?}");
+}
