@@ -105,6 +105,33 @@ fn validate_for_ingest_needs_a_key_and_no_table_and_names_bad_producer_values() 
 }
 
 #[test]
+fn validate_kafka_mode_needs_no_queue_but_brokers_topics_and_a_separate_dlq_topic() {
+    let table = "[dynamodb]\ntable = \"request-logs\"\n";
+    let good = format!(
+        "{table}[kafka]\nenabled = true\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"logs\"]\ndlq_topic = \"logs-dlq\"\n"
+    );
+    let (code, out) = validate(&good, &[]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = validate(
+        &format!(
+            "{table}[kafka]\nenabled = true\ntopics = [\"logs\"]\ndlq_topic = \"logs\"\nproperties = {{ \"enable.auto.commit\" = \"true\", \"fetch.min.bytes\" = \"1\" }}\n"
+        ),
+        &[],
+    );
+    assert_eq!(code, 2, "{out}");
+    for needle in [
+        "kafka.brokers is required",
+        "kafka.dlq_topic `logs` is also in kafka.topics",
+    ] {
+        assert!(out.contains(needle), "{needle} missing in: {out}");
+    }
+    assert!(
+        !out.contains("sqs.queue_url"),
+        "Kafka mode needs no queue: {out}"
+    );
+}
+
+#[test]
 fn validate_rejects_an_unknown_key_by_name() {
     let (code, out) = validate(&format!("{GOOD}wait_time_secs = 5\n"), &[]);
     assert_eq!(code, 2, "{out}");
