@@ -188,3 +188,30 @@ pub async fn create_topics(config: &KafkaConfig, topics: &[(&str, i32)]) -> Resu
     }
     Ok(())
 }
+
+/// Produces `(key, payload)` records to `topic`, all enqueued at once; returns each record's
+/// (partition, offset) in order. For demos and tests.
+pub async fn produce_keyed(
+    config: &KafkaConfig,
+    topic: &str,
+    records: &[(String, String)],
+) -> Result<Vec<(i32, i64)>, AdminError> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = config.client_config().set("linger.ms", "5").create()?;
+    let mut pending = Vec::with_capacity(records.len());
+    for (key, payload) in records {
+        let delivery = producer
+            .send_result(FutureRecord::to(topic).key(key).payload(payload))
+            .map_err(|(e, _)| AdminError::Kafka(e))?;
+        pending.push(delivery);
+    }
+    let mut out = Vec::with_capacity(records.len());
+    for delivery in pending {
+        let d = delivery
+            .await
+            .map_err(|_| AdminError::Other("the producer went away".into()))?
+            .map_err(|(e, _)| AdminError::Kafka(e))?;
+        out.push((d.partition, d.offset));
+    }
+    Ok(out)
+}

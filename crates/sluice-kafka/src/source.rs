@@ -180,6 +180,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn wm(&self) -> std::sync::MutexGuard<'_, Watermarks> {
+        self.watermarks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn held_in(&self, tps: &[Tp]) -> usize {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         tps.iter()
@@ -195,11 +199,7 @@ impl Shared {
     }
 
     fn current(&self, h: &KafkaHandle) -> bool {
-        self.watermarks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation(&h.tp())
-            == Some(h.generation)
+        self.wm().generation(&h.tp()) == Some(h.generation)
     }
 }
 
@@ -248,11 +248,7 @@ impl ConsumerContext for Ctx {
         let mut commit = TopicPartitionList::new();
         let mut abandoned = 0;
         {
-            let mut w = self
-                .shared
-                .watermarks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut w = self.shared.wm();
             for tp in &tps {
                 let (point, left) = w.revoke(tp);
                 abandoned += left;
@@ -288,11 +284,7 @@ impl ConsumerContext for Ctx {
             Rebalance::Assign(tpl) => {
                 let tps = tps_of(tpl);
                 metrics::counter!("sluice_kafka_rebalances_total", "kind" => "assign").increment(1);
-                let mut w = self
-                    .shared
-                    .watermarks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut w = self.shared.wm();
                 for tp in &tps {
                     w.assign(tp.clone());
                 }
@@ -309,11 +301,7 @@ impl ConsumerContext for Ctx {
 
 /// Commits every partition whose commit point moved. On the consumer thread.
 fn commit_done(consumer: &BaseConsumer<Ctx>, shared: &Shared) {
-    let points = shared
-        .watermarks
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .to_commit();
+    let points = shared.wm().to_commit();
     if points.is_empty() {
         return;
     }
@@ -323,11 +311,7 @@ fn commit_done(consumer: &BaseConsumer<Ctx>, shared: &Shared) {
     }
     match consumer.commit(&tpl, CommitMode::Sync) {
         Ok(()) => {
-            shared
-                .watermarks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .committed(&points);
+            shared.wm().committed(&points);
             metrics::counter!("sluice_kafka_commits_total", "outcome" => "ok").increment(1);
         }
         Err(error) => {
@@ -407,7 +391,7 @@ fn consume(
                     .or_insert_with(|| Arc::from(m.topic()))
                     .clone();
                 let tp = (m.topic().to_owned(), m.partition());
-                let mut w = shared.watermarks.lock().unwrap_or_else(|e| e.into_inner());
+                let mut w = shared.wm();
                 let Some(generation) = w.generation(&tp) else {
                     continue;
                 };
@@ -517,20 +501,12 @@ impl KafkaSource {
 
     /// Records received and not yet done (in the buffer, held, or waiting for redelivery).
     pub fn outstanding(&self) -> usize {
-        self.shared
-            .watermarks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .outstanding()
+        self.shared.wm().outstanding()
     }
 
     /// The commit point of each assigned partition now: for tests and `sluice kafka` tools.
     pub fn commit_points(&self) -> Vec<(Tp, Option<i64>)> {
-        let w = self
-            .shared
-            .watermarks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let w = self.shared.wm();
         w.assigned()
             .into_iter()
             .map(|tp| {
@@ -634,11 +610,7 @@ impl Source for KafkaSource {
     async fn ack(&self, handles: &[KafkaHandle]) -> Vec<AckFailure> {
         for h in handles {
             if self.take_held(h).is_some() {
-                self.shared
-                    .watermarks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .done(&h.tp(), h.generation, h.offset);
+                self.shared.wm().done(&h.tp(), h.generation, h.offset);
             }
         }
         Vec::new()

@@ -8,8 +8,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_kafka::KafkaConfig;
 use sluice_kafka::admin;
 use sluice_testkit::{Broker, TestEnv, free_port, start_kafka};
@@ -43,47 +41,22 @@ fn log(id: &str) -> String {
     )
 }
 
-/// Produces `n` logs keyed by request id (plus 3 poison records); returns (partition, offset) →
-/// request id of the valid ones.
+/// Produces `n` logs keyed by request id (plus 3 poison records); returns (partition, offset) → request id of the valid ones.
 async fn produce(brokers: &str, prefix: &str, n: usize) -> HashMap<(i32, i64), String> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .create()
+    let config = KafkaConfig::new(brokers, "producer", &[TOPIC], DLQ);
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let records: Vec<(String, String)> = ids.iter().map(|id| (id.clone(), log(id))).collect();
+    let at = sluice_kafka::admin::produce_keyed(&config, TOPIC, &records)
+        .await
         .unwrap();
-    let mut sends = Vec::new();
-    for i in 0..n {
-        let id = format!("{prefix}-{i}");
-        let producer = producer.clone();
-        sends.push(tokio::spawn(async move {
-            let body = log(&id);
-            let d = producer
-                .send(
-                    FutureRecord::to(TOPIC).key(&id).payload(&body),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-            ((d.partition, d.offset), id)
-        }));
-    }
-    let mut out = HashMap::new();
-    for s in sends {
-        let (k, v) = s.await.unwrap();
-        out.insert(k, v);
-    }
-    for bad in ["not json", "[1,2]", "{\"request_id\":\"no-fields\"}"] {
-        producer
-            .send(
-                FutureRecord::to(TOPIC).key("poison").payload(bad),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-    out
+    let poison: Vec<(String, String)> = ["not json", "[1,2]", "{\"request_id\":\"no-fields\"}"]
+        .iter()
+        .map(|b| ("poison".to_string(), b.to_string()))
+        .collect();
+    sluice_kafka::admin::produce_keyed(&config, TOPIC, &poison)
+        .await
+        .unwrap();
+    at.into_iter().zip(ids).collect()
 }
 
 struct Setup {
