@@ -175,8 +175,9 @@ impl Ord for Retry {
 #[derive(Default)]
 struct Shared {
     watermarks: Mutex<Watermarks>,
-    /// Records handed to the engine and not yet acked or nacked, per partition.
-    held: Mutex<HashMap<Tp, usize>>,
+    /// Records handed to the engine and not yet acked or nacked, per partition and generation
+    /// (a late ack of an ended generation must not count against the current one).
+    held: Mutex<HashMap<(Tp, u64), usize>>,
 }
 
 impl Shared {
@@ -186,15 +187,25 @@ impl Shared {
 
     fn held_in(&self, tps: &[Tp]) -> usize {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        tps.iter()
-            .map(|tp| held.get(tp).copied().unwrap_or(0))
+        held.iter()
+            .filter(|((tp, _), _)| tps.contains(tp))
+            .map(|(_, n)| *n)
             .sum()
     }
 
-    fn release(&self, tp: &Tp) {
+    fn hold(&self, h: &KafkaHandle) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(tp) {
+        *held.entry((h.tp(), h.generation)).or_default() += 1;
+    }
+
+    fn release(&self, h: &KafkaHandle) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (h.tp(), h.generation);
+        if let Some(n) = held.get_mut(&key) {
             *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&key);
+            }
         }
     }
 
@@ -259,9 +270,7 @@ impl ConsumerContext for Ctx {
         }
         {
             let mut held = self.shared.held.lock().unwrap_or_else(|e| e.into_inner());
-            for tp in &tps {
-                held.remove(tp);
-            }
+            held.retain(|(tp, _), _| !tps.contains(tp));
         }
         if abandoned > 0 {
             metrics::counter!("sluice_kafka_abandoned_total").increment(abandoned as u64);
@@ -517,13 +526,7 @@ impl KafkaSource {
     }
 
     fn hand_out(&self, r: Record) -> Received<KafkaHandle> {
-        *self
-            .shared
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(r.handle.tp())
-            .or_default() += 1;
+        self.shared.hold(&r.handle);
         let received = Received {
             message_id: format!(
                 "{}/{}/{}",
@@ -550,7 +553,7 @@ impl KafkaSource {
             .unwrap_or_else(|e| e.into_inner())
             .remove(h);
         if r.is_some() {
-            self.shared.release(&h.tp());
+            self.shared.release(h);
         }
         r
     }

@@ -29,6 +29,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod layer;
 pub mod spool;
 pub mod sqs;

@@ -239,6 +239,11 @@ pub struct ProducerSettings {
     /// At shutdown, how long to keep sending before the rest goes to the spool.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Publish to this Kafka topic (brokers and properties from [kafka]) instead of
+    /// sqs.queue_url.
+    pub kafka_topic: Option<String>,
+    /// Kafka: the log field used as the record key (one partition per request id).
+    pub kafka_key_field: String,
 }
 
 impl Default for ProducerSettings {
@@ -264,6 +269,8 @@ impl Default for ProducerSettings {
             spool_fsync: FsyncSetting::Always,
             spool_fsync_interval: Duration::from_secs(1),
             shutdown_timeout: d.shutdown_timeout,
+            kafka_topic: None,
+            kafka_key_field: "request_id".into(),
         }
     }
 }
@@ -699,7 +706,9 @@ impl Settings {
         let q = &self.sqs;
         let k = &self.kafka;
         check(
-            !q.queue_url.is_empty() || (k.enabled && mode == Mode::Worker),
+            !q.queue_url.is_empty()
+                || (k.enabled && mode == Mode::Worker)
+                || (mode == Mode::Ingest && self.producer.kafka_topic.is_some()),
             "sqs.queue_url is required (set it in the file or SLUICE__SQS__QUEUE_URL)".into(),
         );
         if k.enabled {
@@ -971,6 +980,17 @@ impl Settings {
             ),
         );
         let p = &self.producer;
+        if let Some(topic) = &p.kafka_topic {
+            check(
+                !topic.trim().is_empty(),
+                "producer.kafka_topic must not be empty (unset it to send to SQS)".into(),
+            );
+            check(
+                !k.brokers.trim().is_empty(),
+                "producer.kafka_topic needs kafka.brokers (and kafka.properties for TLS/SASL)"
+                    .into(),
+            );
+        }
         if let Err(e) = p.producer_config(&self.sqs.queue_url).validate() {
             for problem in e.split("; ") {
                 check(false, format!("producer.{problem}"));

@@ -569,13 +569,18 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         .unwrap_or_else(|| settings.ingest.listen.clone())
         .parse()
         .context("--listen / ingest.listen must be an address like 0.0.0.0:8080")?;
-    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    let queue_url = settings.sqs.queue_url.clone();
-    let producer = Producer::start(
-        settings.producer.producer_config(&queue_url),
-        SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url),
-    )
-    .map_err(|e| anyhow!("producer: {e}"))?;
+    let (producer, queue_url) = if settings.producer.kafka_topic.is_some() {
+        crate::load::kafka_producer(&settings, false)?
+    } else {
+        let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let queue_url = settings.sqs.queue_url.clone();
+        let producer = Producer::start(
+            settings.producer.producer_config(&queue_url),
+            SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url),
+        )
+        .map_err(|e| anyhow!("producer: {e}"))?;
+        (producer, queue_url)
+    };
     let ic = settings.ingest.clone();
     let quota = Quota::per_second(NonZeroU32::new(ic.rate_per_key).unwrap_or(NonZeroU32::MIN))
         .allow_burst(NonZeroU32::new(ic.burst_per_key).unwrap_or(NonZeroU32::MIN));

@@ -464,6 +464,37 @@ fn human(n: u64) -> String {
     }
 }
 
+/// A producer publishing to `producer.kafka_topic` (brokers and properties from [kafka]). With
+/// `groups`, logs are keyed by their `tenant` FIFO group instead of their request id.
+pub(crate) fn kafka_producer(
+    s: &crate::config::Settings,
+    groups: bool,
+) -> Result<(Producer, String)> {
+    let topic = s
+        .producer
+        .kafka_topic
+        .clone()
+        .ok_or_else(|| anyhow!("producer.kafka_topic is not set"))?;
+    let mut config = s.producer.producer_config("");
+    if groups {
+        config.fifo = true;
+        config.group_field.get_or_insert_with(|| "tenant".into());
+    }
+    let transport = sluice_producer::kafka::KafkaTransport::new(
+        s.kafka.kafka_config().client_config(),
+        &topic,
+        &s.producer.kafka_key_field,
+    )
+    .with_context(|| {
+        format!(
+            "cannot create the Kafka producer (kafka.brokers `{}`)",
+            s.kafka.brokers
+        )
+    })?;
+    let producer = Producer::start(config, transport).map_err(|e| anyhow!("producer: {e}"))?;
+    Ok((producer, format!("kafka {} topic {topic}", s.kafka.brokers)))
+}
+
 /// Appends accepted request ids to --keys-out.
 struct KeysOut(Option<std::sync::Mutex<std::io::BufWriter<std::fs::File>>>);
 
@@ -556,6 +587,15 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
                 workers.push(tokio::spawn(w.run(rx)));
             }
             (Sink::Http(tx), format!("ingest {url}"))
+        }
+        None if args.queue_url.is_none()
+            && settings
+                .as_ref()
+                .is_some_and(|s| s.producer.kafka_topic.is_some()) =>
+        {
+            let s = settings.as_ref().expect("checked above");
+            let (producer, target) = kafka_producer(s, args.fifo_groups > 0)?;
+            (Sink::Sqs(producer), target)
         }
         None => {
             let queue_url = args
