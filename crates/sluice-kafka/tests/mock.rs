@@ -11,7 +11,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use sluice_core::testing::MemoryTableForTests;
 use sluice_core::{Engine, EngineConfig, Schema, WcuLimiter, Writer, WriterConfig};
@@ -66,27 +65,13 @@ async fn produce(brokers: &str, prefix: &str, n: usize) -> HashMap<(i32, i64), S
 }
 
 /// The group's committed offsets, read by a client that does not join it.
-fn committed(brokers: &str, group: &str, partitions: i32) -> HashMap<i32, i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(TOPIC, p);
-    }
-    let got = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
-    let out = got
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect();
-    drop(got);
-    out
+fn committed(brokers: &str, group: &str) -> HashMap<i32, i64> {
+    let config = KafkaConfig::new(brokers, group, &[TOPIC], DLQ);
+    sluice_kafka::admin::offsets(&config, group, &[TOPIC.to_string()], Duration::from_secs(5))
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.committed.map(|c| (p.partition, c)))
+        .collect()
 }
 
 struct Run {
@@ -133,7 +118,7 @@ fn check_commits(
     sent: &HashMap<(i32, i64), String>,
     table: &MemoryTableForTests,
 ) -> usize {
-    let commits = committed(brokers, group, 4);
+    let commits = committed(brokers, group);
     let rows = table.rows();
     let mut checked = 0;
     for (&(p, o), id) in sent {
@@ -174,7 +159,7 @@ async fn ten_thousand_records_land_once_and_commits_never_pass_an_unwritten_reco
     assert!(checks > 0, "commits were observed while running");
     let stats = run.stop().await;
     assert_eq!(stats.acked, 10_000);
-    let commits = committed(&brokers, "g1", 4);
+    let commits = committed(&brokers, "g1");
     let mut ends: HashMap<i32, i64> = HashMap::new();
     for &(p, o) in sent.keys() {
         let e = ends.entry(p).or_default();
@@ -209,7 +194,7 @@ async fn broker_errors_on_fetch_and_commit_delay_but_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     run.stop().await;
-    let commits = committed(&brokers, "g2", 4);
+    let commits = committed(&brokers, "g2");
     assert_eq!(commits.values().sum::<i64>(), 2000, "{commits:?}");
 }
 
@@ -240,7 +225,7 @@ async fn poison_goes_to_the_dlq_topic_with_its_reason_and_is_committed_past() {
     let table = Arc::new(MemoryTableForTests::default());
     let run = start(&brokers, "g3", table.clone());
     let started = Instant::now();
-    while committed(&brokers, "g3", 1).get(&0) != Some(&3) {
+    while committed(&brokers, "g3").get(&0) != Some(&3) {
         assert!(started.elapsed() < Duration::from_secs(30), "not committed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -314,7 +299,7 @@ async fn a_rebalance_between_two_consumers_loses_nothing() {
     let a = first.stop().await;
     let started = Instant::now();
     loop {
-        let commits = committed(&brokers, "g4", 4);
+        let commits = committed(&brokers, "g4");
         if commits.values().sum::<i64>() == 6000 {
             break;
         }

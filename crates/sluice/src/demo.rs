@@ -27,7 +27,7 @@ use sluice_sqs::SqsSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::load::{LogGen, SizeDist};
+use crate::load::{LogGen, SizeDist, progress};
 use crate::pipeline::Pipeline;
 
 const MAX_RECEIVE_COUNT: u32 = 3;
@@ -187,14 +187,6 @@ fn make_spike(args: &DemoArgs, run_id: &str) -> Spike {
     }
 }
 
-fn progress(line: &str) {
-    if std::io::stderr().is_terminal() {
-        eprint!("\r\x1b[2K{line}");
-    } else {
-        eprintln!("{line}");
-    }
-}
-
 pub async fn demo(args: DemoArgs) -> Result<DemoSummary> {
     let sim = match &args.endpoint {
         Some(_) => None,
@@ -327,20 +319,26 @@ async fn drive(
     while let Some(r) = senders.join_next().await {
         r.context("sender task")??;
         if last.elapsed() > Duration::from_millis(500) {
-            progress(&format!(
-                "sending spike: {}/{total} messages",
-                sent.load(Ordering::Relaxed)
-            ));
+            progress(
+                false,
+                &format!(
+                    "sending spike: {}/{total} messages",
+                    sent.load(Ordering::Relaxed)
+                ),
+            );
             last = Instant::now();
         }
     }
-    progress(&format!(
-        "sent {total} messages ({} logs, {} distinct request ids, {} poison) in {:.1}s",
-        spike.logs,
-        spike.keys.len(),
-        spike.poison,
-        started.elapsed().as_secs_f64()
-    ));
+    progress(
+        false,
+        &format!(
+            "sent {total} messages ({} logs, {} distinct request ids, {} poison) in {:.1}s",
+            spike.logs,
+            spike.keys.len(),
+            spike.poison,
+            started.elapsed().as_secs_f64()
+        ),
+    );
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
@@ -382,13 +380,16 @@ async fn drive(
         let rate = (wcu - last_wcu) as f64 / last_tick.elapsed().as_secs_f64();
         own_peak = own_peak.max(rate);
         (last_wcu, last_tick) = (wcu, Instant::now());
-        progress(&format!(
-            "draining {:5.1}s | backlog {visible:>7} (+{in_flight} in flight) | written {:>7} logs | {:>6.0} WCU/s of {} provisioned | dead letters {dead}",
-            drain_started.elapsed().as_secs_f64(),
-            writer.logs_written.load(Ordering::Relaxed),
-            rate,
-            args.provisioned_wcu,
-        ));
+        progress(
+            false,
+            &format!(
+                "draining {:5.1}s | backlog {visible:>7} (+{in_flight} in flight) | written {:>7} logs | {:>6.0} WCU/s of {} provisioned | dead letters {dead}",
+                drain_started.elapsed().as_secs_f64(),
+                writer.logs_written.load(Ordering::Relaxed),
+                rate,
+                args.provisioned_wcu,
+            ),
+        );
         let idle = visible == 0 && in_flight == 0 && stats.in_flight.load(Ordering::Relaxed) == 0;
         empty_polls = if idle { empty_polls + 1 } else { 0 };
         if empty_polls >= 2 {

@@ -447,8 +447,9 @@ pub(crate) async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
     loader.load().await
 }
 
-/// One progress line: redrawn in place on a terminal, one line per update otherwise.
-fn progress(line: &str, last: bool) {
+/// One progress line: redrawn in place on a terminal, one line per update otherwise; `last`
+/// ends the line on a terminal. `sluice demo` uses it too.
+pub(crate) fn progress(last: bool, line: &str) {
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K{line}{}", if last { "\n" } else { "" });
     } else {
@@ -664,6 +665,7 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
         };
         let accepted = counters.accepted.load(Ordering::Relaxed);
         progress(
+            done,
             &format!(
                 "load: {bar}{} made, {} accepted, {:.0} logs/s, 429: {}, 503: {}, failed: {}",
                 human(g.generated),
@@ -673,7 +675,6 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
                 counters.status_503.load(Ordering::Relaxed),
                 counters.failed.load(Ordering::Relaxed),
             ),
-            done,
         );
     };
     loop {
