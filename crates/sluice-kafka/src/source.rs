@@ -513,18 +513,6 @@ impl KafkaSource {
         self.shared.wm().outstanding()
     }
 
-    /// The commit point of each assigned partition now: for tests and `sluice kafka` tools.
-    pub fn commit_points(&self) -> Vec<(Tp, Option<i64>)> {
-        let w = self.shared.wm();
-        w.assigned()
-            .into_iter()
-            .map(|tp| {
-                let c = w.commit_point(&tp);
-                (tp, c)
-            })
-            .collect()
-    }
-
     fn hand_out(&self, r: Record) -> Received<KafkaHandle> {
         self.shared.hold(&r.handle);
         let received = Received {

@@ -128,12 +128,6 @@ impl Watermarks {
     pub fn commit_point(&self, tp: &Tp) -> Option<i64> {
         self.parts.get(tp).and_then(Partition::commit_point)
     }
-
-    pub fn assigned(&self) -> Vec<Tp> {
-        let mut v: Vec<Tp> = self.parts.keys().cloned().collect();
-        v.sort();
-        v
-    }
 }
 
 #[cfg(test)]
