@@ -16,6 +16,7 @@
 #   Prometheus       promtool check rules, promtool test rules, the chart's copy is identical
 #   dashboards       JSON round-trips through grafana-foundation-sdk, every query parses
 #   live             sluice sim + sluice run (as systemd would run it: NOTIFY_SOCKET, WATCHDOG_USEC)
+#                    and, beside it, sluice run in Kafka mode on a noida-db broker
 #                    + a real Prometheus scraping it every second with the alert rules loaded;
 #                    a load with a fault phase; every dashboard query must name only exported
 #                    metrics and return data; every rule evaluates; promtool check metrics on the
@@ -131,7 +132,9 @@ refuse "invalid mode" "mode" "${BASE[@]}" --set mode=batch
 refuse "config key set by the chart" "additional properties 'listen' not allowed" "${BASE[@]}" --set config.telemetry.listen=0.0.0.0:1
 refuse "ingest mode without API keys" "ingest mode needs API keys" --set mode=ingest --set aws.region=eu-west-1 --set config.sqs.queue_url=https://sqs.eu-west-1.amazonaws.com/1/q
 refuse "an API key that is not a SHA-256" "sha256" -f "$CHART/ci/ingest-values.yaml" --set 'config.ingest.api_keys[0].name=a' --set 'config.ingest.api_keys[0].sha256=secret'
-note "helm template refuses 8 bad value sets (missing required, misspelt key, unknown key, grace ≤ drain, bad mode, chart-owned key, ingest without keys, a key that is not a hash)"
+refuse "Kafka mode without brokers" "config.kafka.brokers is required" -f "$CHART/ci/worker-kafka-values.yaml" --set config.kafka.brokers=
+refuse "Kafka mode without topics" "config.kafka.topics is required" -f "$CHART/ci/worker-kafka-values.yaml" --set-json 'config.kafka.topics=[]'
+note "helm template refuses 10 bad value sets (missing required, misspelt key, unknown key, grace ≤ drain, bad mode, chart-owned key, ingest without keys, a key that is not a hash, Kafka mode without brokers or topics)"
 "$HELM" package "$CHART" -d "$WORK/pkg" >/dev/null || die "helm package failed"
 tar -tzf "$WORK"/pkg/sluice-*.tgz | grep -q '/ci/' && die "the packaged chart contains ci/ (check .helmignore)"
 note "helm package: $(basename "$WORK"/pkg/sluice-*.tgz) ($(tar -tzf "$WORK"/pkg/sluice-*.tgz | wc -l) files)"
@@ -265,7 +268,16 @@ note "promtool check rules: $nrules; promtool test rules: $ntests test groups pa
 
 # --- dashboards (static) ----------------------------------------------------------------------
 section "dashboards (static)"
-out=$("$PY" deploy/check/dashboards.py static "$WORK/queries.json" dashboards/*.json) || die "dashboard check failed"
+# The Kafka dashboard's queries are checked against the Kafka-mode sluice, the others against the
+# SQS one.
+dash_sqs=() dash_kafka=()
+for d in dashboards/*.json; do
+  if [[ $d == *kafka* ]]; then dash_kafka+=("$d"); else dash_sqs+=("$d"); fi
+done
+[[ ${#dash_kafka[@]} -gt 0 ]] || die "no Kafka dashboard in dashboards/"
+out=$("$PY" deploy/check/dashboards.py static "$WORK/queries.json" "${dash_sqs[@]}") || die "dashboard check failed"
+echo "$out"; note "$(tail -n1 <<<"$out" | sed 's/^dashboards: //'); JSON round-trips through grafana-foundation-sdk"
+out=$("$PY" deploy/check/dashboards.py static "$WORK/queries-kafka.json" "${dash_kafka[@]}") || die "dashboard check failed"
 echo "$out"; note "$(tail -n1 <<<"$out" | sed 's/^dashboards: //'); JSON round-trips through grafana-foundation-sdk"
 
 # --- live: sluice sim + sluice run + Prometheus -----------------------------------------------
@@ -302,6 +314,35 @@ TELEMETRY=$(grep -o '"telemetry":"127.0.0.1:[0-9]*"' "$WORK/live/sluice.log" | h
 curl -sf "http://$TELEMETRY/readyz" >/dev/null || die "/readyz is not 200 after READY=1"
 echo "  sluice run: READY=1, telemetry on $TELEMETRY"
 
+# Kafka mode beside it: a noida-db broker, a topic of 4 partitions and a DLQ topic, and a second
+# sluice run consuming them into its own table on the same simulator.
+bash scripts/install-test-servers.sh noida-db >/dev/null || die "cannot install noida-db"
+mkdir -p "$WORK/kafka"
+KAFKA_PORT=$(free_port)
+"$T/noida-db/noida_db/noida-db" start --only kafka --kafka-port "$KAFKA_PORT" --data-dir "$WORK/kafka/data" \
+  >"$WORK/kafka/broker.log" 2>&1 &
+PIDS+=($!)
+wait_for "(exec 3<>/dev/tcp/127.0.0.1/$KAFKA_PORT)" 20 || { cat "$WORK/kafka/broker.log"; die "noida-db did not start"; }
+KNAME=sluice-deploy-check-kafka
+python3 deploy/check/live.py setup "$EP" "$KNAME" 1000 >/dev/null || die "cannot create the Kafka run's table"
+KAFKA_ENV=(
+  AWS_ENDPOINT_URL="$EP" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+  SLUICE__KAFKA__ENABLED=true SLUICE__KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT"
+  SLUICE__KAFKA__TOPICS=request-logs SLUICE__KAFKA__DLQ_TOPIC=request-logs-dlq
+  SLUICE__DYNAMODB__TABLE="$KNAME" SLUICE__RATE__WCU_PER_SECOND=600
+  SLUICE__TELEMETRY__LISTEN=127.0.0.1:0 SLUICE__TELEMETRY__LOG_FORMAT=json
+)
+env "${KAFKA_ENV[@]}" "$SLUICE" kafka create-topics --partitions 4 >"$WORK/kafka/topics.log" 2>&1 \
+  || { cat "$WORK/kafka/topics.log"; die "sluice kafka create-topics failed"; }
+env "${KAFKA_ENV[@]}" "$SLUICE" validate >/dev/null || die "sluice validate rejects the Kafka run's config"
+env "${KAFKA_ENV[@]}" "$SLUICE" run >"$WORK/kafka/sluice.log" 2>&1 &
+KAFKA_PID=$!
+PIDS+=($KAFKA_PID)
+wait_for "grep -q 'partitions assigned' '$WORK/kafka/sluice.log'" 60 || { tail -n 20 "$WORK/kafka/sluice.log"; die "the Kafka-mode sluice was never assigned its partitions"; }
+KAFKA_TELEMETRY=$(grep -o '"telemetry":"127.0.0.1:[0-9]*"' "$WORK/kafka/sluice.log" | head -n1 | cut -d'"' -f4)
+[[ -n $KAFKA_TELEMETRY ]] || die "cannot find the Kafka-mode sluice's telemetry address in its log"
+echo "  sluice run (Kafka mode): noida-db on 127.0.0.1:$KAFKA_PORT, topic request-logs (4 partitions), telemetry on $KAFKA_TELEMETRY"
+
 PROM_PORT=$(free_port)
 mkdir -p "$WORK/prom"
 cat >"$WORK/prom/prometheus.yml" <<EOF
@@ -315,6 +356,9 @@ scrape_configs:
   - job_name: sluice
     static_configs:
       - targets: ["$TELEMETRY"]
+  - job_name: sluice-kafka
+    static_configs:
+      - targets: ["$KAFKA_TELEMETRY"]
 EOF
 prometheus --config.file="$WORK/prom/prometheus.yml" --storage.tsdb.path="$WORK/prom/data" \
   --web.listen-address="127.0.0.1:$PROM_PORT" --log.level=warn >"$WORK/prom/prometheus.log" 2>&1 &
@@ -329,6 +373,14 @@ RUN_START=$(date +%s)
 echo "  load: 30 s at 350 msg/s into a 300 WCU/s budget; from 2 s to 10 s most receives, deletes,"
 echo "        visibility changes and writes fail or throttle and poison arrives; from 14 s to 20 s the"
 echo "        table drops to 80 WCU/s"
+# Meanwhile into Kafka: 6,000 logs at 300/s, then 3 over 400 KB (poison: to the DLQ topic).
+(
+  env "${KAFKA_ENV[@]}" SLUICE__PRODUCER__KAFKA_TOPIC=request-logs \
+    "$SLUICE" load --count 6000 --rate 300 --size 300-1500 --run-id kafka-check &&
+  env "${KAFKA_ENV[@]}" SLUICE__PRODUCER__KAFKA_TOPIC=request-logs SLUICE__PRODUCER__MAX_MESSAGE_BYTES=1048576 \
+    "$SLUICE" load --count 3 --rate 0 --size 420000 --run-id kafka-check-poison
+) >"$WORK/kafka/load.log" 2>&1 &
+KAFKA_LOAD_PID=$!
 python3 deploy/check/live.py load "$EP" "$QUEUE" "$NAME" 30 350 2 10 14 20 >"$WORK/live/load.json" \
   || die "the load generator failed"
 # Drained: the source queue empty (visible and in flight), by the simulator's own count.
@@ -345,12 +397,21 @@ sys.exit(1)'
 }
 wait_for drained 120 || { curl -s "$EP/_sim/queues"; die "sluice did not drain the queue within 120 s"; }
 DRAINED_S=$(($(date +%s) - RUN_START))
+wait "$KAFKA_LOAD_PID" || { cat "$WORK/kafka/load.log"; die "the Kafka load failed"; }
+kafka_drained() {
+  env "${KAFKA_ENV[@]}" "$SLUICE" kafka lag --json | python3 -c '
+import json, sys
+rows = [json.loads(l) for l in sys.stdin if l.strip()]
+sys.exit(0 if rows and all(r["lag"] == 0 for r in rows) else 1)'
+}
+wait_for kafka_drained 120 || { env "${KAFKA_ENV[@]}" "$SLUICE" kafka lag; die "the Kafka-mode sluice did not drain its topic within 120 s"; }
 # Let the 15 s queue poller and a few scrapes see the drained queue and the DLQ.
 sleep 16
 RUN_END=$(date +%s)
 curl -sf "http://$TELEMETRY/metrics" >"$WORK/live/metrics.txt" || die "cannot scrape sluice's /metrics"
-nseries=$(grep -cv '^#' "$WORK/live/metrics.txt")
-out=$(promtool check metrics <"$WORK/live/metrics.txt" 2>&1) || true
+curl -sf "http://$KAFKA_TELEMETRY/metrics" >"$WORK/kafka/metrics.txt" || die "cannot scrape the Kafka-mode sluice's /metrics"
+nseries=$(cat "$WORK/live/metrics.txt" "$WORK/kafka/metrics.txt" | grep -cv '^#')
+out=$({ promtool check metrics <"$WORK/live/metrics.txt"; promtool check metrics <"$WORK/kafka/metrics.txt"; } 2>&1) || true
 if [[ -n $out ]]; then
   # A lint problem (a metric without help text, say) does not stop the rest of the check; it
   # fails it at the end.
@@ -385,6 +446,14 @@ note "Prometheus: $(cat "$WORK/live/rules.txt")"
 out=$("$PY" deploy/check/dashboards.py live "$WORK/queries.json" "$PROM" "$WORK/live/metrics.txt" "$RUN_START" "$RUN_END" sluice) \
   || die "the dashboards do not hold against the live run"
 echo "$out"; while read -r line; do note "${line#dashboards: }"; done <<<"$out"
+out=$("$PY" deploy/check/dashboards.py live "$WORK/queries-kafka.json" "$PROM" "$WORK/kafka/metrics.txt" "$RUN_START" "$RUN_END" sluice-kafka) \
+  || die "the Kafka dashboard does not hold against the Kafka-mode run"
+echo "$out"; while read -r line; do note "${line#dashboards: } (Kafka mode)"; done <<<"$out"
+k_written=$(awk '/^sluice_logs_written_total /{print int($2)}' "$WORK/kafka/metrics.txt")
+k_dlq=$(awk '/^sluice_dead_lettered_total/{n += $2} END {print int(n)}' "$WORK/kafka/metrics.txt")
+[[ ${k_written:-0} -ge 6000 && $k_dlq -eq 3 ]] \
+  || die "Kafka mode: $k_written logs written (want 6000) and $k_dlq dead-lettered (want 3)"
+note "live, Kafka mode: 6000 logs through 4 partitions written, lag 0, the 3 poison records in the DLQ topic"
 
 PNG=$WORK/dashboard-overview.png
 out=$("$PY" deploy/check/dashboards.py plot dashboards/sluice-overview.json "$PROM" "$RUN_START" "$RUN_END" sluice "$PNG" \

@@ -56,6 +56,32 @@ SQS_TRIGGER_KEYS = {
     "awsEndpoint", "identityOwner", "scaleOnInFlight", "scaleOnDelayed", "awsRoleArn",
 }
 
+# KEDA 2.16 kafka trigger parameters.
+KAFKA_TRIGGER_KEYS = {
+    "bootstrapServers", "consumerGroup", "topic", "lagThreshold", "activationLagThreshold",
+    "offsetResetPolicy", "allowIdleConsumers", "scaleToZeroOnInvalidOffset", "excludePersistentLag",
+    "version", "partitionLimitation", "limitToPartitionsWithLag", "sasl", "tls", "unsafeSsl",
+}
+
+
+def check_kafka_trigger(render, trig, docs):
+    extra = set(trig["metadata"]) - KAFKA_TRIGGER_KEYS
+    if extra:
+        fail(f"{render}: kafka trigger has unknown metadata {sorted(extra)}")
+    # The trigger must watch what sluice consumes: the same brokers and group.
+    toml_text = next(d["data"]["sluice.toml"] for d in docs if d["kind"] == "ConfigMap")
+    import tomllib
+    kafka = tomllib.loads(toml_text).get("kafka", {})
+    md = trig["metadata"]
+    if md.get("bootstrapServers") != kafka.get("brokers"):
+        fail(f"{render}: kafka trigger brokers {md.get('bootstrapServers')} != kafka.brokers {kafka.get('brokers')}")
+    if md.get("consumerGroup") != kafka.get("group_id", "sluice"):
+        fail(f"{render}: kafka trigger group {md.get('consumerGroup')} != kafka.group_id")
+    if "topic" in md and [md["topic"]] != kafka.get("topics"):
+        fail(f"{render}: kafka trigger topic {md['topic']} != kafka.topics {kafka.get('topics')}")
+    if md.get("allowIdleConsumers") != "false":
+        fail(f"{render}: the kafka trigger must not scale past the partition count (allowIdleConsumers)")
+
 
 def cmd_crds(renders):
     from cloudcoil.models.keda.v1alpha1 import ScaledObject, TriggerAuthentication
@@ -91,6 +117,12 @@ def cmd_crds(renders):
                 if ("Deployment", target["name"]) not in names:
                     fail(f"{render}: ScaledObject targets a Deployment {target['name']} that is not rendered")
                 for trig in spec["triggers"]:
+                    if not all(isinstance(v, str) for v in trig["metadata"].values()):
+                        fail(f"{render}: trigger metadata values must be strings")
+                    if trig["type"] == "kafka":
+                        check_kafka_trigger(render, trig, docs)
+                        counts["kafka trigger"] = counts.get("kafka trigger", 0) + 1
+                        continue
                     if trig["type"] != "aws-sqs-queue":
                         fail(f"{render}: unexpected trigger {trig['type']}")
                     extra = set(trig["metadata"]) - SQS_TRIGGER_KEYS
@@ -233,11 +265,12 @@ def cmd_schema_drift(schema_path, example_path):
     closed(schema, "")
     chart = schema_keys(schema)
     example = example_keys(example_path)
-    # Keys the chart sets itself from other values, on purpose.
+    # Keys the chart sets itself from other values, on purpose; and kafka.group_instance_id, which
+    # must differ per process while every pod of a Deployment shares one ConfigMap.
     set_by_chart = {
         ("telemetry", "listen"), ("telemetry", "log_format"), ("worker", "shutdown_grace"),
         ("ingest", "listen"), ("ingest", "api_keys_file"), ("ingest", "tls_cert"),
-        ("ingest", "tls_key"), ("producer", "spool_dir"),
+        ("ingest", "tls_key"), ("producer", "spool_dir"), ("kafka", "group_instance_id"),
     }
     problems = []
     for section in sorted(set(chart) | set(example)):

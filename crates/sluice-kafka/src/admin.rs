@@ -162,13 +162,25 @@ pub fn commit(
 /// Creates topics (name, partitions) with replication 1, for demos and tests; a topic that
 /// already exists is fine.
 pub async fn create_topics(config: &KafkaConfig, topics: &[(&str, i32)]) -> Result<(), AdminError> {
+    create_topics_replicated(config, topics, 1).await
+}
+
+/// Creates each `(topic, partitions)` with `replication` copies of every partition; a topic that
+/// already exists is left as it is.
+pub async fn create_topics_replicated(
+    config: &KafkaConfig,
+    topics: &[(&str, i32)],
+    replication: i32,
+) -> Result<(), AdminError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
     let admin: AdminClient<DefaultClientContext> = config.client_config().create()?;
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(replication))
+        })
         .collect();
     let results = admin
         .create_topics(

@@ -7,6 +7,20 @@ pub mod watermark;
 
 pub use source::{KafkaConfig, KafkaHandle, KafkaSource};
 
+/// Creates every Kafka counter at zero, each label value included, so a dashboard or an alert
+/// sees `0` rather than no series before the first event (an error that never happened yet is
+/// still a line on the graph).
+pub fn register_metrics() {
+    for outcome in ["ok", "error"] {
+        metrics::counter!("sluice_kafka_commits_total", "outcome" => outcome).increment(0);
+    }
+    for kind in ["assign", "revoke", "error"] {
+        metrics::counter!("sluice_kafka_rebalances_total", "kind" => kind).increment(0);
+    }
+    metrics::counter!("sluice_kafka_abandoned_total").increment(0);
+    metrics::counter!("sluice_kafka_client_errors_total").increment(0);
+}
+
 /// Registers help text for the Kafka metrics (call once, after installing a recorder).
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge};

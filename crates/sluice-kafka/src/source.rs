@@ -61,6 +61,10 @@ pub struct KafkaConfig {
     pub max_poll_interval: Duration,
     /// Longest the final commit and the consumer's close may take.
     pub close_timeout: Duration,
+    /// group.instance.id (static membership, KIP-345): a member that restarts with the same id
+    /// takes its partitions back at once, without waiting for the broker to expire the old
+    /// session. Each live member needs its own.
+    pub group_instance_id: Option<String>,
     /// More librdkafka properties (security.protocol, ssl.*, sasl.*, ...).
     pub properties: Vec<(String, String)>,
 }
@@ -79,6 +83,7 @@ impl KafkaConfig {
             session_timeout: Duration::from_secs(10),
             max_poll_interval: Duration::from_secs(300),
             close_timeout: Duration::from_secs(10),
+            group_instance_id: None,
             properties: Vec::new(),
         }
     }
@@ -117,6 +122,9 @@ impl KafkaConfig {
                 self.max_poll_interval.as_millis().to_string(),
             )
             .set("statistics.interval.ms", "5000");
+        if let Some(id) = &self.group_instance_id {
+            c.set("group.instance.id", id);
+        }
         c
     }
 }
@@ -221,12 +229,22 @@ struct Ctx {
 
 impl ClientContext for Ctx {
     fn stats(&self, stats: Statistics) {
+        // A partition this member does not own (any more) reads 0 here: its owner reports the
+        // lag, and a stale figure left behind by a revoke would count it twice in a fleet sum.
+        let wm = self.shared.wm();
         for (topic, t) in &stats.topics {
             for (id, p) in &t.partitions {
-                if *id >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!("sluice_kafka_consumer_lag", "topic" => topic.clone(), "partition" => id.to_string())
-                        .set(p.consumer_lag as f64);
+                if *id < 0 {
+                    continue;
                 }
+                let owned = wm.generation(&(topic.clone(), *id)).is_some();
+                let lag = match (owned, p.consumer_lag) {
+                    (false, _) => 0,
+                    (true, lag) if lag >= 0 => lag,
+                    (true, _) => continue,
+                };
+                metrics::gauge!("sluice_kafka_consumer_lag", "topic" => topic.clone(), "partition" => id.to_string())
+                    .set(lag as f64);
             }
         }
     }
@@ -452,6 +470,7 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Joins the group and starts consuming on its own thread.
     pub fn start(config: KafkaConfig) -> Result<KafkaSource, KafkaError> {
+        crate::register_metrics();
         let shared = Arc::new(Shared::default());
         let consumer: BaseConsumer<Ctx> = config.consumer_config().create_with_context(Ctx {
             shared: shared.clone(),

@@ -62,6 +62,9 @@ pub struct KafkaSettings {
     /// Longest the final commit and leaving the group may take at shutdown.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
+    /// Static membership (group.instance.id): a process restarting with the same id gets its
+    /// partitions back at once instead of after the old session expires. One per live process.
+    pub group_instance_id: Option<String>,
     /// More librdkafka properties, e.g. `"security.protocol" = "SSL"`, `"ssl.ca.location"`.
     pub properties: std::collections::BTreeMap<String, String>,
 }
@@ -82,6 +85,7 @@ impl Default for KafkaSettings {
             session_timeout: d.session_timeout,
             max_poll_interval: d.max_poll_interval,
             close_timeout: d.close_timeout,
+            group_instance_id: None,
             properties: Default::default(),
         }
     }
@@ -101,6 +105,7 @@ impl KafkaSettings {
             session_timeout: self.session_timeout,
             max_poll_interval: self.max_poll_interval,
             close_timeout: self.close_timeout,
+            group_instance_id: self.group_instance_id.clone(),
             properties: self
                 .properties
                 .iter()
@@ -754,6 +759,17 @@ impl Settings {
                 k.max_poll_interval >= Duration::from_secs(5)
                     && k.max_poll_interval >= k.session_timeout,
                 "kafka.max_poll_interval must be at least 5s and at least kafka.session_timeout"
+                    .into(),
+            );
+            check(
+                k.group_instance_id
+                    .as_ref()
+                    .is_none_or(|id| !id.trim().is_empty() && id.len() <= 249),
+                "kafka.group_instance_id must be 1-249 characters when set (or left unset)".into(),
+            );
+            check(
+                !k.properties.contains_key("group.instance.id"),
+                "kafka.properties.\"group.instance.id\": set kafka.group_instance_id instead"
                     .into(),
             );
             for key in k.properties.keys() {

@@ -1,5 +1,5 @@
-//! `sluice kafka lag|replay`: a consumer group's offsets, and moving them back so a time range
-//! is written again (safe: the writes are idempotent upserts).
+//! `sluice kafka lag|replay|create-topics`: a consumer group's offsets, moving them back so a
+//! time range is written again (safe: the writes are idempotent upserts), and creating the topics.
 
 use std::time::Duration;
 
@@ -52,6 +52,20 @@ pub enum KafkaCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Create the topics (kafka.topics, or --topic) and kafka.dlq_topic when set. A topic that
+    /// already exists is left as it is. Partitions bound how many workers share the load: a
+    /// group never has more busy members than partitions.
+    CreateTopics {
+        /// Partitions of each topic.
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(i32).range(1..))]
+        partitions: i32,
+        /// Partitions of the DLQ topic (little traffic).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+        dlq_partitions: i32,
+        /// Copies of every partition (3 on a production cluster).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+        replication_factor: i32,
+    },
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,6 +111,33 @@ pub async fn kafka(args: KafkaArgs) -> Result<()> {
     let (s, group, topics) = settings(&args)?;
     let config = s.kafka_config();
     match args.command {
+        KafkaCommand::CreateTopics {
+            partitions,
+            dlq_partitions,
+            replication_factor,
+        } => {
+            let mut want: Vec<(&str, i32)> =
+                topics.iter().map(|t| (t.as_str(), partitions)).collect();
+            if !s.dlq_topic.trim().is_empty() {
+                want.push((s.dlq_topic.trim(), dlq_partitions));
+            }
+            admin::create_topics_replicated(&config, &want, replication_factor)
+                .await
+                .with_context(|| format!("creating topics on {}", s.brokers))?;
+            let parts = {
+                let (c, g, t) = (
+                    config.clone(),
+                    group.clone(),
+                    want.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>(),
+                );
+                tokio::task::spawn_blocking(move || admin::offsets(&c, &g, &t, TIMEOUT)).await??
+            };
+            for (topic, _) in &want {
+                let n = parts.iter().filter(|p| p.topic == *topic).count();
+                println!("topic {topic}: {n} partitions");
+            }
+            Ok(())
+        }
         KafkaCommand::Lag { json } => {
             let (c, g) = (config.clone(), group.clone());
             let parts =

@@ -555,10 +555,9 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
                 .map_or(0, |d| d.as_secs())
         )
     });
-    let settings = match &args.config {
-        Some(path) => Some(crate::config::load_partial(Some(path))?),
-        None => None,
-    };
+    // The file when given, and the SLUICE__… environment either way (SLUICE__PRODUCER__KAFKA_TOPIC
+    // alone sends to Kafka).
+    let settings = Some(crate::config::load_partial(args.config.as_deref())?);
     let counters = Arc::new(Counters::default());
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let keys_out = Arc::new(KeysOut::open(args.keys_out.as_ref())?);
@@ -808,7 +807,10 @@ pub fn print_summary(s: &LoadSummary, json: bool) {
     );
     println!("  accepted          {}", s.accepted);
     println!("  failed            {}", s.failed);
-    if let Some(m) = s.messages_sent {
+    if s.target.starts_with("kafka") {
+        // One record per log (the producer's packed messages are split on the way out).
+        println!("  Kafka records     {}", s.accepted);
+    } else if let Some(m) = s.messages_sent {
         println!("  SQS messages      {m}");
     } else {
         println!(

@@ -96,9 +96,12 @@ fn main() -> ExitCode {
             match config::load_for(args.config.config.as_deref(), config::Mode::Ingest) {
                 Ok(s) => {
                     println!(
-                        "config ok: ingest on {} → queue {} (spool: {})",
+                        "config ok: ingest on {} → {} (spool: {})",
                         s.ingest.listen,
-                        s.sqs.queue_url,
+                        s.producer.kafka_topic.as_ref().map_or_else(
+                            || format!("queue {}", s.sqs.queue_url),
+                            |t| format!("kafka {} topic {t}", s.kafka.brokers)
+                        ),
                         s.producer
                             .spool_dir
                             .as_ref()
@@ -114,9 +117,18 @@ fn main() -> ExitCode {
         }
         Command::Validate(args) => match config::load(args.config.config.as_deref()) {
             Ok(s) => {
+                let buffer = if s.kafka.enabled {
+                    format!(
+                        "kafka {} topics {} group {}",
+                        s.kafka.brokers,
+                        s.kafka.topics.join(","),
+                        s.kafka.group_id
+                    )
+                } else {
+                    format!("queue {}", s.sqs.queue_url)
+                };
                 println!(
-                    "config ok: queue {} → table {} (budget: {})",
-                    s.sqs.queue_url,
+                    "config ok: {buffer} → table {} (budget: {})",
                     s.dynamodb.table,
                     s.rate.wcu_per_second.map_or(
                         format!(

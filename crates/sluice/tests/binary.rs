@@ -112,9 +112,21 @@ fn validate_kafka_mode_needs_no_queue_but_brokers_topics_and_a_separate_dlq_topi
     );
     let (code, out) = validate(&good, &[]);
     assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "config ok: kafka 127.0.0.1:9092 topics logs group sluice → table request-logs"
+        ),
+        "{out}"
+    );
+    // A static member's id from the environment, as a systemd unit sets it.
+    let (code, out) = validate(
+        &good,
+        &[("SLUICE__KAFKA__GROUP_INSTANCE_ID", "ip-10-0-1-23")],
+    );
+    assert_eq!(code, 0, "{out}");
     let (code, out) = validate(
         &format!(
-            "{table}[kafka]\nenabled = true\ntopics = [\"logs\"]\ndlq_topic = \"logs\"\nproperties = {{ \"enable.auto.commit\" = \"true\", \"fetch.min.bytes\" = \"1\" }}\n"
+            "{table}[kafka]\nenabled = true\ntopics = [\"logs\"]\ndlq_topic = \"logs\"\ngroup_instance_id = \" \"\nproperties = {{ \"enable.auto.commit\" = \"true\", \"fetch.min.bytes\" = \"1\", \"group.instance.id\" = \"a\" }}\n"
         ),
         &[],
     );
@@ -122,6 +134,9 @@ fn validate_kafka_mode_needs_no_queue_but_brokers_topics_and_a_separate_dlq_topi
     for needle in [
         "kafka.brokers is required",
         "kafka.dlq_topic `logs` is also in kafka.topics",
+        "kafka.properties.\"enable.auto.commit\" is set by sluice",
+        "kafka.group_instance_id must be 1-249 characters",
+        "set kafka.group_instance_id instead",
     ] {
         assert!(out.contains(needle), "{needle} missing in: {out}");
     }

@@ -84,6 +84,11 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- $grace -}}
 {{- end -}}
 
+{{/* "true" when the worker reads Kafka (config.kafka.enabled) instead of SQS. */}}
+{{- define "sluice.kafka" -}}
+{{- if and (eq .Values.mode "worker") (dig "kafka" "enabled" false .Values.config) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Which autoscaler owns the replica count: keda, hpa or none. */}}
 {{- define "sluice.scaler" -}}
 {{- if and (eq .Values.mode "worker") .Values.keda.enabled -}}
