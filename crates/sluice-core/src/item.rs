@@ -57,6 +57,11 @@ fn number_size(n: &str) -> usize {
     significant_digits(n).div_ceil(2) + 1
 }
 
+/// An item's size from its attributes: each name's length plus its value's size.
+pub fn attrs_size(attrs: &BTreeMap<String, AttrValue>) -> usize {
+    attrs.iter().map(|(k, v)| k.len() + v.size()).sum()
+}
+
 /// Write capacity units one write of an item of `bytes` costs: one per started KiB, at least one.
 pub fn wcu_for_bytes(bytes: usize) -> u32 {
     let units = bytes.div_ceil(1024).max(1);
@@ -75,7 +80,7 @@ pub struct Item {
 impl Item {
     /// Builds an item and computes its size once.
     pub fn new(key: String, attrs: BTreeMap<String, AttrValue>) -> Self {
-        let size = attrs.iter().map(|(k, v)| k.len() + v.size()).sum();
+        let size = attrs_size(&attrs);
         Item { key, attrs, size }
     }
 

@@ -407,6 +407,12 @@ fn total_wcu(items: &[Pending]) -> u32 {
     items.iter().map(|p| p.item.wcu()).sum()
 }
 
+/// How long a batch that is not full waits for more items, when other writes are in flight.
+/// Those keep the table busy meanwhile, so the wait costs no throughput and saves requests (each
+/// one is signed, serialized and sent: the per-request cost dominates sluice's CPU). With no
+/// other write in flight a batch leaves at once, so a quiet pipeline adds no latency.
+const FILL_WAIT: Duration = Duration::from_millis(2);
+
 async fn run_batcher<W: BatchWriter>(
     client: Arc<W>,
     limiter: Arc<WcuLimiter>,
@@ -442,6 +448,21 @@ async fn run_batcher<W: BatchWriter>(
                     }
                 }
                 Err(_) => break,
+            }
+        }
+        let others_in_flight =
+            slots.available_permits() + 1 < config.max_concurrent_requests.max(1);
+        if others_in_flight && carry.is_none() && !batch.is_full() {
+            let until = tokio::time::Instant::now() + FILL_WAIT;
+            while carry.is_none() && !batch.is_full() {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(p)) => {
+                        if let Err(p) = batch.try_push(p) {
+                            carry = Some(p);
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
             }
         }
         if batch.items.is_empty() {

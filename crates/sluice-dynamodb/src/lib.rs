@@ -129,6 +129,20 @@ pub async fn describe_capacity(client: &Client, table: &str) -> Result<TableCapa
     })
 }
 
+/// One item as the PutRequest of a BatchWriteItem.
+pub fn write_request(item: &Item) -> Result<WriteRequest, WriteError> {
+    let attrs: HashMap<String, AttributeValue> = item
+        .attrs()
+        .iter()
+        .map(|(k, v)| (k.clone(), to_attribute_value(v)))
+        .collect();
+    let put = PutRequest::builder()
+        .set_item(Some(attrs))
+        .build()
+        .map_err(|e| WriteError::new(WriteErrorKind::InvalidItem, e.to_string()))?;
+    Ok(WriteRequest::builder().put_request(put).build())
+}
+
 /// Core attribute values into the SDK's.
 pub fn to_attribute_value(v: &AttrValue) -> AttributeValue {
     match v {
@@ -190,16 +204,7 @@ impl BatchWriter for DynamoDbWriter {
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             index.insert(item.key(), i);
-            let attrs: HashMap<String, AttributeValue> = item
-                .attrs()
-                .iter()
-                .map(|(k, v)| (k.clone(), to_attribute_value(v)))
-                .collect();
-            let put = PutRequest::builder()
-                .set_item(Some(attrs))
-                .build()
-                .map_err(|e| WriteError::new(WriteErrorKind::InvalidItem, e.to_string()))?;
-            requests.push(WriteRequest::builder().put_request(put).build());
+            requests.push(write_request(item)?);
         }
         let out = self
             .client

@@ -1107,7 +1107,9 @@ impl Settings {
             nack_backoff_max: self.sqs.nack_backoff_max,
             poison_nack_delay: self.sqs.poison_nack_delay,
             ack_linger: self.sqs.ack_linger,
-            max_concurrent_acks: 8,
+            // A DeleteMessageBatch carries up to 10 messages, as one receive brings: one delete
+            // in flight per poller keeps acks level with intake (at least 8).
+            max_concurrent_acks: self.sqs.pollers.max(8),
             intake_horizon: Some(self.rate.intake_horizon),
             visibility_timeout: self.sqs.visibility_timeout,
             poll_wait: Duration::from_secs(u64::from(self.sqs.wait_time_seconds)),
