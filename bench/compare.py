@@ -479,7 +479,7 @@ def parse_args():
                    help="Python with boto3 for the python peer (default: this interpreter)")
     p.add_argument("--servers", default=",".join(SERVERS), metavar="LIST", help="servers to run on (default: %(default)s)")
     p.add_argument("--consumers", default=",".join(CONSUMERS), metavar="LIST", help="consumers to run (default: %(default)s)")
-    p.add_argument("--n-sim", type=int, default=20_000, metavar="N", help="messages per run on sluice-sim (default: %(default)s)")
+    p.add_argument("--n-sim", type=int, default=60_000, metavar="N", help="messages per run on sluice-sim (default: %(default)s)")
     p.add_argument("--n-ministack", type=int, default=5_000, metavar="N",
                    help="messages per run on MiniStack, the slower server (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=600, metavar="S", help="longest drain, seconds (default: %(default)s)")

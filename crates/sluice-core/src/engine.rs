@@ -47,6 +47,11 @@ pub struct EngineConfig {
     pub max_messages: usize,
     /// Messages held at once, across pollers; at least `pollers × max_messages`.
     pub max_in_flight: usize,
+    /// Bytes of message bodies held at once (each counted in started KiB): a poller waits for
+    /// room before it takes on what it received. One receive is always taken whole, so the bound
+    /// is this or one receive's bytes, whichever is larger. Memory follows the bytes, not the
+    /// message count, when messages carry many logs.
+    pub max_in_flight_bytes: usize,
     /// Time a message has, from its receipt, to be fully written.
     pub message_timeout: Duration,
     /// Time in-flight messages get to finish after shutdown begins.
@@ -78,6 +83,7 @@ impl Default for EngineConfig {
             pollers: 4,
             max_messages: 10,
             max_in_flight: 1000,
+            max_in_flight_bytes: 16 << 20,
             message_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
             nack_backoff_base: Duration::from_secs(2),
@@ -108,6 +114,12 @@ impl EngineConfig {
             return Err(format!(
                 "max_in_flight ({}) must be at least pollers × max_messages ({} × {})",
                 self.max_in_flight, self.pollers, self.max_messages
+            ));
+        }
+        if self.max_in_flight_bytes < 1 << 20 {
+            return Err(format!(
+                "max_in_flight_bytes ({}) must be at least 1 MiB (1048576), the largest SQS message",
+                self.max_in_flight_bytes
             ));
         }
         if self.message_timeout.is_zero() || self.message_timeout > MAX_HOLD {
@@ -261,6 +273,8 @@ struct Shared<S: Source> {
     config: EngineConfig,
     stats: Arc<EngineStats>,
     permits: Arc<Semaphore>,
+    /// The body-bytes budget, in KiB.
+    bytes: Arc<Semaphore>,
     hard_stop: CancellationToken,
     acks: mpsc::Sender<S::Handle>,
     tasks: TaskTracker,
@@ -313,6 +327,9 @@ impl<S: Source> Engine<S> {
         ));
         let shared = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(self.config.max_in_flight)),
+            bytes: Arc::new(Semaphore::new(
+                budget_kib(self.config.max_in_flight_bytes) as usize
+            )),
             hard_stop: CancellationToken::new(),
             acks: ack_tx,
             tasks: TaskTracker::new(),
@@ -438,6 +455,11 @@ async fn run_heartbeat<S: Source>(
 /// back at once); a long poll parked on an empty queue is dropped after this.
 const RECEIVE_LANDING: Duration = Duration::from_millis(500);
 
+/// The body-bytes budget in KiB permits (a semaphore counts in u32).
+fn budget_kib(bytes: usize) -> u32 {
+    (bytes / 1024).clamp(1, u32::MAX as usize >> 4) as u32
+}
+
 /// Makes messages received as shutdown began visible again at once, unprocessed.
 async fn hand_back<S: Source>(shared: &Shared<S>, messages: Vec<Received<S::Handle>>) {
     if messages.is_empty() {
@@ -494,7 +516,10 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
                     .backlog_seconds()
                     .is_some_and(|s| s > h.as_secs_f64())
             });
-            if !open && !behind {
+            // The body-bytes budget is used up: what is held already waits for room, so do not
+            // fetch more yet.
+            let full = shared.bytes.available_permits() == 0;
+            if !open && !behind && !full {
                 break;
             }
             shared.stats.progress(poller);
@@ -539,6 +564,39 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
             }
         };
         errors = 0;
+        // The body-bytes budget: wait for room before taking these on (their visibility covers
+        // the wait; the writes in progress free it).
+        let capacity = budget_kib(shared.config.max_in_flight_bytes);
+        let kib: Vec<u32> = messages
+            .iter()
+            .map(|m| (m.body.len().div_ceil(1024).max(1) as u64).min(u64::from(capacity)) as u32)
+            .collect();
+        let total = kib
+            .iter()
+            .map(|&k| u64::from(k))
+            .sum::<u64>()
+            .min(u64::from(capacity)) as u32;
+        let mut bytes = match shared.bytes.clone().try_acquire_many_owned(total) {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::debug!(
+                    poller,
+                    kib = total,
+                    "intake waits for room in worker.max_in_flight_bytes"
+                );
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        hand_back(&shared, messages).await;
+                        break;
+                    }
+                    permit = shared.bytes.clone().acquire_many_owned(total) => match permit {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         shared
             .stats
             .receive_errors_in_a_row
@@ -558,8 +616,11 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
         metrics::gauge!("sluice_messages_in_flight").increment(n as f64);
         let now_ms = epoch_ms();
         // FIFO groups in the order received: each group's messages are handled one by one.
-        let mut groups: Vec<(String, Vec<Claimed<S::Handle>>)> = Vec::new();
-        for message in messages {
+        let mut groups: Vec<Group<S::Handle>> = Vec::new();
+        for (message, kib) in messages.into_iter().zip(kib) {
+            // A receive larger than the whole budget was charged the whole budget: its last
+            // messages find nothing left to split and ride on the others' share.
+            let body_bytes = bytes.split(kib as usize);
             if let Some(sent) = message.sent_at_ms {
                 metrics::histogram!("sluice_message_age_seconds")
                     .record(now_ms.saturating_sub(sent) as f64 / 1000.0);
@@ -573,23 +634,35 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
                     let task_shared = shared.clone();
                     shared.tasks.spawn(async move {
                         settle(&task_shared, message, permit).await;
+                        drop(body_bytes);
                     });
                 }
-                Some(g) => match groups.iter_mut().find(|(name, _)| *name == g) {
-                    Some((_, list)) => list.push((message, permit)),
-                    None => groups.push((g, vec![(message, permit)])),
+                Some(g) => match groups.iter_mut().find(|(name, _, _)| *name == g) {
+                    Some((_, list, held)) => {
+                        list.push((message, permit));
+                        held.extend(body_bytes);
+                    }
+                    None => {
+                        groups.push((g, vec![(message, permit)], body_bytes.into_iter().collect()))
+                    }
                 },
             }
         }
-        for (_, list) in groups {
+        for (_, list, held) in groups {
             let task_shared = shared.clone();
-            shared.tasks.spawn(run_group(task_shared, list));
+            shared.tasks.spawn(async move {
+                run_group(task_shared, list).await;
+                drop(held);
+            });
         }
     }
 }
 
 /// A received message with its in-flight slot.
 type Claimed<H> = (Received<H>, OwnedSemaphorePermit);
+
+/// One FIFO group of a receive: its name, its messages, and their share of the body-bytes budget.
+type Group<H> = (String, Vec<Claimed<H>>, Vec<OwnedSemaphorePermit>);
 
 /// One FIFO group's messages, in order. When one is not written, it and every later one go back
 /// to the queue unprocessed, so nothing of the group is ever written out of order.

@@ -33,6 +33,7 @@ fn config() -> EngineConfig {
         pollers: 2,
         max_messages: 10,
         max_in_flight: 100,
+        max_in_flight_bytes: 16 << 20,
         message_timeout: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(3),
         nack_backoff_base: Duration::from_secs(2),
@@ -318,6 +319,43 @@ async fn in_flight_never_exceeds_the_limit() {
     assert!(peak > 0 && peak <= 20, "peak in flight {peak}");
     h.stop.cancel();
     h.run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn message_bytes_in_flight_never_exceed_the_budget() {
+    // Messages of 200 logs of ~1 KiB (about 210 KiB each, as a packing producer sends them)
+    // against a 1 MiB budget, 4 pollers taking 2 at a time: at most 4 are held at once, though
+    // max_in_flight allows 100.
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_millis(200));
+    let mut cfg = config();
+    cfg.pollers = 4;
+    cfg.max_messages = 2;
+    cfg.max_in_flight_bytes = 1 << 20;
+    let h = start(queue(), table.clone(), cfg);
+    let pad = "x".repeat(950);
+    for m in 0..30 {
+        let body: String = (0..200)
+            .map(|i| {
+                log(&format!("m{m}-{i}")).replace(
+                    r#""latency_ms":3"#,
+                    &format!(r#""latency_ms":3,"pad":"{pad}""#),
+                ) + "\n"
+            })
+            .collect();
+        assert!(body.len() > 200 * 1024);
+        h.queue.send(body);
+    }
+    let mut peak = 0;
+    while !h.queue.is_empty() {
+        peak = peak.max(h.stats.in_flight.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!((2..=4).contains(&peak), "peak in flight {peak}");
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!(stats.acked, 30);
+    assert_eq!(table.rows().len(), 30 * 200);
 }
 
 #[tokio::test(start_paused = true)]

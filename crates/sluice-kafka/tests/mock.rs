@@ -32,6 +32,7 @@ fn engine_config() -> EngineConfig {
         pollers: 2,
         max_messages: 10,
         max_in_flight: 200,
+        max_in_flight_bytes: 16 << 20,
         message_timeout: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(3),
         nack_backoff_base: Duration::from_millis(100),

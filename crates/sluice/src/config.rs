@@ -579,6 +579,8 @@ impl Default for RedisSettings {
 pub struct WorkerSettings {
     /// Messages held at once (received, not yet acked or nacked).
     pub max_in_flight: usize,
+    /// Bytes of message bodies held at once: bounds memory when messages carry many logs.
+    pub max_in_flight_bytes: usize,
     /// Time a message has, from receipt, to be written; then it is nacked.
     #[serde(with = "humantime_serde")]
     pub message_timeout: Duration,
@@ -593,6 +595,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             max_in_flight: 1000,
+            max_in_flight_bytes: EngineConfig::default().max_in_flight_bytes,
             message_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
             write_queue_items: 2048,
@@ -966,7 +969,9 @@ impl Settings {
         if let Err(e) = pool.validate() {
             check(
                 false,
-                format!("worker: {e} (worker.max_in_flight, sqs.pollers, sqs.max_messages)"),
+                format!(
+                    "worker: {e} (worker.max_in_flight, worker.max_in_flight_bytes, sqs.pollers, sqs.max_messages)"
+                ),
             );
         }
         check(
@@ -1101,6 +1106,7 @@ impl Settings {
             pollers: self.sqs.pollers,
             max_messages: self.sqs.max_messages as usize,
             max_in_flight: self.worker.max_in_flight,
+            max_in_flight_bytes: self.worker.max_in_flight_bytes,
             message_timeout: self.worker.message_timeout,
             shutdown_grace: self.worker.shutdown_grace,
             nack_backoff_base: self.sqs.nack_backoff_base,
