@@ -50,27 +50,7 @@ if command -v flock >/dev/null; then
 fi
 rm -rf -- "$T"/.tmp-deploy.*
 
-stamped() { [[ -f "$1/$STAMP" ]] && [[ "$(cat "$1/$STAMP")" == "$2" ]]; }
-
-APT_UPDATED=0
-apt_install() {
-  local sudo=()
-  if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null || die "need root (or sudo) to apt-get install $*"
-    sudo=(sudo)
-  fi
-  command -v apt-get >/dev/null || die "apt-get not found; install $* by hand"
-  log "apt: installing $*"
-  # Refresh the package lists only when the install fails without it. policy-rc.d-free images
-  # may try to start the prometheus service; that is harmless and not waited for.
-  if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1; then
-    if [[ $APT_UPDATED -eq 0 ]]; then
-      "${sudo[@]}" apt-get update -q >/dev/null
-      APT_UPDATED=1
-    fi
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "$@" >/dev/null
-  fi
-}
+source "$ROOT/scripts/lib/install.sh"
 
 # --- Debian packages -----------------------------------------------------------------------
 ensure_apt_tools() {

@@ -74,28 +74,7 @@ scratch() {
   TMPDIRS+=("$SCRATCH")
 }
 
-# stamped DIR CONTENT: true when DIR holds a stamp with exactly CONTENT.
-stamped() {
-  [[ -f "$1/$STAMP" ]] && [[ "$(cat "$1/$STAMP")" == "$2" ]]
-}
-
-APT_UPDATED=0
-apt_install() {
-  local sudo=()
-  if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null || die "need root (or sudo) to apt-get install $*"
-    sudo=(sudo)
-  fi
-  command -v apt-get >/dev/null || die "apt-get not found; install $* by hand"
-  # Only refresh the package lists when the install fails without it.
-  if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "$@" >/dev/null; then
-    if [[ $APT_UPDATED -eq 0 ]]; then
-      "${sudo[@]}" apt-get update -q >/dev/null
-      APT_UPDATED=1
-    fi
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "$@" >/dev/null
-  fi
-}
+source "$ROOT/scripts/lib/install.sh"
 
 # --- ministack ---------------------------------------------------------------
 install_ministack() {
