@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::json;
 use sluice_producer::sqs::SqsTransport;
-use sluice_producer::{Log, Producer, ProducerConfig};
+use sluice_producer::{Log, Producer};
 use tokio::sync::{Mutex, mpsc};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -557,7 +557,7 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
     });
     // The file when given, and the SLUICE__… environment either way (SLUICE__PRODUCER__KAFKA_TOPIC
     // alone sends to Kafka).
-    let settings = Some(crate::config::load_partial(args.config.as_deref())?);
+    let settings = crate::config::load_partial(args.config.as_deref())?;
     let counters = Arc::new(Counters::default());
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let keys_out = Arc::new(KeysOut::open(args.keys_out.as_ref())?);
@@ -588,30 +588,19 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
             }
             (Sink::Http(tx), format!("ingest {url}"))
         }
-        None if args.queue_url.is_none()
-            && settings
-                .as_ref()
-                .is_some_and(|s| s.producer.kafka_topic.is_some()) =>
-        {
-            let s = settings.as_ref().expect("checked above");
-            let (producer, target) = kafka_producer(s, args.fifo_groups > 0)?;
+        None if args.queue_url.is_none() && settings.producer.kafka_topic.is_some() => {
+            let (producer, target) = kafka_producer(&settings, args.fifo_groups > 0)?;
             (Sink::Sqs(producer), target)
         }
         None => {
             let queue_url = args
                 .queue_url
                 .clone()
-                .or_else(|| settings.as_ref().map(|s| s.sqs.queue_url.clone()))
-                .filter(|u| !u.is_empty())
-                .ok_or_else(|| {
-                    anyhow!(
-                        "give --ingest URL, or --queue-url URL (or --config with sqs.queue_url)"
-                    )
-                })?;
-            let mut config = match &settings {
-                Some(s) => s.producer.producer_config(&queue_url),
-                None => ProducerConfig::for_queue(&queue_url),
-            };
+                .unwrap_or_else(|| settings.sqs.queue_url.clone());
+            if queue_url.is_empty() {
+                bail!("give --ingest URL, or --queue-url URL (or --config with sqs.queue_url)");
+            }
+            let mut config = settings.producer.producer_config(&queue_url);
             if args.fifo_groups > 0 && config.group_field.is_none() {
                 config.group_field = Some("tenant".into());
             }

@@ -9,13 +9,13 @@ use sluice::dlq::DlqArgs;
 use sluice::kafka_cmd::KafkaArgs;
 use sluice::load::LoadArgs;
 use sluice::sim::SimArgs;
+use sluice::telemetry;
 
 /// mimalloc instead of glibc's malloc: sluice allocates per request and per message (the SDK's
 /// builders, JSON, bodies) from several threads, and glibc's allocator took about a quarter of
 /// the CPU in the ceiling benchmark's profile (bench/README.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use sluice::telemetry;
 
 /// sluice drains request logs from an SQS queue into a DynamoDB table: idempotent upserts, paced
 /// in write capacity units so the table is never throttled, and nothing deleted from the queue
