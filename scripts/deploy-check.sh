@@ -309,7 +309,9 @@ env "${SLUICE_ENV[@]}" NOTIFY_SOCKET="$WORK/live/notify.sock" WATCHDOG_USEC=2000
 SLUICE_PID=$!
 PIDS+=($SLUICE_PID)
 wait_for "grep -q 'READY=1' '$WORK/live/notify.log'" 60 || { tail -n 20 "$WORK/live/sluice.log"; die "sluice run never sent READY=1"; }
-TELEMETRY=$(grep -o '"telemetry":"127.0.0.1:[0-9]*"' "$WORK/live/sluice.log" | head -n1 | cut -d'"' -f4)
+# The telemetry address a `sluice run` logged at start (LOG_FORMAT=json).
+telemetry_of() { grep -o '"telemetry":"127.0.0.1:[0-9]*"' "$1" | head -n1 | cut -d'"' -f4; }
+TELEMETRY=$(telemetry_of "$WORK/live/sluice.log")
 [[ -n $TELEMETRY ]] || { tail -n 20 "$WORK/live/sluice.log"; die "cannot find sluice's telemetry address in its log"; }
 curl -sf "http://$TELEMETRY/readyz" >/dev/null || die "/readyz is not 200 after READY=1"
 echo "  sluice run: READY=1, telemetry on $TELEMETRY"
@@ -339,7 +341,7 @@ env "${KAFKA_ENV[@]}" "$SLUICE" run >"$WORK/kafka/sluice.log" 2>&1 &
 KAFKA_PID=$!
 PIDS+=($KAFKA_PID)
 wait_for "grep -q 'partitions assigned' '$WORK/kafka/sluice.log'" 60 || { tail -n 20 "$WORK/kafka/sluice.log"; die "the Kafka-mode sluice was never assigned its partitions"; }
-KAFKA_TELEMETRY=$(grep -o '"telemetry":"127.0.0.1:[0-9]*"' "$WORK/kafka/sluice.log" | head -n1 | cut -d'"' -f4)
+KAFKA_TELEMETRY=$(telemetry_of "$WORK/kafka/sluice.log")
 [[ -n $KAFKA_TELEMETRY ]] || die "cannot find the Kafka-mode sluice's telemetry address in its log"
 echo "  sluice run (Kafka mode): noida-db on 127.0.0.1:$KAFKA_PORT, topic request-logs (4 partitions), telemetry on $KAFKA_TELEMETRY"
 

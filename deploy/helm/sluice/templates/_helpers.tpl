@@ -89,6 +89,11 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- if and (eq .Values.mode "worker") (dig "kafka" "enabled" false .Values.config) -}}true{{- end -}}
 {{- end -}}
 
+{{/* "true" when ingest mode publishes to Kafka (config.producer.kafka_topic) instead of SQS. */}}
+{{- define "sluice.kafkaIngest" -}}
+{{- if and (eq .Values.mode "ingest") (dig "producer" "kafka_topic" "" .Values.config) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Which autoscaler owns the replica count: keda, hpa or none. */}}
 {{- define "sluice.scaler" -}}
 {{- if and (eq .Values.mode "worker") .Values.keda.enabled -}}
