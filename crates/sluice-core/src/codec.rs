@@ -5,6 +5,15 @@
 //! all of them are written. A body that can never be written (not UTF-8, not JSON, a log that is not
 //! an object or misses a required field, an item over 400 KB) is a [`DecodeError`]: poison, which
 //! no retry can fix.
+//!
+//! Everything DynamoDB would refuse is caught here, so it reaches the dead-letter path with its
+//! reason instead of failing at the table: numbers outside DynamoDB's range or precision
+//! ([`crate::number`]), maps and lists nested deeper than 32 levels, attribute names of 64 KiB or
+//! more, empty attribute names, a partition key that is empty or over 2,048 bytes, an item over
+//! 400 KB (sized the way DynamoDB counts it).
+//!
+//! Keys are deterministic: the key field's text, a number key in DynamoDB's normalised form (so
+//! `100`, `1e2` and `100.0` are one row), or a content hash for a log without one.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,8 +25,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::item::{
-    AttrValue, Item, MAX_ITEM_BYTES, MAX_NUMBER_DIGITS, MAX_PARTITION_KEY_BYTES, significant_digits,
+    AttrValue, Item, MAX_ATTRIBUTE_NAME_BYTES, MAX_ITEM_BYTES, MAX_NESTING_LEVELS,
+    MAX_PARTITION_KEY_BYTES,
 };
+use crate::number::{Number, NumberError};
 
 /// How logs map onto items.
 #[derive(Debug, Clone)]
@@ -77,13 +88,30 @@ pub enum DecodeError {
         value: String,
     },
     #[error(
-        "log {log}: key field `{field}` must be a non-empty string or a number of at most {MAX_PARTITION_KEY_BYTES} bytes"
+        "log {log}: key field `{field}` must be a non-empty string of at most {MAX_PARTITION_KEY_BYTES} bytes, or a number"
     )]
     BadKey { log: usize, field: String },
     #[error("log {log}: an attribute name is empty (DynamoDB rejects empty names)")]
     EmptyAttributeName { log: usize },
-    #[error("log {log}: number {value} has more than {MAX_NUMBER_DIGITS} significant digits")]
-    NumberOutOfRange { log: usize, value: String },
+    #[error("log {log}: attribute `{attribute}`: number {value} {problem}")]
+    BadNumber {
+        log: usize,
+        attribute: String,
+        value: String,
+        problem: NumberError,
+    },
+    #[error(
+        "log {log}: attribute `{attribute}` nests maps and lists deeper than DynamoDB's {MAX_NESTING_LEVELS} levels"
+    )]
+    TooDeep { log: usize, attribute: String },
+    #[error(
+        "log {log}: an attribute name of {bytes} bytes (in `{attribute}`) is over DynamoDB's {MAX_ATTRIBUTE_NAME_BYTES}"
+    )]
+    NameTooLong {
+        log: usize,
+        attribute: String,
+        bytes: usize,
+    },
     #[error("log {log} makes an item of {bytes} bytes, over DynamoDB's {MAX_ITEM_BYTES}")]
     ItemTooLarge { log: usize, bytes: usize },
 }
@@ -99,8 +127,11 @@ impl DecodeError {
             | DecodeError::MissingField { .. }
             | DecodeError::BadTimestamp { .. }
             | DecodeError::BadKey { .. }
-            | DecodeError::EmptyAttributeName { .. }
-            | DecodeError::NumberOutOfRange { .. } => "schema",
+            | DecodeError::EmptyAttributeName { .. } => "schema",
+            // Valid JSON DynamoDB would refuse.
+            DecodeError::BadNumber { .. }
+            | DecodeError::TooDeep { .. }
+            | DecodeError::NameTooLong { .. } => "invalid_value",
             DecodeError::ItemTooLarge { .. } => "too_large",
         }
     }
@@ -177,7 +208,18 @@ fn log_to_item(log: usize, map: Map<String, Value>, schema: &Schema) -> Result<I
     let key = match map.get(&schema.key_field) {
         None | Some(Value::Null) => content_key(&map),
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_PARTITION_KEY_BYTES => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
+        // One number, one row: DynamoDB's normalised text (`1e2` and `100.0` are `100`).
+        Some(Value::Number(n)) => match Number::parse(&n.to_string()) {
+            Ok(number) => number.canonical(),
+            Err(problem) => {
+                return Err(DecodeError::BadNumber {
+                    log,
+                    attribute: schema.key_field.clone(),
+                    value: n.to_string(),
+                    problem,
+                });
+            }
+        },
         Some(_) => {
             return Err(DecodeError::BadKey {
                 log,
@@ -191,14 +233,25 @@ fn log_to_item(log: usize, map: Map<String, Value>, schema: &Schema) -> Result<I
         if name.is_empty() {
             return Err(DecodeError::EmptyAttributeName { log });
         }
-        attrs.insert(name, to_attr(log, value)?);
+        let value = to_attr(value, 2).map_err(|mut p| {
+            p.path.push(PathPart::Name(name.clone()));
+            p.into_error(log)
+        })?;
+        if name.len() > MAX_ATTRIBUTE_NAME_BYTES {
+            return Err(DecodeError::NameTooLong {
+                log,
+                bytes: name.len(),
+                attribute: truncated(&name),
+            });
+        }
+        attrs.insert(name, value);
     }
     attrs.insert(schema.key_attribute.clone(), AttrValue::S(key.clone()));
     if let (Some(rule), Some(ms)) = (&schema.ttl, ts_ms) {
         let expires = ms.div_euclid(1000) + rule.retention.as_secs() as i64;
         attrs.insert(rule.attribute.clone(), AttrValue::N(expires.to_string()));
     }
-    let item = Item::new(key, attrs);
+    let item = Item::new(key, attrs).with_ts(ts_ms);
     if item.size() > MAX_ITEM_BYTES {
         return Err(DecodeError::ItemTooLarge {
             log,
@@ -208,31 +261,128 @@ fn log_to_item(log: usize, map: Map<String, Value>, schema: &Schema) -> Result<I
     Ok(item)
 }
 
+/// A step from an attribute down to a nested value, for error messages.
+enum PathPart {
+    Name(String),
+    Index(usize),
+}
+
+/// What is wrong with one attribute value, and where (innermost step first).
+struct ValueProblem {
+    path: Vec<PathPart>,
+    kind: ProblemKind,
+}
+
+enum ProblemKind {
+    Number(String, NumberError),
+    TooDeep,
+    EmptyName,
+    NameTooLong(usize),
+}
+
+impl ValueProblem {
+    fn new(kind: ProblemKind) -> Self {
+        ValueProblem {
+            path: Vec::new(),
+            kind,
+        }
+    }
+
+    fn into_error(self, log: usize) -> DecodeError {
+        let mut attribute = String::new();
+        for part in self.path.iter().rev() {
+            match part {
+                PathPart::Name(n) => {
+                    if !attribute.is_empty() {
+                        attribute.push('.');
+                    }
+                    attribute.push_str(&truncated(n));
+                }
+                PathPart::Index(i) => {
+                    let _ = write!(attribute, "[{i}]");
+                }
+            }
+        }
+        match self.kind {
+            ProblemKind::Number(value, problem) => DecodeError::BadNumber {
+                log,
+                attribute,
+                value,
+                problem,
+            },
+            ProblemKind::TooDeep => DecodeError::TooDeep { log, attribute },
+            ProblemKind::EmptyName => DecodeError::EmptyAttributeName { log },
+            ProblemKind::NameTooLong(bytes) => DecodeError::NameTooLong {
+                log,
+                attribute,
+                bytes,
+            },
+        }
+    }
+}
+
+/// A name short enough to print (a 64 KiB name would swamp the message).
+fn truncated(name: &str) -> String {
+    const SHOWN: usize = 64;
+    if name.len() <= SHOWN {
+        return name.to_string();
+    }
+    let mut end = SHOWN;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &name[..end])
+}
+
 /// JSON onto DynamoDB types: strings, numbers (text kept), booleans, null, maps and lists.
-fn to_attr(log: usize, value: Value) -> Result<AttrValue, DecodeError> {
+/// `level` is the nesting level a map or list here would have (the item is level 1).
+fn to_attr(value: Value, level: usize) -> Result<AttrValue, ValueProblem> {
+    let container = |level: usize| {
+        if level > MAX_NESTING_LEVELS {
+            Err(ValueProblem::new(ProblemKind::TooDeep))
+        } else {
+            Ok(())
+        }
+    };
     Ok(match value {
         Value::Null => AttrValue::Null,
         Value::Bool(b) => AttrValue::Bool(b),
         Value::Number(n) => {
             let text = n.to_string();
-            if significant_digits(&text) > MAX_NUMBER_DIGITS {
-                return Err(DecodeError::NumberOutOfRange { log, value: text });
+            if let Err(problem) = Number::parse(&text) {
+                return Err(ValueProblem::new(ProblemKind::Number(text, problem)));
             }
             AttrValue::N(text)
         }
         Value::String(s) => AttrValue::S(s),
-        Value::Array(a) => AttrValue::L(
-            a.into_iter()
-                .map(|v| to_attr(log, v))
-                .collect::<Result<_, _>>()?,
-        ),
+        Value::Array(a) => {
+            container(level)?;
+            let mut out = Vec::with_capacity(a.len());
+            for (i, v) in a.into_iter().enumerate() {
+                out.push(to_attr(v, level + 1).map_err(|mut p| {
+                    p.path.push(PathPart::Index(i));
+                    p
+                })?);
+            }
+            AttrValue::L(out)
+        }
         Value::Object(m) => {
+            container(level)?;
             let mut out = BTreeMap::new();
             for (k, v) in m {
                 if k.is_empty() {
-                    return Err(DecodeError::EmptyAttributeName { log });
+                    return Err(ValueProblem::new(ProblemKind::EmptyName));
                 }
-                out.insert(k, to_attr(log, v)?);
+                if k.len() > MAX_ATTRIBUTE_NAME_BYTES {
+                    let mut p = ValueProblem::new(ProblemKind::NameTooLong(k.len()));
+                    p.path.push(PathPart::Name(k));
+                    return Err(p);
+                }
+                let v = to_attr(v, level + 1).map_err(|mut p| {
+                    p.path.push(PathPart::Name(k.clone()));
+                    p
+                })?;
+                out.insert(k, v);
             }
             AttrValue::M(out)
         }
@@ -449,6 +599,118 @@ mod tests {
         let huge = log("a").replace("/a", &"x".repeat(MAX_ITEM_BYTES));
         assert_eq!(err(huge.as_bytes()).reason(), "too_large");
         let digits = log("a").replace("200", &"9".repeat(39));
-        assert_eq!(err(digits.as_bytes()).reason(), "schema");
+        assert_eq!(err(digits.as_bytes()).reason(), "invalid_value");
+    }
+
+    /// A log with `extra` spliced in as its last field.
+    fn with(extra: &str) -> String {
+        log("a").replace('}', &format!(",{extra}}}"))
+    }
+
+    #[test]
+    fn what_dynamodb_refuses_is_poison_that_names_the_attribute() {
+        let schema = Schema::default();
+        let err = |b: String| decode_message(b.as_bytes(), &schema).unwrap_err();
+        for (extra, says) in [
+            (r#""n":1e126"#, "`n`: number 1e"),
+            (r#""n":-1e200"#, "too large"),
+            (r#""n":1e-131"#, "is too small"),
+            (r#""a":{"b":[1,{"c":2e-300}]}"#, "`a.b[1].c`: number 2e-300"),
+        ] {
+            let e = err(with(extra));
+            assert_eq!(e.reason(), "invalid_value", "{extra}");
+            assert!(e.to_string().contains(says), "{extra}: {e}");
+        }
+        // The limits themselves are accepted.
+        for extra in [
+            r#""n":9.9999999999999999999999999999999999999e125"#,
+            r#""n":1e-130"#,
+            r#""n":-1e-130"#,
+            r#""n":0e-999"#,
+        ] {
+            assert!(
+                decode_message(with(extra).as_bytes(), &schema).is_ok(),
+                "{extra}"
+            );
+        }
+
+        // 32 levels, the item being the first: 31 maps or lists may nest inside it.
+        let nested = |levels: usize, open: &str, close: &str| {
+            format!(r#""deep":{}1{}"#, open.repeat(levels), close.repeat(levels))
+        };
+        assert!(decode_message(with(&nested(31, r#"{"x":"#, "}")).as_bytes(), &schema).is_ok());
+        assert!(decode_message(with(&nested(31, "[", "]")).as_bytes(), &schema).is_ok());
+        let e = err(with(&nested(32, r#"{"x":"#, "}")));
+        assert!(matches!(e, DecodeError::TooDeep { .. }), "{e}");
+        assert!(
+            e.to_string().starts_with("log 0: attribute `deep.x.x"),
+            "{e}"
+        );
+        assert_eq!(err(with(&nested(32, "[", "]"))).reason(), "invalid_value");
+
+        // Attribute names: under 64 KiB, at the top or nested.
+        let name = |n: usize| "k".repeat(n);
+        assert!(
+            decode_message(
+                with(&format!(r#""{}":1"#, name(65_535))).as_bytes(),
+                &schema
+            )
+            .is_ok()
+        );
+        let e = err(with(&format!(r#""{}":1"#, name(65_536))));
+        assert!(
+            matches!(e, DecodeError::NameTooLong { bytes: 65_536, .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string().len() < 300,
+            "the name is not printed whole: {e}"
+        );
+        let e = err(with(&format!(r#""m":{{"{}":1}}"#, name(65_536))));
+        assert!(matches!(e, DecodeError::NameTooLong { .. }), "{e}");
+
+        // The partition key: at most 2,048 bytes, never empty.
+        let key =
+            |k: &str| log("a").replace(r#""request_id":"a""#, &format!(r#""request_id":"{k}""#));
+        assert!(decode_message(key(&"k".repeat(2048)).as_bytes(), &schema).is_ok());
+        assert_eq!(err(key(&"k".repeat(2049))).reason(), "schema");
+        assert_eq!(err(key("")).reason(), "schema");
+    }
+
+    #[test]
+    fn number_keys_are_one_row_whatever_their_spelling() {
+        let schema = Schema::default();
+        let key = |k: &str| {
+            let body = log("a").replace(r#""request_id":"a""#, &format!(r#""request_id":{k}"#));
+            decode_message(body.as_bytes(), &schema).unwrap()[0]
+                .key()
+                .to_string()
+        };
+        for k in ["100", "1e2", "100.0", "1.00E+2", "100.000"] {
+            assert_eq!(key(k), "100", "{k}");
+        }
+        assert_eq!(key("-0.0"), "0");
+        assert_eq!(key("12.50"), "12.5");
+        assert_ne!(key("100"), key("100.5"));
+        let body = log("a").replace(r#""request_id":"a""#, r#""request_id":1e200"#);
+        assert_eq!(
+            decode_message(body.as_bytes(), &schema)
+                .unwrap_err()
+                .reason(),
+            "invalid_value"
+        );
+    }
+
+    #[test]
+    fn item_size_counts_numbers_as_dynamodb_does() {
+        // 1.5 costs 3 bytes (two digit pairs plus one), -1 costs 3 (the sign's byte): counted
+        // the old way (one byte per two significant digits) both were 2.
+        let item = decode_message(with(r#""a":1.5,"b":-1"#).as_bytes(), &Schema::default())
+            .unwrap()
+            .remove(0);
+        let plain = decode_message(log("a").as_bytes(), &Schema::default())
+            .unwrap()
+            .remove(0);
+        assert_eq!(item.size() - plain.size(), (1 + 3) + (1 + 3));
     }
 }

@@ -5,7 +5,7 @@
 //! The rules follow DynamoDB's "Item sizes and formats" documentation:
 //! - an attribute costs the UTF-8 length of its name plus the size of its value;
 //! - a string costs its UTF-8 length; a boolean or null, 1 byte;
-//! - a number costs about one byte per two significant digits, plus one;
+//! - a number costs one byte per base-100 digit pair, plus one ([`crate::number`]);
 //! - a map or list costs 3 bytes plus, per element, 1 byte plus the element (and a map element's
 //!   name).
 
@@ -18,13 +18,20 @@ pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 pub const MAX_PARTITION_KEY_BYTES: usize = 2048;
 
 /// The most significant digits a DynamoDB number keeps.
-pub const MAX_NUMBER_DIGITS: usize = 38;
+pub const MAX_NUMBER_DIGITS: usize = crate::number::MAX_DIGITS;
+
+/// DynamoDB's longest attribute name, in bytes (it must be under 64 KiB).
+pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 65_535;
+
+/// DynamoDB's deepest nesting: an item is level 1, and each map or list inside it one more.
+pub const MAX_NESTING_LEVELS: usize = 32;
 
 /// One attribute value, mirroring DynamoDB's types for what JSON can express.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
     S(String),
-    /// A number as its decimal text, exactly as it arrived (DynamoDB numbers travel as strings).
+    /// A number as its decimal text, exactly as it arrived (DynamoDB numbers travel as strings;
+    /// the codec has checked DynamoDB accepts it).
     N(String),
     Bool(bool),
     Null,
@@ -45,16 +52,10 @@ impl AttrValue {
     }
 }
 
-/// Significant digits of a decimal number's text: leading and trailing zeros and the sign,
-/// decimal point and exponent do not count.
-pub fn significant_digits(n: &str) -> usize {
-    let mantissa = n.split(['e', 'E']).next().unwrap_or("");
-    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
-    digits.trim_start_matches('0').trim_end_matches('0').len()
-}
-
+/// Bytes DynamoDB counts for a number given as text (its length when it is not a number, which
+/// the codec never lets through).
 fn number_size(n: &str) -> usize {
-    significant_digits(n).div_ceil(2) + 1
+    crate::number::Number::parse(n).map_or(n.len(), |n| n.size())
 }
 
 /// An item's size from its attributes: each name's length plus its value's size.
@@ -75,13 +76,32 @@ pub struct Item {
     key: String,
     attrs: BTreeMap<String, AttrValue>,
     size: usize,
+    /// The log's timestamp (epoch milliseconds), when it has one: of two writes of one key in
+    /// one batch, the newer log wins.
+    ts_ms: Option<i64>,
 }
 
 impl Item {
     /// Builds an item and computes its size once.
     pub fn new(key: String, attrs: BTreeMap<String, AttrValue>) -> Self {
         let size = attrs_size(&attrs);
-        Item { key, attrs, size }
+        Item {
+            key,
+            attrs,
+            size,
+            ts_ms: None,
+        }
+    }
+
+    /// The same item, carrying its log's timestamp.
+    pub fn with_ts(mut self, ts_ms: Option<i64>) -> Self {
+        self.ts_ms = ts_ms;
+        self
+    }
+
+    /// The log's timestamp, in epoch milliseconds.
+    pub fn ts_ms(&self) -> Option<i64> {
+        self.ts_ms
     }
 
     /// The partition key value: equal keys are the same row.
@@ -117,16 +137,15 @@ mod tests {
     }
 
     #[test]
-    fn numbers_cost_one_byte_per_two_significant_digits_plus_one() {
+    fn numbers_cost_one_byte_per_digit_pair_plus_one() {
         assert_eq!(number_size("0"), 1);
         assert_eq!(number_size("7"), 2);
         assert_eq!(number_size("12"), 2);
         assert_eq!(number_size("123"), 3);
-        assert_eq!(number_size("-123.4500"), 4);
+        assert_eq!(number_size("-123.4500"), 5);
         assert_eq!(number_size("1000000"), 2);
         assert_eq!(number_size("0.000123"), 3);
-        assert_eq!(number_size("1.5e300"), 2);
-        assert_eq!(significant_digits("00120.0340"), 6);
+        assert_eq!(number_size("1.5e100"), 3);
     }
 
     #[test]

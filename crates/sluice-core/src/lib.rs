@@ -3,6 +3,7 @@
 //! - [`codec`]: message bodies (one JSON log, an array, or NDJSON) into DynamoDB items, with
 //!   deterministic keys and poison detection.
 //! - [`item`]: items and their size counted the way DynamoDB counts it, hence their WCU cost.
+//! - [`number`]: DynamoDB numbers: range, precision, normalised text, size.
 //! - [`rate`]: the WCU token bucket and the backoff policy.
 //! - [`source`]: the contract a buffer (SQS, Kafka) implements, with the delivery contract.
 //! - [`writer`]: batches of up to 25 items, duplicate collapse, UnprocessedItems retries.
@@ -15,6 +16,7 @@ pub mod codec;
 pub mod engine;
 pub mod item;
 pub mod metrics_catalog;
+pub mod number;
 pub mod rate;
 pub mod source;
 pub mod testing;
