@@ -126,10 +126,10 @@ impl DecodeError {
             DecodeError::NotAnObject { .. }
             | DecodeError::MissingField { .. }
             | DecodeError::BadTimestamp { .. }
-            | DecodeError::BadKey { .. }
-            | DecodeError::EmptyAttributeName { .. } => "schema",
+            | DecodeError::BadKey { .. } => "schema",
             // Valid JSON DynamoDB would refuse.
-            DecodeError::BadNumber { .. }
+            DecodeError::EmptyAttributeName { .. }
+            | DecodeError::BadNumber { .. }
             | DecodeError::TooDeep { .. }
             | DecodeError::NameTooLong { .. } => "invalid_value",
             DecodeError::ItemTooLarge { .. } => "too_large",
