@@ -1,27 +1,38 @@
 //! The worker pool: long pollers feed messages to tasks that decode, write and ack them.
 //!
 //! ```text
-//! pollers (N) ──receive──▶ message task (≤ max_in_flight) ──items──▶ Writer ──▶ table
-//!     │ paced by the write backlog     │ all items written          │ failure / timeout / poison
-//!     │ stopped while the breaker      ▼                            ▼
-//!     │ is open                   acker (batched deletes)   nack (backoff by receive count),
-//!     └ heartbeat: every held message's visibility is         or the dead-letter path
-//!       extended before it lapses
+//! pollers (N) ──receive──▶ held (heartbeat from receipt) ──decode──▶ message task ──items──▶ Writer ──▶ table
+//!     │ paced by the WCU of what is held   │ byte budget              │ all items written   │ oldest message first
+//!     │ stopped while the breaker is open  ▼                          ▼                     ▼
+//!     │                               poison: dead-letter path   acker (batched deletes)   no progress: nack
+//!     └ heartbeat: every held message's visibility is extended before it lapses
 //! ```
 //!
 //! - In-flight is bounded by a semaphore: a poller reserves `max_messages` slots before it polls,
 //!   so a parked long poll can never bring in more than the pool can hold.
-//! - Each message runs under `message_timeout`, counted from its receipt. When it fires, the
-//!   message's future is dropped, which abandons its unsent items, and the message is nacked.
-//! - While a message is held its visibility is extended before it lapses (one heartbeat task,
-//!   batched ChangeMessageVisibility); the handle registered at receipt stops that when dropped.
+//! - **Held from receipt.** Every received message is registered with the heartbeat at once, so
+//!   its visibility is extended whatever it waits for: room in the byte budget, its FIFO
+//!   predecessors, write capacity. The handle is released (and any extension in flight for it
+//!   awaited) before the message is acked or nacked, so a late extension can never undo a nack.
+//! - **Intake by whole WCU.** Each message is decoded on receipt and its whole write cost is
+//!   counted as held until it settles. A poller receives only while what is held takes less
+//!   than `intake_horizon` at the paced rate, and asks for as many messages as the room left
+//!   allows at the WCU messages have been carrying (at least one). A table of 100 WCU is never
+//!   handed ten packed messages of 900 logs it would need 90 seconds for.
+//! - **Waiting is not failing.** The writer serves messages oldest first and times a message out
+//!   only when it stops making progress for `message_timeout` (see [`crate::writer`]): a message
+//!   queueing behind a paced backlog, or a FIFO follower waiting for its turn, is never nacked.
 //! - A nack makes the message visible again after `base × 2^(receive count − 1)`, capped, with
-//!   jitter. Poison goes to the dead-letter path with its reason when the source has one.
+//!   jitter. Poison, and an item the table rejects on its own, go to the dead-letter path with
+//!   their reason when the source has one.
 //! - FIFO: messages of one group are handled one after another, in order; when one fails, it and
 //!   every later message of its group that is held go back to the queue, unprocessed.
 //! - Shutdown: the token stops the pollers at once (a parked long poll is dropped); in-flight
 //!   messages get `shutdown_grace` to finish; the rest are nacked with no delay so another worker
-//!   takes them immediately; pending acks are flushed; `run` returns.
+//!   takes them immediately; pending acks are flushed. Every step after the grace period shares
+//!   [`SHUTDOWN_MARGIN`], so `run` returns within `shutdown_grace + SHUTDOWN_MARGIN` even when the
+//!   buffer stops answering (what could not be acked or nacked comes back after its visibility
+//!   timeout and is rewritten to the same rows).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -35,9 +46,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::codec::{DecodeError, Schema, decode_message};
+use crate::item::Item;
 use crate::rate::Backoff;
 use crate::source::{Received, Source};
-use crate::writer::{WriteFailure, Writer};
+use crate::writer::{WriteError, WriteFailure, Writer};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -52,7 +64,9 @@ pub struct EngineConfig {
     /// is this or one receive's bytes, whichever is larger. Memory follows the bytes, not the
     /// message count, when messages carry many logs.
     pub max_in_flight_bytes: usize,
-    /// Time a message has, from its receipt, to be fully written.
+    /// How long a message may go without progress (no item landing, no write capacity being
+    /// granted to it or to the messages ahead of it) before it is nacked. Queueing for capacity
+    /// does not count.
     pub message_timeout: Duration,
     /// Time in-flight messages get to finish after shutdown begins.
     pub shutdown_grace: Duration,
@@ -67,8 +81,9 @@ pub struct EngineConfig {
     pub ack_linger: Duration,
     /// Delete calls in flight at once.
     pub max_concurrent_acks: usize,
-    /// Intake pacing: receive only while the write backlog takes less than this at the paced
-    /// rate, so a message never waits long for write capacity. None: no intake pacing.
+    /// Intake pacing: receive only while the WCU of what is held takes less than this at the
+    /// paced rate, so the pool never holds much more than it can write soon. None: no intake
+    /// pacing.
     pub intake_horizon: Option<Duration>,
     /// The visibility timeout messages are received with. Some: a heartbeat extends every held
     /// message's visibility before it lapses. None: no heartbeat.
@@ -101,6 +116,10 @@ impl Default for EngineConfig {
 /// SQS's longest visibility timeout; a message is not held past it.
 pub const MAX_HOLD: Duration = Duration::from_secs(12 * 3600);
 
+/// What shutdown may take beyond `shutdown_grace`: nacking the unfinished messages, the last
+/// heartbeat, flushing acks. Each is bounded by it, together.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(8);
+
 impl EngineConfig {
     /// Checks the numbers fit together; names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
@@ -125,13 +144,8 @@ impl EngineConfig {
         if self.message_timeout.is_zero() || self.message_timeout > MAX_HOLD {
             return Err("message_timeout must be above zero and at most 12h".into());
         }
-        if let Some(h) = self.intake_horizon
-            && h * 2 > self.message_timeout
-        {
-            return Err(format!(
-                "intake_horizon ({h:?}) must be at most half of message_timeout ({:?}), so a received message has time to be written",
-                self.message_timeout
-            ));
+        if self.intake_horizon.is_some_and(|h| h.is_zero()) {
+            return Err("intake_horizon must be above zero".into());
         }
         Ok(())
     }
@@ -162,6 +176,8 @@ pub struct EngineStats {
     pub dead_lettered: AtomicU64,
     pub ack_failures: AtomicU64,
     pub in_flight: AtomicU64,
+    /// WCU of the messages held (received, decoded, not yet settled): what intake paces by.
+    pub held_wcu: AtomicU64,
     /// Receive calls failed in a row (0 after any success).
     pub receive_errors_in_a_row: AtomicU32,
     pub successful_polls: AtomicU64,
@@ -231,6 +247,8 @@ pub struct Engine<S: Source> {
 enum Outcome {
     Written,
     Poison(DecodeError),
+    /// The table refused an item on its own (ValidationException): no retry can help.
+    Rejected(WriteError),
     WriteFailed(WriteFailure),
     TimedOut,
     Shutdown,
@@ -246,9 +264,11 @@ struct HeldEntry<H> {
     handle: H,
     visible_until: Instant,
     first_received: Instant,
+    /// Held (locked) by the heartbeat while an extension covering this message is in flight.
+    extending: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
-/// A held message's registration; dropping it stops the heartbeat for that message.
+/// A held message's registration; releasing or dropping it stops the heartbeat for it.
 struct HeldGuard<H> {
     held: Arc<Held<H>>,
     key: u64,
@@ -257,6 +277,18 @@ struct HeldGuard<H> {
 impl<H> Held<H> {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HeldEntry<H>>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<H> HeldGuard<H> {
+    /// Stops the heartbeat for this message and waits for an extension of it already in flight,
+    /// so nothing extends it after this returns (an extension landing after a nack would hide
+    /// the message again for a whole visibility timeout).
+    async fn release(self) {
+        let entry = self.held.lock().remove(&self.key);
+        if let Some(call) = entry.and_then(|e| e.extending) {
+            let _ = call.lock().await;
+        }
     }
 }
 
@@ -279,6 +311,13 @@ struct Shared<S: Source> {
     acks: mpsc::Sender<S::Handle>,
     tasks: TaskTracker,
     held: Arc<Held<S::Handle>>,
+    /// Receipt order: the writer serves lower numbers first.
+    order: AtomicU64,
+    /// WCU per message lately (exponentially weighted), to size receives; 0: none seen yet.
+    wcu_per_message: Mutex<f64>,
+    /// Body KiB per message lately (exponentially weighted), to reserve the byte budget before a
+    /// receive; 0: none seen yet.
+    kib_per_message: Mutex<f64>,
 }
 
 impl<S: Source> Shared<S> {
@@ -291,6 +330,7 @@ impl<S: Source> Shared<S> {
                 handle: message.handle.clone(),
                 visible_until: message.received_at + visibility,
                 first_received: message.received_at,
+                extending: None,
             },
         );
         HeldGuard {
@@ -298,6 +338,57 @@ impl<S: Source> Shared<S> {
             key,
         }
     }
+
+    /// How many messages the next receive may ask for: all `max` without pacing; else as many
+    /// as fit in the intake horizon at the WCU messages have been carrying, at least one.
+    /// None: what is held already fills the horizon.
+    fn receive_size(&self, max: usize) -> Option<usize> {
+        let Some(horizon) = self.config.intake_horizon else {
+            return Some(max);
+        };
+        let Some(rate) = self.writer.paced_rate() else {
+            return Some(max);
+        };
+        let held = self.stats.held_wcu.load(Ordering::Relaxed) as f64;
+        let room = horizon.as_secs_f64() * rate.max(1.0) - held;
+        if held > 0.0 && room <= 0.0 {
+            return None;
+        }
+        let per_message = *lock(&self.wcu_per_message);
+        if per_message <= 0.0 {
+            return Some(max);
+        }
+        Some(((room / per_message).floor() as usize).clamp(1, max))
+    }
+
+    /// Learns what messages cost, for [`Shared::receive_size`].
+    fn observe_wcu(&self, wcu: u64) {
+        ewma(&self.wcu_per_message, wcu as f64);
+    }
+
+    /// The byte budget a receive of `ask` messages should reserve before it is made, in KiB,
+    /// and how many messages it may then ask for: as many as the budget has room for at the
+    /// bodies messages have been carrying. (0, ask) before any message has been seen.
+    fn byte_reservation(&self, ask: usize) -> (u32, usize) {
+        let per_message = *lock(&self.kib_per_message);
+        if per_message <= 0.0 {
+            return (0, ask);
+        }
+        let capacity = budget_kib(self.config.max_in_flight_bytes) as f64;
+        let room = self.bytes.available_permits() as f64;
+        let ask = ((room / per_message).floor() as usize).clamp(1, ask);
+        let kib = (ask as f64 * per_message).ceil().min(capacity) as u32;
+        (kib, ask)
+    }
+}
+
+fn ewma(m: &Mutex<f64>, x: f64) {
+    let mut avg = lock(m);
+    *avg = if *avg <= 0.0 { x } else { 0.8 * *avg + 0.2 * x };
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<S: Source> Engine<S> {
@@ -337,6 +428,9 @@ impl<S: Source> Engine<S> {
                 entries: Mutex::new(HashMap::new()),
                 next: AtomicU64::new(0),
             }),
+            order: AtomicU64::new(0),
+            wcu_per_message: Mutex::new(0.0),
+            kib_per_message: Mutex::new(0.0),
             source: self.source,
             writer: self.writer,
             schema: self.schema,
@@ -367,7 +461,10 @@ impl<S: Source> Engine<S> {
             "stopped receiving; draining in-flight messages"
         );
         shared.tasks.close();
-        if tokio::time::timeout(shared.config.shutdown_grace, shared.tasks.wait())
+        let grace_over = Instant::now() + shared.config.shutdown_grace;
+        // Everything after the grace period shares one margin, whatever stops answering.
+        let give_up = grace_over + SHUTDOWN_MARGIN;
+        if tokio::time::timeout_at(grace_over, shared.tasks.wait())
             .await
             .is_err()
         {
@@ -377,15 +474,27 @@ impl<S: Source> Engine<S> {
                 "grace period over; returning unfinished messages to the queue"
             );
             shared.hard_stop.cancel();
-            shared.tasks.wait().await;
+            if tokio::time::timeout_at(give_up, shared.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    left = shared.stats.in_flight.load(Ordering::Relaxed),
+                    "messages could not be returned in time (the buffer does not answer); they come back after their visibility timeout"
+                );
+            }
         }
         heartbeat_stop.cancel();
         if let Some(h) = heartbeat {
-            let _ = h.await;
+            let _ = tokio::time::timeout_at(give_up, h).await;
         }
         let stats = shared.stats.clone();
         drop(shared); // the last ack sender: the acker flushes and ends
-        let _ = acker.await;
+        if tokio::time::timeout_at(give_up, acker).await.is_err() {
+            tracing::error!(
+                "acks could not be flushed in time (the buffer does not answer); those messages come back and are rewritten to the same rows"
+            );
+        }
         let snapshot = stats.snapshot();
         tracing::info!(
             received = snapshot.received,
@@ -400,7 +509,8 @@ impl<S: Source> Engine<S> {
 }
 
 /// Extends the visibility of every held message before it lapses: each tick, the messages with
-/// less than half their visibility left get a fresh visibility timeout, ten per call.
+/// less than half their visibility left get a fresh visibility timeout, ten per call. While a call
+/// is in flight its messages carry a lock, which [`HeldGuard::release`] waits for.
 async fn run_heartbeat<S: Source>(
     source: Arc<S>,
     held: Arc<Held<S::Handle>>,
@@ -415,16 +525,36 @@ async fn run_heartbeat<S: Source>(
             _ = tokio::time::sleep(tick) => {}
         }
         let now = Instant::now();
-        let due: Vec<(u64, S::Handle)> = held
-            .lock()
-            .iter()
-            .filter(|(_, e)| {
-                e.visible_until.saturating_duration_since(now) <= visibility / 2
-                    && now + visibility <= e.first_received + MAX_HOLD
-            })
-            .map(|(k, e)| (*k, e.handle.clone()))
-            .collect();
-        for chunk in due.chunks(batch) {
+        let mut done: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        loop {
+            // Take the next due chunk and mark it, in one look at the table, so a message
+            // released meanwhile is never part of a call.
+            let call = Arc::new(tokio::sync::Mutex::new(()));
+            let Ok(in_flight) = call.clone().try_lock_owned() else {
+                break;
+            };
+            let chunk: Vec<(u64, S::Handle)> = {
+                let mut entries = held.lock();
+                let mut chunk = Vec::new();
+                for (k, e) in entries.iter_mut() {
+                    if chunk.len() == batch {
+                        break;
+                    }
+                    if done.contains(k)
+                        || e.visible_until.saturating_duration_since(now) > visibility / 2
+                        || now + visibility > e.first_received + MAX_HOLD
+                    {
+                        continue;
+                    }
+                    e.extending = Some(call.clone());
+                    chunk.push((*k, e.handle.clone()));
+                }
+                chunk
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            done.extend(chunk.iter().map(|(k, _)| *k));
             let handles: Vec<S::Handle> = chunk.iter().map(|(_, h)| h.clone()).collect();
             let failures = source.extend(&handles, visibility).await;
             let failed: std::collections::HashSet<usize> =
@@ -432,13 +562,15 @@ async fn run_heartbeat<S: Source>(
             let extended_until = now + visibility;
             let mut entries = held.lock();
             for (i, (key, _)) in chunk.iter().enumerate() {
-                if !failed.contains(&i)
-                    && let Some(e) = entries.get_mut(key)
-                {
-                    e.visible_until = extended_until;
+                if let Some(e) = entries.get_mut(key) {
+                    e.extending = None;
+                    if !failed.contains(&i) {
+                        e.visible_until = extended_until;
+                    }
                 }
             }
             drop(entries);
+            drop(in_flight);
             metrics::counter!("sluice_visibility_extensions_total")
                 .increment((chunk.len() - failed.len()) as u64);
             for f in failures {
@@ -460,16 +592,29 @@ fn budget_kib(bytes: usize) -> u32 {
     (bytes / 1024).clamp(1, u32::MAX as usize >> 4) as u32
 }
 
-/// Makes messages received as shutdown began visible again at once, unprocessed.
-async fn hand_back<S: Source>(shared: &Shared<S>, messages: Vec<Received<S::Handle>>) {
+/// Makes messages visible again at once, unprocessed: received as shutdown began, or as the
+/// breaker opened, or held while shutdown came before they could start. `guards` are their
+/// heartbeat registrations, if they were held: released first, so no extension undoes this.
+async fn hand_back<S: Source>(
+    shared: &Shared<S>,
+    messages: Vec<Received<S::Handle>>,
+    guards: Vec<HeldGuard<S::Handle>>,
+    reason: &'static str,
+    counted: bool,
+) {
+    for g in guards {
+        g.release().await;
+    }
     if messages.is_empty() {
         return;
     }
     let n = messages.len() as u64;
-    shared.stats.received.fetch_add(n, Ordering::Relaxed);
+    if !counted {
+        shared.stats.received.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("sluice_messages_received_total").increment(n);
+    }
     shared.stats.nacked.fetch_add(n, Ordering::Relaxed);
-    metrics::counter!("sluice_messages_received_total").increment(n);
-    metrics::counter!("sluice_messages_nacked_total", "reason" => "shutdown").increment(n);
+    metrics::counter!("sluice_messages_nacked_total", "reason" => reason).increment(n);
     let handles: Vec<S::Handle> = messages.into_iter().map(|m| m.handle).collect();
     let mut failed = 0;
     for chunk in handles.chunks(shared.source.max_ack_batch().max(1)) {
@@ -479,13 +624,57 @@ async fn hand_back<S: Source>(shared: &Shared<S>, messages: Vec<Received<S::Hand
         metrics::counter!("sluice_nack_failures_total").increment(failed as u64);
         tracing::warn!(
             failed,
-            "could not hand back messages received at shutdown; they return when their visibility timeout ends"
+            reason,
+            "could not hand back received messages; they return when their visibility timeout ends"
         );
     }
-    tracing::info!(
-        messages = n,
-        "handed back messages that arrived as shutdown began"
+    tracing::info!(messages = n, reason, "handed back received messages");
+}
+
+/// Takes `kib` of the body-bytes budget, waiting for room (a wait on purpose: the poller counts
+/// as making progress). None: shutdown came first.
+async fn wait_for_bytes<S: Source>(
+    shared: &Shared<S>,
+    poller: usize,
+    kib: u32,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(p) = shared.bytes.clone().try_acquire_many_owned(kib) {
+        return Some(p);
+    }
+    tracing::debug!(
+        poller,
+        kib,
+        "intake waits for room in worker.max_in_flight_bytes"
     );
+    let acquire = shared.bytes.clone().acquire_many_owned(kib);
+    tokio::pin!(acquire);
+    loop {
+        shared.stats.progress(poller);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            permit = &mut acquire => return permit.ok(),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// A message from receipt to settlement.
+struct Claimed<H> {
+    message: Received<H>,
+    /// Its in-flight slot.
+    permit: OwnedSemaphorePermit,
+    /// Its heartbeat registration, from receipt.
+    guard: HeldGuard<H>,
+    /// Its place in the order of receipt.
+    order: u64,
+    /// Its items, or why it is poison.
+    decoded: Result<Vec<Item>, DecodeError>,
+    /// Its WCU, counted in `held_wcu` until it settles.
+    wcu: u64,
+    /// Its share of the body-bytes budget.
+    bytes: Option<OwnedSemaphorePermit>,
 }
 
 async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: CancellationToken) {
@@ -507,42 +696,51 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
             },
         };
         // The breaker is open: the table keeps failing, so the messages wait in the queue.
-        // Intake pacing: nothing more while what is here takes longer than the horizon to write.
-        loop {
+        // Intake pacing: nothing more while what is held takes longer than the horizon to write,
+        // and no more messages than fit in what is left of it.
+        let ask = loop {
             let open = breaker.is_open(Instant::now().into_std());
-            let behind = shared.config.intake_horizon.is_some_and(|h| {
-                shared
-                    .writer
-                    .backlog_seconds()
-                    .is_some_and(|s| s > h.as_secs_f64())
-            });
+            let size = shared.receive_size(max);
+            metrics::gauge!("sluice_write_backlog_wcu")
+                .set(shared.stats.held_wcu.load(Ordering::Relaxed) as f64);
             // The body-bytes budget is used up: what is held already waits for room, so do not
             // fetch more yet.
             let full = shared.bytes.available_permits() == 0;
-            if !open && !behind && !full {
-                break;
+            if let (false, false, Some(n)) = (open, full, size) {
+                break n;
             }
             shared.stats.progress(poller);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(if open { 200 } else { 20 })) => {}
             }
-        }
+        };
+        // Reserve the byte budget the receive is likely to need before making it, so pollers
+        // racing each other cannot bring in several budgets' worth of bodies at once.
+        let (reserve_kib, ask) = shared.byte_reservation(ask);
+        let Some(mut bytes) = wait_for_bytes(&shared, poller, reserve_kib, &shutdown).await else {
+            break;
+        };
         // Dropping the receive future is how a parked long poll is cancelled: on shutdown, and
-        // when the breaker opens (whatever it brought in would only fail).
-        let receive = shared.source.receive(max);
+        // when the breaker opens (whatever it brought in would only fail). A receive that is
+        // answering just then would strand its messages in flight until their visibility
+        // timeout: let it land, and hand them straight back.
+        let receive = shared.source.receive(ask);
         tokio::pin!(receive);
         let received = tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                // A receive that is answering as shutdown comes would strand its messages in
-                // flight until their visibility timeout: let it land, and hand them straight back.
                 if let Ok(Ok(messages)) = tokio::time::timeout(RECEIVE_LANDING, &mut receive).await {
-                    hand_back(&shared, messages).await;
+                    hand_back(&shared, messages, Vec::new(), "shutdown", false).await;
                 }
                 break;
             }
-            _ = breaker.opened() => continue,
+            _ = breaker.opened() => {
+                if let Ok(Ok(messages)) = tokio::time::timeout(RECEIVE_LANDING, &mut receive).await {
+                    hand_back(&shared, messages, Vec::new(), "breaker_open", false).await;
+                }
+                continue;
+            }
             r = &mut receive => r,
         };
         shared.stats.progress(poller);
@@ -564,39 +762,6 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
             }
         };
         errors = 0;
-        // The body-bytes budget: wait for room before taking these on (their visibility covers
-        // the wait; the writes in progress free it).
-        let capacity = budget_kib(shared.config.max_in_flight_bytes);
-        let kib: Vec<u32> = messages
-            .iter()
-            .map(|m| (m.body.len().div_ceil(1024).max(1) as u64).min(u64::from(capacity)) as u32)
-            .collect();
-        let total = kib
-            .iter()
-            .map(|&k| u64::from(k))
-            .sum::<u64>()
-            .min(u64::from(capacity)) as u32;
-        let mut bytes = match shared.bytes.clone().try_acquire_many_owned(total) {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::debug!(
-                    poller,
-                    kib = total,
-                    "intake waits for room in worker.max_in_flight_bytes"
-                );
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => {
-                        hand_back(&shared, messages).await;
-                        break;
-                    }
-                    permit = shared.bytes.clone().acquire_many_owned(total) => match permit {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                }
-            }
-        };
         shared
             .stats
             .receive_errors_in_a_row
@@ -609,18 +774,48 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
         if messages.is_empty() {
             continue;
         }
+        // Held from this moment: whatever each message waits for, its visibility is kept.
+        let guards: Vec<HeldGuard<S::Handle>> = messages.iter().map(|m| shared.hold(m)).collect();
         let n = messages.len() as u64;
         shared.stats.received.fetch_add(n, Ordering::Relaxed);
         shared.stats.in_flight.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("sluice_messages_received_total").increment(n);
         metrics::gauge!("sluice_messages_in_flight").increment(n as f64);
+        // The body-bytes budget: what was reserved, adjusted to the bodies that came (waiting for
+        // room when they are larger; the writes in progress free it).
+        let capacity = budget_kib(shared.config.max_in_flight_bytes);
+        let kib: Vec<u32> = messages
+            .iter()
+            .map(|m| (m.body.len().div_ceil(1024).max(1) as u64).min(u64::from(capacity)) as u32)
+            .collect();
+        for &k in &kib {
+            ewma(&shared.kib_per_message, f64::from(k));
+        }
+        let total = kib
+            .iter()
+            .map(|&k| u64::from(k))
+            .sum::<u64>()
+            .min(u64::from(capacity)) as u32;
+        let have = bytes.num_permits() as u32;
+        if total < have {
+            drop(bytes.split((have - total) as usize));
+        } else if total > have {
+            let more = total - have;
+            let extra = wait_for_bytes(&shared, poller, more, &shutdown).await;
+            match extra {
+                Some(p) => bytes.merge(p),
+                None => {
+                    drop(bytes);
+                    shared.stats.in_flight.fetch_sub(n, Ordering::Relaxed);
+                    metrics::gauge!("sluice_messages_in_flight").decrement(n as f64);
+                    hand_back(&shared, messages, guards, "shutdown", true).await;
+                    break;
+                }
+            }
+        }
         let now_ms = epoch_ms();
-        // FIFO groups in the order received: each group's messages are handled one by one.
-        let mut groups: Vec<Group<S::Handle>> = Vec::new();
-        for (message, kib) in messages.into_iter().zip(kib) {
-            // A receive larger than the whole budget was charged the whole budget: its last
-            // messages find nothing left to split and ride on the others' share.
-            let body_bytes = bytes.split(kib as usize);
+        let mut claimed = Vec::with_capacity(messages.len());
+        for ((message, guard), kib) in messages.into_iter().zip(guards).zip(kib) {
             if let Some(sent) = message.sent_at_ms {
                 metrics::histogram!("sluice_message_age_seconds")
                     .record(now_ms.saturating_sub(sent) as f64 / 1000.0);
@@ -629,81 +824,118 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
             let Some(permit) = reserved.split(1) else {
                 break;
             };
-            match message.group_id.clone() {
+            let decoded = decode_message(&message.body, &shared.schema);
+            let wcu = decoded
+                .as_ref()
+                .map_or(0, |items| items.iter().map(|i| u64::from(i.wcu())).sum());
+            shared.stats.held_wcu.fetch_add(wcu, Ordering::Relaxed);
+            if wcu > 0 {
+                shared.observe_wcu(wcu);
+            }
+            claimed.push(Claimed {
+                order: shared.order.fetch_add(1, Ordering::Relaxed),
+                // A receive larger than the whole budget was charged the whole budget: its last
+                // messages find nothing left to split and ride on the others' share.
+                bytes: bytes.split(kib as usize),
+                message,
+                permit,
+                guard,
+                decoded,
+                wcu,
+            });
+        }
+        // FIFO groups in the order received: each group's messages are handled one by one.
+        let mut groups: Vec<(String, Vec<Claimed<S::Handle>>)> = Vec::new();
+        for c in claimed {
+            match c.message.group_id.clone() {
                 None => {
                     let task_shared = shared.clone();
                     shared.tasks.spawn(async move {
-                        settle(&task_shared, message, permit).await;
-                        drop(body_bytes);
+                        settle(&task_shared, c).await;
                     });
                 }
-                Some(g) => match groups.iter_mut().find(|(name, _, _)| *name == g) {
-                    Some((_, list, held)) => {
-                        list.push((message, permit));
-                        held.extend(body_bytes);
-                    }
-                    None => {
-                        groups.push((g, vec![(message, permit)], body_bytes.into_iter().collect()))
-                    }
+                Some(g) => match groups.iter_mut().find(|(name, _)| *name == g) {
+                    Some((_, list)) => list.push(c),
+                    None => groups.push((g, vec![c])),
                 },
             }
         }
-        for (_, list, held) in groups {
+        for (_, list) in groups {
             let task_shared = shared.clone();
             shared.tasks.spawn(async move {
                 run_group(task_shared, list).await;
-                drop(held);
             });
         }
     }
 }
 
-/// A received message with its in-flight slot.
-type Claimed<H> = (Received<H>, OwnedSemaphorePermit);
-
-/// One FIFO group of a receive: its name, its messages, and their share of the body-bytes budget.
-type Group<H> = (String, Vec<Claimed<H>>, Vec<OwnedSemaphorePermit>);
-
 /// One FIFO group's messages, in order. When one is not written, it and every later one go back
 /// to the queue unprocessed, so nothing of the group is ever written out of order.
 async fn run_group<S: Source>(shared: Arc<Shared<S>>, list: Vec<Claimed<S::Handle>>) {
     let mut failed = false;
-    for (message, permit) in list {
+    for c in list {
         if failed {
             // The failed message, now invisible, keeps the group locked in the queue; these
             // follow it back in order.
+            let Claimed {
+                message,
+                permit,
+                guard,
+                wcu,
+                bytes,
+                ..
+            } = c;
+            guard.release().await;
             finish(
                 &shared,
                 &message,
                 Some((Duration::ZERO, "fifo_order")),
                 permit,
+                wcu,
             )
             .await;
+            drop(bytes);
             continue;
         }
-        failed = !settle(&shared, message, permit).await;
+        failed = !settle(&shared, c).await;
     }
 }
 
 /// Processes one message and settles it: ack, dead-letter, or nack. True when it was written
 /// (or handed to the dead-letter path).
-async fn settle<S: Source>(
-    shared: &Shared<S>,
-    message: Received<S::Handle>,
-    permit: OwnedSemaphorePermit,
-) -> bool {
-    let guard = shared.hold(&message);
-    let deadline = message.received_at + shared.config.message_timeout;
-    let outcome = tokio::select! {
-        biased;
-        _ = shared.hard_stop.cancelled() => Outcome::Shutdown,
-        r = tokio::time::timeout_at(deadline, process(shared, &message, deadline)) => match r {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::TimedOut,
-        },
+async fn settle<S: Source>(shared: &Shared<S>, c: Claimed<S::Handle>) -> bool {
+    let Claimed {
+        message,
+        permit,
+        guard,
+        order,
+        decoded,
+        wcu,
+        bytes,
+    } = c;
+    let outcome = match decoded {
+        Err(e) => Outcome::Poison(e),
+        Ok(items) => {
+            // The writer times out work that stops making progress; this only caps how long a
+            // message may be held at all (its visibility cannot be extended past it).
+            let cap = message.received_at + MAX_HOLD;
+            let write = shared
+                .writer
+                .write(items, order, shared.config.message_timeout);
+            tokio::select! {
+                biased;
+                _ = shared.hard_stop.cancelled() => Outcome::Shutdown,
+                r = tokio::time::timeout_at(cap, write) => match r {
+                    Err(_) | Ok(Err(WriteFailure::Deadline)) => Outcome::TimedOut,
+                    Ok(Ok(())) => Outcome::Written,
+                    Ok(Err(WriteFailure::Rejected(e))) => Outcome::Rejected(e),
+                    Ok(Err(e)) => Outcome::WriteFailed(e),
+                },
+            }
+        }
     };
     // The heartbeat must not extend a message once it is settled.
-    drop(guard);
+    guard.release().await;
     let id = message.message_id.as_str();
     let receive_count = message.receive_count;
     let nack = match outcome {
@@ -713,35 +945,12 @@ async fn settle<S: Source>(
             None
         }
         Outcome::Poison(error) => {
-            shared.stats.poison.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("sluice_poison_messages_total", "reason" => error.reason())
-                .increment(1);
-            let detail = error.to_string();
-            match shared
-                .source
-                .dead_letter(&message, error.reason(), &detail)
-                .await
-            {
-                Ok(true) => {
-                    shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("sluice_dead_lettered_total", "reason" => error.reason())
-                        .increment(1);
-                    tracing::warn!(message_id = id, receive_count, reason = error.reason(), error = %detail, "poison message sent to the dead-letter queue");
-                    let _ = shared.acks.send(message.handle.clone()).await;
-                    return true;
-                }
-                Ok(false) => {
-                    tracing::warn!(message_id = id, receive_count, reason = error.reason(), error = %detail, "poison message; leaving it to the queue's redrive policy");
-                    Some((shared.config.poison_nack_delay, "poison"))
-                }
-                Err(e) => {
-                    tracing::warn!(message_id = id, reason = error.reason(), error = %e, "could not dead-letter a poison message; it comes back later");
-                    Some((
-                        shared.config.nack_delay(receive_count),
-                        "dead_letter_failed",
-                    ))
-                }
-            }
+            dead_letter(shared, &message, error.reason(), &error.to_string()).await
+        }
+        Outcome::Rejected(error) => {
+            // Decoding let it through, but the table refuses it on its own: retrying cannot
+            // help, so it is poison too, with the table's own words as the reason.
+            dead_letter(shared, &message, "rejected", &error.message).await
         }
         Outcome::WriteFailed(error) => {
             tracing::warn!(message_id = id, receive_count, reason = error.reason(), %error, "message not written; returning it to the queue");
@@ -752,23 +961,59 @@ async fn settle<S: Source>(
                 message_id = id,
                 receive_count,
                 timeout_s = shared.config.message_timeout.as_secs_f64(),
-                "message timed out; returning it to the queue"
+                "message made no progress for worker.message_timeout; returning it to the queue"
             );
             Some((shared.config.nack_delay(receive_count), "timeout"))
         }
         Outcome::Shutdown => Some((Duration::ZERO, "shutdown")),
     };
     let written = nack.is_none();
-    finish(shared, &message, nack, permit).await;
+    finish(shared, &message, nack, permit, wcu).await;
+    drop(bytes);
     written
 }
 
-/// Nacks (when asked) and releases a message's slot.
+/// Hands a message that can never be written to the dead-letter path. None: it is there (and
+/// acked); else the nack to make.
+async fn dead_letter<S: Source>(
+    shared: &Shared<S>,
+    message: &Received<S::Handle>,
+    reason: &'static str,
+    detail: &str,
+) -> Option<(Duration, &'static str)> {
+    let id = message.message_id.as_str();
+    let receive_count = message.receive_count;
+    shared.stats.poison.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("sluice_poison_messages_total", "reason" => reason).increment(1);
+    match shared.source.dead_letter(message, reason, detail).await {
+        Ok(true) => {
+            shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("sluice_dead_lettered_total", "reason" => reason).increment(1);
+            tracing::warn!(message_id = id, receive_count, reason, error = %detail, "poison message sent to the dead-letter queue");
+            let _ = shared.acks.send(message.handle.clone()).await;
+            None
+        }
+        Ok(false) => {
+            tracing::warn!(message_id = id, receive_count, reason, error = %detail, "poison message; leaving it to the queue's redrive policy");
+            Some((shared.config.poison_nack_delay, "poison"))
+        }
+        Err(e) => {
+            tracing::warn!(message_id = id, reason, error = %e, "could not dead-letter a poison message; it comes back later");
+            Some((
+                shared.config.nack_delay(receive_count),
+                "dead_letter_failed",
+            ))
+        }
+    }
+}
+
+/// Nacks (when asked) and releases a message's slot and its held WCU.
 async fn finish<S: Source>(
     shared: &Shared<S>,
     message: &Received<S::Handle>,
     nack: Option<(Duration, &'static str)>,
     permit: OwnedSemaphorePermit,
+    wcu: u64,
 ) {
     if let Some((delay, reason)) = nack {
         shared.stats.nacked.fetch_add(1, Ordering::Relaxed);
@@ -780,24 +1025,10 @@ async fn finish<S: Source>(
     }
     metrics::histogram!("sluice_message_processing_seconds")
         .record(message.received_at.elapsed().as_secs_f64());
+    shared.stats.held_wcu.fetch_sub(wcu, Ordering::Relaxed);
     shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     metrics::gauge!("sluice_messages_in_flight").decrement(1.0);
     drop(permit);
-}
-
-async fn process<S: Source>(
-    shared: &Shared<S>,
-    message: &Received<S::Handle>,
-    deadline: Instant,
-) -> Outcome {
-    let items = match decode_message(&message.body, &shared.schema) {
-        Ok(items) => items,
-        Err(e) => return Outcome::Poison(e),
-    };
-    match shared.writer.write(items, deadline).await {
-        Ok(()) => Outcome::Written,
-        Err(e) => Outcome::WriteFailed(e),
-    }
 }
 
 async fn run_acker<S: Source>(

@@ -1,29 +1,44 @@
 //! The batching writer: items from many messages, grouped into BatchWriteItem calls.
 //!
-//! Each message hands its items to [`Writer::write`] and waits until all of them are written (or
-//! one fails, or its deadline passes). Behind it a single batcher task drains whatever items are
-//! ready (it never waits to fill a batch of 25 when fewer are ready), collapses duplicate keys
-//! inside a batch (the last write wins, and every message that wrote that key is answered when the
+//! Each message hands all its items to [`Writer::write`] at once, with its place in the order of
+//! receipt, and waits until every one is written or the message fails. One batcher task serves the
+//! messages **oldest first**: a batch takes the items of the oldest message that still has some,
+//! then the next oldest, so messages finish in the order they were received instead of all
+//! together at the end (which is what round-robin service does to a packed backlog). It never
+//! waits to fill a batch of 25 when fewer are ready, collapses duplicate keys inside a batch (the
+//! log with the newest timestamp wins; every message that wrote that key is answered when the
 //! surviving item lands), waits for the batch's WCU at the rate limiter, and sends it on a bounded
-//! number of concurrent calls.
+//! number of concurrent calls. A batch costs at most about a second of the paced rate, so large
+//! items go a few at a time and never hold a batch at the limiter for minutes.
+//!
+//! **Waiting for capacity is not a failure.** A message fails with [`WriteFailure::Deadline`]
+//! only when it makes no progress for its `timeout`:
+//! - before its first item is taken into a batch, it is queueing: its clock is the writer's, which
+//!   moves whenever any item lands or a batch waits for write capacity, so a backlog that drains
+//!   at the paced rate never times anyone out, however long the queue;
+//! - once served, its clock moves when one of its items lands, and stands still while a batch of
+//!   its items waits for capacity. What runs it down is calls that fail or hang, retried with
+//!   backoff: stuck work.
 //!
 //! A call's unprocessed items, and whole calls that failed with a retryable error (throttling,
 //! 5xx, time-outs, connection errors), are sent again with exponential backoff and jitter until
-//! written or until the deadline of every message waiting on them has passed: then those messages
-//! fail and are nacked. Nothing is ever dropped as "done". This writer is the only retry owner:
-//! clients must not retry underneath it.
+//! written or until no message waits for them any more. Nothing is ever dropped as "done". This
+//! writer is the only retry owner: clients must not retry underneath it.
 //!
 //! A validation error rejects a whole batch for one bad item; the batch is then written item by
-//! item so only the message that carried the bad item fails.
+//! item so only the message that carried the bad item fails, with [`WriteFailure::Rejected`].
+//!
+//! If the batcher stops (every [`Writer`] dropped, or the task dies), every message still waiting
+//! is answered [`WriteFailure::Stopped`]: a write never hangs on a writer that is gone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -90,7 +105,7 @@ impl WriteError {
 /// Why a message's items were not all written.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteFailure {
-    #[error("deadline passed with items still unwritten")]
+    #[error("no progress for the message timeout with items still unwritten")]
     Deadline,
     #[error("the table rejected an item: {0}")]
     Rejected(WriteError),
@@ -104,13 +119,14 @@ impl WriteFailure {
     /// A short, stable label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            WriteFailure::Deadline => "deadline",
+            WriteFailure::Deadline => "timeout",
             WriteFailure::Rejected(_) => "invalid_item",
             WriteFailure::Failed(_) => "write_failed",
             WriteFailure::Stopped => "shutdown",
         }
     }
 }
+
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -124,8 +140,6 @@ pub struct WriterConfig {
     pub backoff: Backoff,
     /// Longest one call may take before it counts as failed (and is retried).
     pub request_timeout: Duration,
-    /// Items waiting for a batch; a full queue makes `write` wait (backpressure).
-    pub queue_items: usize,
     /// When persistent table failures stop intake.
     pub breaker: BreakerConfig,
 }
@@ -141,11 +155,16 @@ impl Default for WriterConfig {
                 cap: Duration::from_secs(2),
             },
             request_timeout: Duration::from_secs(10),
-            queue_items: 2048,
             breaker: BreakerConfig::default(),
         }
     }
 }
+
+/// Seconds of the paced rate one batch may cost (at least one item always goes).
+const BATCH_SECONDS: f64 = 1.0;
+
+/// How often the writer looks for messages that stopped making progress.
+const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
 /// Live counters of one writer.
 #[derive(Debug, Default)]
@@ -158,7 +177,7 @@ pub struct WriterStats {
     pub throttled_requests: AtomicU64,
     /// Items sent again after a call left them unprocessed.
     pub unprocessed_retried: AtomicU64,
-    /// Items collapsed into a later item with the same key in one batch.
+    /// Items collapsed into another item with the same key in one batch.
     pub duplicates_collapsed: AtomicU64,
     /// BatchWriteItem calls made.
     pub requests: AtomicU64,
@@ -192,15 +211,30 @@ impl Drop for Charge {
     }
 }
 
-/// The completion of one message's items.
+/// The completion of one message's items, and its progress clock.
 struct Tracker {
     remaining: AtomicUsize,
     done: Mutex<Option<oneshot::Sender<Result<(), WriteFailure>>>>,
-    deadline: Instant,
+    timeout: Duration,
+    /// The last sign of progress: queued, an item landed, write capacity granted.
+    alive_at: Mutex<Instant>,
+    /// One of its items has been taken into a batch.
+    started: AtomicBool,
+    /// Batches holding its items that are waiting for write capacity right now.
+    waiting_capacity: AtomicUsize,
 }
 
 impl Tracker {
+    fn touch(&self) {
+        *self.alive_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn alive_at(&self) -> Instant {
+        *self.alive_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn item_written(&self) {
+        self.touch();
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.finish(Ok(()));
         }
@@ -213,8 +247,8 @@ impl Tracker {
         }
     }
 
-    /// Still wanted: not failed, not answered, and the message is still waiting (a message whose
-    /// timeout fired dropped its receiver: its remaining items are not sent).
+    /// Still wanted: not failed, not answered, and the message is still waiting (a message that
+    /// gave up dropped its receiver: its remaining items are not sent).
     fn is_waiting(&self) -> bool {
         self.done
             .lock()
@@ -224,10 +258,49 @@ impl Tracker {
     }
 }
 
+/// Marks trackers (and, for a first attempt, the writer) as waiting for write capacity while it
+/// lives; their clocks stand still meanwhile, and move on when it drops.
+struct CapacityWait<'a> {
+    trackers: Vec<Arc<Tracker>>,
+    queue: Option<&'a Queue>,
+}
+
+impl<'a> CapacityWait<'a> {
+    fn new(pending: &[Pending], queue: Option<&'a Queue>) -> Self {
+        let trackers: Vec<Arc<Tracker>> = pending
+            .iter()
+            .flat_map(|p| p.trackers.iter().cloned())
+            .collect();
+        for t in &trackers {
+            t.waiting_capacity.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some(q) = queue {
+            q.waiting_capacity.fetch_add(1, Ordering::AcqRel);
+        }
+        CapacityWait { trackers, queue }
+    }
+}
+
+impl Drop for CapacityWait<'_> {
+    fn drop(&mut self) {
+        for t in &self.trackers {
+            t.touch();
+            t.waiting_capacity.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(q) = self.queue {
+            q.touch();
+            q.waiting_capacity.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// One item taken into a batch, with every message waiting for it.
 struct Pending {
     item: Item,
     trackers: Vec<Arc<Tracker>>,
     charge: Charge,
+    /// Written, failed or given up on: dropping it needs no answer.
+    settled: bool,
 }
 
 impl Pending {
@@ -235,34 +308,192 @@ impl Pending {
         self.trackers.iter().any(|t| t.is_waiting())
     }
 
-    fn written(&self) {
+    fn written(mut self) {
+        self.settled = true;
         for t in &self.trackers {
             t.item_written();
         }
     }
 
-    fn fail(&self, failure: &WriteFailure) {
+    fn fail(mut self, failure: &WriteFailure) {
+        self.settled = true;
         for t in &self.trackers {
             t.finish(Err(failure.clone()));
         }
     }
+}
 
-    fn earliest_deadline(&self) -> Option<Instant> {
-        self.trackers
-            .iter()
-            .filter(|t| t.is_waiting())
-            .map(|t| t.deadline)
-            .min()
-    }
-
-    /// Fails the messages whose deadline has passed; true if anyone still waits.
-    fn expire(&self, now: Instant) -> bool {
-        for t in &self.trackers {
-            if now >= t.deadline {
-                t.finish(Err(WriteFailure::Deadline));
+impl Drop for Pending {
+    /// An item dropped unanswered (its task died): its messages must not wait for it forever.
+    fn drop(&mut self) {
+        if !self.settled {
+            for t in &self.trackers {
+                t.finish(Err(WriteFailure::Stopped));
             }
         }
-        self.is_waiting()
+    }
+}
+
+/// One message's items not yet taken into a batch.
+struct Job {
+    items: VecDeque<(Item, Charge)>,
+    tracker: Arc<Tracker>,
+}
+
+#[derive(Default)]
+struct Jobs {
+    live: HashMap<u64, Job>,
+    /// Jobs with items left to take, oldest first: (order, id).
+    ready: BTreeSet<(u64, u64)>,
+    next_id: u64,
+    closed: bool,
+}
+
+/// The messages waiting on the writer.
+struct Queue {
+    jobs: Mutex<Jobs>,
+    /// Wakes the batcher when a job arrives.
+    arrived: Notify,
+    /// The writer's progress clock: an item landed, or write capacity was granted.
+    alive_at: Mutex<Instant>,
+    /// First attempts waiting for write capacity right now.
+    waiting_capacity: AtomicUsize,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn touch(&self) {
+        *self.alive_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn alive_at(&self) -> Instant {
+        *self.alive_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remove(&self, id: u64, order: u64) {
+        let job = {
+            let mut jobs = self.lock();
+            jobs.ready.remove(&(order, id));
+            jobs.live.remove(&id)
+        };
+        drop(job); // its unsent items and their charges, outside the lock
+        // The batcher may be waiting for the last message to go.
+        self.arrived.notify_one();
+    }
+
+    /// Fails every message still waiting (the batcher is gone) and refuses new ones.
+    fn close(&self) {
+        let trackers: Vec<Arc<Tracker>> = {
+            let mut jobs = self.lock();
+            jobs.closed = true;
+            jobs.ready.clear();
+            jobs.live.drain().map(|(_, j)| j.tracker).collect()
+        };
+        for t in trackers {
+            t.finish(Err(WriteFailure::Stopped));
+        }
+    }
+
+    /// Fills `batch` from the oldest jobs that have items left.
+    fn fill(&self, batch: &mut BatchBuilder<'_>) {
+        let mut jobs = self.lock();
+        let Jobs { live, ready, .. } = &mut *jobs;
+        let mut drained = Vec::new();
+        for &(order, id) in ready.iter() {
+            if batch.is_full() {
+                break;
+            }
+            let Some(job) = live.get_mut(&id) else {
+                drained.push((order, id));
+                continue;
+            };
+            if !job.tracker.is_waiting() {
+                // Its message gave up: nothing of it is sent (the message removes the job).
+                job.items.clear();
+                drained.push((order, id));
+                continue;
+            }
+            while let Some((item, _)) = job.items.front() {
+                if !batch.has_room(item) {
+                    break;
+                }
+                let Some((item, charge)) = job.items.pop_front() else {
+                    break;
+                };
+                batch.push(Pending {
+                    item,
+                    trackers: vec![job.tracker.clone()],
+                    charge,
+                    settled: false,
+                });
+                if !job.tracker.started.swap(true, Ordering::AcqRel) {
+                    job.tracker.touch();
+                }
+            }
+            if job.items.is_empty() {
+                drained.push((order, id));
+            } else {
+                break; // the batch has no room for this job's next item
+            }
+        }
+        for key in drained {
+            ready.remove(&key);
+        }
+    }
+
+    /// Fails the messages that made no progress for their timeout.
+    fn expire(&self, now: Instant) {
+        let writer_alive = if self.waiting_capacity.load(Ordering::Acquire) > 0 {
+            now
+        } else {
+            self.alive_at()
+        };
+        let expired: Vec<Arc<Tracker>> = self
+            .lock()
+            .live
+            .values()
+            .filter(|j| {
+                let t = &j.tracker;
+                if t.waiting_capacity.load(Ordering::Acquire) > 0 {
+                    return false;
+                }
+                let alive = if t.started.load(Ordering::Acquire) {
+                    t.alive_at()
+                } else {
+                    t.alive_at().max(writer_alive)
+                };
+                now.saturating_duration_since(alive) >= t.timeout
+            })
+            .map(|j| j.tracker.clone())
+            .collect();
+        for t in expired {
+            t.finish(Err(WriteFailure::Deadline));
+        }
+    }
+}
+
+/// Removes a message's job when its `write` returns or is dropped.
+struct JobGuard<'a> {
+    queue: &'a Queue,
+    id: u64,
+    order: u64,
+}
+
+impl Drop for JobGuard<'_> {
+    fn drop(&mut self) {
+        self.queue.remove(self.id, self.order);
+    }
+}
+
+/// Closes the queue when the batcher task ends, however it ends.
+struct CloseOnDrop(Arc<Queue>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -270,7 +501,9 @@ impl Pending {
 /// dropped and what was queued is done.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Pending>,
+    queue: Arc<Queue>,
+    /// Never sent on: the batcher sees every handle dropped when its receiver closes.
+    _alive: mpsc::Sender<()>,
     stats: Arc<WriterStats>,
     limiter: Arc<WcuLimiter>,
     breaker: Arc<Breaker>,
@@ -284,19 +517,27 @@ impl Writer {
         limiter: Arc<WcuLimiter>,
         config: WriterConfig,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(config.queue_items.max(1));
+        let (alive_tx, alive_rx) = mpsc::channel(1);
         let stats = Arc::new(WriterStats::default());
         let breaker = Arc::new(Breaker::new(config.breaker));
-        let task = tokio::spawn(run_batcher(
+        let queue = Arc::new(Queue {
+            jobs: Mutex::new(Jobs::default()),
+            arrived: Notify::new(),
+            alive_at: Mutex::new(Instant::now()),
+            waiting_capacity: AtomicUsize::new(0),
+        });
+        let ctx = Ctx {
             client,
-            limiter.clone(),
-            config,
-            rx,
-            stats.clone(),
-            breaker.clone(),
-        ));
+            limiter: limiter.clone(),
+            config: Arc::new(config),
+            stats: stats.clone(),
+            breaker: breaker.clone(),
+            queue: queue.clone(),
+        };
+        let task = tokio::spawn(run_batcher(ctx, alive_rx));
         let writer = Writer {
-            tx,
+            queue,
+            _alive: alive_tx,
             stats,
             limiter,
             breaker,
@@ -313,6 +554,11 @@ impl Writer {
         self.stats.clone()
     }
 
+    /// The paced rate in WCU per second (None when unpaced).
+    pub fn paced_rate(&self) -> Option<f64> {
+        self.limiter.rate()
+    }
+
     /// Seconds the write backlog takes at the current paced rate (None when unpaced).
     pub fn backlog_seconds(&self) -> Option<f64> {
         let rate = self.limiter.rate()?;
@@ -322,8 +568,15 @@ impl Writer {
     }
 
     /// Writes all `items` (one message's logs), returning when every one is written, or the first
-    /// failure. Dropping the future abandons the items not yet sent.
-    pub async fn write(&self, items: Vec<Item>, deadline: Instant) -> Result<(), WriteFailure> {
+    /// failure. `order` is the message's place in the order of receipt (lower is served first);
+    /// `timeout` is how long it may go without progress (see the module docs). Dropping the
+    /// future abandons the items not yet sent.
+    pub async fn write(
+        &self,
+        items: Vec<Item>,
+        order: u64,
+        timeout: Duration,
+    ) -> Result<(), WriteFailure> {
         if items.is_empty() {
             return Ok(());
         }
@@ -331,18 +584,35 @@ impl Writer {
         let tracker = Arc::new(Tracker {
             remaining: AtomicUsize::new(items.len()),
             done: Mutex::new(Some(tx)),
-            deadline,
+            timeout,
+            alive_at: Mutex::new(Instant::now()),
+            started: AtomicBool::new(false),
+            waiting_capacity: AtomicUsize::new(0),
         });
-        for item in items {
-            let pending = Pending {
-                charge: Charge::new(&self.stats, item.wcu()),
-                item,
-                trackers: vec![tracker.clone()],
-            };
-            if self.tx.send(pending).await.is_err() {
+        let items: VecDeque<(Item, Charge)> = items
+            .into_iter()
+            .map(|item| {
+                let charge = Charge::new(&self.stats, item.wcu());
+                (item, charge)
+            })
+            .collect();
+        let id = {
+            let mut jobs = self.queue.lock();
+            if jobs.closed {
                 return Err(WriteFailure::Stopped);
             }
-        }
+            let id = jobs.next_id;
+            jobs.next_id += 1;
+            jobs.live.insert(id, Job { items, tracker });
+            jobs.ready.insert((order, id));
+            id
+        };
+        let _guard = JobGuard {
+            queue: &self.queue,
+            id,
+            order,
+        };
+        self.queue.arrived.notify_one();
         rx.await.unwrap_or(Err(WriteFailure::Stopped))
     }
 }
@@ -352,54 +622,70 @@ struct BatchBuilder<'a> {
     items: Vec<Pending>,
     index: HashMap<String, usize>,
     bytes: usize,
+    wcu: u64,
     max_items: usize,
     max_bytes: usize,
+    max_wcu: u64,
 }
 
 impl<'a> BatchBuilder<'a> {
-    fn new(config: &WriterConfig, stats: &'a WriterStats) -> Self {
+    fn new(config: &WriterConfig, stats: &'a WriterStats, max_wcu: u64) -> Self {
         BatchBuilder {
             stats,
             items: Vec::new(),
             index: HashMap::new(),
             bytes: 0,
+            wcu: 0,
             max_items: config.max_batch_items.clamp(1, MAX_BATCH_ITEMS),
             max_bytes: config.max_batch_bytes.clamp(1, MAX_BATCH_BYTES),
+            max_wcu: max_wcu.max(1),
         }
     }
 
     fn is_full(&self) -> bool {
-        self.items.len() >= self.max_items
+        self.items.len() >= self.max_items || self.wcu >= self.max_wcu
     }
 
-    /// Adds an item; gives it back when the batch has no room for it.
-    fn try_push(&mut self, p: Pending) -> Result<(), Pending> {
-        if !p.is_waiting() {
-            return Ok(()); // its message gave up: do not send it
+    /// Whether `item` can join: its key is already here (it collapses), or it fits.
+    fn has_room(&self, item: &Item) -> bool {
+        if self.items.is_empty() || self.index.contains_key(item.key()) {
+            return true;
         }
+        !self.is_full()
+            && self.bytes + item.size() <= self.max_bytes
+            && self.wcu + u64::from(item.wcu()) <= self.max_wcu
+    }
+
+    /// Adds an item [`BatchBuilder::has_room`] said fits.
+    fn push(&mut self, mut p: Pending) {
         if let Some(&i) = self.index.get(p.item.key()) {
-            // Same key twice in one batch: DynamoDB rejects that, and only the last write would
-            // survive anyway. Keep the later item; answer both messages when it lands.
+            // Same key twice in one batch: DynamoDB rejects that, and only one write would
+            // survive anyway. The newer log (by timestamp; the later one on a tie or without
+            // timestamps) is written; both messages are answered when it lands.
             let slot = &mut self.items[i];
-            self.bytes = self.bytes - slot.item.size() + p.item.size();
-            slot.item = p.item;
-            slot.charge = p.charge; // the replaced item's charge is released
-            slot.trackers.extend(p.trackers);
+            let newer = match (p.item.ts_ms(), slot.item.ts_ms()) {
+                (Some(new), Some(old)) => new >= old,
+                _ => true,
+            };
+            if newer {
+                self.bytes = self.bytes - slot.item.size() + p.item.size();
+                self.wcu = self.wcu - u64::from(slot.item.wcu()) + u64::from(p.item.wcu());
+                std::mem::swap(&mut slot.item, &mut p.item);
+                std::mem::swap(&mut slot.charge, &mut p.charge); // the loser's charge is released
+            }
+            slot.trackers.append(&mut p.trackers);
+            p.settled = true;
             metrics::counter!("sluice_duplicates_collapsed_total").increment(1);
             self.stats
                 .duplicates_collapsed
                 .fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        let fits_bytes = self.bytes + p.item.size() <= self.max_bytes || self.items.is_empty();
-        if self.is_full() || !fits_bytes {
-            return Err(p);
+            return;
         }
         self.bytes += p.item.size();
+        self.wcu += u64::from(p.item.wcu());
         self.index
             .insert(p.item.key().to_string(), self.items.len());
         self.items.push(p);
-        Ok(())
     }
 }
 
@@ -413,71 +699,76 @@ fn total_wcu(items: &[Pending]) -> u32 {
 /// other write in flight a batch leaves at once, so a quiet pipeline adds no latency.
 const FILL_WAIT: Duration = Duration::from_millis(2);
 
-async fn run_batcher<W: BatchWriter>(
-    client: Arc<W>,
-    limiter: Arc<WcuLimiter>,
-    config: WriterConfig,
-    mut rx: mpsc::Receiver<Pending>,
-    stats: Arc<WriterStats>,
-    breaker: Arc<Breaker>,
-) {
-    let config = Arc::new(config);
+/// The most WCU one batch may cost: about [`BATCH_SECONDS`] of the paced rate.
+fn batch_wcu_cap(limiter: &WcuLimiter) -> u64 {
+    limiter
+        .rate()
+        .map_or(u64::MAX, |r| ((r * BATCH_SECONDS).floor() as u64).max(1))
+}
+
+async fn run_batcher<W: BatchWriter>(ctx: Ctx<W>, alive: mpsc::Receiver<()>) {
+    let _close = CloseOnDrop(ctx.queue.clone());
+    let expiry = async {
+        loop {
+            tokio::time::sleep(EXPIRY_TICK).await;
+            ctx.queue.expire(Instant::now());
+        }
+    };
+    tokio::select! {
+        _ = batch_loop(&ctx, alive) => {}
+        _ = expiry => {}
+    }
+}
+
+async fn batch_loop<W: BatchWriter>(ctx: &Ctx<W>, mut alive: mpsc::Receiver<()>) {
+    let config = ctx.config.clone();
     let slots = Arc::new(Semaphore::new(config.max_concurrent_requests.max(1)));
     let mut calls = JoinSet::new();
-    let mut carry: Option<Pending> = None;
-    loop {
+    let mut writers_gone = false;
+    'outer: loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
-        let first = match carry.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => break,
-            },
-        };
-        let mut batch = BatchBuilder::new(&config, &stats);
-        if let Err(p) = batch.try_push(first) {
-            carry = Some(p);
-        }
-        while carry.is_none() && !batch.is_full() {
-            match rx.try_recv() {
-                Ok(p) => {
-                    if let Err(p) = batch.try_push(p) {
-                        carry = Some(p);
+        let mut batch = BatchBuilder::new(&config, &ctx.stats, batch_wcu_cap(&ctx.limiter));
+        loop {
+            ctx.queue.fill(&mut batch);
+            if !batch.items.is_empty() {
+                break;
+            }
+            if writers_gone && ctx.queue.lock().live.is_empty() {
+                break 'outer;
+            }
+            tokio::select! {
+                _ = ctx.queue.arrived.notified() => {}
+                r = alive.recv(), if !writers_gone => {
+                    if r.is_none() {
+                        writers_gone = true;
                     }
                 }
-                Err(_) => break,
             }
+            while calls.try_join_next().is_some() {}
         }
         let others_in_flight =
             slots.available_permits() + 1 < config.max_concurrent_requests.max(1);
-        if others_in_flight && carry.is_none() && !batch.is_full() {
-            let until = tokio::time::Instant::now() + FILL_WAIT;
-            while carry.is_none() && !batch.is_full() {
-                match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(p)) => {
-                        if let Err(p) = batch.try_push(p) {
-                            carry = Some(p);
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
+        if others_in_flight && !batch.is_full() {
+            let until = Instant::now() + FILL_WAIT;
+            while !batch.is_full() {
+                if tokio::time::timeout_at(until, ctx.queue.arrived.notified())
+                    .await
+                    .is_err()
+                {
+                    break;
                 }
+                ctx.queue.fill(&mut batch);
             }
         }
-        if batch.items.is_empty() {
-            continue;
-        }
         // Tokens are taken before the batch leaves, while more items queue up for the next one.
-        limiter.acquire(total_wcu(&batch.items)).await;
-        let ctx = Ctx {
-            client: client.clone(),
-            limiter: limiter.clone(),
-            config: config.clone(),
-            stats: stats.clone(),
-            breaker: breaker.clone(),
-        };
-        calls.spawn(send_batch(ctx, batch.items, Some(permit)));
+        // Meanwhile every message in it, and the writer's clock, count as alive.
+        {
+            let _waiting = CapacityWait::new(&batch.items, Some(&ctx.queue));
+            ctx.limiter.acquire(total_wcu(&batch.items)).await;
+        }
+        calls.spawn(send_batch(ctx.clone(), batch.items, Some(permit)));
         while calls.try_join_next().is_some() {}
     }
     while calls.join_next().await.is_some() {}
@@ -490,6 +781,7 @@ struct Ctx<W> {
     config: Arc<WriterConfig>,
     stats: Arc<WriterStats>,
     breaker: Arc<Breaker>,
+    queue: Arc<Queue>,
 }
 
 impl<W> Clone for Ctx<W> {
@@ -500,6 +792,7 @@ impl<W> Clone for Ctx<W> {
             config: self.config.clone(),
             stats: self.stats.clone(),
             breaker: self.breaker.clone(),
+            queue: self.queue.clone(),
         }
     }
 }
@@ -516,29 +809,33 @@ fn send_batch<W: BatchWriter>(
             config,
             stats,
             breaker,
+            queue,
         } = &ctx;
         let _permit = permit;
         let mut attempt: u32 = 0;
         loop {
-            let now = Instant::now();
-            pending.retain(|p| p.expire(now));
-            let Some(earliest) = pending.iter().filter_map(Pending::earliest_deadline).min() else {
+            pending.retain_mut(|p| {
+                let waiting = p.is_waiting();
+                if !waiting {
+                    p.settled = true; // every message waiting on it gave up
+                }
+                waiting
+            });
+            if pending.is_empty() {
                 return;
-            };
+            }
             if attempt > 0 {
+                let _waiting = CapacityWait::new(&pending, None);
                 limiter.acquire(total_wcu(&pending)).await;
             }
             let refs: Vec<&Item> = pending.iter().map(|p| &p.item).collect();
-            let budget = config
-                .request_timeout
-                .min(earliest.saturating_duration_since(now))
-                .max(Duration::from_millis(1));
+            let budget = config.request_timeout.max(Duration::from_millis(1));
             stats.requests.fetch_add(1, Ordering::Relaxed);
             let outcome = match tokio::time::timeout(budget, client.write_batch(&refs)).await {
                 Ok(r) => r,
                 Err(_) => Err(WriteError::new(
                     WriteErrorKind::Transient,
-                    format!("BatchWriteItem took longer than {budget:?}"),
+                    format!("BatchWriteItem took longer than {budget:?} (dynamodb.request_timeout)"),
                 )),
             };
             drop(refs);
@@ -558,6 +855,9 @@ fn send_batch<W: BatchWriter>(
                             written_wcu += p.item.wcu();
                             p.written();
                         }
+                    }
+                    if written_logs > 0 {
+                        queue.touch();
                     }
                     metrics::counter!("sluice_logs_written_total").increment(written_logs);
                     let consumed = result.consumed_wcu.unwrap_or(written_wcu as f64);
@@ -615,23 +915,190 @@ fn send_batch<W: BatchWriter>(
                 }
                 Err(e) => {
                     let failure = if e.kind == WriteErrorKind::InvalidItem {
-                        WriteFailure::Rejected(e)
+                        let key = pending.first().map(|p| p.item.key().to_string());
+                        WriteFailure::Rejected(WriteError::new(
+                            e.kind,
+                            format!(
+                                "item with key `{}`: {}",
+                                key.as_deref().map_or(String::new(), truncate_key),
+                                e.message
+                            ),
+                        ))
                     } else {
                         breaker.record_failure(Instant::now().into_std(), &e.message);
                         WriteFailure::Failed(e)
                     };
                     metrics::counter!("sluice_batch_write_requests_total", "outcome" => failure.reason())
                         .increment(1);
-                    tracing::warn!(error = %failure, items = pending.len(), "batch write failed; its messages will be nacked");
-                    for p in &pending {
+                    tracing::warn!(error = %failure, items = pending.len(), "batch write failed; its messages fail");
+                    for p in pending {
                         p.fail(&failure);
                     }
                     return;
                 }
             }
-            let wake = (Instant::now() + config.backoff.delay(attempt)).min(earliest);
+            let wake = Instant::now() + config.backoff.delay(attempt);
             attempt = attempt.saturating_add(1);
             tokio::time::sleep_until(wake).await;
         }
     })
+}
+
+/// A key short enough to print.
+fn truncate_key(key: &str) -> String {
+    let mut end = key.len().min(128);
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < key.len() {
+        format!("{}…", &key[..end])
+    } else {
+        key.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Schema, decode_message};
+    use crate::item::AttrValue;
+    use crate::testing::MemoryTableForTests;
+
+    fn item(key: &str, ts: &str, path: &str) -> Item {
+        let body = format!(
+            r#"{{"request_id":"{key}","ts":"{ts}","method":"GET","path":"{path}","status":200,"latency_ms":1}}"#
+        );
+        decode_message(body.as_bytes(), &Schema::default())
+            .unwrap()
+            .remove(0)
+    }
+
+    fn spawn(table: Arc<MemoryTableForTests>) -> (Writer, tokio::task::JoinHandle<()>) {
+        Writer::spawn(
+            table,
+            Arc::new(WcuLimiter::unlimited()),
+            WriterConfig::default(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inside_a_batch_the_newest_log_wins_a_key_collision() {
+        let table = Arc::new(MemoryTableForTests::default());
+        table.set_latency(Duration::from_millis(50));
+        let (writer, _task) = spawn(table.clone());
+        // A call in flight makes the next batch wait to fill, so the three messages below
+        // share it. The older log is written by the later message.
+        let first = writer.write(
+            vec![item("other", "2026-01-01T00:00:00Z", "/o")],
+            0,
+            Duration::from_secs(5),
+        );
+        let newer = writer.write(
+            vec![item("k", "2026-01-01T00:00:09Z", "/newer")],
+            1,
+            Duration::from_secs(5),
+        );
+        let older = writer.write(
+            vec![item("k", "2026-01-01T00:00:01Z", "/older")],
+            2,
+            Duration::from_secs(5),
+        );
+        let (a, b, c) = tokio::join!(first, newer, older);
+        assert!(a.is_ok() && b.is_ok() && c.is_ok());
+        assert_eq!(
+            table.rows()["k"].attrs()["path"],
+            AttrValue::S("/newer".into())
+        );
+        assert_eq!(
+            writer.stats().duplicates_collapsed.load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(writer.stats().pending_wcu.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_resolves_when_the_batcher_dies() {
+        let table = Arc::new(MemoryTableForTests::default());
+        table.set_latency(Duration::from_secs(3600));
+        let (writer, task) = spawn(table);
+        let pending = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .write(vec![item("a", "2026-01-01T00:00:00Z", "/")], 0, Duration::from_secs(7200))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        task.abort();
+        let r = tokio::time::timeout(Duration::from_secs(1), pending)
+            .await
+            .expect("resolved at once")
+            .unwrap();
+        assert!(matches!(r, Err(WriteFailure::Stopped)), "{r:?}");
+        let again = writer
+            .write(vec![item("b", "2026-01-01T00:00:00Z", "/")], 1, Duration::from_secs(5))
+            .await;
+        assert!(matches!(again, Err(WriteFailure::Stopped)), "{again:?}");
+    }
+
+    /// A table whose every call panics.
+    struct Panicking;
+
+    impl BatchWriter for Panicking {
+        async fn write_batch(&self, _: &[&Item]) -> Result<BatchResult, WriteError> {
+            panic!("injected panic in the table client")
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_resolves_when_its_call_panics() {
+        let (writer, _task) = Writer::spawn(
+            Arc::new(Panicking),
+            Arc::new(WcuLimiter::unlimited()),
+            WriterConfig::default(),
+        );
+        let r = tokio::time::timeout(
+            Duration::from_secs(1),
+            writer.write(vec![item("a", "2026-01-01T00:00:00Z", "/")], 0, Duration::from_secs(7200)),
+        )
+        .await
+        .expect("resolved at once");
+        assert!(matches!(r, Err(WriteFailure::Stopped)), "{r:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_queued_behind_a_draining_backlog_never_times_out_but_a_stuck_one_does() {
+        // 2,000 items at one call of 25 per 100 ms take 8 s; each message may go 1 s without
+        // progress. The last of 80 messages waits ~8 s and still succeeds.
+        let table = Arc::new(MemoryTableForTests::default());
+        table.set_latency(Duration::from_millis(100));
+        let config = WriterConfig {
+            max_concurrent_requests: 1,
+            ..WriterConfig::default()
+        };
+        let (writer, _task) = Writer::spawn(table.clone(), Arc::new(WcuLimiter::unlimited()), config);
+        let writes: Vec<_> = (0..80)
+            .map(|m| {
+                let items: Vec<Item> = (0..25)
+                    .map(|j| item(&format!("m{m}-{j}"), "2026-01-01T00:00:00Z", "/"))
+                    .collect();
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.write(items, m, Duration::from_secs(1)).await })
+            })
+            .collect();
+        for w in writes {
+            let r = w.await.unwrap();
+            assert!(r.is_ok(), "{r:?}");
+        }
+        // Stuck: the call now hangs; the message fails once it has gone its own 2 s without
+        // progress, not when the call's 10 s request timeout ends.
+        table.set_latency(Duration::from_secs(3600));
+        let started = Instant::now();
+        let r = writer
+            .write(vec![item("stuck", "2026-01-01T00:00:00Z", "/")], 100, Duration::from_secs(2))
+            .await;
+        assert!(matches!(r, Err(WriteFailure::Deadline)), "{r:?}");
+        assert!(started.elapsed() <= Duration::from_secs(3), "{:?}", started.elapsed());
+    }
 }

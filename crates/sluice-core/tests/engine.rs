@@ -661,8 +661,10 @@ async fn a_persistently_failing_table_opens_the_breaker_and_receiving_stops() {
         h.breaker.is_open(now())
     })
     .await;
+    // A receive answering just as it opened lands and is handed straight back (within 500 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let received = h.stats.received.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    tokio::time::sleep(Duration::from_millis(3900)).await;
     assert!(h.breaker.is_open(now()), "the first cooldown is 5 s");
     assert_eq!(
         h.stats.received.load(Ordering::Relaxed),
@@ -727,4 +729,322 @@ async fn chaos_fifo_fifty_groups_keep_their_order_under_injected_failures() {
     }
     h.stop.cancel();
     h.run.await.unwrap();
+}
+
+/// `n` logs as one NDJSON body, keys `{prefix}-{j}`.
+fn packed(prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|j| log(&format!("{prefix}-{j}")) + "\n")
+        .collect()
+}
+
+// Real time: the token bucket runs on governor's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_messages_waiting_for_capacity_are_never_timed_out_and_finish_in_order() {
+    // Nine messages of 890 one-WCU logs, as sluice-producer packs a spike, against a 2,000 WCU/s
+    // budget: the last one waits ~3.6 s for capacity, far past the 1 s message timeout, but it
+    // is queueing, not stuck. Every message is received once, none is nacked, they finish in the
+    // order received, and the drain takes the floor.
+    let q = Arc::new(InMemoryQueueForTests::new(
+        Duration::from_secs(2),
+        Duration::from_secs(20),
+    ));
+    let mut cfg = config();
+    cfg.message_timeout = Duration::from_secs(1);
+    cfg.visibility_timeout = Some(Duration::from_secs(2));
+    cfg.intake_horizon = Some(Duration::from_millis(500));
+    let limiter = WcuLimiter::try_new(std::num::NonZeroU32::new(2000).unwrap(), 0.2).unwrap();
+    let h = start_paced(q, Arc::new(MemoryTableForTests::default()), cfg, limiter);
+    let ids: Vec<String> = (0..9)
+        .map(|m| h.queue.send(packed(&format!("m{m}"), 890)))
+        .collect();
+    let started = std::time::Instant::now();
+    while !h.queue.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(30), "not drained");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let floor = 9.0 * 890.0 / 2000.0;
+    assert!(h.queue.nacks().is_empty(), "nacked: {:?}", h.queue.nacks());
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!((stats.received, stats.acked, stats.nacked), (9, 9, 0));
+    for id in &ids {
+        assert_eq!(h.queue.receive_count(id), None, "{id} deleted");
+    }
+    assert_eq!(h.table.rows().len(), 9 * 890);
+    assert_eq!(h.table.calls.load(Ordering::Relaxed), h.table.puts.load(Ordering::Relaxed).div_ceil(25), "no item written twice, full batches");
+    // Oldest first: message m finishes before message m + 1 starts being written.
+    let order = h.table.put_order();
+    let last_put = |m: usize| order.iter().rposition(|k| k.starts_with(&format!("m{m}-"))).unwrap();
+    let first_put = |m: usize| order.iter().position(|k| k.starts_with(&format!("m{m}-"))).unwrap();
+    for m in 0..8 {
+        assert!(last_put(m) < last_put(m + 1), "m{m} finished after m{}", m + 1);
+        assert!(
+            first_put(m + 1) + 200 > last_put(m),
+            "m{} started long before m{m} finished",
+            m + 1
+        );
+    }
+    assert!(took <= floor * 1.1 + 0.3, "drained in {took:.2} s, floor {floor:.2} s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifo_followers_are_heartbeated_from_receipt_and_their_timeout_starts_with_them() {
+    // Visibility 3 s, a table that takes 2 s per call, one group of five messages received
+    // together, each writing the same row: the fifth waits ~8 s for its turn. None is received
+    // twice, none times out (message timeout 3 s), and the row ends as the newest message.
+    let q = Arc::new(InMemoryQueueForTests::new(
+        Duration::from_secs(3),
+        Duration::from_secs(20),
+    ));
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_secs(2));
+    let mut cfg = config();
+    cfg.message_timeout = Duration::from_secs(3);
+    cfg.visibility_timeout = Some(Duration::from_secs(3));
+    let h = start(q, table, cfg);
+    let ids: Vec<String> = (0..5)
+        .map(|i| {
+            let body = log("row").replace(r#""path":"/p""#, &format!(r#""path":"/v{i}""#));
+            h.queue.send_to_group(body, Some("tenant-a"))
+        })
+        .collect();
+    wait_until("drained", Duration::from_secs(60), || h.queue.is_empty()).await;
+    assert!(h.queue.nacks().is_empty(), "nacked: {:?}", h.queue.nacks());
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!((stats.received, stats.acked), (5, 5), "each received once");
+    assert!(h.queue.extends() > 0, "the followers were heartbeated");
+    let row = &h.table.rows()["row"];
+    assert_eq!(
+        row.attrs()["path"],
+        sluice_core::AttrValue::S("/v4".into()),
+        "the newest message wins"
+    );
+    let _ = ids;
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_waiting_for_the_byte_budget_are_heartbeated_from_receipt() {
+    // Visibility 3 s; a 1 MiB budget and messages of ~400 KiB on a table that takes 4 s per
+    // call: messages wait many seconds for room in the budget. None is received twice.
+    let q = Arc::new(InMemoryQueueForTests::new(
+        Duration::from_secs(3),
+        Duration::from_secs(20),
+    ));
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_secs(4));
+    let mut cfg = config();
+    cfg.pollers = 2;
+    cfg.max_messages = 4;
+    cfg.max_in_flight_bytes = 1 << 20;
+    cfg.visibility_timeout = Some(Duration::from_secs(3));
+    cfg.message_timeout = Duration::from_secs(10);
+    let h = start(q, table, cfg);
+    let pad = "x".repeat(1500);
+    for m in 0..8 {
+        let body: String = (0..250)
+            .map(|i| {
+                log(&format!("b{m}-{i}"))
+                    .replace(r#""latency_ms":3"#, &format!(r#""latency_ms":3,"pad":"{pad}""#))
+                    + "\n"
+            })
+            .collect();
+        assert!(body.len() > 380 * 1024);
+        h.queue.send(body);
+    }
+    wait_until("drained", Duration::from_secs(600), || h.queue.is_empty()).await;
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!((stats.received, stats.acked, stats.nacked), (8, 8, 0));
+    assert_eq!(h.table.rows().len(), 8 * 250);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_item_the_table_rejects_alone_goes_to_the_dead_letter_path_with_the_tables_reason() {
+    let q = Arc::new(
+        InMemoryQueueForTests::new(Duration::from_secs(30), Duration::from_secs(20))
+            .with_dead_letters(),
+    );
+    let table = Arc::new(MemoryTableForTests::default());
+    table.reject_key("refused");
+    let h = start(q, table, config());
+    let bad = h.queue.send(format!("{}\n{}", log("fine-1"), log("refused")));
+    h.queue.send(log("fine-2"));
+    wait_until("drained", Duration::from_secs(60), || h.queue.is_empty()).await;
+    let dead = h.queue.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].0.as_str(), dead[0].2.as_str()), (bad.as_str(), "rejected"));
+    assert!(h.queue.nacks().is_empty(), "never nacked: {:?}", h.queue.nacks());
+    let rows = h.table.rows();
+    assert!(rows.contains_key("fine-1") && rows.contains_key("fine-2"));
+    h.stop.cancel();
+    let stats = h.run.await.unwrap();
+    assert_eq!((stats.dead_lettered, stats.acked), (1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_still_in_flight_when_a_message_times_out_do_not_open_the_breaker() {
+    // The table answers in 8 s, within dynamodb.request_timeout (10 s), but messages time out
+    // after 2 s without progress: they are nacked, and the slow-but-successful calls are not
+    // counted against the table (sluice's own deadline cut nothing).
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_secs(8));
+    let mut cfg = config();
+    cfg.message_timeout = Duration::from_secs(2);
+    let h = start(queue(), table, cfg);
+    for i in 0..10 {
+        h.queue.send(log(&format!("slow-{i}")));
+    }
+    let now = || tokio::time::Instant::now().into_std();
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!h.breaker.is_open(now()), "the breaker opened");
+    }
+    assert!(!h.queue.nacks().is_empty(), "the messages did time out");
+    h.stop.cancel();
+    h.run.await.unwrap();
+}
+
+/// A queue whose receive answers after a delay, recording every visibility change.
+struct SlowQueue {
+    inner: InMemoryQueueForTests,
+    receive_delay: Duration,
+    extend_delay: Duration,
+    /// (what, handle, time): "extend-start", "extend-end", "nack", "hand-back"
+    events: std::sync::Mutex<Vec<(&'static str, String, tokio::time::Instant)>>,
+}
+
+impl SlowQueue {
+    fn record(&self, what: &'static str, handle: &str) {
+        self.events
+            .lock()
+            .unwrap()
+            .push((what, handle.to_string(), tokio::time::Instant::now()));
+    }
+}
+
+impl Source for SlowQueue {
+    type Handle = String;
+    async fn receive(
+        &self,
+        max: usize,
+    ) -> Result<Vec<sluice_core::Received<String>>, sluice_core::SourceError> {
+        let r = self.inner.receive(max).await;
+        tokio::time::sleep(self.receive_delay).await;
+        r
+    }
+    async fn ack(&self, handles: &[String]) -> Vec<sluice_core::source::AckFailure> {
+        self.inner.ack(handles).await
+    }
+    async fn nack(&self, handle: &String, delay: Duration) -> Result<(), sluice_core::SourceError> {
+        self.record("nack", handle);
+        self.inner.nack(handle, delay).await
+    }
+    async fn extend(
+        &self,
+        handles: &[String],
+        visibility: Duration,
+    ) -> Vec<sluice_core::source::AckFailure> {
+        if visibility.is_zero() {
+            for h in handles {
+                self.record("hand-back", h);
+            }
+            return self.inner.extend(handles, visibility).await;
+        }
+        for h in handles {
+            self.record("extend-start", h);
+        }
+        tokio::time::sleep(self.extend_delay).await;
+        let r = self.inner.extend(handles, visibility).await;
+        for h in handles {
+            self.record("extend-end", h);
+        }
+        r
+    }
+}
+
+fn slow_queue(visibility: Duration, receive_delay: Duration, extend_delay: Duration) -> Arc<SlowQueue> {
+    Arc::new(SlowQueue {
+        inner: InMemoryQueueForTests::new(visibility, Duration::from_secs(20)),
+        receive_delay,
+        extend_delay,
+        events: Default::default(),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_extension_in_flight_cannot_undo_a_nack() {
+    // Visibility 2 s: the heartbeat extends a held message about 1 s after receipt, and the
+    // extension takes 1.5 s to answer. The write fails (table down) while it is in flight. The
+    // nack must wait for the extension to land, or the extension would land after it and hide
+    // the message again.
+    let q = slow_queue(Duration::from_secs(2), Duration::ZERO, Duration::from_millis(1500));
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_millis(1200));
+    table.fail_with(Some(WriteErrorKind::Fatal));
+    let mut cfg = config();
+    cfg.visibility_timeout = Some(Duration::from_secs(2));
+    let (writer, _task) = Writer::spawn(table, Arc::new(WcuLimiter::unlimited()), WriterConfig::default());
+    let engine = Engine::new(q.clone(), writer, Schema::default(), cfg);
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(engine.run(stop.clone()));
+    q.inner.send(log("x"));
+    wait_until("a nack", Duration::from_secs(30), || {
+        q.events.lock().unwrap().iter().any(|e| e.0 == "nack")
+    })
+    .await;
+    let events = q.events.lock().unwrap().clone();
+    let nack = events.iter().find(|e| e.0 == "nack").unwrap();
+    for start in events.iter().filter(|e| e.0 == "extend-start" && e.1 == nack.1) {
+        let end = events
+            .iter()
+            .find(|e| e.0 == "extend-end" && e.1 == nack.1 && e.2 >= start.2)
+            .expect("every extension ends");
+        assert!(
+            !(start.2 <= nack.2 && nack.2 < end.2),
+            "nacked at {:?} while an extension ran from {:?} to {:?}",
+            nack.2,
+            start.2,
+            end.2
+        );
+    }
+    assert!(events.iter().any(|e| e.0 == "extend-start"), "the race was set up: {events:?}");
+    stop.cancel();
+    run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receive_cut_short_by_the_breaker_opening_is_handed_back_at_once() {
+    // The receive takes 300 ms to answer; the breaker opens while it is out. Its messages are
+    // made visible again at once, not stranded in flight for the 30 s visibility timeout.
+    let q = slow_queue(Duration::from_secs(30), Duration::from_millis(300), Duration::ZERO);
+    let table = Arc::new(MemoryTableForTests::default());
+    let mut cfg = config();
+    cfg.pollers = 1;
+    let (writer, _task) = Writer::spawn(table, Arc::new(WcuLimiter::unlimited()), WriterConfig::default());
+    let breaker = writer.breaker();
+    let engine = Engine::new(q.clone(), writer, Schema::default(), cfg);
+    let stats = engine.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(engine.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let id = q.inner.send(log("held-back"));
+    tokio::time::sleep(Duration::from_millis(100)).await; // the receive has it, not yet answered
+    for _ in 0..5 {
+        breaker.record_failure(tokio::time::Instant::now().into_std(), "injected");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let events = q.events.lock().unwrap().clone();
+    assert!(
+        events.iter().any(|e| e.0 == "hand-back"),
+        "handed back: {events:?}"
+    );
+    assert_eq!(stats.snapshot().nacked, 1);
+    // After the cooldown it is received again and written.
+    wait_until("drained", Duration::from_secs(60), || q.inner.is_empty()).await;
+    assert_eq!(q.inner.receive_count(&id), None);
+    stop.cancel();
+    run.await.unwrap();
 }

@@ -14,13 +14,23 @@ use aws_sdk_dynamodb::types::{
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use sluice_core::{AttrValue, BatchResult, BatchWriter, Item, WriteError, WriteErrorKind};
 
-/// A DynamoDB client for the write path: same settings as `sdk_config`, SDK retries off.
+/// A DynamoDB client for the write path: same settings as `sdk_config`, SDK retries off, and a
+/// backstop deadline on every call (the writer cuts BatchWriteItem sooner, at
+/// `dynamodb.request_timeout`; DescribeTable has this one).
 pub fn writer_client(sdk_config: &aws_config::SdkConfig) -> Client {
     let config = aws_sdk_dynamodb::config::Builder::from(sdk_config)
         .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                .operation_timeout(CALL_DEADLINE)
+                .build(),
+        )
         .build();
     Client::from_conf(config)
 }
+
+/// The longest any DynamoDB call of the write path may take.
+pub const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct DynamoDbWriter {
     client: Client,

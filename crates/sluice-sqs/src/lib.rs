@@ -6,10 +6,16 @@
 //! nacks are ChangeMessageVisibility. The SDK's own retries stay on for these calls: each is a
 //! single idempotent step the engine does not retry itself (the acker retries only the entries
 //! SQS reported as failed).
+//!
+//! No call goes without a deadline: [`client_with_deadlines`] gives every attempt
+//! `request_timeout` and every operation, retries included, three times that; ReceiveMessage gets
+//! the long-poll wait on top of both. A server that accepts a call and never answers costs one
+//! deadline, never a hang.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
@@ -21,6 +27,20 @@ use sluice_core::{AckFailure, Received, Source, SourceError};
 /// SQS's longest visibility timeout: 12 hours.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 
+/// An SQS client whose every call has a deadline: `request_timeout` per attempt, three times
+/// that per operation (SDK retries included).
+pub fn client_with_deadlines(sdk: &aws_config::SdkConfig, request_timeout: Duration) -> Client {
+    let config = aws_sdk_sqs::config::Builder::from(sdk)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(request_timeout)
+                .operation_timeout(request_timeout * 3)
+                .build(),
+        )
+        .build();
+    Client::from_conf(config)
+}
+
 #[derive(Debug, Clone)]
 pub struct SqsSourceConfig {
     pub queue_url: String,
@@ -30,6 +50,8 @@ pub struct SqsSourceConfig {
     pub visibility_timeout: Option<Duration>,
     /// Where poison goes, with its reason; `None` leaves it to the queue's redrive policy.
     pub dead_letter_queue_url: Option<String>,
+    /// The attempt deadline of a call; ReceiveMessage gets the long-poll wait on top.
+    pub request_timeout: Duration,
 }
 
 pub struct SqsSource {
@@ -82,6 +104,8 @@ impl Source for SqsSource {
     type Handle = String;
 
     async fn receive(&self, max: usize) -> Result<Vec<Received<String>>, SourceError> {
+        let wait = Duration::from_secs(u64::from(self.config.wait_time_seconds.min(20)));
+        let attempt = wait + self.config.request_timeout;
         let out = self
             .client
             .receive_message()
@@ -92,6 +116,15 @@ impl Source for SqsSource {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Builder::default().timeout_config(
+                    TimeoutConfig::builder()
+                        .operation_attempt_timeout(attempt)
+                        .operation_timeout(attempt + self.config.request_timeout)
+                        .build(),
+                ),
+            )
             .send()
             .await
             .map_err(|e| source_error("ReceiveMessage", e))?;

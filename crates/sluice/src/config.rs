@@ -390,6 +390,11 @@ pub struct SqsSettings {
     /// How long acks wait to fill a DeleteMessageBatch of 10.
     #[serde(with = "humantime_serde")]
     pub ack_linger: Duration,
+    /// Deadline of one attempt of every SQS call (ReceiveMessage gets the long-poll wait on
+    /// top); an operation, retries included, gets three times this. A call that hangs is cut
+    /// and retried, so shutdown and the heartbeat never wait on a silent server.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for SqsSettings {
@@ -405,6 +410,7 @@ impl Default for SqsSettings {
             dead_letter_queue_url: None,
             poison_nack_delay: Duration::from_secs(60),
             ack_linger: Duration::from_millis(20),
+            request_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -508,8 +514,8 @@ pub struct RateSettings {
     pub refresh_interval: Duration,
     /// Burst, in seconds of budget (0 < b ≤ 1): what may be spent at once after an idle spell.
     pub burst_seconds: f64,
-    /// Receive only while the write backlog takes less than this at the paced rate. At most half
-    /// of worker.message_timeout.
+    /// Receive only while the messages held take less than this to write at the paced rate
+    /// (counting each message's whole WCU), and no more messages than fit in it.
     #[serde(with = "humantime_serde")]
     pub intake_horizon: Duration,
     /// `local` or `redis`.
@@ -581,14 +587,18 @@ pub struct WorkerSettings {
     pub max_in_flight: usize,
     /// Bytes of message bodies held at once: bounds memory when messages carry many logs.
     pub max_in_flight_bytes: usize,
-    /// Time a message has, from receipt, to be written; then it is nacked.
+    /// How long a message may go without progress before it is nacked: no item of it landing,
+    /// no write capacity granted to it (or, while it queues, to the messages ahead of it).
+    /// Waiting for capacity does not count, so a packed message on a small table is never
+    /// timed out; calls that fail or hang do.
     #[serde(with = "humantime_serde")]
     pub message_timeout: Duration,
     /// Time in-flight messages get to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Items queued for batching before messages wait (backpressure).
-    pub write_queue_items: usize,
+    /// No longer used (accepted so older configs still load; a warning says so): the writer
+    /// takes each message's items whole, and `max_in_flight_bytes` bounds the memory.
+    pub write_queue_items: Option<usize>,
 }
 
 impl Default for WorkerSettings {
@@ -598,7 +608,7 @@ impl Default for WorkerSettings {
             max_in_flight_bytes: EngineConfig::default().max_in_flight_bytes,
             message_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
-            write_queue_items: 2048,
+            write_queue_items: None,
         }
     }
 }
@@ -890,10 +900,20 @@ impl Settings {
             !s.ts_field.is_empty(),
             "schema.ts_field must not be empty".into(),
         );
-        if s.ttl_attribute.is_some() {
+        if let Some(ttl) = &s.ttl_attribute {
             check(
                 !s.ttl_retention.is_zero(),
                 "schema.ttl_retention must be above zero when schema.ttl_attribute is set".into(),
+            );
+            check(
+                !ttl.trim().is_empty(),
+                "schema.ttl_attribute must not be empty (leave it unset for no TTL)".into(),
+            );
+            check(
+                *ttl != s.key_attribute,
+                format!(
+                    "schema.ttl_attribute `{ttl}` is the table's key (schema.key_attribute): every item would get the TTL number as its key; name another attribute"
+                ),
             );
         }
         let r = &self.rate;
@@ -940,11 +960,10 @@ impl Settings {
             "rate.refresh_interval must be at least 1s".into(),
         );
         check(
-            r.intake_horizon * 2 <= self.worker.message_timeout && !r.intake_horizon.is_zero(),
+            !r.intake_horizon.is_zero() && r.intake_horizon <= Duration::from_secs(3600),
             format!(
-                "rate.intake_horizon ({}) must be above zero and at most half of worker.message_timeout ({})",
-                humantime::format_duration(r.intake_horizon),
-                humantime::format_duration(self.worker.message_timeout)
+                "rate.intake_horizon must be above zero and at most 1h, got {}",
+                humantime::format_duration(r.intake_horizon)
             ),
         );
         if r.mode == RateMode::Redis {
@@ -975,8 +994,15 @@ impl Settings {
             );
         }
         check(
-            w.write_queue_items >= 1,
-            "worker.write_queue_items must be at least 1".into(),
+            w.write_queue_items.is_none_or(|n| n >= 1),
+            "worker.write_queue_items must be at least 1 (it is no longer used: remove it)".into(),
+        );
+        check(
+            !q.request_timeout.is_zero() && q.request_timeout <= Duration::from_secs(60),
+            format!(
+                "sqs.request_timeout must be above zero and at most 60s, got {}",
+                humantime::format_duration(q.request_timeout)
+            ),
         );
         if self.spot.enabled {
             // The notice comes two minutes ahead; the drain must end well before.
@@ -1131,7 +1157,6 @@ impl Settings {
                 cap: self.dynamodb.retry_max_delay,
             },
             request_timeout: self.dynamodb.request_timeout,
-            queue_items: self.worker.write_queue_items,
             ..WriterConfig::default()
         }
     }

@@ -103,7 +103,7 @@ fn count(out: &HashMap<QueueAttributeName, String>, n: QueueAttributeName) -> u6
 pub async fn dlq(args: DlqArgs) -> Result<()> {
     let settings = config::load_partial(args.config.as_deref())?;
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    let sqs = Client::new(&sdk);
+    let sqs = sluice_sqs::client_with_deadlines(&sdk, settings.sqs.request_timeout);
     let source = settings.sqs.queue_url.clone();
     let dlq = match (args.dlq.clone(), settings.sqs.dead_letter_queue_url.clone()) {
         (Some(u), _) | (None, Some(u)) => u,
@@ -225,6 +225,14 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
     Ok(())
 }
 
+/// The attempt deadline the client was built with (5 s if it has none).
+fn sqs_request_timeout(sqs: &Client) -> std::time::Duration {
+    sqs.config()
+        .timeout_config()
+        .and_then(|t| t.operation_attempt_timeout())
+        .unwrap_or(std::time::Duration::from_secs(5))
+}
+
 async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u64>) -> Result<()> {
     let fifo = source.ends_with(".fifo");
     let dlq_source = sluice_sqs::SqsSource::new(
@@ -234,6 +242,7 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
             wait_time_seconds: 1,
             visibility_timeout: None,
             dead_letter_queue_url: None,
+            request_timeout: sqs_request_timeout(sqs),
         },
     );
     let started = Instant::now();

@@ -23,6 +23,11 @@ use sluice_redis::{BucketRate, RedisBucket};
 
 use crate::config::{RateMode, Settings};
 
+/// What stopping may take after the engine has returned (closing the Kafka consumer, the writer's
+/// last calls): with the engine's bound, `sluice run` exits within `worker.shutdown_grace` +
+/// [`sluice_core::engine::SHUTDOWN_MARGIN`] + this.
+pub const AFTER_ENGINE: Duration = Duration::from_secs(2);
+
 /// The longest a Kafka receive waits for records before it returns empty.
 const KAFKA_POLL_WAIT: Duration = Duration::from_secs(1);
 
@@ -106,6 +111,12 @@ async fn queue_visibility(settings: &Settings, sqs: &aws_sdk_sqs::Client) -> Res
 impl Pipeline {
     /// Builds the pipeline; checks the table first when `dynamodb.check_table` is on.
     pub async fn build(settings: &Settings, sqs: &SdkConfig, dynamodb: &SdkConfig) -> Result<Self> {
+        if let Some(n) = settings.worker.write_queue_items {
+            tracing::warn!(
+                write_queue_items = n,
+                "worker.write_queue_items is no longer used (the writer takes each message whole; worker.max_in_flight_bytes bounds memory): remove it"
+            );
+        }
         let table_writer = DynamoDbWriter::new(
             sluice_dynamodb::writer_client(dynamodb),
             &settings.dynamodb.table,
@@ -217,7 +228,8 @@ impl Pipeline {
             );
             (Engines::Kafka(engine, source), KAFKA_POLL_WAIT)
         } else {
-            let sqs_client = aws_sdk_sqs::Client::new(sqs);
+            let sqs_client =
+                sluice_sqs::client_with_deadlines(sqs, settings.sqs.request_timeout);
             let visibility = queue_visibility(settings, &sqs_client).await?;
             let source = SqsSource::new(
                 sqs_client,
@@ -226,6 +238,7 @@ impl Pipeline {
                     wait_time_seconds: settings.sqs.wait_time_seconds,
                     visibility_timeout: settings.sqs.visibility_timeout,
                     dead_letter_queue_url: settings.sqs.dead_letter_queue_url.clone(),
+                    request_timeout: settings.sqs.request_timeout,
                 },
             );
             let engine = Engine::new(
@@ -283,13 +296,28 @@ impl Pipeline {
             Engines::Kafka(e, source) => {
                 let snapshot = e.run(shutdown).await;
                 // Every record is written or returned: commit and leave the group.
-                source.close().await;
+                if tokio::time::timeout(AFTER_ENGINE, source.close())
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(
+                        "the Kafka consumer did not close in time; uncommitted records are read again by the group"
+                    );
+                }
                 snapshot
             }
         };
-        let _ = self.writer_task.await;
+        // The engine has returned within shutdown_grace + SHUTDOWN_MARGIN; what the writer still
+        // does is for messages that were already given up on.
+        if tokio::time::timeout(AFTER_ENGINE, self.writer_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the writer had calls in flight at exit; their messages come back");
+        }
         if let Some((stop, task)) = self.refresh {
             stop.cancel();
+            task.abort(); // a DescribeTable in flight is of no use any more
             let _ = task.await;
         }
         snapshot

@@ -44,7 +44,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     if !settings.kafka.enabled {
         queue_metrics::spawn(
-            aws_sdk_sqs::Client::new(&sdk),
+            sluice_sqs::client_with_deadlines(&sdk, settings.sqs.request_timeout),
             settings.sqs.queue_url.clone(),
             background_stop.clone(),
         );
