@@ -127,7 +127,6 @@ impl WriteFailure {
     }
 }
 
-
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     /// Items per BatchWriteItem call (1..=25).
@@ -835,7 +834,9 @@ fn send_batch<W: BatchWriter>(
                 Ok(r) => r,
                 Err(_) => Err(WriteError::new(
                     WriteErrorKind::Transient,
-                    format!("BatchWriteItem took longer than {budget:?} (dynamodb.request_timeout)"),
+                    format!(
+                        "BatchWriteItem took longer than {budget:?} (dynamodb.request_timeout)"
+                    ),
                 )),
             };
             drop(refs);
@@ -1025,7 +1026,11 @@ mod tests {
             let writer = writer.clone();
             async move {
                 writer
-                    .write(vec![item("a", "2026-01-01T00:00:00Z", "/")], 0, Duration::from_secs(7200))
+                    .write(
+                        vec![item("a", "2026-01-01T00:00:00Z", "/")],
+                        0,
+                        Duration::from_secs(7200),
+                    )
                     .await
             }
         });
@@ -1037,7 +1042,11 @@ mod tests {
             .unwrap();
         assert!(matches!(r, Err(WriteFailure::Stopped)), "{r:?}");
         let again = writer
-            .write(vec![item("b", "2026-01-01T00:00:00Z", "/")], 1, Duration::from_secs(5))
+            .write(
+                vec![item("b", "2026-01-01T00:00:00Z", "/")],
+                1,
+                Duration::from_secs(5),
+            )
             .await;
         assert!(matches!(again, Err(WriteFailure::Stopped)), "{again:?}");
     }
@@ -1060,7 +1069,11 @@ mod tests {
         );
         let r = tokio::time::timeout(
             Duration::from_secs(1),
-            writer.write(vec![item("a", "2026-01-01T00:00:00Z", "/")], 0, Duration::from_secs(7200)),
+            writer.write(
+                vec![item("a", "2026-01-01T00:00:00Z", "/")],
+                0,
+                Duration::from_secs(7200),
+            ),
         )
         .await
         .expect("resolved at once");
@@ -1077,7 +1090,8 @@ mod tests {
             max_concurrent_requests: 1,
             ..WriterConfig::default()
         };
-        let (writer, _task) = Writer::spawn(table.clone(), Arc::new(WcuLimiter::unlimited()), config);
+        let (writer, _task) =
+            Writer::spawn(table.clone(), Arc::new(WcuLimiter::unlimited()), config);
         let writes: Vec<_> = (0..80)
             .map(|m| {
                 let items: Vec<Item> = (0..25)
@@ -1096,9 +1110,17 @@ mod tests {
         table.set_latency(Duration::from_secs(3600));
         let started = Instant::now();
         let r = writer
-            .write(vec![item("stuck", "2026-01-01T00:00:00Z", "/")], 100, Duration::from_secs(2))
+            .write(
+                vec![item("stuck", "2026-01-01T00:00:00Z", "/")],
+                100,
+                Duration::from_secs(2),
+            )
             .await;
         assert!(matches!(r, Err(WriteFailure::Deadline)), "{r:?}");
-        assert!(started.elapsed() <= Duration::from_secs(3), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() <= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -773,20 +773,41 @@ async fn packed_messages_waiting_for_capacity_are_never_timed_out_and_finish_in_
         assert_eq!(h.queue.receive_count(id), None, "{id} deleted");
     }
     assert_eq!(h.table.rows().len(), 9 * 890);
-    assert_eq!(h.table.calls.load(Ordering::Relaxed), h.table.puts.load(Ordering::Relaxed).div_ceil(25), "no item written twice, full batches");
+    assert_eq!(
+        h.table.calls.load(Ordering::Relaxed),
+        h.table.puts.load(Ordering::Relaxed).div_ceil(25),
+        "no item written twice, full batches"
+    );
     // Oldest first: message m finishes before message m + 1 starts being written.
     let order = h.table.put_order();
-    let last_put = |m: usize| order.iter().rposition(|k| k.starts_with(&format!("m{m}-"))).unwrap();
-    let first_put = |m: usize| order.iter().position(|k| k.starts_with(&format!("m{m}-"))).unwrap();
+    let last_put = |m: usize| {
+        order
+            .iter()
+            .rposition(|k| k.starts_with(&format!("m{m}-")))
+            .unwrap()
+    };
+    let first_put = |m: usize| {
+        order
+            .iter()
+            .position(|k| k.starts_with(&format!("m{m}-")))
+            .unwrap()
+    };
     for m in 0..8 {
-        assert!(last_put(m) < last_put(m + 1), "m{m} finished after m{}", m + 1);
+        assert!(
+            last_put(m) < last_put(m + 1),
+            "m{m} finished after m{}",
+            m + 1
+        );
         assert!(
             first_put(m + 1) + 200 > last_put(m),
             "m{} started long before m{m} finished",
             m + 1
         );
     }
-    assert!(took <= floor * 1.1 + 0.3, "drained in {took:.2} s, floor {floor:.2} s");
+    assert!(
+        took <= floor * 1.1 + 0.3,
+        "drained in {took:.2} s, floor {floor:.2} s"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -846,9 +867,10 @@ async fn messages_waiting_for_the_byte_budget_are_heartbeated_from_receipt() {
     for m in 0..8 {
         let body: String = (0..250)
             .map(|i| {
-                log(&format!("b{m}-{i}"))
-                    .replace(r#""latency_ms":3"#, &format!(r#""latency_ms":3,"pad":"{pad}""#))
-                    + "\n"
+                log(&format!("b{m}-{i}")).replace(
+                    r#""latency_ms":3"#,
+                    &format!(r#""latency_ms":3,"pad":"{pad}""#),
+                ) + "\n"
             })
             .collect();
         assert!(body.len() > 380 * 1024);
@@ -870,13 +892,22 @@ async fn an_item_the_table_rejects_alone_goes_to_the_dead_letter_path_with_the_t
     let table = Arc::new(MemoryTableForTests::default());
     table.reject_key("refused");
     let h = start(q, table, config());
-    let bad = h.queue.send(format!("{}\n{}", log("fine-1"), log("refused")));
+    let bad = h
+        .queue
+        .send(format!("{}\n{}", log("fine-1"), log("refused")));
     h.queue.send(log("fine-2"));
     wait_until("drained", Duration::from_secs(60), || h.queue.is_empty()).await;
     let dead = h.queue.dead_letters();
     assert_eq!(dead.len(), 1);
-    assert_eq!((dead[0].0.as_str(), dead[0].2.as_str()), (bad.as_str(), "rejected"));
-    assert!(h.queue.nacks().is_empty(), "never nacked: {:?}", h.queue.nacks());
+    assert_eq!(
+        (dead[0].0.as_str(), dead[0].2.as_str()),
+        (bad.as_str(), "rejected")
+    );
+    assert!(
+        h.queue.nacks().is_empty(),
+        "never nacked: {:?}",
+        h.queue.nacks()
+    );
     let rows = h.table.rows();
     assert!(rows.contains_key("fine-1") && rows.contains_key("fine-2"));
     h.stop.cancel();
@@ -965,7 +996,11 @@ impl Source for SlowQueue {
     }
 }
 
-fn slow_queue(visibility: Duration, receive_delay: Duration, extend_delay: Duration) -> Arc<SlowQueue> {
+fn slow_queue(
+    visibility: Duration,
+    receive_delay: Duration,
+    extend_delay: Duration,
+) -> Arc<SlowQueue> {
     Arc::new(SlowQueue {
         inner: InMemoryQueueForTests::new(visibility, Duration::from_secs(20)),
         receive_delay,
@@ -980,13 +1015,21 @@ async fn a_heartbeat_extension_in_flight_cannot_undo_a_nack() {
     // extension takes 1.5 s to answer. The write fails (table down) while it is in flight. The
     // nack must wait for the extension to land, or the extension would land after it and hide
     // the message again.
-    let q = slow_queue(Duration::from_secs(2), Duration::ZERO, Duration::from_millis(1500));
+    let q = slow_queue(
+        Duration::from_secs(2),
+        Duration::ZERO,
+        Duration::from_millis(1500),
+    );
     let table = Arc::new(MemoryTableForTests::default());
     table.set_latency(Duration::from_millis(1200));
     table.fail_with(Some(WriteErrorKind::Fatal));
     let mut cfg = config();
     cfg.visibility_timeout = Some(Duration::from_secs(2));
-    let (writer, _task) = Writer::spawn(table, Arc::new(WcuLimiter::unlimited()), WriterConfig::default());
+    let (writer, _task) = Writer::spawn(
+        table,
+        Arc::new(WcuLimiter::unlimited()),
+        WriterConfig::default(),
+    );
     let engine = Engine::new(q.clone(), writer, Schema::default(), cfg);
     let stop = CancellationToken::new();
     let run = tokio::spawn(engine.run(stop.clone()));
@@ -997,7 +1040,10 @@ async fn a_heartbeat_extension_in_flight_cannot_undo_a_nack() {
     .await;
     let events = q.events.lock().unwrap().clone();
     let nack = events.iter().find(|e| e.0 == "nack").unwrap();
-    for start in events.iter().filter(|e| e.0 == "extend-start" && e.1 == nack.1) {
+    for start in events
+        .iter()
+        .filter(|e| e.0 == "extend-start" && e.1 == nack.1)
+    {
         let end = events
             .iter()
             .find(|e| e.0 == "extend-end" && e.1 == nack.1 && e.2 >= start.2)
@@ -1010,7 +1056,10 @@ async fn a_heartbeat_extension_in_flight_cannot_undo_a_nack() {
             end.2
         );
     }
-    assert!(events.iter().any(|e| e.0 == "extend-start"), "the race was set up: {events:?}");
+    assert!(
+        events.iter().any(|e| e.0 == "extend-start"),
+        "the race was set up: {events:?}"
+    );
     stop.cancel();
     run.await.unwrap();
 }
@@ -1019,11 +1068,19 @@ async fn a_heartbeat_extension_in_flight_cannot_undo_a_nack() {
 async fn a_receive_cut_short_by_the_breaker_opening_is_handed_back_at_once() {
     // The receive takes 300 ms to answer; the breaker opens while it is out. Its messages are
     // made visible again at once, not stranded in flight for the 30 s visibility timeout.
-    let q = slow_queue(Duration::from_secs(30), Duration::from_millis(300), Duration::ZERO);
+    let q = slow_queue(
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        Duration::ZERO,
+    );
     let table = Arc::new(MemoryTableForTests::default());
     let mut cfg = config();
     cfg.pollers = 1;
-    let (writer, _task) = Writer::spawn(table, Arc::new(WcuLimiter::unlimited()), WriterConfig::default());
+    let (writer, _task) = Writer::spawn(
+        table,
+        Arc::new(WcuLimiter::unlimited()),
+        WriterConfig::default(),
+    );
     let breaker = writer.breaker();
     let engine = Engine::new(q.clone(), writer, Schema::default(), cfg);
     let stats = engine.stats();

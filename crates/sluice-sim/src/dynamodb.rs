@@ -74,11 +74,75 @@ fn str_field<'a>(req: &'a Value, name: &str) -> ApiResult<&'a str> {
 
 // ---- item size, as DynamoDB counts it -------------------------------------------------------
 
-fn number_bytes(n: &str) -> usize {
-    let mantissa = n.split(['e', 'E']).next().unwrap_or("");
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    let significant = digits.trim_start_matches('0').trim_end_matches('0').len();
-    significant.div_ceil(2) + 1
+/// DynamoDB's own words for what it refuses (checked against DynamoDB Local 1.25).
+pub mod refusals {
+    pub const NOT_A_NUMBER: &str = "A value provided cannot be converted into a number";
+    pub const PRECISION: &str = "DynamoDB only supports precision up to 38 digits";
+    pub const OVERFLOW: &str =
+        "Number overflow. Attempting to store a number with magnitude larger than supported range";
+    pub const UNDERFLOW: &str = "Number underflow. Attempting to store a number with magnitude smaller than supported range";
+    pub const NESTING: &str = "Nesting Levels have exceeded supported limits: Attributes in the item have nested levels beyond supported limit";
+    pub const KEY_TOO_LONG: &str = "Hash primary key values must be under 2048 bytes, and range primary key values must be under 1024 bytes";
+    pub const NAME_TOO_LONG: &str = "Attribute name is too large, must be less than 65536 bytes";
+    pub const EMPTY_NAME: &str = "Empty attribute name";
+    pub const ITEM_TOO_LARGE: &str = "Item size has exceeded the maximum allowed size";
+    pub const DUPLICATE_KEYS: &str = "Provided list of item keys contains duplicates";
+    pub const KEY_MISSING: &str = "One of the required keys was not given a value";
+    pub const KEY_TYPE: &str = "One or more parameter values were invalid: Type mismatch for key";
+}
+
+/// Deepest nesting DynamoDB takes: the item is level 1, each map or list one more.
+const MAX_NESTING: usize = 32;
+const MAX_NAME_BYTES: usize = 65_535;
+const MAX_HASH_KEY_BYTES: usize = 2048;
+const MAX_RANGE_KEY_BYTES: usize = 1024;
+
+/// Checks a number's text the way DynamoDB does and returns its stored size: base-100 digit
+/// pairs aligned on the decimal point, from the first significant digit to the last, plus one
+/// byte, plus one for a negative sign; zero is one byte.
+fn number_bytes(n: &str) -> Result<usize, String> {
+    let bad = || refusals::NOT_A_NUMBER.to_string();
+    let (negative, unsigned) = match n.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, n.strip_prefix('+').unwrap_or(n)),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(i) => {
+            let e = &unsigned[i + 1..];
+            let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 9
+            {
+                return Err(bad());
+            }
+            (&unsigned[..i], e.parse::<i64>().map_err(|_| bad())?)
+        }
+        None => (unsigned, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.len() + frac.len() == 0 || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let all = format!("{int}{frac}");
+    // The power of ten of the last digit, then of the last significant one.
+    let mut last = exponent - frac.len() as i64;
+    let significant = all.trim_start_matches('0');
+    let trimmed = significant.trim_end_matches('0');
+    if trimmed.is_empty() {
+        return Ok(1);
+    }
+    last += (significant.len() - trimmed.len()) as i64;
+    let first = last + trimmed.len() as i64 - 1;
+    if trimmed.len() > 38 {
+        return Err(refusals::PRECISION.into());
+    }
+    if first >= 126 {
+        return Err(refusals::OVERFLOW.into());
+    }
+    if first < -130 {
+        return Err(refusals::UNDERFLOW.into());
+    }
+    let pairs = (first.div_euclid(2) - last.div_euclid(2) + 1) as usize;
+    Ok(pairs + 1 + usize::from(negative))
 }
 
 fn binary_bytes(b64: &str) -> usize {
@@ -88,8 +152,13 @@ fn binary_bytes(b64: &str) -> usize {
         .unwrap_or(b64.len())
 }
 
-/// Size of one AttributeValue (`{"S": "…"}` and friends), or why it is malformed.
+/// Size of one AttributeValue (`{"S": "…"}` and friends), or why DynamoDB would refuse it.
 pub fn value_size(v: &Value) -> Result<usize, String> {
+    value_size_at(v, 2)
+}
+
+/// `level`: the nesting level a map or list here has (the item is level 1).
+fn value_size_at(v: &Value, level: usize) -> Result<usize, String> {
     let Some(obj) = v.as_object().filter(|o| o.len() == 1) else {
         return Err(format!("an AttributeValue must have exactly one type: {v}"));
     };
@@ -100,41 +169,56 @@ pub fn value_size(v: &Value) -> Result<usize, String> {
             .cloned()
             .ok_or_else(|| format!("{ty} must be a list"))
     };
+    let name = |k: &str| -> Result<(), String> {
+        if k.is_empty() {
+            Err(refusals::EMPTY_NAME.into())
+        } else if k.len() > MAX_NAME_BYTES {
+            Err(refusals::NAME_TOO_LONG.into())
+        } else {
+            Ok(())
+        }
+    };
     Ok(match (ty.as_str(), inner) {
         ("S", Value::String(s)) => s.len(),
-        ("N", Value::String(n)) => {
-            if n.parse::<f64>().is_err() {
-                return Err(format!(
-                    "the parameter cannot be converted to a numeric value: {n}"
-                ));
-            }
-            number_bytes(n)
-        }
+        ("N", Value::String(n)) => number_bytes(n)?,
         ("B", Value::String(b)) => binary_bytes(b),
         ("BOOL", Value::Bool(_)) | ("NULL", Value::Bool(true)) => 1,
         ("SS", v) => list(v)?
             .iter()
             .map(|s| s.as_str().map_or(0, str::len))
             .sum(),
-        ("NS", v) => list(v)?
-            .iter()
-            .map(|s| s.as_str().map_or(0, number_bytes))
-            .sum(),
+        ("NS", v) => {
+            let mut size = 0;
+            for n in list(v)? {
+                size += number_bytes(
+                    n.as_str()
+                        .ok_or_else(|| refusals::NOT_A_NUMBER.to_string())?,
+                )?;
+            }
+            size
+        }
         ("BS", v) => list(v)?
             .iter()
             .map(|s| s.as_str().map_or(0, binary_bytes))
             .sum(),
         ("M", Value::Object(m)) => {
+            if level > MAX_NESTING {
+                return Err(refusals::NESTING.into());
+            }
             let mut size = 3;
             for (k, v) in m {
-                size += 1 + k.len() + value_size(v)?;
+                name(k)?;
+                size += 1 + k.len() + value_size_at(v, level + 1)?;
             }
             size
         }
         ("L", Value::Array(l)) => {
+            if level > MAX_NESTING {
+                return Err(refusals::NESTING.into());
+            }
             let mut size = 3;
             for v in l {
-                size += 1 + value_size(v)?;
+                size += 1 + value_size_at(v, level + 1)?;
             }
             size
         }
@@ -146,7 +230,10 @@ pub fn item_size(item: &Map<String, Value>) -> Result<usize, String> {
     let mut size = 0;
     for (name, value) in item {
         if name.is_empty() {
-            return Err("empty attribute name".into());
+            return Err(refusals::EMPTY_NAME.into());
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(refusals::NAME_TOO_LONG.into());
         }
         size += name.len() + value_size(value)?;
     }
@@ -203,21 +290,30 @@ impl Table {
     /// The storage key of an item or a Key map: its key attributes, checked and encoded.
     fn key_of(&self, item: &Map<String, Value>) -> ApiResult<String> {
         let mut key = String::new();
-        for attr in std::iter::once(&self.hash_key).chain(self.range_key.iter()) {
+        for (i, attr) in std::iter::once(&self.hash_key)
+            .chain(self.range_key.iter())
+            .enumerate()
+        {
             let ty = self.key_type(attr);
-            let v = item
+            let value = item
                 .get(attr)
-                .and_then(|v| v.get(ty))
+                .ok_or_else(|| ApiError::validation(refusals::KEY_MISSING))?;
+            let v = value
+                .get(ty)
                 .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    ApiError::validation(format!(
-                        "One or more parameter values were invalid: Missing the key {attr} in the item, or it is not of type {ty}"
-                    ))
-                })?;
+                .ok_or_else(|| ApiError::validation(refusals::KEY_TYPE))?;
             if v.is_empty() {
                 return Err(ApiError::validation(format!(
                     "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty string value. Key: {attr}"
                 )));
+            }
+            let limit = if i == 0 {
+                MAX_HASH_KEY_BYTES
+            } else {
+                MAX_RANGE_KEY_BYTES
+            };
+            if v.len() > limit {
+                return Err(ApiError::validation(refusals::KEY_TOO_LONG));
             }
             if !key.is_empty() {
                 key.push('\u{0}');
@@ -323,9 +419,7 @@ fn parse_item(v: Option<&Value>, what: &str) -> ApiResult<Map<String, Value>> {
 fn checked_size(item: &Map<String, Value>) -> ApiResult<usize> {
     let size = item_size(item).map_err(ApiError::validation)?;
     if size > MAX_ITEM_BYTES {
-        return Err(ApiError::validation(
-            "Item size has exceeded the maximum allowed size",
-        ));
+        return Err(ApiError::validation(refusals::ITEM_TOO_LARGE));
     }
     Ok(size)
 }
@@ -574,9 +668,7 @@ impl DynamoDb {
                     ));
                 };
                 if !seen.insert(key) {
-                    return Err(ApiError::validation(
-                        "Provided list of item keys contains duplicates",
-                    ));
+                    return Err(ApiError::validation(refusals::DUPLICATE_KEYS));
                 }
                 list.push((write, w.clone()));
             }

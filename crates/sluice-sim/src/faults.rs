@@ -47,6 +47,9 @@ pub struct Faults {
     pub slow_receive_ms: u64,
     /// When set, error rates apply only to these operations.
     pub only_ops: Option<Vec<String>>,
+    /// These operations are accepted and never answered, for as long as they are listed: the
+    /// call is not carried out, and when the fault is lifted its connection is closed.
+    pub hang_ops: Vec<String>,
 }
 
 /// What the server does with one request before handling it.
@@ -83,6 +86,10 @@ impl Faults {
             d += Duration::from_millis(self.slow_receive_ms);
         }
         d
+    }
+
+    pub fn hangs(&self, op: &str) -> bool {
+        self.hang_ops.iter().any(|o| o == op)
     }
 
     pub fn draw(&self, op: &str) -> Injected {

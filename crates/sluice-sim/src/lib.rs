@@ -5,7 +5,7 @@
 //! be observed; this server enforces per-table write capacity with DynamoDB's burst credit
 //! ([`capacity`]) and records consumption per second. It is fast enough that benchmarks see
 //! sluice's own ceiling, and it injects faults (latency, 500/503, throttles, connection resets,
-//! slow long polls) set at start or changed at run time.
+//! slow long polls, calls that are never answered) set at start or changed at run time.
 //!
 //! Admin endpoints (plain HTTP, JSON):
 //! - `GET  /_sim/health`
@@ -247,6 +247,21 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
     let delay = faults.delay(&op);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if faults.hangs(&op) {
+        // A server that took the call and went silent: no answer while the fault holds, and
+        // the call is never carried out.
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let still = state
+                .faults
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .hangs(&op);
+            if !still {
+                return Err(Reset);
+            }
+        }
     }
     let is_sqs = service == "AmazonSQS";
     let injected = match faults.draw(&op) {

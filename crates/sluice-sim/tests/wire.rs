@@ -1354,3 +1354,35 @@ async fn dynamodb_an_overwrite_costs_the_larger_of_the_old_and_new_item() {
         "now the old item is small too"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_operation_is_never_answered_nor_carried_out_until_the_fault_is_lifted() {
+    let sim = start(SimConfig::default()).await;
+    let sqs = sqs_client(&sim).await;
+    let url = create_queue(&sqs, "hung", &[]).await;
+    sim.set_faults(Faults {
+        hang_ops: vec!["SendMessage".into()],
+        ..Faults::default()
+    })
+    .unwrap();
+    let send = sqs.send_message().queue_url(&url).message_body("b").send();
+    let r = tokio::time::timeout(Duration::from_millis(800), send).await;
+    assert!(r.is_err(), "a hung SendMessage answered: {r:?}");
+    // Other operations still answer.
+    assert_eq!(counts(&sqs, &url).await.0, 0);
+    // Lifted: the hung call was dropped, never carried out; new calls go through.
+    sim.set_faults(Faults::default()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        counts(&sqs, &url).await.0,
+        0,
+        "the hung call was carried out"
+    );
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body("b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(counts(&sqs, &url).await.0, 1);
+}

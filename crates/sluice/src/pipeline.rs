@@ -228,8 +228,7 @@ impl Pipeline {
             );
             (Engines::Kafka(engine, source), KAFKA_POLL_WAIT)
         } else {
-            let sqs_client =
-                sluice_sqs::client_with_deadlines(sqs, settings.sqs.request_timeout);
+            let sqs_client = sluice_sqs::client_with_deadlines(sqs, settings.sqs.request_timeout);
             let visibility = queue_visibility(settings, &sqs_client).await?;
             let source = SqsSource::new(
                 sqs_client,

@@ -46,6 +46,11 @@ pub struct SimArgs {
     /// BatchWriteItem,ReceiveMessage).
     #[arg(long, value_delimiter = ',', value_name = "OPS")]
     pub fault_ops: Option<Vec<String>>,
+    /// Accept these operations and never answer them (comma-separated, e.g.
+    /// DeleteMessageBatch,ReceiveMessage): a server that stops answering. Set or lifted at run
+    /// time through POST /_sim/faults (`hang_ops`); a hung call is never carried out.
+    #[arg(long, value_delimiter = ',', value_name = "OPS")]
+    pub hang_ops: Option<Vec<String>>,
 }
 
 fn ms(d: Option<Duration>) -> u64 {
@@ -70,6 +75,7 @@ impl SimArgs {
                 reset_rate: self.reset_rate,
                 slow_receive_ms: ms(self.slow_receive),
                 only_ops: self.fault_ops.clone(),
+                hang_ops: self.hang_ops.clone().unwrap_or_default(),
                 ..Faults::default()
             },
             max_message_bytes: self.max_message_bytes,

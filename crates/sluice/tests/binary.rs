@@ -902,3 +902,145 @@ async fn healthz_fails_when_a_poll_loop_stops_making_progress() {
     );
     child.start_kill().unwrap();
 }
+
+/// Starts `sluice run` against `env` with `extra` environment on top.
+fn spawn_run(
+    env: &TestEnv,
+    url: &str,
+    table: &str,
+    extra: &[(&str, &str)],
+) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .arg("run")
+        .envs(env.child_env())
+        .env("SLUICE__SQS__QUEUE_URL", url)
+        .env("SLUICE__DYNAMODB__TABLE", table)
+        .env(
+            "SLUICE__TELEMETRY__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().unwrap();
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_when_sqs_stops_answering_and_nothing_is_lost() {
+    // Mid-drain, SQS takes every ReceiveMessage, DeleteMessageBatch, ChangeMessageVisibility(Batch)
+    // and never answers. SIGTERM must still end the process within shutdown_grace plus the
+    // documented margin (8 s for the engine, 2 s after it), exit 0, and every log must land once
+    // the server answers again: what could not be acked comes back and is rewritten.
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("logs", 10).await.unwrap();
+    sluice_dynamodb::admin::create_table(&env.dynamodb, "request-logs", "request_id", Some(400))
+        .await
+        .unwrap();
+    let sim = env.sim.as_ref().unwrap();
+    sim.set_faults(sluice_sim::Faults {
+        op_latency: [(
+            "BatchWriteItem".to_string(),
+            sluice_sim::Latency {
+                fixed_ms: 300,
+                jitter_ms: 100,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let bodies: Vec<String> = (0..1500)
+        .map(|i| format!(r#"{{"request_id":"hang-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
+        .collect();
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&bodies)
+        .await
+        .unwrap();
+    let grace = 2u64;
+    let mut child = spawn_run(
+        &env,
+        &url,
+        "request-logs",
+        &[
+            ("SLUICE__WORKER__SHUTDOWN_GRACE", "2s"),
+            ("SLUICE__SQS__REQUEST_TIMEOUT", "2s"),
+        ],
+    );
+    let started = Instant::now();
+    while env
+        .scan_keys("request-logs", "request_id")
+        .await
+        .unwrap()
+        .len()
+        < 100
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "not writing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sim.set_faults(sluice_sim::Faults {
+        hang_ops: [
+            "ReceiveMessage",
+            "DeleteMessageBatch",
+            "ChangeMessageVisibilityBatch",
+            "ChangeMessageVisibility",
+        ]
+        .map(String::from)
+        .to_vec(),
+        op_latency: [(
+            "BatchWriteItem".to_string(),
+            sluice_sim::Latency {
+                fixed_ms: 300,
+                jitter_ms: 100,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sigterm(&child);
+    let term = Instant::now();
+    let bound = Duration::from_secs(grace + 8 + 2);
+    let status = tokio::time::timeout(bound + Duration::from_secs(3), child.wait())
+        .await
+        .expect("exited although SQS does not answer")
+        .unwrap();
+    let took = term.elapsed();
+    eprintln!("exited {took:?} after SIGTERM with SQS silent (bound {bound:?})");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took <= bound + Duration::from_secs(1),
+        "took {took:?}, bound {bound:?}"
+    );
+
+    // SQS answers again: a second run finds what was not acked (after its visibility timeout)
+    // and writes it; every log is one row.
+    sim.set_faults(sluice_sim::Faults::default()).unwrap();
+    let mut child = spawn_run(&env, &url, "request-logs", &[]);
+    env.wait_queue_empty(&url, Duration::from_secs(90))
+        .await
+        .unwrap();
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let keys = env.scan_keys("request-logs", "request_id").await.unwrap();
+    let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
+    assert_eq!((keys.len(), unique.len()), (1500, 1500));
+}

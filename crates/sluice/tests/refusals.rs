@@ -1,0 +1,285 @@
+//! What DynamoDB refuses, asked three ways: of DynamoDB Local (AWS's own engine), of sluice-sim,
+//! and of sluice's decoder. The two servers must give the same verdict with the same
+//! ValidationException message, and the decoder must call poison exactly what the servers refuse,
+//! so a log that would loop at the table goes to the dead-letter queue at decode instead, and the
+//! simulator cannot drift from the real thing.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use serde_json::{Value, json};
+use sluice_core::codec::Schema;
+use sluice_core::decode_message;
+use sluice_testkit::{TestEnv, sdk_config, start_dynamodb_local};
+
+type Item = HashMap<String, AttributeValue>;
+
+/// A JSON value as DynamoDB attribute values, the way sluice maps logs.
+fn attr(v: &Value) -> AttributeValue {
+    match v {
+        Value::Null => AttributeValue::Null(true),
+        Value::Bool(b) => AttributeValue::Bool(*b),
+        Value::Number(n) => AttributeValue::N(n.to_string()),
+        Value::String(s) => AttributeValue::S(s.clone()),
+        Value::Array(a) => AttributeValue::L(a.iter().map(attr).collect()),
+        Value::Object(m) => {
+            AttributeValue::M(m.iter().map(|(k, v)| (k.clone(), attr(v))).collect())
+        }
+    }
+}
+
+fn item_of(log: &Value) -> Item {
+    log.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), attr(v)))
+        .collect()
+}
+
+/// `Ok(())` or the ValidationException's message; the same from PutItem and BatchWriteItem.
+async fn verdict(ddb: &Client, item: &Item) -> Result<(), String> {
+    let put = ddb
+        .put_item()
+        .table_name("refusals")
+        .set_item(Some(item.clone()))
+        .send()
+        .await;
+    let batch = ddb
+        .batch_write_item()
+        .request_items(
+            "refusals",
+            vec![
+                WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(item.clone()))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+            ],
+        )
+        .send()
+        .await;
+    let words = |e: &dyn ProvideErrorMetadata| {
+        format!("{}: {}", e.code().unwrap_or("?"), e.message().unwrap_or(""))
+    };
+    let put = put.map(|_| ()).map_err(|e| words(&e));
+    let batch = batch.map(|_| ()).map_err(|e| words(&e));
+    assert_eq!(put, batch, "PutItem and BatchWriteItem disagree");
+    put
+}
+
+fn schema() -> Schema {
+    Schema {
+        required_fields: Vec::new(),
+        ..Schema::default()
+    }
+}
+
+fn nested(levels: usize, leaf: Value, list: bool) -> Value {
+    (0..levels).fold(
+        leaf,
+        |v, _| if list { json!([v]) } else { json!({ "x": v }) },
+    )
+}
+
+/// JSON text of a number, exactly as written (serde_json keeps it with arbitrary_precision).
+fn number(text: &str) -> Value {
+    serde_json::from_str(text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_local_sluice_sim_and_the_decoder_refuse_the_same_items_with_the_same_words() {
+    let local = start_dynamodb_local().await.unwrap();
+    let local_ddb = Client::new(&sdk_config(&local.endpoint).await);
+    let sim = TestEnv::start_sim(sluice_sim::SimConfig::default())
+        .await
+        .unwrap();
+    for ddb in [&local_ddb, &sim.dynamodb] {
+        sluice_dynamodb::admin::create_table(ddb, "refusals", "request_id", None)
+            .await
+            .unwrap();
+    }
+
+    let base = |extra: Value| {
+        let mut log = json!({"request_id": "r"});
+        for (k, v) in extra.as_object().unwrap() {
+            log[k] = v.clone();
+        }
+        log
+    };
+    let name = |n: usize| "k".repeat(n);
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "number at the top of the range",
+            base(json!({"n": number("9.9999999999999999999999999999999999999e125")})),
+        ),
+        ("number overflow", base(json!({"n": number("1e126")}))),
+        (
+            "negative number overflow",
+            base(json!({"n": number("-1e200")})),
+        ),
+        (
+            "number at the bottom of the range",
+            base(json!({"n": number("1e-130")})),
+        ),
+        ("number underflow", base(json!({"n": number("1e-131")}))),
+        (
+            "nested number underflow",
+            base(json!({"m": {"a": [1, number("-5e-200")]}})),
+        ),
+        ("38 digits", base(json!({"n": number(&"7".repeat(38))}))),
+        ("39 digits", base(json!({"n": number(&"7".repeat(39))}))),
+        (
+            "31 maps inside the item",
+            base(json!({"deep": nested(31, json!(1), false)})),
+        ),
+        (
+            "32 maps inside the item",
+            base(json!({"deep": nested(32, json!(1), false)})),
+        ),
+        (
+            "31 lists inside the item",
+            base(json!({"deep": nested(31, json!("s"), true)})),
+        ),
+        (
+            "32 lists inside the item",
+            base(json!({"deep": nested(32, json!("s"), true)})),
+        ),
+        ("a 2048-byte key", json!({"request_id": name(2048)})),
+        ("a 2049-byte key", json!({"request_id": name(2049)})),
+        ("a name of 65535 bytes", base(json!({ name(65_535): 1 }))),
+        ("a name of 65536 bytes", base(json!({ name(65_536): 1 }))),
+        (
+            "a nested name of 65536 bytes",
+            base(json!({"m": { name(65_536): 1 }})),
+        ),
+        ("an empty name", base(json!({"": 1}))),
+        ("an empty nested name", base(json!({"m": {"": 1}}))),
+    ];
+    let mut report = Vec::new();
+    for (what, log) in &cases {
+        let item = item_of(log);
+        let real = verdict(&local_ddb, &item).await;
+        let simulated = verdict(&sim.dynamodb, &item).await;
+        assert_eq!(
+            simulated, real,
+            "{what}: sluice-sim differs from DynamoDB Local"
+        );
+        let decoded = decode_message(log.to_string().as_bytes(), &schema());
+        assert_eq!(
+            decoded.is_ok(),
+            real.is_ok(),
+            "{what}: the decoder says {decoded:?}, DynamoDB Local says {real:?}"
+        );
+        report.push(format!("{what}: {real:?}"));
+    }
+    // The empty key is refused by both servers; the decoder gives such a log a content key
+    // instead (a log without a key still lands), so only the servers are compared.
+    let empty_key = item_of(&json!({"request_id": ""}));
+    let real = verdict(&local_ddb, &empty_key).await;
+    assert!(real.is_err());
+    assert_eq!(verdict(&sim.dynamodb, &empty_key).await, real, "empty key");
+    assert!(
+        decode_message(br#"{"request_id":""}"#, &schema()).is_err(),
+        "an empty key field is poison, never written as an empty key"
+    );
+    // Keys of the wrong type, or missing.
+    for (what, item) in [
+        ("a number key", item_of(&json!({"request_id": 5}))),
+        ("no key", item_of(&json!({"other": "x"}))),
+    ] {
+        let real = verdict(&local_ddb, &item).await;
+        assert!(real.is_err(), "{what}");
+        assert_eq!(verdict(&sim.dynamodb, &item).await, real, "{what}");
+    }
+    // Two puts of one key in one batch.
+    for ddb in [&local_ddb, &sim.dynamodb] {
+        let put = |k: &str| {
+            WriteRequest::builder()
+                .put_request(
+                    PutRequest::builder()
+                        .item("request_id", AttributeValue::S(k.into()))
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+        };
+        let err = ddb
+            .batch_write_item()
+            .request_items("refusals", vec![put("d"), put("e"), put("d")])
+            .send()
+            .await
+            .expect_err("duplicate keys");
+        assert_eq!(
+            err.message(),
+            Some("Provided list of item keys contains duplicates")
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_400_kb_limit_falls_where_sluice_sizes_it_with_numbers_counted_as_dynamodb_counts_them()
+{
+    // Items holding numbers whose size the old "one byte per two digits" rule got wrong (1.5,
+    // -1, -12.3), padded so sluice sizes them at exactly 400 KB: DynamoDB Local and sluice-sim
+    // take them; one byte more and both refuse, exactly as the decoder does.
+    let local = start_dynamodb_local().await.unwrap();
+    let local_ddb = Client::new(&sdk_config(&local.endpoint).await);
+    let sim = TestEnv::start_sim(sluice_sim::SimConfig::default())
+        .await
+        .unwrap();
+    for ddb in [&local_ddb, &sim.dynamodb] {
+        sluice_dynamodb::admin::create_table(ddb, "refusals", "request_id", None)
+            .await
+            .unwrap();
+    }
+    for numbers in [
+        vec!["1.5", "-1", "-12.3"],
+        vec![
+            "0.001",
+            "123456789",
+            "-99999999999999999999999999999999999999",
+        ],
+        vec!["1e125", "1.23456789012345678901234567890123456e-100", "0"],
+    ] {
+        let mut log = json!({"request_id": "edge", "pad": ""});
+        for (i, n) in numbers.iter().enumerate() {
+            log[format!("n{i}")] = number(n);
+        }
+        let size = |log: &Value| {
+            decode_message(log.to_string().as_bytes(), &schema())
+                .map(|items| items[0].size())
+                .unwrap_or(usize::MAX)
+        };
+        let pad = sluice_core::item::MAX_ITEM_BYTES - size(&log);
+        log["pad"] = json!("x".repeat(pad));
+        assert_eq!(size(&log), sluice_core::item::MAX_ITEM_BYTES);
+        let item = item_of(&log);
+        assert_eq!(
+            verdict(&local_ddb, &item).await,
+            Ok(()),
+            "{numbers:?} at 400 KB"
+        );
+        assert_eq!(
+            verdict(&sim.dynamodb, &item).await,
+            Ok(()),
+            "{numbers:?} at 400 KB"
+        );
+        log["pad"] = json!("x".repeat(pad + 1));
+        let err = decode_message(log.to_string().as_bytes(), &schema()).unwrap_err();
+        assert_eq!(err.reason(), "too_large");
+        let item = item_of(&log);
+        let real = verdict(&local_ddb, &item).await;
+        assert_eq!(
+            real,
+            Err("ValidationException: Item size has exceeded the maximum allowed size".into()),
+            "{numbers:?}"
+        );
+        assert_eq!(verdict(&sim.dynamodb, &item).await, real, "{numbers:?}");
+    }
+}
