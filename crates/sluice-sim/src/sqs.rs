@@ -492,16 +492,23 @@ impl Sqs {
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 delete(&mut cell.lock(), receipt)?;
+                // A FIFO group unlocks when its message in flight is deleted: a long poll
+                // waiting on it returns at once, as SQS's does.
+                cell.arrivals.notify_waiters();
                 Ok(json!({}))
             }
-            "DeleteMessageBatch" => self.batch(req, |q, e| {
-                delete(
-                    q,
-                    e.get("ReceiptHandle")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default(),
-                )
-            }),
+            "DeleteMessageBatch" => {
+                let out = self.batch(req, |q, e| {
+                    delete(
+                        q,
+                        e.get("ReceiptHandle")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                    )
+                })?;
+                self.cell(req)?.arrivals.notify_waiters();
+                Ok(out)
+            }
             "ChangeMessageVisibility" => {
                 let cell = self.cell(req)?;
                 let receipt = req

@@ -1386,3 +1386,48 @@ async fn a_hung_operation_is_never_answered_nor_carried_out_until_the_fault_is_l
         .unwrap();
     assert_eq!(counts(&sqs, &url).await.0, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_fifo_a_long_poll_on_a_locked_group_returns_when_its_message_is_deleted() {
+    // As in SQS: the group's next message becomes available the moment the one in flight is
+    // deleted, and a waiting long poll returns with it instead of sitting out its wait.
+    let sim = start(SimConfig::default()).await;
+    let sqs = sqs_client(&sim).await;
+    let url = create_queue(&sqs, "g.fifo", &[(QueueAttributeName::FifoQueue, "true")]).await;
+    for i in 0..2 {
+        sqs.send_message()
+            .queue_url(&url)
+            .message_body(format!("m{i}"))
+            .message_group_id("g")
+            .message_deduplication_id(format!("d{i}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let first = receive(&sqs, &url, 1).await;
+    assert_eq!(body(&first[0]), "m0");
+    let waiting = tokio::spawn({
+        let (sqs, url) = (sqs.clone(), url.clone());
+        async move {
+            let started = Instant::now();
+            let out = sqs
+                .receive_message()
+                .queue_url(&url)
+                .wait_time_seconds(10)
+                .send()
+                .await
+                .unwrap();
+            (started.elapsed(), out.messages().len())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqs.delete_message()
+        .queue_url(&url)
+        .receipt_handle(receipt(&first[0]))
+        .send()
+        .await
+        .unwrap();
+    let (waited, n) = waiting.await.unwrap();
+    assert_eq!(n, 1);
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+}
