@@ -15,7 +15,7 @@ pub fn describe() {
     );
     describe_counter!(
         "sluice_messages_nacked_total",
-        "Messages returned to the queue, by reason (poison, timeout, deadline, write_failed, invalid_item, shutdown)."
+        "Messages returned to the queue, by reason (poison, dead_letter_failed, timeout, write_failed, fifo_order, shutdown, breaker_open)."
     );
     describe_counter!(
         "sluice_nack_failures_total",
@@ -69,7 +69,7 @@ pub fn describe() {
     );
     describe_gauge!(
         "sluice_write_backlog_wcu",
-        "WCU received and not yet written; intake pauses while it exceeds rate × intake_horizon."
+        "WCU of the messages held (each counted whole from receipt) and not yet settled; intake pauses while it exceeds rate × intake_horizon."
     );
     describe_counter!(
         "sluice_aimd_decreases_total",
@@ -93,7 +93,7 @@ pub fn describe() {
     );
     describe_counter!(
         "sluice_poison_messages_total",
-        "Messages that can never be written, by reason (not_utf8, not_json, empty, schema, too_large)."
+        "Messages that can never be written, by reason (not_utf8, not_json, empty, schema, invalid_value, too_large, rejected)."
     );
     describe_counter!(
         "sluice_dead_lettered_total",

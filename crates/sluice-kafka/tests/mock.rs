@@ -201,6 +201,9 @@ async fn broker_errors_on_fetch_and_commit_delay_but_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_goes_to_the_dlq_topic_with_its_reason_and_is_committed_past() {
+    // Three kinds of poison: not JSON; a number DynamoDB cannot store (caught at decode); and an
+    // item the table itself refuses (caught at the write, dead-lettered with the table's words
+    // instead of being retried forever). Each goes to the DLQ topic and the commit moves past.
     let mock = MockCluster::new(1).unwrap();
     mock.create_topic(TOPIC, 1, 1).unwrap();
     mock.create_topic(DLQ, 1, 1).unwrap();
@@ -209,14 +212,20 @@ async fn poison_goes_to_the_dlq_topic_with_its_reason_and_is_committed_past() {
         .set("bootstrap.servers", &brokers)
         .create()
         .unwrap();
-    for (key, body) in [
+    let records = [
         ("a", log("a")),
         ("bad", "this is not JSON".to_string()),
+        (
+            "huge",
+            log("huge").replace(r#""latency_ms":3"#, r#""latency_ms":1e200"#),
+        ),
+        ("refused", log("refused")),
         ("b", log("b")),
-    ] {
+    ];
+    for (key, body) in &records {
         producer
             .send(
-                FutureRecord::to(TOPIC).key(key).payload(&body),
+                FutureRecord::to(TOPIC).key(*key).payload(body),
                 Duration::from_secs(5),
             )
             .await
@@ -224,14 +233,19 @@ async fn poison_goes_to_the_dlq_topic_with_its_reason_and_is_committed_past() {
             .unwrap();
     }
     let table = Arc::new(MemoryTableForTests::default());
+    table.reject_key("refused");
     let run = start(&brokers, "g3", table.clone());
     let started = Instant::now();
-    while committed(&brokers, "g3").get(&0) != Some(&3) {
+    while committed(&brokers, "g3").get(&0) != Some(&5) {
         assert!(started.elapsed() < Duration::from_secs(30), "not committed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let stats = run.stop().await;
-    assert_eq!((stats.acked, stats.dead_lettered), (3, 1), "{stats:?}");
+    assert_eq!(
+        (stats.acked, stats.dead_lettered, stats.nacked),
+        (5, 3, 0),
+        "{stats:?}"
+    );
     assert_eq!(table.rows().len(), 2);
 
     let dlq: BaseConsumer = ClientConfig::new()
@@ -242,25 +256,38 @@ async fn poison_goes_to_the_dlq_topic_with_its_reason_and_is_committed_past() {
         .unwrap();
     dlq.subscribe(&[DLQ]).unwrap();
     let started = Instant::now();
-    let (key, payload, headers) = loop {
+    let mut dead = HashMap::new();
+    while dead.len() < 3 {
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "nothing in the DLQ"
+            "only {dead:?} in the DLQ"
         );
         if let Some(Ok(m)) = dlq.poll(Duration::from_millis(200)) {
-            break (
-                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                String::from_utf8_lossy(m.payload().unwrap()).into_owned(),
-                header_map(m.headers().unwrap()),
-            );
+            let key = m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap();
+            let payload = String::from_utf8_lossy(m.payload().unwrap()).into_owned();
+            dead.insert(key, (payload, header_map(m.headers().unwrap())));
         }
-    };
-    assert_eq!(key.as_deref(), Some("bad"));
+    }
+    let (payload, headers) = &dead["bad"];
     assert_eq!(payload, "this is not JSON");
     assert_eq!(headers["sluice_source_topic"], TOPIC);
     assert_eq!(headers["sluice_source_offset"], "1");
-    assert!(!headers["sluice_reason"].is_empty(), "{headers:?}");
+    assert_eq!(headers["sluice_reason"], "not_json");
     assert!(!headers["sluice_error"].is_empty(), "{headers:?}");
+    let (_, headers) = &dead["huge"];
+    assert_eq!(headers["sluice_reason"], "invalid_value");
+    assert!(
+        headers["sluice_error"].contains("latency_ms"),
+        "{headers:?}"
+    );
+    let (payload, headers) = &dead["refused"];
+    assert_eq!(payload, &records[3].1);
+    assert_eq!(headers["sluice_reason"], "rejected");
+    assert!(headers["sluice_error"].contains("refused"), "{headers:?}");
+    assert_eq!(headers["sluice_source_offset"], "3");
     dlq.unsubscribe();
 }
 

@@ -1199,6 +1199,40 @@ mod tests {
     }
 
     #[test]
+    fn a_ttl_attribute_that_is_empty_or_the_key_is_refused_by_name() {
+        for (ttl, says) in [
+            ("", "schema.ttl_attribute must not be empty"),
+            (
+                "request_id",
+                "schema.ttl_attribute `request_id` is the table's key",
+            ),
+        ] {
+            let err = from_toml(&format!("{MINIMAL}\n[schema]\nttl_attribute = \"{ttl}\"\n"))
+                .unwrap_err();
+            assert!(format!("{err:#}").contains(says), "{err:#}");
+        }
+        assert!(
+            from_toml(&format!(
+                "{MINIMAL}\n[schema]\nttl_attribute = \"expires_at\"\n"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_retired_write_queue_items_still_loads_and_sqs_calls_have_a_deadline() {
+        let s = from_toml(&format!("{MINIMAL}\n[worker]\nwrite_queue_items = 2048\n")).unwrap();
+        assert_eq!(s.worker.write_queue_items, Some(2048));
+        assert_eq!(s.sqs.request_timeout, Duration::from_secs(5));
+        let text = MINIMAL.replace("[dynamodb]", "request_timeout = \"0s\"\n[dynamodb]");
+        let err = from_toml(&text).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("sqs.request_timeout"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_by_name() {
         let err = from_toml(&format!("{MINIMAL}\n[worker]\nmax_inflight = 3\n")).unwrap_err();
         let msg = format!("{err:#}");

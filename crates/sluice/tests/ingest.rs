@@ -437,6 +437,23 @@ async fn ingest_answers_401_400_413_415_and_429_with_reasons() {
         post_logs(port, &[("Authorization", &auth)], b"{\"request_id\": oops}").await;
     assert_eq!(status, 400);
     assert!(body.contains("line 1"), "{body}");
+    // Valid JSON that DynamoDB would refuse is refused here too, naming the attribute, rather
+    // than accepted and dead-lettered later.
+    let nested = format!("{}{}{}", r#"{"x":"#.repeat(32), 1, "}".repeat(32));
+    for (extra, says) in [
+        (r#""n":1e200"#.to_string(), "`n`: number"),
+        (r#""n":{"m":[1e-200]}"#.to_string(), "`n.m[0]`"),
+        (format!(r#""deep":{nested}"#), "32 levels"),
+    ] {
+        let refused = log_line("codes-4").replacen('{', &format!("{{{extra},"), 1);
+        let (status, _, body) =
+            post_logs(port, &[("Authorization", &auth)], refused.as_bytes()).await;
+        assert_eq!(status, 400, "{extra}: {body}");
+        assert!(
+            body.contains(says) && body.contains("invalid_value"),
+            "{extra}: {body}"
+        );
+    }
 
     let big = format!("{}\n", log_line("big")).repeat(1000);
     let (status, _, body) = post_logs(port, &[("Authorization", &auth)], big.as_bytes()).await;
