@@ -558,14 +558,6 @@ impl Writer {
         self.limiter.rate()
     }
 
-    /// Seconds the write backlog takes at the current paced rate (None when unpaced).
-    pub fn backlog_seconds(&self) -> Option<f64> {
-        let rate = self.limiter.rate()?;
-        let pending = self.stats.pending_wcu.load(Ordering::Relaxed) as f64;
-        metrics::gauge!("sluice_write_backlog_wcu").set(pending);
-        Some(pending / rate.max(1.0))
-    }
-
     /// Writes all `items` (one message's logs), returning when every one is written, or the first
     /// failure. `order` is the message's place in the order of receipt (lower is served first);
     /// `timeout` is how long it may go without progress (see the module docs). Dropping the
