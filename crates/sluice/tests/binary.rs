@@ -619,41 +619,19 @@ async fn chaos_sigterm_with_many_in_flight_exits_zero_in_time_and_loses_nothing(
     env.sim
         .as_ref()
         .unwrap()
-        .set_faults(sluice_sim::Faults {
-            op_latency: [(
-                "BatchWriteItem".to_string(),
-                sluice_sim::Latency {
-                    fixed_ms: 400,
-                    jitter_ms: 200,
-                },
-            )]
-            .into(),
-            ..Default::default()
-        })
+        .set_faults(slow_writes(400, 200, Vec::new()))
         .unwrap();
-    let bodies: Vec<String> = (0..3000)
-        .map(|i| format!(r#"{{"request_id":"term-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
-        .collect();
     SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+        .send_all(&one_log_bodies("term", 3000))
         .await
         .unwrap();
     let grace = 2;
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("run")
-        .envs(env.child_env())
-        .env("SLUICE__SQS__QUEUE_URL", &url)
-        .env("SLUICE__DYNAMODB__TABLE", "request-logs")
-        .env("SLUICE__WORKER__SHUTDOWN_GRACE", format!("{grace}s"))
-        .env(
-            "SLUICE__TELEMETRY__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .stdout(Stdio::null())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(
+        &env,
+        &url,
+        "request-logs",
+        &[("SLUICE__WORKER__SHUTDOWN_GRACE", "2s")],
+    );
     let started = Instant::now();
     loop {
         let (_, in_flight) = env.queue_counts(&url).await.unwrap();
@@ -666,15 +644,7 @@ async fn chaos_sigterm_with_many_in_flight_exits_zero_in_time_and_loses_nothing(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let pid = child.id().unwrap();
-    assert!(
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&child);
     let term = Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(grace + 5), child.wait())
         .await
@@ -903,6 +873,29 @@ async fn healthz_fails_when_a_poll_loop_stops_making_progress() {
     child.start_kill().unwrap();
 }
 
+/// Faults: BatchWriteItem slowed by `fixed_ms` plus up to `jitter_ms`, and `hang_ops` never answered.
+fn slow_writes(fixed_ms: u64, jitter_ms: u64, hang_ops: Vec<String>) -> sluice_sim::Faults {
+    sluice_sim::Faults {
+        op_latency: [(
+            "BatchWriteItem".to_string(),
+            sluice_sim::Latency {
+                fixed_ms,
+                jitter_ms,
+            },
+        )]
+        .into(),
+        hang_ops,
+        ..Default::default()
+    }
+}
+
+/// `n` messages of one log each, request ids `{prefix}-{i}`.
+fn one_log_bodies(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!(r#"{{"request_id":"{prefix}-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
+        .collect()
+}
+
 /// Starts `sluice run` against `env` with `extra` environment on top.
 fn spawn_run(
     env: &TestEnv,
@@ -951,23 +944,9 @@ async fn shutdown_is_bounded_when_sqs_stops_answering_and_nothing_is_lost() {
         .await
         .unwrap();
     let sim = env.sim.as_ref().unwrap();
-    sim.set_faults(sluice_sim::Faults {
-        op_latency: [(
-            "BatchWriteItem".to_string(),
-            sluice_sim::Latency {
-                fixed_ms: 300,
-                jitter_ms: 100,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    })
-    .unwrap();
-    let bodies: Vec<String> = (0..1500)
-        .map(|i| format!(r#"{{"request_id":"hang-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
-        .collect();
+    sim.set_faults(slow_writes(300, 100, Vec::new())).unwrap();
     SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+        .send_all(&one_log_bodies("hang", 1500))
         .await
         .unwrap();
     let grace = 2u64;
@@ -991,26 +970,14 @@ async fn shutdown_is_bounded_when_sqs_stops_answering_and_nothing_is_lost() {
         assert!(started.elapsed() < Duration::from_secs(30), "not writing");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    sim.set_faults(sluice_sim::Faults {
-        hang_ops: [
-            "ReceiveMessage",
-            "DeleteMessageBatch",
-            "ChangeMessageVisibilityBatch",
-            "ChangeMessageVisibility",
-        ]
-        .map(String::from)
-        .to_vec(),
-        op_latency: [(
-            "BatchWriteItem".to_string(),
-            sluice_sim::Latency {
-                fixed_ms: 300,
-                jitter_ms: 100,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    })
-    .unwrap();
+    let silent = [
+        "ReceiveMessage",
+        "DeleteMessageBatch",
+        "ChangeMessageVisibilityBatch",
+        "ChangeMessageVisibility",
+    ];
+    sim.set_faults(slow_writes(300, 100, silent.map(String::from).to_vec()))
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     sigterm(&child);
     let term = Instant::now();

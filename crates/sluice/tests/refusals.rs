@@ -72,6 +72,21 @@ async fn verdict(ddb: &Client, item: &Item) -> Result<(), String> {
     put
 }
 
+/// DynamoDB Local and sluice-sim, each with an on-demand table `refusals` keyed by request_id.
+async fn servers() -> (sluice_testkit::ServerProcess, Client, TestEnv) {
+    let local = start_dynamodb_local().await.unwrap();
+    let local_ddb = Client::new(&sdk_config(&local.endpoint).await);
+    let sim = TestEnv::start_sim(sluice_sim::SimConfig::default())
+        .await
+        .unwrap();
+    for ddb in [&local_ddb, &sim.dynamodb] {
+        sluice_dynamodb::admin::create_table(ddb, "refusals", "request_id", None)
+            .await
+            .unwrap();
+    }
+    (local, local_ddb, sim)
+}
+
 fn schema() -> Schema {
     Schema {
         required_fields: Vec::new(),
@@ -93,16 +108,7 @@ fn number(text: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_local_sluice_sim_and_the_decoder_refuse_the_same_items_with_the_same_words() {
-    let local = start_dynamodb_local().await.unwrap();
-    let local_ddb = Client::new(&sdk_config(&local.endpoint).await);
-    let sim = TestEnv::start_sim(sluice_sim::SimConfig::default())
-        .await
-        .unwrap();
-    for ddb in [&local_ddb, &sim.dynamodb] {
-        sluice_dynamodb::admin::create_table(ddb, "refusals", "request_id", None)
-            .await
-            .unwrap();
-    }
+    let (_local, local_ddb, sim) = servers().await;
 
     let base = |extra: Value| {
         let mut log = json!({"request_id": "r"});
@@ -228,16 +234,7 @@ async fn the_400_kb_limit_falls_where_sluice_sizes_it_with_numbers_counted_as_dy
     // Items holding numbers whose size the old "one byte per two digits" rule got wrong (1.5,
     // -1, -12.3), padded so sluice sizes them at exactly 400 KB: DynamoDB Local and sluice-sim
     // take them; one byte more and both refuse, exactly as the decoder does.
-    let local = start_dynamodb_local().await.unwrap();
-    let local_ddb = Client::new(&sdk_config(&local.endpoint).await);
-    let sim = TestEnv::start_sim(sluice_sim::SimConfig::default())
-        .await
-        .unwrap();
-    for ddb in [&local_ddb, &sim.dynamodb] {
-        sluice_dynamodb::admin::create_table(ddb, "refusals", "request_id", None)
-            .await
-            .unwrap();
-    }
+    let (_local, local_ddb, sim) = servers().await;
     for numbers in [
         vec!["1.5", "-1", "-12.3"],
         vec![
