@@ -13,7 +13,16 @@
 //! - with a [`spool::SpoolConfig`], what SQS does not take (unreachable, throttling, 5xx after
 //!   `send_attempts`) goes to a bounded append-only file on local disk and is replayed in order
 //!   once SQS takes messages again. While anything is spooled, new messages queue behind it, so
-//!   order is kept.
+//!   order is kept;
+//! - **no log is dropped once taken.** Each log is made acceptable to SQS when it is taken:
+//!   characters SQS refuses (U+0000..U+001F but tab and newlines, U+FFFE, U+FFFF) are written as
+//!   JSON `\uXXXX` escapes, which keep the content; a FIFO group id SQS would refuse (over 128
+//!   characters, or characters outside its alphabet) becomes a stable hash of it; a log larger
+//!   than `max_message_bytes` (capped at the queue's own MaximumMessageSize) is refused at once.
+//!   If SQS still refuses a packed message, it is split and its logs are sent one by one; a
+//!   single log SQS refuses is written to the reject file (`reject_file`) with the reason,
+//!   counted (`sluice_producer_logs_total{outcome="rejected"}`) and logged at ERROR. A durable
+//!   send learns which of its logs was refused ([`ProduceError::LogRejected`]).
 //!
 //! ```no_run
 //! # async fn demo(sqs: aws_sdk_sqs::Client) -> Result<(), Box<dyn std::error::Error>> {
@@ -77,6 +86,9 @@ pub enum TransportErrorKind {
     Throttled,
     /// No answer, a 5xx, a timeout: the queue is not reachable now.
     Unavailable,
+    /// The queue refuses the whole call for what it carries (a body it cannot take, a batch too
+    /// long): retrying the same call cannot help, its entries are tried one by one.
+    Refused,
 }
 
 impl TransportErrorKind {
@@ -84,6 +96,7 @@ impl TransportErrorKind {
         match self {
             TransportErrorKind::Throttled => "throttled",
             TransportErrorKind::Unavailable => "unavailable",
+            TransportErrorKind::Refused => "refused",
         }
     }
 }
@@ -159,6 +172,10 @@ pub struct ProducerConfig {
     pub retry_max: Duration,
     /// The durable spool; `None` keeps undeliverable messages in memory only.
     pub spool: Option<SpoolConfig>,
+    /// Where a log the queue refuses for good is written (NDJSON, one `{"reason", "group",
+    /// "log"}` per line, fsynced). `None`: `rejected.ndjson` in the spool's directory, or, with no
+    /// spool either, the log's text goes into the ERROR log line.
+    pub reject_file: Option<std::path::PathBuf>,
     /// How long [`Producer::close`] keeps sending before it spools (or, without a spool, drops
     /// and counts) what is left.
     pub shutdown_timeout: Duration,
@@ -183,6 +200,7 @@ impl Default for ProducerConfig {
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             spool: None,
+            reject_file: None,
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -236,8 +254,11 @@ impl ProducerConfig {
         if self.fifo && self.delay_seconds.is_some_and(|d| d > 0) {
             problems.push("delay_seconds is per queue on FIFO queues; leave it unset".into());
         }
-        if self.default_group.is_empty() || self.default_group.len() > 128 {
-            problems.push("default_group must be 1..=128 characters".into());
+        if sqs_group_id(&self.default_group) != self.default_group {
+            problems.push(
+                "default_group must be 1..=128 letters, digits or ASCII punctuation (SQS's MessageGroupId)"
+                    .into(),
+            );
         }
         if problems.is_empty() {
             Ok(())
@@ -262,18 +283,18 @@ impl Log {
             return Err(ProduceError::NotAnObject);
         }
         Ok(Log {
-            json: value.to_string(),
+            json: sqs_safe_json(value.to_string()),
             group: None,
             dedup_key: None,
         })
     }
 
-    /// A log from JSON text, which must be one object.
+    /// A log from JSON text, which must be one object. Characters SQS refuses are escaped.
     pub fn from_json(json: impl Into<String>) -> Result<Log, ProduceError> {
         let json = json.into();
         match serde_json::from_str::<serde::de::IgnoredAny>(&json) {
             Ok(_) if json.trim_start().starts_with('{') => Ok(Log {
-                json: json.trim().to_owned(),
+                json: sqs_safe_json(json.trim().to_owned()),
                 group: None,
                 dedup_key: None,
             }),
@@ -281,9 +302,11 @@ impl Log {
         }
     }
 
-    /// FIFO: the message group of this log (overrides `group_field`).
+    /// FIFO: the message group of this log (overrides `group_field`). A group id SQS would
+    /// refuse becomes a stable hash of it ([`sqs_group_id`]); an empty one is ignored.
     pub fn with_group(mut self, group: impl Into<String>) -> Self {
-        self.group = Some(group.into());
+        let group = group.into();
+        self.group = (!group.is_empty()).then(|| sqs_group_id(&group));
         self
     }
 
@@ -310,6 +333,50 @@ pub enum ProduceError {
     Closed,
     #[error("the queue refused the message: {0}")]
     Rejected(String),
+    /// One log of a durable send was refused by the queue for good (and written to the reject
+    /// file): `index` is its place in the send.
+    #[error("the queue refused log {index}: {reason}")]
+    LogRejected { index: usize, reason: String },
+}
+
+/// Whether SQS takes this character in a message body: #x9, #xA, #xD, #x20-#xD7FF,
+/// #xE000-#xFFFD, #x10000-#x10FFFF.
+pub fn sqs_allows(c: char) -> bool {
+    matches!(c, '\u{9}' | '\u{a}' | '\u{d}' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+}
+
+/// JSON text with every character SQS refuses written as a `\uXXXX` escape. In valid JSON such
+/// characters can only stand inside strings (control characters are escaped already by any
+/// serializer), where the escape means the same character: the content is kept.
+pub fn sqs_safe_json(json: String) -> String {
+    if json.chars().all(sqs_allows) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if sqs_allows(c) {
+            out.push(c);
+        } else {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
+    }
+    out
+}
+
+/// A FIFO MessageGroupId SQS takes: the group itself when it is 1-128 characters of SQS's
+/// alphabet (letters, digits and ASCII punctuation), else `h-` and a SHA-256 of it, so every log
+/// of one group still shares one (valid) group.
+pub fn sqs_group_id(group: &str) -> String {
+    let valid = (1..=128).contains(&group.len())
+        && group
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c.is_ascii_punctuation());
+    if valid {
+        group.to_owned()
+    } else {
+        format!("h-{}", &hex(&Sha256::digest(group.as_bytes()))[..40])
+    }
 }
 
 /// Counters a caller can read (the same figures go to the `metrics` facade).
@@ -349,6 +416,16 @@ impl Ticket {
         )
     }
 
+    /// One log of the send was refused for good: the send fails, naming it.
+    fn reject(&self, index: u32, reason: &str) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(Err(ProduceError::LogRejected {
+                index: index as usize,
+                reason: reason.to_owned(),
+            }));
+        }
+    }
+
     fn done(&self, n: usize, result: &Result<(), ProduceError>) {
         if result.is_err() {
             if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -366,7 +443,8 @@ impl Ticket {
 
 struct Entry {
     log: Log,
-    ticket: Option<Arc<Ticket>>,
+    /// A durable send's ticket, and this log's place in that send.
+    ticket: Option<(Arc<Ticket>, u32)>,
 }
 
 enum Cmd {
@@ -497,6 +575,12 @@ impl Producer {
             direct_paused_until: None,
             flushers: Vec::new(),
             draining: false,
+            rejects: RejectFile {
+                path: config
+                    .reject_file
+                    .clone()
+                    .or_else(|| config.spool.as_ref().map(|s| s.dir.join("rejected.ndjson"))),
+            },
         };
         tokio::spawn(dispatcher.run());
         Ok(Producer {
@@ -525,7 +609,19 @@ impl Producer {
     }
 
     fn log_from_value(&self, value: &Value) -> Result<Log, ProduceError> {
-        let mut log = Log::from_value(value)?;
+        let log = Log::from_value(value)?;
+        Ok(self.with_group_of(log, value))
+    }
+
+    /// A log from its JSON text and the value parsed from it (what an ingest API has): the text
+    /// is kept as sent, and on a FIFO queue the group comes from `group_field`, as with
+    /// [`Producer::send`].
+    pub fn log_from_json(&self, json: &str, value: &Value) -> Result<Log, ProduceError> {
+        let log = Log::from_json(json)?;
+        Ok(self.with_group_of(log, value))
+    }
+
+    fn with_group_of(&self, mut log: Log, value: &Value) -> Log {
         if self.shared.config.fifo
             && let Some(field) = &self.shared.config.group_field
             && let Some(v) = value.get(field)
@@ -536,16 +632,21 @@ impl Producer {
                 other => other.to_string(),
             };
             if !g.is_empty() {
-                log.group = Some(g.chars().take(128).collect());
+                log.group = Some(sqs_group_id(&g));
             }
         }
-        Ok(log)
+        log
     }
 
     fn cost(&self, log: &Log) -> Result<u32, ProduceError> {
         let bytes = log.json.len() + 1;
         let max = self.shared.config.max_message_bytes;
         if bytes > max {
+            tracing::debug!(
+                bytes,
+                max,
+                "a log is larger than producer.max_message_bytes; refused"
+            );
             metrics::counter!("sluice_producer_logs_total", "outcome" => "rejected").increment(1);
             self.shared
                 .stats
@@ -556,7 +657,7 @@ impl Producer {
         Ok(bytes as u32)
     }
 
-    fn enqueue(&self, log: Log, ticket: Option<Arc<Ticket>>) -> Result<(), ProduceError> {
+    fn enqueue(&self, log: Log, ticket: Option<(Arc<Ticket>, u32)>) -> Result<(), ProduceError> {
         self.shared
             .tx
             .send(Cmd::Log(Entry { log, ticket }))
@@ -660,8 +761,8 @@ impl Producer {
         }
         self.account(total);
         let (ticket, rx) = Ticket::new(logs.len());
-        for log in logs {
-            self.enqueue(log, Some(ticket.clone()))?;
+        for (i, log) in logs.into_iter().enumerate() {
+            self.enqueue(log, Some((ticket.clone(), i as u32)))?;
         }
         rx.await.map_err(|_| ProduceError::Closed)?
     }
@@ -686,20 +787,24 @@ impl Producer {
     }
 }
 
+/// Who waits for one log of a message: a durable send's ticket and the log's place in it.
+type Waiter = Option<(Arc<Ticket>, u32)>;
+
 /// A message ready to send, with what it holds of the buffer.
 struct Sealed {
     sealed_at: Instant,
     msg: OutMessage,
     logs: usize,
     bytes: usize,
-    tickets: Vec<(Arc<Ticket>, usize)>,
+    /// One per log, in the body's order.
+    waiters: Vec<Waiter>,
 }
 
 struct OpenMessage {
     body: String,
     logs: usize,
     bytes: usize,
-    tickets: Vec<(Arc<Ticket>, usize)>,
+    waiters: Vec<Waiter>,
     dedup: Option<Sha256>,
     since: Instant,
 }
@@ -709,10 +814,29 @@ enum BatchKind {
     Replay { upto: Position, count: u64 },
 }
 
+/// What the queue made of one message, once the transport is done with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Sent,
+    Rejected(String),
+    Failed(String),
+}
+
+/// A log the queue refuses for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refused {
+    /// Its place in the message body.
+    at: usize,
+    reason: String,
+    text: String,
+}
+
+/// What became of one message: sent, or sent but for the logs the queue refused (a refused
+/// message is split and its logs sent one by one), or not delivered now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Final {
     Sent,
-    Rejected(String),
+    Partly(Vec<Refused>),
     Failed(String),
 }
 
@@ -744,6 +868,7 @@ struct Dispatcher<T: Transport> {
     flushers: Vec<oneshot::Sender<()>>,
     /// A flush or close is waiting: send partial batches at once.
     draining: bool,
+    rejects: RejectFile,
 }
 
 fn jittered(d: Duration) -> Duration {
@@ -751,61 +876,237 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-async fn send_with_retries<T: Transport>(
+fn send_with_retries<T: Transport>(
     transport: Arc<T>,
     msgs: Vec<OutMessage>,
     attempts: u32,
     base: Duration,
     max: Duration,
-) -> Vec<Final> {
-    let mut finals: Vec<Option<Final>> = vec![None; msgs.len()];
-    let mut pending: Vec<usize> = (0..msgs.len()).collect();
-    let mut last = String::new();
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            let d = base.saturating_mul(1 << (attempt - 1).min(16)).min(max);
-            tokio::time::sleep(jittered(d)).await;
-        }
-        let batch: Vec<OutMessage> = pending.iter().map(|&i| msgs[i].clone()).collect();
-        metrics::counter!("sluice_producer_batches_total").increment(1);
-        match transport.send(&batch).await {
-            Err(e) => {
-                metrics::counter!("sluice_producer_send_errors_total", "kind" => e.kind.label())
-                    .increment(1);
-                tracing::warn!(error = %e, attempt = attempt + 1, messages = batch.len(), "SendMessageBatch failed");
-                last = e.message;
+) -> Pin<Box<dyn Future<Output = Vec<Outcome>> + Send>> {
+    Box::pin(async move {
+        let mut finals: Vec<Option<Outcome>> = vec![None; msgs.len()];
+        let mut pending: Vec<usize> = (0..msgs.len()).collect();
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                let d = base.saturating_mul(1 << (attempt - 1).min(16)).min(max);
+                tokio::time::sleep(jittered(d)).await;
             }
-            Ok(outcomes) => {
-                let mut still = Vec::new();
-                for (k, &i) in pending.iter().enumerate() {
-                    match outcomes.get(k) {
-                        Some(EntryOutcome::Sent) => finals[i] = Some(Final::Sent),
-                        Some(EntryOutcome::Rejected(why)) => {
-                            finals[i] = Some(Final::Rejected(why.clone()))
-                        }
-                        Some(EntryOutcome::Retry(why)) => {
-                            metrics::counter!("sluice_producer_send_errors_total", "kind" => "entry")
-                                .increment(1);
-                            last = why.clone();
-                            still.push(i);
-                        }
-                        None => {
-                            last = "the queue answered fewer entries than it was sent".into();
-                            still.push(i);
+            let batch: Vec<OutMessage> = pending.iter().map(|&i| msgs[i].clone()).collect();
+            metrics::counter!("sluice_producer_batches_total").increment(1);
+            match transport.send(&batch).await {
+                Err(e) if e.kind == TransportErrorKind::Refused => {
+                    metrics::counter!("sluice_producer_send_errors_total", "kind" => e.kind.label())
+                        .increment(1);
+                    if let [i] = pending[..] {
+                        finals[i] = Some(Outcome::Rejected(e.message));
+                    } else {
+                        // Which entry is it? Each alone, with the attempts left.
+                        tracing::warn!(error = %e, messages = batch.len(), "SendMessageBatch refused; sending its messages one by one");
+                        for &i in &pending {
+                            let one = send_with_retries(
+                                transport.clone(),
+                                vec![msgs[i].clone()],
+                                attempts - attempt,
+                                base,
+                                max,
+                            )
+                            .await;
+                            finals[i] = one.into_iter().next();
                         }
                     }
-                }
-                pending = still;
-                if pending.is_empty() {
+                    pending.clear();
                     break;
                 }
+                Err(e) => {
+                    metrics::counter!("sluice_producer_send_errors_total", "kind" => e.kind.label())
+                        .increment(1);
+                    tracing::warn!(error = %e, attempt = attempt + 1, messages = batch.len(), "SendMessageBatch failed");
+                    last = e.message;
+                }
+                Ok(outcomes) => {
+                    let mut still = Vec::new();
+                    for (k, &i) in pending.iter().enumerate() {
+                        match outcomes.get(k) {
+                            Some(EntryOutcome::Sent) => finals[i] = Some(Outcome::Sent),
+                            Some(EntryOutcome::Rejected(why)) => {
+                                finals[i] = Some(Outcome::Rejected(why.clone()))
+                            }
+                            Some(EntryOutcome::Retry(why)) => {
+                                metrics::counter!("sluice_producer_send_errors_total", "kind" => "entry")
+                                    .increment(1);
+                                last = why.clone();
+                                still.push(i);
+                            }
+                            None => {
+                                last = "the queue answered fewer entries than it was sent".into();
+                                still.push(i);
+                            }
+                        }
+                    }
+                    pending = still;
+                    if pending.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        finals
+            .into_iter()
+            .map(|f| f.unwrap_or_else(|| Outcome::Failed(last.clone())))
+            .collect()
+    })
+}
+
+/// The text of each log in a message body (NDJSON, or any whitespace-separated JSON values).
+fn log_spans(body: &str) -> Vec<&str> {
+    let mut spans = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(body).into_iter::<serde::de::IgnoredAny>();
+    let mut start = 0;
+    while let Some(Ok(_)) = stream.next() {
+        let end = stream.byte_offset();
+        spans.push(body[start..end].trim());
+        start = end;
+    }
+    if spans.is_empty() {
+        spans.push(body);
+    }
+    spans
+}
+
+/// Sends messages, and splits any the queue refuses: its logs go one by one, so only a log the
+/// queue itself refuses is left out (and reported), never its neighbours.
+/// How the logs of a split message are batched again: SendMessageBatch's limits.
+#[derive(Clone, Copy)]
+struct BatchLimits {
+    entries: usize,
+    bytes: usize,
+}
+
+async fn deliver<T: Transport>(
+    transport: Arc<T>,
+    msgs: Vec<OutMessage>,
+    attempts: u32,
+    (base, max): (Duration, Duration),
+    limits: BatchLimits,
+) -> Vec<Final> {
+    let outcomes = send_with_retries(transport.clone(), msgs.clone(), attempts, base, max).await;
+    let mut finals = Vec::with_capacity(outcomes.len());
+    for (msg, outcome) in msgs.into_iter().zip(outcomes) {
+        finals.push(match outcome {
+            Outcome::Sent => Final::Sent,
+            Outcome::Failed(why) => Final::Failed(why),
+            Outcome::Rejected(why) => {
+                let spans = log_spans(&msg.body);
+                if spans.len() <= 1 {
+                    Final::Partly(vec![Refused {
+                        at: 0,
+                        reason: why,
+                        text: msg.body.clone(),
+                    }])
+                } else {
+                    tracing::warn!(reason = %why, logs = spans.len(), "the queue refused a packed message; sending its logs one by one");
+                    let singles: Vec<OutMessage> = spans
+                        .iter()
+                        .map(|t| OutMessage {
+                            body: (*t).to_owned(),
+                            group_id: msg.group_id.clone(),
+                            dedup_id: msg
+                                .dedup_id
+                                .as_ref()
+                                .map(|_| hex(&Sha256::digest(t.as_bytes()))),
+                            delay_seconds: msg.delay_seconds,
+                        })
+                        .collect();
+                    let mut each = Vec::with_capacity(singles.len());
+                    let mut rest = singles.as_slice();
+                    while !rest.is_empty() {
+                        let mut n = 0;
+                        let mut bytes = 0;
+                        while n < rest.len()
+                            && n < limits.entries
+                            && (n == 0 || bytes + rest[n].body.len() <= limits.bytes)
+                        {
+                            bytes += rest[n].body.len();
+                            n += 1;
+                        }
+                        let (chunk, tail) = rest.split_at(n);
+                        each.extend(
+                            send_with_retries(transport.clone(), chunk.to_vec(), attempts, base, max)
+                                .await,
+                        );
+                        rest = tail;
+                    }
+                    let mut refused = Vec::new();
+                    let mut failed = None;
+                    for (at, (o, t)) in each.into_iter().zip(&spans).enumerate() {
+                        match o {
+                            Outcome::Sent => {}
+                            Outcome::Rejected(reason) => refused.push(Refused {
+                                at,
+                                reason,
+                                text: (*t).to_owned(),
+                            }),
+                            Outcome::Failed(why) => failed = Some(why),
+                        }
+                    }
+                    // Not all through now: the whole message is tried again later (its logs
+                    // already sent are rewritten to the same rows).
+                    match failed {
+                        Some(why) => Final::Failed(why),
+                        None => Final::Partly(refused),
+                    }
+                }
+            }
+        });
+    }
+    finals
+}
+
+/// Where logs the queue refuses for good are kept.
+struct RejectFile {
+    path: Option<std::path::PathBuf>,
+}
+
+impl RejectFile {
+    /// Keeps a refused log (fsynced) and says so at ERROR; never loses it silently.
+    fn keep(&self, r: &Refused, group: Option<&str>) {
+        metrics::counter!("sluice_producer_logs_total", "outcome" => "rejected").increment(1);
+        let Some(path) = &self.path else {
+            tracing::error!(reason = %r.reason, log = %r.text, "the queue refused a log for good; set producer.reject_file (or a spool) to keep such logs in a file");
+            return;
+        };
+        let line = serde_json::json!({
+            "at_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            "reason": r.reason,
+            "group": group,
+            "log": r.text,
+        })
+        .to_string();
+        let written = (|| -> std::io::Result<()> {
+            use std::io::Write as _;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            f.write_all(line.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_data()
+        })();
+        match written {
+            Ok(()) => {
+                tracing::error!(reason = %r.reason, bytes = r.text.len(), file = %path.display(), "the queue refused a log for good; it is kept in the reject file")
+            }
+            Err(e) => {
+                tracing::error!(reason = %r.reason, error = %e, file = %path.display(), log = %r.text, "the queue refused a log for good and the reject file cannot be written")
             }
         }
     }
-    finals
-        .into_iter()
-        .map(|f| f.unwrap_or_else(|| Final::Failed(last.clone())))
-        .collect()
 }
 
 impl<T: Transport> Dispatcher<T> {
@@ -915,7 +1216,7 @@ impl<T: Transport> Dispatcher<T> {
             body: String::new(),
             logs: 0,
             bytes: 0,
-            tickets: Vec::new(),
+            waiters: Vec::new(),
             dedup: dedup_on.then(Sha256::new),
             since: Instant::now(),
         });
@@ -929,12 +1230,7 @@ impl<T: Transport> Dispatcher<T> {
             h.update(e.log.dedup_key.as_deref().unwrap_or(&e.log.json).as_bytes());
             h.update([0u8]);
         }
-        if let Some(t) = e.ticket {
-            match m.tickets.last_mut() {
-                Some((last, n)) if Arc::ptr_eq(last, &t) => *n += 1,
-                _ => m.tickets.push((t, 1)),
-            }
-        }
+        m.waiters.push(e.ticket);
         if m.body.len() + 2 > self.config.max_message_bytes
             && let Some((g, m)) = self.open.remove_entry(&self.group_of(&e.log))
         {
@@ -962,7 +1258,7 @@ impl<T: Transport> Dispatcher<T> {
             },
             logs: m.logs,
             bytes: m.bytes,
-            tickets: m.tickets,
+            waiters: m.waiters,
         });
     }
 
@@ -998,8 +1294,35 @@ impl<T: Transport> Dispatcher<T> {
             .fetch_sub(s.bytes as u64, Ordering::Relaxed)
             .saturating_sub(s.bytes as u64);
         metrics::gauge!("sluice_producer_buffer_bytes").set(now as f64);
-        for (t, n) in &s.tickets {
-            t.done(*n, &result);
+        for (t, _) in s.waiters.iter().flatten() {
+            t.done(1, &result);
+        }
+    }
+
+    /// Settles a message whose `refused` logs the queue would not take: they go to the reject
+    /// file, and a durable send waiting on one of them learns which; the rest are delivered.
+    fn settle_partly(&mut self, s: Sealed, refused: &[Refused]) {
+        let group = s.msg.group_id.clone();
+        let mut rejected_at = std::collections::HashMap::new();
+        for r in refused {
+            self.stats.logs_rejected.fetch_add(1, Ordering::Relaxed);
+            self.rejects.keep(r, group.as_deref());
+            rejected_at.insert(r.at, r.reason.as_str());
+        }
+        self.budget.add_permits(s.bytes);
+        let now = self
+            .stats
+            .buffer_bytes
+            .fetch_sub(s.bytes as u64, Ordering::Relaxed)
+            .saturating_sub(s.bytes as u64);
+        metrics::gauge!("sluice_producer_buffer_bytes").set(now as f64);
+        for (at, w) in s.waiters.iter().enumerate() {
+            if let Some((t, index)) = w {
+                match rejected_at.get(&at) {
+                    Some(reason) => t.reject(*index, reason),
+                    None => t.done(1, &Ok(())),
+                }
+            }
         }
     }
 
@@ -1038,9 +1361,13 @@ impl<T: Transport> Dispatcher<T> {
         };
         self.batches.insert(id, (kind, sealed));
         let transport = self.transport.clone();
-        let (base, max) = (self.config.retry_base, self.config.retry_max);
+        let backoff = (self.config.retry_base, self.config.retry_max);
+        let limits = BatchLimits {
+            entries: self.config.max_batch_entries,
+            bytes: self.config.max_batch_bytes,
+        };
         self.tasks.spawn(async move {
-            let finals = send_with_retries(transport, msgs, attempts, base, max).await;
+            let finals = deliver(transport, msgs, attempts, backoff, limits).await;
             Done { id, finals }
         });
     }
@@ -1178,10 +1505,15 @@ impl<T: Transport> Dispatcher<T> {
                     })
                     .collect();
                 if failed.is_empty() {
-                    let sent = done.finals.iter().filter(|f| **f == Final::Sent).count() as u64;
+                    let sent = done.finals.len() as u64;
                     for f in &done.finals {
-                        if let Final::Rejected(why) = f {
-                            tracing::error!(reason = %why, "the queue refused a spooled message; it is dropped from the spool");
+                        if let Final::Partly(refused) = f {
+                            // Answered 202 long ago: the refused logs are kept in the reject
+                            // file, never dropped with the message.
+                            for r in refused {
+                                self.stats.logs_rejected.fetch_add(1, Ordering::Relaxed);
+                                self.rejects.keep(r, None);
+                            }
                         }
                     }
                     metrics::counter!("sluice_producer_messages_total", "path" => "replay")
@@ -1219,14 +1551,14 @@ impl<T: Transport> Dispatcher<T> {
                                 .fetch_add(s.logs as u64, Ordering::Relaxed);
                             self.settle(s, Ok(()));
                         }
-                        Final::Rejected(reason) => {
-                            tracing::error!(%reason, logs = s.logs, "the queue refused a message; its logs are lost");
-                            metrics::counter!("sluice_producer_logs_total", "outcome" => "rejected")
-                                .increment(s.logs as u64);
+                        Final::Partly(refused) => {
+                            metrics::counter!("sluice_producer_messages_total", "path" => "direct")
+                                .increment(1);
+                            self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
                             self.stats
-                                .logs_rejected
-                                .fetch_add(s.logs as u64, Ordering::Relaxed);
-                            self.settle(s, Err(ProduceError::Rejected(reason)));
+                                .logs_sent
+                                .fetch_add((s.logs - refused.len()) as u64, Ordering::Relaxed);
+                            self.settle_partly(s, &refused);
                         }
                         Final::Failed(reason) => {
                             why = reason;
@@ -1649,5 +1981,169 @@ mod tests {
             .unwrap_err()
             .contains("max_batch_entries")
         );
+    }
+
+    #[test]
+    fn characters_sqs_refuses_are_escaped_and_keep_the_content() {
+        let value = json!({"request_id": "u", "note": "a\u{ffff}b\u{fffe}c\u{1}d\u{10000}"});
+        let log = Log::from_value(&value).unwrap();
+        assert!(log.json().chars().all(sqs_allows), "{}", log.json());
+        assert!(log.json().contains("\\uffff") && log.json().contains("\\ufffe"));
+        let back: Value = serde_json::from_str(log.json()).unwrap();
+        assert_eq!(back, value, "the escapes mean the same characters");
+        let raw = "{\"request_id\":\"u\",\"note\":\"x\u{ffff}\"}";
+        let log = Log::from_json(raw).unwrap();
+        assert!(log.json().chars().all(sqs_allows));
+        assert_eq!(
+            serde_json::from_str::<Value>(log.json()).unwrap(),
+            serde_json::from_str::<Value>(raw).unwrap()
+        );
+    }
+
+    #[test]
+    fn group_ids_sqs_would_refuse_become_a_stable_valid_one() {
+        assert_eq!(sqs_group_id("tenant-7"), "tenant-7");
+        for bad in ["with space", "ünïcode", &"g".repeat(129), "tab\t"] {
+            let g = sqs_group_id(bad);
+            assert_eq!(sqs_group_id(&g), g, "{bad}: {g} is valid");
+            assert_eq!(sqs_group_id(bad), g, "stable");
+            assert_ne!(
+                sqs_group_id(&format!("{bad}x")),
+                g,
+                "distinct groups stay distinct"
+            );
+        }
+        assert!(
+            ProducerConfig {
+                default_group: "has space".into(),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("default_group")
+        );
+    }
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn body_logs(q: &FakeQueue) -> Vec<Value> {
+        q.messages()
+            .iter()
+            .flat_map(|m| {
+                log_spans(&m.body)
+                    .into_iter()
+                    .map(|t| serde_json::from_str::<Value>(t).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_refused_packed_message_is_split_and_only_the_refused_log_is_left_out_and_kept() {
+        for whole_call in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let rejects = dir.path().join("rejects.ndjson");
+            let q = FakeQueue::new();
+            q.refuse_containing(Some("POISON"), whole_call);
+            let p = Producer::start(
+                ProducerConfig {
+                    linger: Duration::from_millis(5),
+                    reject_file: Some(rejects.clone()),
+                    ..Default::default()
+                },
+                q.clone(),
+            )
+            .unwrap();
+            let mut values: Vec<Value> = (0..20).map(log).collect();
+            values[7] = json!({"request_id": "bad", "note": "POISON"});
+            let err = p.send_durable(&values).await.unwrap_err();
+            assert_eq!(
+                err,
+                ProduceError::LogRejected {
+                    index: 7,
+                    reason: if whole_call {
+                        "InvalidMessageContents: the call carries a body the fake refuses".into()
+                    } else {
+                        "InvalidMessageContents: the fake refuses this body".into()
+                    }
+                },
+                "whole_call {whole_call}"
+            );
+            // The other 19 logs, packed with it, are all in the queue.
+            p.flush().await;
+            let sent = body_logs(&q);
+            let mut want = values.clone();
+            want.remove(7);
+            for v in &want {
+                assert!(sent.contains(v), "{v} missing (whole_call {whole_call})");
+            }
+            // The refused one is kept, with its reason.
+            let kept = std::fs::read_to_string(&rejects).unwrap();
+            let line: Value = serde_json::from_str(kept.lines().next().unwrap()).unwrap();
+            assert!(
+                line["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("InvalidMessageContents")
+            );
+            assert_eq!(
+                serde_json::from_str::<Value>(line["log"].as_str().unwrap()).unwrap(),
+                values[7]
+            );
+            assert_eq!(p.stats().logs_rejected.load(Ordering::Relaxed), 1);
+            // A try_send of a refused log (the tower layer's path) is kept the same way.
+            p.try_send(&json!({"request_id": "bad2", "note": "POISON"}))
+                .unwrap();
+            p.flush().await;
+            wait_for("the second reject is kept", || {
+                std::fs::read_to_string(&rejects).unwrap().lines().count() == 2
+            })
+            .await;
+            p.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spooled_message_the_queue_refuses_on_replay_keeps_its_other_logs_and_the_refused_one()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let q = FakeQueue::new();
+        q.set_down(true);
+        let p = Producer::start(
+            ProducerConfig {
+                linger: Duration::from_millis(5),
+                retry_base: Duration::from_millis(5),
+                retry_max: Duration::from_millis(50),
+                spool: Some(SpoolConfig::new(dir.path())),
+                ..Default::default()
+            },
+            q.clone(),
+        )
+        .unwrap();
+        let mut values: Vec<Value> = (0..30).map(log).collect();
+        values[12] = json!({"request_id": "bad", "note": "POISON"});
+        // Answered while the queue is down: in the spool, a 202 for an ingest API.
+        p.send_durable(&values).await.unwrap();
+        assert!(p.stats().messages_spooled.load(Ordering::Relaxed) > 0);
+        q.refuse_containing(Some("POISON"), false);
+        q.set_down(false);
+        wait_for("the spool drains", || {
+            !p.stats().spooling.load(Ordering::Relaxed) && p.backlog_bytes() == 0
+        })
+        .await;
+        let sent = body_logs(&q);
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(sent.contains(v), i != 12, "log {i}");
+        }
+        let kept = std::fs::read_to_string(dir.path().join("rejected.ndjson")).unwrap();
+        assert_eq!(kept.lines().count(), 1);
+        assert!(kept.contains("POISON"));
+        p.close().await;
     }
 }

@@ -11,6 +11,22 @@ use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
 use crate::{EntryOutcome, OutMessage, SendFuture, Transport, TransportError, TransportErrorKind};
 
+/// Error codes with which SQS refuses a whole SendMessageBatch for what it carries: the same
+/// call can never succeed, but its entries one by one may.
+const REFUSED_CODES: &[&str] = &[
+    "AWS.SimpleQueueService.BatchRequestTooLong",
+    "BatchRequestTooLong",
+    "AWS.SimpleQueueService.BatchEntryIdsNotDistinct",
+    "BatchEntryIdsNotDistinct",
+    "AWS.SimpleQueueService.TooManyEntriesInBatchRequest",
+    "TooManyEntriesInBatchRequest",
+    "InvalidMessageContents",
+    "AWS.SimpleQueueService.InvalidMessageContents",
+    "InvalidParameterValue",
+    "InvalidParameterValueException",
+    "MessageTooLong",
+];
+
 /// Error codes SQS uses for "slow down".
 const THROTTLE_CODES: &[&str] = &[
     "RequestThrottled",
@@ -50,6 +66,28 @@ impl SqsTransport {
     pub fn queue_url(&self) -> &str {
         &self.queue_url
     }
+
+    /// The queue's MaximumMessageSize (GetQueueAttributes): the largest message it takes.
+    pub async fn max_message_bytes(&self) -> Result<usize, String> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot read MaximumMessageSize of {}: {}",
+                    self.queue_url,
+                    DisplayErrorContext(&e)
+                )
+            })?;
+        out.attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize))
+            .and_then(|v| v.parse::<usize>().ok())
+            .ok_or_else(|| format!("{} reports no MaximumMessageSize", self.queue_url))
+    }
 }
 
 impl Transport for SqsTransport {
@@ -86,6 +124,9 @@ impl Transport for SqsTransport {
                     let kind = match &e {
                         SdkError::ServiceError(_) if THROTTLE_CODES.contains(&code.as_str()) => {
                             TransportErrorKind::Throttled
+                        }
+                        SdkError::ServiceError(_) if REFUSED_CODES.contains(&code.as_str()) => {
+                            TransportErrorKind::Refused
                         }
                         _ => TransportErrorKind::Unavailable,
                     };

@@ -19,6 +19,10 @@ struct Inner {
     calls: AtomicUsize,
     entries_seen: AtomicU64,
     entry_failures: AtomicU64,
+    /// Entries whose body contains this are refused (a sender fault), as SQS refuses characters.
+    refuse: Mutex<Option<String>>,
+    /// Whole calls carrying such an entry are refused, as SQS refuses a batch too long.
+    refuse_whole_call: AtomicBool,
 }
 
 impl FakeQueue {
@@ -34,6 +38,15 @@ impl FakeQueue {
     /// Every n-th entry seen fails transiently (0: none).
     pub fn fail_entries_every(&self, n: usize) {
         self.inner.fail_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Refuse every entry whose body contains `needle` (None: refuse nothing); with `whole_call`
+    /// the whole SendMessageBatch carrying one is refused instead.
+    pub fn refuse_containing(&self, needle: Option<&str>, whole_call: bool) {
+        *self.inner.refuse.lock().unwrap_or_else(|e| e.into_inner()) = needle.map(String::from);
+        self.inner
+            .refuse_whole_call
+            .store(whole_call, Ordering::SeqCst);
     }
 
     /// Messages taken, in the order taken.
@@ -64,6 +77,20 @@ impl Transport for FakeQueue {
                     message: "fake queue is down".into(),
                 });
             }
+            let refuse = self
+                .inner
+                .refuse
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let refused = |m: &OutMessage| refuse.as_deref().is_some_and(|n| m.body.contains(n));
+            if self.inner.refuse_whole_call.load(Ordering::SeqCst) && batch.iter().any(refused) {
+                return Err(TransportError {
+                    kind: TransportErrorKind::Refused,
+                    message: "InvalidMessageContents: the call carries a body the fake refuses"
+                        .into(),
+                });
+            }
             let every = self.inner.fail_every.load(Ordering::SeqCst) as u64;
             let mut out = Vec::with_capacity(batch.len());
             let mut taken = self
@@ -73,7 +100,11 @@ impl Transport for FakeQueue {
                 .unwrap_or_else(|e| e.into_inner());
             for m in batch {
                 let n = self.inner.entries_seen.fetch_add(1, Ordering::SeqCst) + 1;
-                if every > 0 && n.is_multiple_of(every) {
+                if refused(m) {
+                    out.push(EntryOutcome::Rejected(
+                        "InvalidMessageContents: the fake refuses this body".into(),
+                    ));
+                } else if every > 0 && n.is_multiple_of(every) {
                     self.inner.entry_failures.fetch_add(1, Ordering::SeqCst);
                     out.push(EntryOutcome::Retry("InternalError".into()));
                 } else {
