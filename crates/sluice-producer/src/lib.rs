@@ -319,6 +319,11 @@ impl Log {
     pub fn json(&self) -> &str {
         &self.json
     }
+
+    /// The FIFO group this log goes to, when it has its own.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

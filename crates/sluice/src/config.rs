@@ -165,6 +165,19 @@ pub struct IngestSettings {
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<std::path::PathBuf>,
+    /// Time a client has to send a request's headers once the connection waits for them. It
+    /// also closes an idle keep-alive connection (the wait for the next request counts).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's whole body; then 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Connections served at once; beyond it new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// At shutdown: how long requests in flight may take to finish before their connections are
+    /// closed (the producer's own `shutdown_timeout` follows).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for IngestSettings {
@@ -182,6 +195,10 @@ impl Default for IngestSettings {
             request_timeout: Duration::from_secs(30),
             tls_cert: None,
             tls_key: None,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -233,6 +250,9 @@ pub struct ProducerSettings {
     pub retry_max: Duration,
     /// Directory of the durable spool; unset keeps undeliverable logs in memory only.
     pub spool_dir: Option<std::path::PathBuf>,
+    /// Where a log SQS refuses for good is kept (NDJSON with the reason, fsynced). Unset:
+    /// `rejected.ndjson` in `spool_dir`; with no spool either, the log goes into the ERROR log.
+    pub reject_file: Option<std::path::PathBuf>,
     /// Bytes the spool may hold.
     pub spool_max_bytes: u64,
     /// Size of one spool segment file.
@@ -269,6 +289,7 @@ impl Default for ProducerSettings {
             retry_base: d.retry_base,
             retry_max: d.retry_max,
             spool_dir: None,
+            reject_file: None,
             spool_max_bytes: s.max_bytes,
             spool_segment_bytes: s.segment_bytes,
             spool_fsync: FsyncSetting::Always,
@@ -310,6 +331,7 @@ impl ProducerSettings {
                 },
             }),
             shutdown_timeout: self.shutdown_timeout,
+            reject_file: self.reject_file.clone(),
             ..sluice_producer::ProducerConfig::for_queue(queue_url)
         }
     }
@@ -1105,6 +1127,23 @@ impl Settings {
         check(
             i.tls_cert.is_some() == i.tls_key.is_some(),
             "ingest.tls_cert and ingest.tls_key go together: set both or neither".into(),
+        );
+        for (key, d) in [
+            ("ingest.header_read_timeout", i.header_read_timeout),
+            ("ingest.body_read_timeout", i.body_read_timeout),
+            ("ingest.shutdown_timeout", i.shutdown_timeout),
+        ] {
+            check(
+                !d.is_zero() && d <= Duration::from_secs(600),
+                format!(
+                    "{key} must be above zero and at most 10m, got {}",
+                    humantime::format_duration(d)
+                ),
+            );
+        }
+        check(
+            i.max_connections >= 1,
+            "ingest.max_connections must be at least 1".into(),
         );
         if problems.is_empty() {
             Ok(())

@@ -10,7 +10,9 @@
 //! | 503 + Retry-After | admission control: the bytes waiting (producer memory + spool) pass `ingest.max_backlog_bytes`, or the buffer is full |
 //! | 413 | body over `ingest.max_body_bytes` (before or after gzip), or more than `ingest.max_logs_per_request` logs |
 //! | 415 | a Content-Encoding other than gzip or identity |
-//! | 400 | not JSON, not objects, or a log sluice would dead-letter; the message names the line and log |
+//! | 400 | not JSON, not objects, a log sluice would dead-letter, or a gzip body with trailing bytes that are not gzip; the message names the line and log |
+//! | 413 | a log larger than a message can be (producer.max_message_bytes, capped at the queue's MaximumMessageSize) |
+//! | 422 | SQS refused a log for good (kept in the reject file); the message names the line and log |
 //! | 429 + Retry-After | the key is over `ingest.rate_per_key` logs/s (governor's keyed token bucket) |
 //! | 202 | every log is in the queue or in the spool (durable: a kill -9 after this loses nothing) |
 
@@ -64,14 +66,15 @@ struct Ingest {
     keys: Vec<Key>,
     limiter: DefaultKeyedRateLimiter<String>,
     schema: Schema,
+    rules: BodyRules,
     config: IngestSettings,
     shutting_down: AtomicBool,
     requests: AtomicU64,
     accepted_logs: AtomicU64,
-    by_status: [AtomicU64; 8],
+    by_status: [AtomicU64; 10],
 }
 
-const STATUSES: [u16; 8] = [202, 400, 401, 413, 415, 429, 503, 500];
+const STATUSES: [u16; 10] = [202, 400, 401, 408, 413, 415, 422, 429, 503, 500];
 
 impl Ingest {
     fn count(&self, status: StatusCode) {
@@ -201,9 +204,28 @@ fn bad(message: String, line: Option<usize>, log: Option<usize>) -> BadBody {
     }
 }
 
+/// What a body may hold, beyond the schema.
+#[derive(Debug, Clone, Default)]
+pub struct BodyRules {
+    /// Logs per request (ingest.max_logs_per_request).
+    pub max_logs: usize,
+    /// The largest log a message can carry (producer.max_message_bytes, capped by the queue).
+    pub max_log_bytes: usize,
+    /// FIFO queues: the log field whose value is the message group (producer.group_field).
+    pub group_field: Option<String>,
+}
+
+/// The logs of a body, with the line each starts on.
+#[derive(Debug)]
+pub struct Parsed {
+    pub logs: Vec<Log>,
+    pub lines: Vec<usize>,
+}
+
 /// Parses a body (one object, an array of objects, or NDJSON) into logs, checking each as
 /// `sluice run` would, so nothing accepted here is dead-lettered there.
-pub fn parse_body(text: &[u8], schema: &Schema, max_logs: usize) -> Result<Vec<Log>, BadBody> {
+pub fn parse_body(text: &[u8], schema: &Schema, rules: &BodyRules) -> Result<Parsed, BadBody> {
+    let max_logs = rules.max_logs;
     let text = std::str::from_utf8(text).map_err(|e| {
         let line = 1 + text[..e.valid_up_to()]
             .iter()
@@ -219,9 +241,10 @@ pub fn parse_body(text: &[u8], schema: &Schema, max_logs: usize) -> Result<Vec<L
         )
     })?;
     let mut logs = Vec::new();
+    let mut lines = Vec::new();
     let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
     let mut start = 0;
-    let check = |logs: &mut Vec<Log>, line: usize, value: Value, raw: Option<&str>| {
+    let mut check = |logs: &mut Vec<Log>, line: usize, value: Value, raw: Option<&str>| {
         let index = logs.len();
         if logs.len() >= max_logs {
             return Err(BadBody {
@@ -254,6 +277,15 @@ pub fn parse_body(text: &[u8], schema: &Schema, max_logs: usize) -> Result<Vec<L
             Some(r) => r.trim().to_owned(),
             None => Value::Object(map.clone()).to_string(),
         };
+        let group = rules
+            .group_field
+            .as_ref()
+            .and_then(|f| map.get(f))
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            });
         sluice_core::codec::decode_log(index, map, schema).map_err(|e| {
             bad(
                 format!("line {line}: {e} ({})", e.reason()),
@@ -261,7 +293,25 @@ pub fn parse_body(text: &[u8], schema: &Schema, max_logs: usize) -> Result<Vec<L
                 Some(index),
             )
         })?;
-        logs.push(Log::from_json(json).map_err(|e| bad(e.to_string(), Some(line), Some(index)))?);
+        let mut log =
+            Log::from_json(json).map_err(|e| bad(e.to_string(), Some(line), Some(index)))?;
+        if let Some(g) = group {
+            log = log.with_group(g);
+        }
+        let bytes = log.json().len() + 1;
+        if rules.max_log_bytes > 0 && bytes > rules.max_log_bytes {
+            return Err(BadBody {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!(
+                    "line {line}: log {index} is {bytes} bytes, more than one message can carry ({} bytes: producer.max_message_bytes or the queue's MaximumMessageSize)",
+                    rules.max_log_bytes
+                ),
+                line: Some(line),
+                log: Some(index),
+            });
+        }
+        logs.push(log);
+        lines.push(line);
         Ok(())
     };
     loop {
@@ -294,12 +344,14 @@ pub fn parse_body(text: &[u8], schema: &Schema, max_logs: usize) -> Result<Vec<L
     if logs.is_empty() {
         return Err(bad("the body holds no logs".into(), None, None));
     }
-    Ok(logs)
+    Ok(Parsed { logs, lines })
 }
 
+/// Decompresses a gzip body whole: every member (`cat a.gz b.gz`, pigz and many shippers send
+/// several), refusing trailing bytes that are not gzip.
 fn read_gzip(body: &[u8], limit: usize) -> Result<Vec<u8>, BadBody> {
     let mut out = Vec::new();
-    let mut decoder = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
+    let mut decoder = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1);
     decoder.read_to_end(&mut out).map_err(|e| {
         bad(
             format!("Content-Encoding is gzip but the body does not decompress: {e}"),
@@ -356,12 +408,27 @@ async fn handle(st: &Ingest, headers: HeaderMap, body: Body) -> Response {
         );
     }
     let limit = st.config.max_body_bytes;
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(_) => {
+    let bytes = match tokio::time::timeout(
+        st.config.body_read_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is over {limit} bytes (ingest.max_body_bytes); split it"),
+                Value::Null,
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} (ingest.body_read_timeout)",
+                    humantime::format_duration(st.config.body_read_timeout)
+                ),
                 Value::Null,
             );
         }
@@ -390,7 +457,7 @@ async fn handle(st: &Ingest, headers: HeaderMap, body: Body) -> Response {
             );
         }
     };
-    let logs = match parse_body(body, &st.schema, st.config.max_logs_per_request) {
+    let Parsed { logs, lines } = match parse_body(body, &st.schema, &st.rules) {
         Ok(l) => l,
         Err(b) => {
             return error(b.status, b.message, json!({"line": b.line, "log": b.log}));
@@ -451,6 +518,19 @@ async fn handle(st: &Ingest, headers: HeaderMap, body: Body) -> Response {
             ),
             retry_after,
         ),
+        Ok(Err(ProduceError::LogRejected { index, reason })) => {
+            // A permanent problem with the content, not with capacity: 422, naming the log. The
+            // other logs of the request are in the queue; the refused one is in the reject file.
+            let line = lines.get(index).copied();
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "line {}: log {index} was refused by SQS ({reason}); the other logs were accepted, this one is kept in the producer's reject file",
+                    line.unwrap_or(0)
+                ),
+                json!({"line": line, "log": index}),
+            )
+        }
         Ok(Err(ProduceError::TooLarge { bytes, max })) => error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
@@ -458,8 +538,15 @@ async fn handle(st: &Ingest, headers: HeaderMap, body: Body) -> Response {
             ),
             Value::Null,
         ),
-        Ok(Err(e)) => with_retry_after(
-            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), Value::Null),
+        Ok(Err(e @ (ProduceError::NotAnObject | ProduceError::Rejected(_)))) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), Value::Null)
+        }
+        Ok(Err(e @ ProduceError::Closed)) => with_retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}: this instance is shutting down; retry"),
+                Value::Null,
+            ),
             retry_after,
         ),
         Err(_) => with_retry_after(
@@ -471,6 +558,27 @@ async fn handle(st: &Ingest, headers: HeaderMap, body: Body) -> Response {
             retry_after,
         ),
     }
+}
+
+/// The producer's packing, capped at the queue's own MaximumMessageSize (read now): a queue set
+/// below 1 MiB would refuse every message packed above it.
+pub async fn capped_by_queue(
+    mut config: sluice_producer::ProducerConfig,
+    transport: &SqsTransport,
+) -> sluice_producer::ProducerConfig {
+    match transport.max_message_bytes().await {
+        Ok(max) if max < config.max_message_bytes => {
+            tracing::info!(
+                queue_max = max,
+                configured = config.max_message_bytes,
+                "packing messages up to the queue's MaximumMessageSize"
+            );
+            config.max_message_bytes = max;
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the queue's MaximumMessageSize; packing to producer.max_message_bytes"),
+    }
+    config
 }
 
 fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
@@ -496,69 +604,6 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A TLS listener for `axum::serve`: handshakes run in their own tasks (with a timeout), so a
-/// slow client does not hold up the others.
-struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    fn new(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> Result<Self> {
-        let local = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                    {
-                        Ok(Ok(tls)) => {
-                            let _ = conn_tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, %peer, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        Ok(TlsListener { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept task only ends with the listener; park forever.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
 /// Runs the ingest API until SIGTERM/SIGINT, then stops taking requests, lets those in flight
 /// finish, and closes the producer (what SQS did not take stays in the spool for the next start).
 pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
@@ -574,11 +619,9 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
     } else {
         let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
         let queue_url = settings.sqs.queue_url.clone();
-        let producer = Producer::start(
-            settings.producer.producer_config(&queue_url),
-            SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url),
-        )
-        .map_err(|e| anyhow!("producer: {e}"))?;
+        let transport = SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url);
+        let config = capped_by_queue(settings.producer.producer_config(&queue_url), &transport).await;
+        let producer = Producer::start(config, transport).map_err(|e| anyhow!("producer: {e}"))?;
         (producer, queue_url)
     };
     let ic = settings.ingest.clone();
@@ -589,6 +632,15 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         keys,
         limiter: RateLimiter::keyed(quota),
         schema: settings.schema(),
+        rules: BodyRules {
+            max_logs: ic.max_logs_per_request,
+            max_log_bytes: producer.config().max_message_bytes,
+            group_field: producer
+                .config()
+                .fifo
+                .then(|| producer.config().group_field.clone())
+                .flatten(),
+        },
         config: ic.clone(),
         shutting_down: AtomicBool::new(false),
         requests: AtomicU64::new(0),
@@ -636,13 +688,13 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         "second signal: exiting now; every log answered 202 is already in SQS or the spool",
     ));
     // Readiness goes false first, so load balancers stop sending while requests in flight end.
-    let graceful = {
+    tokio::spawn({
         let (shutdown, state) = (shutdown.clone(), state.clone());
         async move {
             shutdown.cancelled().await;
             state.shutting_down.store(true, Ordering::Relaxed);
         }
-    };
+    });
     let scheme = if ic.tls_cert.is_some() {
         "https"
     } else {
@@ -656,16 +708,18 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         spool = ?settings.producer.spool_dir,
         "sluice ingest started: POST {scheme}://{addr}/v1/logs"
     );
-    let served = match (&ic.tls_cert, &ic.tls_key) {
-        (Some(cert), Some(key)) => {
-            let acceptor = tls_acceptor(cert, key)?;
-            axum::serve(TlsListener::new(tcp, acceptor)?, app)
-                .with_graceful_shutdown(graceful)
-                .await
-        }
-        _ => axum::serve(tcp, app).with_graceful_shutdown(graceful).await,
+    let tls = match (&ic.tls_cert, &ic.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
     };
-    served.context("the ingest server failed")?;
+    let limits = crate::serve::ServeLimits {
+        max_connections: ic.max_connections,
+        header_read_timeout: ic.header_read_timeout,
+        shutdown_timeout: ic.shutdown_timeout,
+    };
+    crate::serve::serve(tcp, tls, app, limits, shutdown.clone())
+        .await
+        .context("the ingest server failed")?;
     let report = producer.close().await;
     server_stop.cancel();
     let s = producer.stats();
@@ -706,18 +760,25 @@ mod tests {
         }
     }
 
+    fn rules(max_logs: usize) -> BodyRules {
+        BodyRules {
+            max_logs,
+            ..BodyRules::default()
+        }
+    }
+
     #[test]
     fn parses_objects_arrays_and_ndjson_and_names_the_bad_line() {
         let ok = br#"{"request_id":"a","ts":1}
 {"request_id":"b","ts":2}
 [{"request_id":"c","ts":3},{"request_id":"d","ts":4}]"#;
-        let logs = parse_body(ok, &schema(), 100).unwrap();
+        let logs = parse_body(ok, &schema(), &rules(100)).unwrap().logs;
         assert_eq!(logs.len(), 4);
         assert_eq!(logs[0].json(), r#"{"request_id":"a","ts":1}"#);
 
         let bad_ts =
             b"{\"request_id\":\"a\",\"ts\":1}\n\n{\"request_id\":\"b\",\"ts\":\"yesterday\"}\n";
-        let e = parse_body(bad_ts, &schema(), 100).unwrap_err();
+        let e = parse_body(bad_ts, &schema(), &rules(100)).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.line, Some(3));
         assert_eq!(e.log, Some(1));
@@ -725,19 +786,19 @@ mod tests {
         assert!(e.message.contains("ts"), "{}", e.message);
 
         let not_json = b"{\"request_id\":\"a\",\"ts\":1}\n{\"request_id\":";
-        let e = parse_body(not_json, &schema(), 100).unwrap_err();
+        let e = parse_body(not_json, &schema(), &rules(100)).unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("not JSON"), "{}", e.message);
 
-        let e = parse_body(b"[1]", &schema(), 100).unwrap_err();
+        let e = parse_body(b"[1]", &schema(), &rules(100)).unwrap_err();
         assert!(
             e.message.contains("not a JSON object but a number"),
             "{}",
             e.message
         );
-        let e = parse_body(b"  ", &schema(), 100).unwrap_err();
+        let e = parse_body(b"  ", &schema(), &rules(100)).unwrap_err();
         assert!(e.message.contains("no logs"));
-        let e = parse_body(b"{\"ts\":1}{\"ts\":2}{\"ts\":3}", &schema(), 2).unwrap_err();
+        let e = parse_body(b"{\"ts\":1}{\"ts\":2}{\"ts\":3}", &schema(), &rules(2)).unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
@@ -758,6 +819,52 @@ mod tests {
             read_gzip(b"not gzip", 50_000).unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    fn gz(text: &str) -> Vec<u8> {
+        use flate2::write::GzEncoder;
+        use std::io::Write;
+        let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(text.as_bytes()).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn every_gzip_member_is_read_and_trailing_garbage_is_refused() {
+        let a = "{\"request_id\":\"a1\",\"ts\":1}\n{\"request_id\":\"a2\",\"ts\":1}\n{\"request_id\":\"a3\",\"ts\":1}\n";
+        let b = "{\"request_id\":\"b1\",\"ts\":1}\n{\"request_id\":\"b2\",\"ts\":1}\n{\"request_id\":\"b3\",\"ts\":1}\n";
+        let mut two = gz(a);
+        two.extend(gz(b));
+        let text = read_gzip(&two, 1 << 20).unwrap();
+        let logs = parse_body(&text, &schema(), &rules(100)).unwrap().logs;
+        assert_eq!(logs.len(), 6, "both members");
+        let mut junk = gz(a);
+        junk.extend(b"trailing bytes that are not gzip");
+        let e = read_gzip(&junk, 1 << 20).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.message);
+    }
+
+    #[test]
+    fn fifo_logs_take_their_group_from_the_group_field_and_oversize_logs_are_named() {
+        let body = b"{\"request_id\":\"a\",\"ts\":1,\"tenant\":\"t1\"}\n{\"request_id\":\"b\",\"ts\":1,\"tenant\":\"t 2\"}\n{\"request_id\":\"c\",\"ts\":1}";
+        let r = BodyRules {
+            max_logs: 10,
+            max_log_bytes: 0,
+            group_field: Some("tenant".into()),
+        };
+        let logs = parse_body(body, &schema(), &r).unwrap().logs;
+        let groups: Vec<Option<&str>> = logs.iter().map(|l| l.group()).collect();
+        assert_eq!(groups[0], Some("t1"));
+        let g2 = groups[1].unwrap();
+        assert_eq!(sluice_producer::sqs_group_id(g2), g2, "a valid SQS group id");
+        assert_eq!(groups[2], None, "no field: the default group");
+        let r = BodyRules {
+            max_logs: 10,
+            max_log_bytes: 30,
+            group_field: None,
+        };
+        let e = parse_body(body, &schema(), &r).unwrap_err();
+        assert_eq!((e.status, e.line, e.log), (StatusCode::PAYLOAD_TOO_LARGE, Some(1), Some(0)));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod queue_metrics;
 pub mod run;
+pub mod serve;
 pub mod sim;
 pub mod spot;
 pub mod telemetry;

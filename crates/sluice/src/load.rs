@@ -605,11 +605,10 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
                 config.group_field = Some("tenant".into());
             }
             let sdk = sdk_config(args.endpoint.as_deref()).await;
-            let producer = Producer::start(
-                config,
-                SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url),
-            )
-            .map_err(|e| anyhow!("producer: {e}"))?;
+            let transport = SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url);
+            let config = crate::ingest::capped_by_queue(config, &transport).await;
+            let producer =
+                Producer::start(config, transport).map_err(|e| anyhow!("producer: {e}"))?;
             (Sink::Sqs(producer), format!("sqs {queue_url}"))
         }
     };
