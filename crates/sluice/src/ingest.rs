@@ -576,7 +576,9 @@ pub async fn capped_by_queue(
             config.max_message_bytes = max;
         }
         Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "cannot read the queue's MaximumMessageSize; packing to producer.max_message_bytes"),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the queue's MaximumMessageSize; packing to producer.max_message_bytes")
+        }
     }
     config
 }
@@ -620,7 +622,8 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
         let queue_url = settings.sqs.queue_url.clone();
         let transport = SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url);
-        let config = capped_by_queue(settings.producer.producer_config(&queue_url), &transport).await;
+        let config =
+            capped_by_queue(settings.producer.producer_config(&queue_url), &transport).await;
         let producer = Producer::start(config, transport).map_err(|e| anyhow!("producer: {e}"))?;
         (producer, queue_url)
     };
@@ -856,7 +859,11 @@ mod tests {
         let groups: Vec<Option<&str>> = logs.iter().map(|l| l.group()).collect();
         assert_eq!(groups[0], Some("t1"));
         let g2 = groups[1].unwrap();
-        assert_eq!(sluice_producer::sqs_group_id(g2), g2, "a valid SQS group id");
+        assert_eq!(
+            sluice_producer::sqs_group_id(g2),
+            g2,
+            "a valid SQS group id"
+        );
         assert_eq!(groups[2], None, "no field: the default group");
         let r = BodyRules {
             max_logs: 10,
@@ -864,7 +871,10 @@ mod tests {
             group_field: None,
         };
         let e = parse_body(body, &schema(), &r).unwrap_err();
-        assert_eq!((e.status, e.line, e.log), (StatusCode::PAYLOAD_TOO_LARGE, Some(1), Some(0)));
+        assert_eq!(
+            (e.status, e.line, e.log),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some(1), Some(0))
+        );
     }
 
     #[test]

@@ -74,7 +74,11 @@ fn spawn_acceptor(
             let _ = tcp.set_nodelay(true);
             match &tls {
                 None => {
-                    if tx.send((Box::new(tcp) as Box<dyn Io>, peer, slot)).await.is_err() {
+                    if tx
+                        .send((Box::new(tcp) as Box<dyn Io>, peer, slot))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -84,7 +88,8 @@ fn spawn_acceptor(
                     tokio::spawn(async move {
                         match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                             Ok(Ok(stream)) => {
-                                let _ = tx.send((Box::new(stream) as Box<dyn Io>, peer, slot)).await;
+                                let _ =
+                                    tx.send((Box::new(stream) as Box<dyn Io>, peer, slot)).await;
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%error, %peer, "TLS handshake failed")

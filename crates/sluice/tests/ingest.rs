@@ -774,3 +774,245 @@ async fn an_axum_service_with_the_layer_gets_its_requests_into_the_table() {
     assert_eq!(s("user_id").as_deref(), Some("u-7"));
     assert!(n("latency_ms").is_some());
 }
+
+fn gzip(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(text.as_bytes()).unwrap();
+    enc.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_broke_before_now_lands_a_two_member_gzip_body_and_a_character_sqs_refuses() {
+    // Before: a body of two gzip members (3 logs each) got 202 and lost the second member's
+    // logs; a log holding U+FFFF (valid JSON, refused by SQS) got 503 and took its neighbour
+    // with it. Now both requests are 202 and every log is in the table, content kept.
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("ingest-edge", 30).await.unwrap();
+    env.create_table(TABLE, "request_id").await.unwrap();
+    let dir = TempDir::new("edge");
+    let ingest = start_ingest(&env, &dir, &url, "").await;
+    let auth = format!("Bearer {KEY}");
+    let a: String = (1..=3)
+        .map(|i| log_line(&format!("gz-a{i}")) + "\n")
+        .collect();
+    let b: String = (1..=3)
+        .map(|i| log_line(&format!("gz-b{i}")) + "\n")
+        .collect();
+    let mut body = gzip(&a);
+    body.extend(gzip(&b));
+    let (status, _, text) = post_logs(
+        ingest.port,
+        &[("Authorization", &auth), ("Content-Encoding", "gzip")],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    assert!(text.contains("\"accepted\":6"), "{text}");
+    let mut junk = gzip(&a);
+    junk.extend(b"not gzip at all");
+    let (status, _, text) = post_logs(
+        ingest.port,
+        &[("Authorization", &auth), ("Content-Encoding", "gzip")],
+        &junk,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+
+    let odd =
+        log_line("odd-ffff").replace(r#""path":"/v1/x""#, "\"path\":\"/v1/x\u{ffff}y\u{fffe}\"");
+    let body = format!("{odd}\n{}\n", log_line("odd-neighbour"));
+    let (status, _, text) =
+        post_logs(ingest.port, &[("Authorization", &auth)], body.as_bytes()).await;
+    assert_eq!(status, 202, "{text}");
+
+    let want: HashSet<String> = [
+        "gz-a1",
+        "gz-a2",
+        "gz-a3",
+        "gz-b1",
+        "gz-b2",
+        "gz-b3",
+        "odd-ffff",
+        "odd-neighbour",
+    ]
+    .map(String::from)
+    .into();
+    drain_into_table(&env, &url, &want).await;
+    let row = env
+        .dynamodb
+        .get_item()
+        .table_name(TABLE)
+        .key(
+            "request_id",
+            aws_sdk_dynamodb::types::AttributeValue::S("odd-ffff".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        row.item().unwrap()["path"],
+        aws_sdk_dynamodb::types::AttributeValue::S("/v1/x\u{ffff}y\u{fffe}".into()),
+        "the characters SQS refuses travelled as escapes and arrived as themselves"
+    );
+    let (ok, _) = ingest.stop().await;
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_cannot_hold_ingest_open_and_sigterm_ends_it_in_the_bound() {
+    // 300 connections send half a request line and stop, 100 more send headers and half a
+    // body. /healthz still answers (the telemetry port, and the API once header timeouts free
+    // slots), a real request still gets 202, and SIGTERM ends the process within
+    // ingest.shutdown_timeout + producer.shutdown_timeout + a few seconds, keeping every 202'd
+    // log.
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("ingest-slow", 30).await.unwrap();
+    env.create_table(TABLE, "request_id").await.unwrap();
+    let dir = TempDir::new("slow");
+    let ingest = start_ingest(
+        &env,
+        &dir,
+        &url,
+        "header_read_timeout = \"2s\"\nbody_read_timeout = \"2s\"\nmax_connections = 200\nshutdown_timeout = \"3s\"",
+    )
+    .await;
+    let mut held = Vec::new();
+    for i in 0..400 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", ingest.port))
+            .await
+            .unwrap();
+        let part: &[u8] = if i < 300 {
+            b"POST /v1/lo"
+        } else {
+            b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"request_id\":"
+        };
+        let _ = s.write_all(part).await;
+        held.push(s);
+    }
+    assert_eq!(
+        try_get(ingest.telemetry, "/healthz").await.map(|r| r.0),
+        Some(200)
+    );
+    // The header timeout frees the slots; a real request gets through.
+    let auth = format!("Bearer {KEY}");
+    let started = Instant::now();
+    let status = loop {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            request(
+                ingest.port,
+                "POST",
+                "/v1/logs",
+                &[("Authorization", &auth)],
+                log_line("slow-ok").as_bytes(),
+            ),
+        )
+        .await;
+        if let Ok(Some((status, _, _))) = r {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never served");
+    };
+    assert_eq!(status, 202);
+    assert_eq!(
+        try_get(ingest.port, "/healthz").await.map(|r| r.0),
+        Some(200)
+    );
+    // New half-sent requests, then SIGTERM while they are open.
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", ingest.port))
+            .await
+            .unwrap();
+        let _ = s.write_all(b"POST /v1/logs HTTP/1.1\r\nHost").await;
+        held.push(s);
+    }
+    let term = Instant::now();
+    let (ok, _) = ingest.stop().await;
+    let took = term.elapsed();
+    assert!(ok, "exit 0");
+    assert!(
+        took < Duration::from_secs(3 + 10 + 3),
+        "took {took:?} after SIGTERM"
+    );
+    drop(held);
+    drain_into_table(&env, &url, &["slow-ok".to_string()].into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_on_a_fifo_queue_puts_each_group_field_value_in_its_own_message_group() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = sluice_sqs::admin::create_queue(
+        &env.sqs,
+        "ingest-groups.fifo",
+        &[(
+            aws_sdk_sqs::types::QueueAttributeName::FifoQueue,
+            "true".to_string(),
+        )],
+    )
+    .await
+    .unwrap();
+    let dir = TempDir::new("groups");
+    let ingest = start_ingest(&env, &dir, &url, "").await;
+    // producer.group_field comes from the environment here.
+    drop(ingest);
+    let config = dir.path("ingest.toml");
+    let text = std::fs::read_to_string(&config).unwrap() + "group_field = \"tenant\"\n";
+    std::fs::write(&config, text).unwrap();
+    let ingest = restart_ingest(&env, &config).await;
+    let auth = format!("Bearer {KEY}");
+    let body: String = (0..12)
+        .map(|i| {
+            log_line(&format!("fifo-{i}")).replace(
+                r#""status":200"#,
+                &format!(
+                    r#""status":200,"tenant":"{}""#,
+                    ["acme", "globex", "tenant with spaces"][i % 3]
+                ),
+            ) + "\n"
+        })
+        .collect();
+    let (status, _, text) =
+        post_logs(ingest.port, &[("Authorization", &auth)], body.as_bytes()).await;
+    assert_eq!(status, 202, "{text}");
+    let (ok, _) = ingest.stop().await;
+    assert!(ok);
+    let mut groups = std::collections::BTreeMap::new();
+    loop {
+        let out = env
+            .sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId,
+            )
+            .send()
+            .await
+            .unwrap();
+        if out.messages().is_empty() {
+            break;
+        }
+        for m in out.messages() {
+            let g = m.attributes().unwrap()
+                [&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId]
+                .clone();
+            let n = m.body().unwrap().lines().count();
+            *groups.entry(g).or_insert(0) += n;
+            env.sqs
+                .delete_message()
+                .queue_url(&url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(groups.len(), 3, "{groups:?}");
+    assert_eq!(groups.get("acme"), Some(&4));
+    assert_eq!(groups.get("globex"), Some(&4));
+    assert!(
+        groups.keys().any(|g| g.starts_with("h-")),
+        "the invalid group became a valid one: {groups:?}"
+    );
+}
