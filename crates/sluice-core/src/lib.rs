@@ -28,7 +28,7 @@ pub use codec::{DecodeError, Schema, TtlRule, decode_message};
 pub use engine::{Engine, EngineConfig, EngineStats, StatsSnapshot};
 pub use item::{AttrValue, Item};
 pub use rate::{Backoff, FleetConfig, LeaseSource, WcuLimiter};
-pub use source::{AckFailure, Received, Source, SourceError};
+pub use source::{AckFailure, AttributeBody, MessageAttribute, Received, Source, SourceError};
 pub use writer::{
     BatchResult, BatchWriter, WriteError, WriteErrorKind, WriteFailure, Writer, WriterConfig,
     WriterStats,

@@ -31,6 +31,35 @@ pub struct Received<H> {
     pub sent_at_ms: Option<u64>,
     /// FIFO queues: the message group. Messages of one group are written in order.
     pub group_id: Option<String>,
+    /// The message's own attributes (SQS MessageAttributes), kept when it is dead-lettered.
+    pub attributes: Vec<MessageAttribute>,
+}
+
+/// One message attribute as the buffer carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageAttribute {
+    pub name: String,
+    /// SQS's DataType: `String`, `Number`, `Binary`, or one of those with a `.custom` suffix.
+    pub data_type: String,
+    pub value: AttributeBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttributeBody {
+    Text(String),
+    Binary(Bytes),
+}
+
+impl MessageAttribute {
+    /// Bytes SQS counts for it against the message size: name, data type and value.
+    pub fn size(&self) -> usize {
+        self.name.len()
+            + self.data_type.len()
+            + match &self.value {
+                AttributeBody::Text(t) => t.len(),
+                AttributeBody::Binary(b) => b.len(),
+            }
+    }
 }
 
 /// A failure talking to the buffer.

@@ -160,6 +160,7 @@ impl InMemoryQueueForTests {
                     received_at: now,
                     sent_at_ms: None,
                     group_id: m.group.clone(),
+                    attributes: Vec::new(),
                 });
             } else {
                 next_visible = Some(next_visible.map_or(m.visible_at, |t| t.min(m.visible_at)));

@@ -545,6 +545,8 @@ impl KafkaSource {
             received_at: Instant::now(),
             sent_at_ms: r.timestamp_ms,
             group_id: None,
+            // The DLQ topic keeps the record's key and payload; headers are sluice's own.
+            attributes: Vec::new(),
         };
         self.held
             .lock()

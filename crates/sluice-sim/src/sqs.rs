@@ -667,7 +667,31 @@ impl Sqs {
         let attributes = entry
             .get("MessageAttributes")
             .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
-        let size = body.len() + attributes.map_or(0, |a| a.to_string().len());
+        if let Some(n) = attributes.and_then(Value::as_object).map(|a| a.len())
+            && n > 10
+        {
+            return Err(ApiError::sqs_invalid(format!(
+                "Number of message attributes [{n}] exceeds the allowed maximum [10]."
+            )));
+        }
+        // SQS counts each attribute's name, data type and value against the message size.
+        let size = body.len()
+            + attributes.and_then(Value::as_object).map_or(0, |a| {
+                a.iter()
+                    .map(|(name, v)| {
+                        name.len()
+                            + v.get("DataType")
+                                .and_then(Value::as_str)
+                                .map_or(0, str::len)
+                            + v.get("StringValue")
+                                .and_then(Value::as_str)
+                                .map_or(0, str::len)
+                            + v.get("BinaryValue")
+                                .and_then(Value::as_str)
+                                .map_or(0, |b| b.len() * 3 / 4)
+                    })
+                    .sum::<usize>()
+            });
         if size > q.max_message_size {
             return Err(ApiError::sqs_invalid(format!(
                 "One or more parameters are invalid. Reason: Message must be shorter than {} bytes.",

@@ -22,7 +22,7 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 use bytes::Bytes;
-use sluice_core::{AckFailure, Received, Source, SourceError};
+use sluice_core::{AckFailure, AttributeBody, MessageAttribute, Received, Source, SourceError};
 
 /// SQS's longest visibility timeout: 12 hours.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
@@ -57,11 +57,17 @@ pub struct SqsSourceConfig {
 pub struct SqsSource {
     client: Client,
     config: SqsSourceConfig,
+    /// The dead-letter queue's MaximumMessageSize, read once.
+    dlq_max_bytes: tokio::sync::OnceCell<usize>,
 }
 
 impl SqsSource {
     pub fn new(client: Client, config: SqsSourceConfig) -> Self {
-        SqsSource { client, config }
+        SqsSource {
+            client,
+            config,
+            dlq_max_bytes: tokio::sync::OnceCell::new(),
+        }
     }
 
     pub fn queue_url(&self) -> &str {
@@ -96,6 +102,62 @@ where
     }
 }
 
+/// SQS's largest message when the queue does not say (1 MiB since 2025).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// SQS's most message attributes on one message.
+pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
+
+/// The attributes a dead-lettered message carries: the message's own (the producer's), then
+/// sluice's in order of use (reason, error, source message id, receive count, source queue) as
+/// long as SQS's ten-attribute limit and the queue's `max` bytes leave room; the error text is cut
+/// to fit. None: the body with the message's own attributes and the reason does not fit.
+pub fn dead_letter_attributes<H>(
+    message: &Received<H>,
+    body_bytes: usize,
+    max: usize,
+    ours: [(&str, String); 5],
+) -> Option<Vec<MessageAttribute>> {
+    let mut out: Vec<MessageAttribute> = message
+        .attributes
+        .iter()
+        .filter(|a| !a.name.starts_with("sluice_"))
+        .take(MAX_MESSAGE_ATTRIBUTES)
+        .cloned()
+        .collect();
+    let mut used = body_bytes + out.iter().map(MessageAttribute::size).sum::<usize>();
+    for (i, (name, mut value)) in ours.into_iter().enumerate() {
+        if out.len() >= MAX_MESSAGE_ATTRIBUTES {
+            break;
+        }
+        let fixed = name.len() + "String".len();
+        let room = max.saturating_sub(used + fixed);
+        if room == 0 || (i == 0 && room < value.len()) {
+            if i == 0 {
+                return None; // not even the reason fits
+            }
+            break;
+        }
+        if value.len() > room {
+            let mut end = room;
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            value.truncate(end);
+        }
+        if value.is_empty() {
+            continue;
+        }
+        used += fixed + value.len();
+        out.push(MessageAttribute {
+            name: name.to_owned(),
+            data_type: "String".into(),
+            value: AttributeBody::Text(value),
+        });
+    }
+    (used <= max).then_some(out)
+}
+
 fn secs(d: Duration) -> i32 {
     d.min(MAX_VISIBILITY).as_secs() as i32
 }
@@ -116,6 +178,7 @@ impl Source for SqsSource {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_attribute_names("All")
             .customize()
             .config_override(
                 aws_sdk_sqs::config::Builder::default().timeout_config(
@@ -146,6 +209,30 @@ impl Source for SqsSource {
                 .attributes()
                 .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
                 .cloned();
+            let attributes = m
+                .message_attributes()
+                .map(|a| {
+                    let mut v: Vec<MessageAttribute> = a
+                        .iter()
+                        .filter_map(|(name, v)| {
+                            let value = match (v.string_value(), v.binary_value()) {
+                                (Some(t), _) => AttributeBody::Text(t.to_owned()),
+                                (None, Some(b)) => {
+                                    AttributeBody::Binary(Bytes::copy_from_slice(b.as_ref()))
+                                }
+                                _ => return None,
+                            };
+                            Some(MessageAttribute {
+                                name: name.clone(),
+                                data_type: v.data_type().to_owned(),
+                                value,
+                            })
+                        })
+                        .collect();
+                    v.sort_by(|a, b| a.name.cmp(&b.name));
+                    v
+                })
+                .unwrap_or_default();
             messages.push(Received {
                 message_id: m.message_id().unwrap_or_default().to_string(),
                 body: Bytes::copy_from_slice(m.body().unwrap_or_default().as_bytes()),
@@ -154,6 +241,7 @@ impl Source for SqsSource {
                 received_at,
                 sent_at_ms,
                 group_id,
+                attributes,
             });
         }
         Ok(messages)
@@ -265,34 +353,52 @@ impl Source for SqsSource {
         let Some(dlq) = &self.config.dead_letter_queue_url else {
             return Ok(false);
         };
-        let attribute = |v: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(v)
-                .build()
-                .ok()
-        };
         let body = String::from_utf8_lossy(&message.body).into_owned();
-        let mut send = self
-            .client
-            .send_message()
-            .queue_url(dlq)
-            .message_body(if body.is_empty() {
-                " ".to_string()
-            } else {
-                body
-            });
-        // SQS caps attribute values at the message size; keep the error readable but bounded.
-        let error: String = error.chars().take(1024).collect();
-        for (name, value) in [
-            ("sluice_reason", reason.to_string()),
-            ("sluice_error", error),
-            ("sluice_source_message_id", message.message_id.clone()),
-            ("sluice_receive_count", message.receive_count.to_string()),
-            ("sluice_source_queue", self.config.queue_url.clone()),
-        ] {
-            if let Some(v) = attribute(&value) {
-                send = send.message_attributes(name, v);
+        let body = if body.is_empty() {
+            " ".to_string()
+        } else {
+            body
+        };
+        let max = *self
+            .dlq_max_bytes
+            .get_or_init(|| async {
+                admin::max_message_bytes(&self.client, dlq)
+                    .await
+                    .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES)
+            })
+            .await;
+        let Some(attributes) = dead_letter_attributes(
+            message,
+            body.len(),
+            max,
+            [
+                ("sluice_reason", reason.to_string()),
+                ("sluice_error", error.to_string()),
+                ("sluice_source_message_id", message.message_id.clone()),
+                ("sluice_receive_count", message.receive_count.to_string()),
+                ("sluice_source_queue", self.config.queue_url.clone()),
+            ],
+        ) else {
+            tracing::warn!(
+                message_id = %message.message_id,
+                bytes = body.len(),
+                dlq_max = max,
+                reason,
+                "a poison message does not fit the dead-letter queue with its attributes; leaving it to the queue's redrive policy"
+            );
+            return Ok(false);
+        };
+        let mut send = self.client.send_message().queue_url(dlq).message_body(body);
+        for a in attributes {
+            let v = MessageAttributeValue::builder().data_type(&a.data_type);
+            let v = match a.value {
+                AttributeBody::Text(t) => v.string_value(t),
+                AttributeBody::Binary(b) => {
+                    v.binary_value(aws_sdk_sqs::primitives::Blob::new(b.to_vec()))
+                }
+            };
+            if let Ok(v) = v.build() {
+                send = send.message_attributes(a.name, v);
             }
         }
         if let Some(g) = &message.group_id {
@@ -303,10 +409,19 @@ impl Source for SqsSource {
                     .message_deduplication_id(&message.message_id);
             }
         }
-        send.send()
-            .await
-            .map_err(|e| source_error("SendMessage (dead-letter queue)", e))?;
-        Ok(true)
+        match send.send().await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.code() == Some("InvalidParameterValue")
+                    || e.code() == Some("MessageTooLong") =>
+            {
+                // The queue refused its size (or an attribute) after all: a retry cannot
+                // help, and nacking it would loop; the redrive policy moves it.
+                tracing::warn!(message_id = %message.message_id, error = %DisplayErrorContext(&e), "the dead-letter queue refused a poison message; leaving it to the queue's redrive policy");
+                Ok(false)
+            }
+            Err(e) => Err(source_error("SendMessage (dead-letter queue)", e)),
+        }
     }
 
     async fn nack(&self, handle: &String, delay: Duration) -> Result<(), SourceError> {
@@ -478,6 +593,21 @@ pub mod admin {
             .ok_or_else(|| "GetQueueAttributes returned no VisibilityTimeout".to_string())
     }
 
+    /// The queue's MaximumMessageSize.
+    pub async fn max_message_bytes(client: &Client, url: &str) -> Result<usize, String> {
+        let out = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::MaximumMessageSize)
+            .send()
+            .await
+            .map_err(|e| format!("GetQueueAttributes: {}", DisplayErrorContext(&e)))?;
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| "GetQueueAttributes returned no MaximumMessageSize".to_string())
+    }
+
     pub async fn delete_queue(client: &Client, url: &str) -> Result<(), String> {
         client
             .delete_queue()
@@ -531,5 +661,66 @@ pub mod admin {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(body: usize, own: usize) -> Received<String> {
+        Received {
+            message_id: "m-1".into(),
+            body: Bytes::from(vec![b'x'; body]),
+            receive_count: 2,
+            handle: "h".into(),
+            received_at: tokio::time::Instant::now(),
+            sent_at_ms: None,
+            group_id: None,
+            attributes: (0..own)
+                .map(|i| MessageAttribute {
+                    name: format!("attr{i}"),
+                    data_type: "String".into(),
+                    value: AttributeBody::Text("v".repeat(10)),
+                })
+                .collect(),
+        }
+    }
+
+    fn ours(error: &str) -> [(&'static str, String); 5] {
+        [
+            ("sluice_reason", "too_large".into()),
+            ("sluice_error", error.into()),
+            ("sluice_source_message_id", "m-1".into()),
+            ("sluice_receive_count", "2".into()),
+            ("sluice_source_queue", "https://q/logs".into()),
+        ]
+    }
+
+    #[test]
+    fn dead_letter_attributes_keep_the_producers_and_fit_the_queue() {
+        let max = 1024 * 1024;
+        // Room for everything.
+        let m = message(1000, 2);
+        let a = dead_letter_attributes(&m, 1000, max, ours("short")).unwrap();
+        assert_eq!(a.len(), 7);
+        assert!(
+            a.iter().take(2).all(|a| a.name.starts_with("attr")),
+            "the producer's first"
+        );
+        // Near the limit: the error text is cut to fit, the total never over.
+        let body = max - 300;
+        let m = message(body, 2);
+        let a = dead_letter_attributes(&m, body, max, ours(&"e".repeat(5000))).unwrap();
+        let total = body + a.iter().map(MessageAttribute::size).sum::<usize>();
+        assert!(total <= max, "{total}");
+        assert!(a.iter().any(|a| a.name == "sluice_reason"));
+        // Ten attributes of the producer's (SQS's most): they all stay; sluice's find no slot.
+        let m = message(1000, 10);
+        let a = dead_letter_attributes(&m, 1000, max, ours("x")).unwrap();
+        assert_eq!(a.len(), 10);
+        // Not even the reason fits: None (left to the queue's redrive policy).
+        let m = message(max - 10, 0);
+        assert!(dead_letter_attributes(&m, max - 10, max, ours("x")).is_none());
     }
 }

@@ -233,6 +233,65 @@ fn sqs_request_timeout(sqs: &Client) -> std::time::Duration {
         .unwrap_or(std::time::Duration::from_secs(5))
 }
 
+/// SendMessageBatch's payload limit.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Sends one batch back; a call the queue refuses whole is retried entry by entry, so one bad
+/// message never holds up the rest. Returns each entry's outcome by its index.
+async fn send_batch(
+    sqs: &Client,
+    source: &str,
+    batch: Vec<(usize, usize, SendMessageBatchRequestEntry)>,
+) -> Vec<(usize, Result<(), String>)> {
+    let entries: Vec<SendMessageBatchRequestEntry> =
+        batch.iter().map(|(_, _, e)| e.clone()).collect();
+    match sqs
+        .send_message_batch()
+        .queue_url(source)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(out) => {
+            let failed: HashMap<usize, String> = out
+                .failed()
+                .iter()
+                .filter_map(|f| {
+                    Some((
+                        f.id().parse().ok()?,
+                        format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+                    ))
+                })
+                .collect();
+            batch
+                .into_iter()
+                .map(|(i, _, _)| (i, failed.get(&i).map_or(Ok(()), |w| Err(w.clone()))))
+                .collect()
+        }
+        Err(e) if batch.len() > 1 => {
+            eprintln!(
+                "warning: SendMessageBatch refused ({}); sending its {} messages one by one",
+                DisplayErrorContext(&e),
+                batch.len()
+            );
+            let mut out = Vec::new();
+            for one in batch {
+                out.extend(Box::pin(send_batch(sqs, source, vec![one])).await);
+            }
+            out
+        }
+        Err(e) => batch
+            .into_iter()
+            .map(|(i, _, _)| {
+                (
+                    i,
+                    Err(format!("SendMessageBatch: {}", DisplayErrorContext(&e))),
+                )
+            })
+            .collect(),
+    }
+}
+
 async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u64>) -> Result<()> {
     let fifo = source.ends_with(".fifo");
     let dlq_source = sluice_sqs::SqsSource::new(
@@ -249,6 +308,7 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
     let (mut moved, mut failed) = (0u64, 0u64);
     let mut last = Instant::now();
     let mut empty_polls = 0;
+    let mut unsendable: HashMap<String, String> = HashMap::new();
     loop {
         if max.is_some_and(|m| moved >= m) || empty_polls >= 2 {
             break;
@@ -271,8 +331,13 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
             continue;
         }
         empty_polls = 0;
+        // One entry per message not already found unsendable this run (those stay in the
+        // dead-letter queue, invisible until this redrive is over).
         let mut entries = Vec::new();
         for (i, m) in messages.iter().enumerate() {
+            if m.message_id().is_some_and(|id| unsendable.contains_key(id)) {
+                continue;
+            }
             // sluice's own dead-letter attributes stay behind; the producer's travel back.
             let attrs: HashMap<String, MessageAttributeValue> = m
                 .message_attributes()
@@ -283,6 +348,16 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
                         .collect()
                 })
                 .unwrap_or_default();
+            let bytes = m.body().map_or(1, str::len)
+                + attrs
+                    .iter()
+                    .map(|(k, v)| {
+                        k.len()
+                            + v.data_type().len()
+                            + v.string_value().map_or(0, str::len)
+                            + v.binary_value().map_or(0, |b| b.as_ref().len())
+                    })
+                    .sum::<usize>();
             let mut e = SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
                 .message_body(m.body().unwrap_or(" "))
@@ -297,22 +372,42 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
                     .message_group_id(group)
                     .message_deduplication_id(m.message_id().unwrap_or_default());
             }
-            entries.push(e.build().map_err(|e| anyhow!("{e}"))?);
+            entries.push((i, bytes, e.build().map_err(|e| anyhow!("{e}"))?));
         }
-        let sent = sqs
-            .send_message_batch()
-            .queue_url(source)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| anyhow!("SendMessageBatch {source}: {}", DisplayErrorContext(&e)))?;
-        // Delete only what the source queue took; the rest stays in the dead-letter queue.
-        let ok: Vec<usize> = sent
-            .successful()
-            .iter()
-            .filter_map(|s| s.id().parse().ok())
-            .collect();
-        failed += sent.failed().len() as u64;
+        // SendMessageBatch takes 10 entries and 1 MiB at most: pack by both.
+        let mut ok: Vec<usize> = Vec::new();
+        let mut batch: Vec<(usize, usize, SendMessageBatchRequestEntry)> = Vec::new();
+        let mut batch_bytes = 0;
+        let mut rest = entries.into_iter().peekable();
+        loop {
+            let next_fits = rest.peek().is_some_and(|(_, b, _)| {
+                batch.len() < 10 && (batch.is_empty() || batch_bytes + b <= MAX_BATCH_BYTES)
+            });
+            if next_fits {
+                let e = rest.next().expect("peeked");
+                batch_bytes += e.1;
+                batch.push(e);
+                continue;
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let sent = send_batch(sqs, source, std::mem::take(&mut batch)).await;
+            batch_bytes = 0;
+            for (i, outcome) in sent {
+                match outcome {
+                    Ok(()) => ok.push(i),
+                    Err(why) => {
+                        failed += 1;
+                        let id = messages[i].message_id().unwrap_or_default().to_owned();
+                        eprintln!(
+                            "warning: message {id} could not be sent back ({why}); it stays in the dead-letter queue"
+                        );
+                        unsendable.insert(id, why);
+                    }
+                }
+            }
+        }
         // The DLQ as a source: its ack is the batched delete, with per-entry failures.
         let handles: Vec<String> = ok
             .iter()

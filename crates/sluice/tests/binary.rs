@@ -1011,3 +1011,90 @@ async fn shutdown_is_bounded_when_sqs_stops_answering_and_nothing_is_lost() {
     let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
     assert_eq!((keys.len(), unique.len()), (1500, 1500));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_redrive_packs_by_bytes_goes_on_past_a_message_that_fails_and_keeps_producer_attributes()
+ {
+    use aws_sdk_sqs::types::{
+        MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    };
+    // Twelve messages of 200 KiB (a batch of ten would be 2 MiB, over SendMessageBatch's 1 MiB)
+    // and one of 300 KiB that the source queue (MaximumMessageSize 256 KiB) refuses.
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let dlq = sluice_sqs::admin::create_queue(&env.sqs, "big-dlq", &[])
+        .await
+        .unwrap();
+    let source = sluice_sqs::admin::create_queue(
+        &env.sqs,
+        "big",
+        &[(QueueAttributeName::MaximumMessageSize, "262144".to_string())],
+    )
+    .await
+    .unwrap();
+    let attr = |v: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .unwrap()
+    };
+    for i in 0..13 {
+        let size = if i == 6 { 300 * 1024 } else { 200 * 1024 };
+        env.sqs
+            .send_message()
+            .queue_url(&dlq)
+            .message_body(format!("{i:02}{}", "x".repeat(size)))
+            .message_attributes("sluice_reason", attr("schema"))
+            .message_attributes("trace_id", attr(&format!("t-{i}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["dlq", "redrive", "--rate", "1000", "--dlq", &dlq])
+        .envs(env.child_env())
+        .env("SLUICE__SQS__QUEUE_URL", &source)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(
+        !out.status.success(),
+        "one failed: exit 1\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("12 message(s) moved") && stdout.contains("1 failed"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("could not be sent back"), "{stderr}");
+    assert_eq!(env.queue_counts(&source).await.unwrap().0, 12);
+    let (visible, in_flight) = env.queue_counts(&dlq).await.unwrap();
+    assert_eq!(
+        visible + in_flight,
+        1,
+        "the refused one stays in the dead-letter queue"
+    );
+    // The producer's attribute travelled back; sluice's own stayed behind.
+    let got = env
+        .sqs
+        .receive_message()
+        .queue_url(&source)
+        .max_number_of_messages(10)
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+        .send()
+        .await
+        .unwrap();
+    for m in got.messages() {
+        let a = m.message_attributes().unwrap();
+        let n: usize = m.body().unwrap()[..2].parse().unwrap();
+        assert_eq!(
+            a["trace_id"].string_value(),
+            Some(format!("t-{n}").as_str())
+        );
+        assert!(!a.contains_key("sluice_reason"));
+    }
+}

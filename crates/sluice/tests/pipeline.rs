@@ -627,3 +627,81 @@ async fn sim_a_fifo_queue_drains_every_group() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_poison_near_the_dead_letter_queues_size_limit_fits_or_goes_to_the_redrive_policy() {
+    use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+    // The DLQ takes 2 KiB. A 1,900-byte poison message fits only with its error text cut: it
+    // lands there with its reason. A 2,040-byte one cannot fit even with the reason: it is left to
+    // the source queue's redrive policy (nacked as poison), not nacked as a failed dead-letter
+    // forever. Both keep the producer's own attribute.
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("logs", 30).await.unwrap();
+    let dlq = sluice_sqs::admin::create_queue(
+        &env.sqs,
+        "small-dlq",
+        &[(QueueAttributeName::MaximumMessageSize, "2048".to_string())],
+    )
+    .await
+    .unwrap();
+    env.create_table("request-logs", "request_id")
+        .await
+        .unwrap();
+    let producer_attr = MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value("t-1")
+        .build()
+        .unwrap();
+    for (name, len) in [("fits", 1900), ("too-big", 2040)] {
+        env.sqs
+            .send_message()
+            .queue_url(&url)
+            .message_body(format!("{name} {}", "x".repeat(len - name.len() - 1)))
+            .message_attributes("trace", producer_attr.clone())
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut s = settings(&url, "request-logs");
+    s.sqs.dead_letter_queue_url = Some(dlq.clone());
+    s.sqs.poison_nack_delay = Duration::from_secs(60);
+    let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
+        .await
+        .unwrap();
+    let stats = pipeline.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(stop.clone()));
+    let started = Instant::now();
+    while stats.dead_lettered.load(Ordering::Relaxed) + stats.nacked.load(Ordering::Relaxed) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let summary = run.await.unwrap();
+    assert_eq!(
+        (summary.dead_lettered, summary.nacked),
+        (1, 1),
+        "{summary:?}"
+    );
+    let out = env
+        .sqs
+        .receive_message()
+        .queue_url(&dlq)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap();
+    let m = &out.messages()[0];
+    assert!(m.body().unwrap().starts_with("fits "));
+    let a = m.message_attributes().unwrap();
+    assert_eq!(a["sluice_reason"].string_value(), Some("not_json"));
+    assert_eq!(a["trace"].string_value(), Some("t-1"));
+    // The other waits in the source queue for its redrive policy, invisible for the poison
+    // delay, received once.
+    assert_eq!(env.queue_counts(&url).await.unwrap(), (0, 1));
+}
