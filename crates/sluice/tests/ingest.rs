@@ -1016,3 +1016,261 @@ async fn ingest_on_a_fifo_queue_puts_each_group_field_value_in_its_own_message_g
         "the invalid group became a valid one: {groups:?}"
     );
 }
+
+/// One piece of an adversarial request body: a line of NDJSON.
+#[derive(Debug, Clone)]
+enum Piece {
+    /// A valid log, with a few awkward but valid strings in it.
+    Valid {
+        escaped_control: bool,
+        noncharacter: bool,
+    },
+    /// Not JSON, on its own line.
+    BadJson,
+    /// A raw control character inside a string (JSON forbids it).
+    RawControl,
+    /// A lone surrogate escape, which is no character.
+    LoneSurrogate,
+    /// A number DynamoDB cannot store.
+    HugeNumber,
+    /// 40 levels of nesting (DynamoDB takes 32).
+    Deep,
+    /// A log larger than a message can carry.
+    Oversize,
+}
+
+impl Piece {
+    /// (status, whether it is refused) a request answers when this is its first bad piece.
+    fn refusal(&self) -> Option<u16> {
+        match self {
+            Piece::Valid { .. } => None,
+            Piece::Oversize => Some(413),
+            _ => Some(400),
+        }
+    }
+
+    fn line(&self, id: &str) -> String {
+        let base = log_line(id);
+        let with = |extra: &str| base.replacen('{', &format!("{{{extra},"), 1);
+        match self {
+            Piece::Valid {
+                escaped_control,
+                noncharacter,
+            } => {
+                let mut l = base.clone();
+                if *escaped_control {
+                    l = with(r#""note":"tab\u0001bell\u0007nul\u0000""#);
+                }
+                if *noncharacter {
+                    l = l.replacen('{', "{\"odd\":\"a\u{fffe}b\u{ffff}c\",", 1);
+                }
+                l
+            }
+            Piece::BadJson => format!("{{\"request_id\": oops-{id}}}"),
+            Piece::RawControl => with("\"note\":\"a\u{1}b\""),
+            Piece::LoneSurrogate => with(r#""note":"\ud800""#),
+            Piece::HugeNumber => with(r#""n":1e200"#),
+            Piece::Deep => with(&format!(r#""deep":{}1{}"#, "[".repeat(40), "]".repeat(40))),
+            Piece::Oversize => with(&format!(r#""pad":"{}""#, "x".repeat(300 * 1024))),
+        }
+    }
+}
+
+fn pieces() -> impl proptest::strategy::Strategy<Value = Piece> {
+    use proptest::prelude::*;
+    prop_oneof![
+        12 => (any::<bool>(), any::<bool>()).prop_map(|(escaped_control, noncharacter)| Piece::Valid { escaped_control, noncharacter }),
+        1 => Just(Piece::BadJson),
+        1 => Just(Piece::RawControl),
+        1 => Just(Piece::LoneSurrogate),
+        1 => Just(Piece::HugeNumber),
+        1 => Just(Piece::Deep),
+        1 => Just(Piece::Oversize),
+    ]
+}
+
+/// What the queue does while a request is sent.
+#[derive(Debug, Clone, Copy)]
+enum SqsWeather {
+    Fine,
+    Throttling,
+    Errors,
+    Outage,
+    /// Ingest is killed (kill -9) before this request and started again.
+    KillIngest,
+}
+
+fn weather() -> impl proptest::strategy::Strategy<Value = SqsWeather> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => Just(SqsWeather::Fine),
+        1 => Just(SqsWeather::Throttling),
+        1 => Just(SqsWeather::Errors),
+        1 => Just(SqsWeather::Outage),
+        1 => Just(SqsWeather::KillIngest),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct AdversarialRequest {
+    pieces: Vec<Piece>,
+    /// Gzip members the body is cut into (0: not compressed).
+    gzip_members: usize,
+    weather: SqsWeather,
+}
+
+fn requests() -> impl proptest::strategy::Strategy<Value = Vec<AdversarialRequest>> {
+    use proptest::prelude::*;
+    let valid =
+        (any::<bool>(), any::<bool>()).prop_map(|(escaped_control, noncharacter)| Piece::Valid {
+            escaped_control,
+            noncharacter,
+        });
+    // Most requests are clean (every log must land); the rest carry bad pieces anywhere.
+    let body = prop_oneof![
+        3 => prop::collection::vec(valid, 1..60),
+        2 => prop::collection::vec(pieces(), 1..12),
+    ];
+    prop::collection::vec(
+        (body, 0usize..4, weather()).prop_map(|(pieces, gzip_members, weather)| {
+            AdversarialRequest {
+                pieces,
+                gzip_members,
+                weather,
+            }
+        }),
+        25..40,
+    )
+}
+
+async fn adversarial_run(case: usize, reqs: Vec<AdversarialRequest>) {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let sim = env.sim.as_ref().unwrap();
+    let url = env.create_queue("adversarial", 30).await.unwrap();
+    env.create_table(TABLE, "request_id").await.unwrap();
+    let dir = TempDir::new(&format!("adversarial-{case}"));
+    let mut ingest = start_ingest(&env, &dir, &url, "request_timeout = \"20s\"").await;
+    let auth = format!("Bearer {KEY}");
+    let mut accepted: HashSet<String> = HashSet::new();
+    let mut answers: std::collections::BTreeMap<u16, usize> = Default::default();
+    for (r, req) in reqs.iter().enumerate() {
+        let faults = match req.weather {
+            SqsWeather::Fine | SqsWeather::KillIngest => sluice_sim::Faults::default(),
+            SqsWeather::Throttling => sluice_sim::Faults {
+                throttle_rate: 0.6,
+                only_ops: Some(vec!["SendMessageBatch".into()]),
+                ..Default::default()
+            },
+            SqsWeather::Errors => sluice_sim::Faults {
+                error_500_rate: 0.6,
+                error_503_rate: 0.2,
+                only_ops: Some(vec!["SendMessageBatch".into()]),
+                ..Default::default()
+            },
+            SqsWeather::Outage => sluice_sim::Faults {
+                reset_rate: 1.0,
+                only_ops: Some(vec!["SendMessageBatch".into(), "GetQueueAttributes".into()]),
+                ..Default::default()
+            },
+        };
+        sim.set_faults(faults).unwrap();
+        if let SqsWeather::KillIngest = req.weather {
+            let config = ingest.config.clone();
+            ingest.kill_9().await;
+            ingest = restart_ingest(&env, &config).await;
+        }
+        let ids: Vec<String> = (0..req.pieces.len())
+            .map(|p| format!("adv{case}-{r}-{p}"))
+            .collect();
+        let lines: Vec<String> = req
+            .pieces
+            .iter()
+            .zip(&ids)
+            .map(|(p, id)| p.line(id))
+            .collect();
+        let body_text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let (body, gz) = if req.gzip_members == 0 {
+            (body_text.into_bytes(), false)
+        } else {
+            // Cut at line boundaries into members.
+            let per = lines.len().div_ceil(req.gzip_members).max(1);
+            let mut b = Vec::new();
+            for chunk in lines.chunks(per) {
+                let text: String = chunk.iter().map(|l| format!("{l}\n")).collect();
+                b.extend(gzip(&text));
+            }
+            (b, true)
+        };
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if gz {
+            headers.push(("Content-Encoding", "gzip"));
+        }
+        let (status, _, text) = post_logs(ingest.port, &headers, &body).await;
+        *answers.entry(status).or_default() += 1;
+        let first_bad = req.pieces.iter().position(|p| p.refusal().is_some());
+        match first_bad {
+            None => {
+                assert_eq!(status, 202, "request {r} ({req:?}): {text}");
+                accepted.extend(ids);
+            }
+            Some(at) => {
+                let want = req.pieces[at].refusal().unwrap();
+                assert_eq!(status, want, "request {r} ({req:?}): {text}");
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["line"], at + 1, "request {r}: names the bad line: {text}");
+            }
+        }
+    }
+    eprintln!(
+        "adversarial case {case}: {} requests, answers {answers:?}, {} logs accepted, weathers {:?}",
+        reqs.len(),
+        accepted.len(),
+        reqs.iter().map(|r| r.weather).collect::<Vec<_>>()
+    );
+    // The queue is fine again; a clean stop flushes what is spooled.
+    sim.set_faults(sluice_sim::Faults::default()).unwrap();
+    let config = ingest.config.clone();
+    let (ok, _) = ingest.stop().await;
+    assert!(ok);
+    // Anything left in the spool goes at the next start.
+    let ingest = restart_ingest(&env, &config).await;
+    drain_into_table(&env, &url, &accepted).await;
+    let (ok, _) = ingest.stop().await;
+    assert!(ok);
+    // What was refused is not in the table; what was accepted all is (checked above).
+    let rows: HashSet<String> = env
+        .scan_keys(TABLE, "request_id")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(
+        rows.is_subset(&accepted),
+        "{:?}",
+        rows.difference(&accepted).take(3).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn adversarial_bodies_under_sqs_faults_get_202_with_every_log_landing_or_a_4xx_naming_the_line() {
+    use proptest::test_runner::{Config, TestRunner};
+    let mut runner = TestRunner::new(Config {
+        cases: 3,
+        failure_persistence: None,
+        max_shrink_iters: 0,
+        ..Config::default()
+    });
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(&requests(), |reqs| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(adversarial_run(n, reqs));
+            Ok(())
+        })
+        .unwrap();
+}
