@@ -1105,3 +1105,222 @@ async fn a_receive_cut_short_by_the_breaker_opening_is_handed_back_at_once() {
     stop.cancel();
     run.await.unwrap();
 }
+
+// ---- review: attempts to break the change's promises -------------------------------------------
+
+fn one_item(key: &str) -> sluice_core::Item {
+    sluice_core::decode_message(log(key).as_bytes(), &Schema::default())
+        .unwrap()
+        .remove(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn review_a_started_message_overtaken_by_an_older_arrival_is_timed_out_while_the_writer_progresses()
+ {
+    // One call at a time, 100 ms each: the writer lands 25 items every 100 ms throughout. B
+    // (order 10) starts; then F arrives with an older place in the receipt order (a FIFO follower
+    // submitted after its predecessor) and takes every batch for 2 s. B never stops being served
+    // at the writer's pace as a whole, yet its own clock runs out.
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_millis(100));
+    let cfg = WriterConfig {
+        max_concurrent_requests: 1,
+        ..WriterConfig::default()
+    };
+    let (writer, _task) = Writer::spawn(table.clone(), Arc::new(WcuLimiter::unlimited()), cfg);
+    let b_items: Vec<_> = (0..50).map(|i| one_item(&format!("b{i}"))).collect();
+    let b = tokio::spawn({
+        let w = writer.clone();
+        async move { w.write(b_items, 10, Duration::from_secs(1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await; // B's first batch is out
+    let f_items: Vec<_> = (0..500).map(|i| one_item(&format!("f{i}"))).collect();
+    let f = writer.write(f_items, 1, Duration::from_secs(1)).await;
+    assert!(f.is_ok(), "{f:?}");
+    let b = b.await.unwrap();
+    assert!(
+        b.is_ok(),
+        "B timed out while the writer drained at full pace: {b:?}"
+    );
+}
+
+// Real time: the token bucket runs on governor's clock (one thread, for a fixed interleaving).
+#[tokio::test]
+async fn review_a_fifo_follower_does_not_time_out_a_message_received_after_it() {
+    // One receive: group g = [m0: 1 log, m1: 900 logs], group h = [n0: 900 logs], 1,000 WCU/s,
+    // message timeout 0.5 s. n0 starts in m0's batch; then m1 (an older receipt number) takes
+    // every batch for ~0.9 s. n0 is only queueing behind work drained at the paced rate.
+    let q = Arc::new(InMemoryQueueForTests::new(
+        Duration::from_secs(30),
+        Duration::from_secs(20),
+    ));
+    let mut cfg = config();
+    cfg.pollers = 1;
+    cfg.message_timeout = Duration::from_millis(500);
+    let limiter = WcuLimiter::try_new(std::num::NonZeroU32::new(1000).unwrap(), 0.2).unwrap();
+    // Sent before the engine starts, so the one receive takes all three.
+    q.send_to_group(log("m0"), Some("g"));
+    q.send_to_group(packed("m1", 900), Some("g"));
+    q.send_to_group(packed("n0", 900), Some("h"));
+    let h = start_paced(q, Arc::new(MemoryTableForTests::default()), cfg, limiter);
+    let started = std::time::Instant::now();
+    while !h.queue.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(30), "not drained");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let nacks = h.queue.nacks();
+    h.stop.cancel();
+    h.run.await.unwrap();
+    assert!(nacks.is_empty(), "nacked while queueing: {nacks:?}");
+}
+
+fn big_body(prefix: &str, logs: usize, pad: usize) -> String {
+    let pad = "x".repeat(pad);
+    (0..logs)
+        .map(|i| {
+            log(&format!("{prefix}-{i}")).replace(
+                r#""latency_ms":3"#,
+                &format!(r#""latency_ms":3,"pad":"{pad}""#),
+            ) + "\n"
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn review_two_pollers_each_holding_a_reservation_cannot_deadlock_the_byte_budget() {
+    // 1 MiB budget, 2 pollers × 4 messages. Messages of ~100 KiB teach the estimate; each
+    // poller then parks in its long poll holding ~400 KiB. Eight ~250 KiB messages arrive: each
+    // poller gets 1,000 KiB, holds 400 and waits for 600 more, with 224 free and nothing in flight.
+    let mut cfg = config();
+    cfg.pollers = 2;
+    cfg.max_messages = 4;
+    cfg.max_in_flight_bytes = 1 << 20;
+    cfg.message_timeout = Duration::from_secs(10);
+    let h = start(queue(), Arc::new(MemoryTableForTests::default()), cfg);
+    for m in 0..4 {
+        h.queue.send(big_body(&format!("warm{m}"), 40, 2500));
+        wait_until("warm-up drained", Duration::from_secs(30), || {
+            h.queue.is_empty()
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // both pollers parked with reservations
+    for m in 0..8 {
+        h.queue.send(big_body(&format!("big{m}"), 100, 2500));
+    }
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(300);
+    while !h.queue.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the byte budget deadlocked: {} messages left, {:?}",
+            h.queue.len(),
+            h.stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.stop.cancel();
+    h.run.await.unwrap();
+}
+
+/// The in-memory queue until `silent` is set; then every call is accepted and never answered, and
+/// fails when the SQS client's deadline ends (operation timeout: 3 × sqs.request_timeout of 5 s).
+struct GoesSilent {
+    inner: InMemoryQueueForTests,
+    silent: std::sync::atomic::AtomicBool,
+}
+
+impl GoesSilent {
+    async fn deadline(&self) -> bool {
+        if self.silent.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Source for GoesSilent {
+    type Handle = String;
+    async fn receive(
+        &self,
+        max: usize,
+    ) -> Result<Vec<sluice_core::Received<String>>, sluice_core::SourceError> {
+        if self.deadline().await {
+            return Err(sluice_core::SourceError::retryable("deadline"));
+        }
+        self.inner.receive(max).await
+    }
+    async fn ack(&self, handles: &[String]) -> Vec<sluice_core::source::AckFailure> {
+        if self.deadline().await {
+            return fail_all(handles.len());
+        }
+        self.inner.ack(handles).await
+    }
+    async fn nack(&self, handle: &String, delay: Duration) -> Result<(), sluice_core::SourceError> {
+        if self.deadline().await {
+            return Err(sluice_core::SourceError::retryable("deadline"));
+        }
+        self.inner.nack(handle, delay).await
+    }
+    async fn extend(
+        &self,
+        handles: &[String],
+        visibility: Duration,
+    ) -> Vec<sluice_core::source::AckFailure> {
+        if self.deadline().await {
+            return fail_all(handles.len());
+        }
+        self.inner.extend(handles, visibility).await
+    }
+}
+
+fn fail_all(n: usize) -> Vec<sluice_core::source::AckFailure> {
+    (0..n)
+        .map(|index| sluice_core::source::AckFailure {
+            index,
+            error: sluice_core::SourceError::retryable("deadline"),
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn review_shutdown_is_bounded_when_sqs_goes_silent_while_a_poller_waits_for_the_byte_budget()
+{
+    // A 1 MiB budget: poller A takes a 900 KiB message (the table is slow, it stays in flight);
+    // poller B, which reserved nothing, receives a 500 KiB one and waits for room. SQS then goes
+    // silent and shutdown begins: run must return within shutdown_grace + SHUTDOWN_MARGIN.
+    let source = Arc::new(GoesSilent {
+        inner: InMemoryQueueForTests::new(Duration::from_secs(30), Duration::from_secs(20)),
+        silent: Default::default(),
+    });
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_secs(3600));
+    let mut cfg = config();
+    cfg.pollers = 2;
+    cfg.max_messages = 1;
+    cfg.max_in_flight_bytes = 1 << 20;
+    cfg.message_timeout = Duration::from_secs(600);
+    let (writer, _task) = Writer::spawn(
+        table,
+        Arc::new(WcuLimiter::unlimited()),
+        WriterConfig::default(),
+    );
+    let engine = Engine::new(source.clone(), writer, Schema::default(), cfg.clone());
+    let stats = engine.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(engine.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await; // both pollers parked, nothing reserved
+    source.inner.send(big_body("a", 360, 2500));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    source.inner.send(big_body("b", 200, 2500));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stats.snapshot().received, 2, "{:?}", stats.snapshot());
+    source.silent.store(true, Ordering::Relaxed);
+    let began = tokio::time::Instant::now();
+    stop.cancel();
+    run.await.unwrap();
+    let took = began.elapsed();
+    let bound = cfg.shutdown_grace + sluice_core::engine::SHUTDOWN_MARGIN;
+    assert!(took <= bound, "shutdown took {took:?}, bound {bound:?}");
+}

@@ -10,8 +10,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use crate::capacity::{CapacityLog, WriteCapacity};
 use crate::error::{ApiError, ApiResult};
+use crate::meter::{Billing, DEFAULT_WARM_WCU, Gsi, Meter, Projection};
 
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 const MAX_BATCH_WRITE: usize = 25;
@@ -34,12 +34,6 @@ impl Default for TableSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Billing {
-    Provisioned { rcu: u64, wcu: u64 },
-    OnDemand,
-}
-
 struct Table {
     name: String,
     created: f64,
@@ -47,11 +41,24 @@ struct Table {
     attribute_definitions: Value,
     hash_key: String,
     range_key: Option<String>,
-    billing: Billing,
-    capacity: WriteCapacity,
-    log: CapacityLog,
+    meter: Meter,
+    gsis: Vec<Gsi>,
     items: BTreeMap<String, Map<String, Value>>,
     bytes: usize,
+}
+
+/// One charge of a write: on the table (None) or an index, on a partition, in WCU.
+struct Charge {
+    on: Option<usize>,
+    partition: String,
+    units: u64,
+}
+
+/// Why a write was refused: (meter, reason, resource ARN).
+struct Refusal {
+    on: Option<usize>,
+    reason: String,
+    resource: String,
 }
 
 pub struct DynamoDb {
@@ -333,43 +340,211 @@ impl Table {
         Value::Object(m)
     }
 
-    fn description(&self) -> Value {
-        let (rcu, wcu, mode) = match self.billing {
-            Billing::Provisioned { rcu, wcu } => (rcu, wcu, "PROVISIONED"),
-            Billing::OnDemand => (0, 0, "PAY_PER_REQUEST"),
-        };
-        json!({
-            "TableName": self.name,
-            "TableStatus": "ACTIVE",
-            "TableArn": format!("arn:aws:dynamodb:us-east-1:000000000000:table/{}", self.name),
-            "TableId": format!("sim-{}", self.name),
-            "CreationDateTime": self.created,
-            "KeySchema": self.key_schema,
-            "AttributeDefinitions": self.attribute_definitions,
-            "ProvisionedThroughput": {
-                "ReadCapacityUnits": rcu,
-                "WriteCapacityUnits": wcu,
-                "NumberOfDecreasesToday": 0
-            },
-            "BillingModeSummary": {"BillingMode": mode},
-            "ItemCount": self.items.len(),
-            "TableSizeBytes": self.bytes,
-        })
+    fn arn(&self) -> String {
+        format!(
+            "arn:aws:dynamodb:us-east-1:000000000000:table/{}",
+            self.name
+        )
     }
 
-    /// Spends capacity for a write of `units`; false means refused.
-    fn charge(&mut self, units: u64) -> bool {
-        if self.capacity.try_consume(Instant::now(), units) {
-            self.log.record(units as f64);
-            true
-        } else {
-            false
+    fn description(&self) -> Value {
+        let mode = match self.meter.billing {
+            Billing::Provisioned { .. } => "PROVISIONED",
+            Billing::OnDemand => "PAY_PER_REQUEST",
+        };
+        let mut d = Map::new();
+        d.insert("TableName".into(), json!(self.name));
+        d.insert("TableStatus".into(), json!("ACTIVE"));
+        d.insert("TableArn".into(), json!(self.arn()));
+        d.insert("TableId".into(), json!(format!("sim-{}", self.name)));
+        d.insert("CreationDateTime".into(), json!(self.created));
+        d.insert("KeySchema".into(), self.key_schema.clone());
+        d.insert(
+            "AttributeDefinitions".into(),
+            self.attribute_definitions.clone(),
+        );
+        self.meter.describe_into(&mut d);
+        d.insert("BillingModeSummary".into(), json!({"BillingMode": mode}));
+        d.insert("ItemCount".into(), json!(self.items.len()));
+        d.insert("TableSizeBytes".into(), json!(self.bytes));
+        if !self.gsis.is_empty() {
+            let keys = self.table_keys();
+            let gsis: Vec<Value> = self
+                .gsis
+                .iter()
+                .map(|g| {
+                    let mut i = Map::new();
+                    i.insert("IndexName".into(), json!(g.name));
+                    i.insert("KeySchema".into(), g.key_schema.clone());
+                    i.insert("Projection".into(), g.projection.describe());
+                    i.insert("IndexStatus".into(), json!("ACTIVE"));
+                    i.insert(
+                        "IndexArn".into(),
+                        json!(format!("{}/index/{}", self.arn(), g.name)),
+                    );
+                    let count = self
+                        .items
+                        .values()
+                        .filter(|it| g.project(it, &keys).is_some())
+                        .count();
+                    i.insert("ItemCount".into(), json!(count));
+                    g.meter.describe_into(&mut i);
+                    Value::Object(i)
+                })
+                .collect();
+            d.insert("GlobalSecondaryIndexes".into(), Value::Array(gsis));
+        }
+        Value::Object(d)
+    }
+
+    fn table_keys(&self) -> Vec<&str> {
+        std::iter::once(self.hash_key.as_str())
+            .chain(self.range_key.as_deref())
+            .collect()
+    }
+
+    /// What writing `item` over the row `key` costs, on the table and each index it is or was
+    /// in: DynamoDB charges the larger of the new and old item; an index write that changes the
+    /// item's index key is a delete plus a put.
+    fn put_charges(
+        &self,
+        key: &str,
+        item: &Map<String, Value>,
+        size: usize,
+    ) -> ApiResult<Vec<Charge>> {
+        let old = self.items.get(key);
+        let old_size = old.and_then(|i| item_size(i).ok()).unwrap_or(0);
+        let hash = item
+            .get(&self.hash_key)
+            .map(Value::to_string)
+            .unwrap_or_default();
+        let mut out = vec![Charge {
+            on: None,
+            partition: hash,
+            units: wcu(size.max(old_size)),
+        }];
+        let keys = self.table_keys();
+        for (i, g) in self.gsis.iter().enumerate() {
+            for attr in std::iter::once(&g.hash_key).chain(g.range_key.iter()) {
+                let ty = self.key_type(attr);
+                if let Some(v) = item.get(attr)
+                    && v.get(ty).is_none()
+                {
+                    // DynamoDB Local's words (DynamoDB itself goes on with the attribute, the
+                    // expected and actual types, and the index).
+                    return Err(ApiError::validation(
+                        "One or more parameter values were invalid: Type mismatch for Index Key",
+                    ));
+                }
+            }
+            let new = g.project(item, &keys);
+            let was = old.and_then(|o| g.project(o, &keys));
+            let size_of = |m: &Map<String, Value>| item_size(m).unwrap_or(0);
+            match (was, new) {
+                (None, None) => {}
+                (None, Some((p, n))) => out.push(Charge {
+                    on: Some(i),
+                    partition: p,
+                    units: wcu(size_of(&n)),
+                }),
+                (Some((p, o)), None) => out.push(Charge {
+                    on: Some(i),
+                    partition: p,
+                    units: wcu(size_of(&o)),
+                }),
+                (Some((po, o)), Some((pn, n))) => {
+                    let same_key =
+                        po == pn && g.range_key.as_ref().is_none_or(|r| o.get(r) == n.get(r));
+                    if same_key {
+                        out.push(Charge {
+                            on: Some(i),
+                            partition: pn,
+                            units: wcu(size_of(&o).max(size_of(&n))),
+                        });
+                    } else {
+                        out.push(Charge {
+                            on: Some(i),
+                            partition: po,
+                            units: wcu(size_of(&o)),
+                        });
+                        out.push(Charge {
+                            on: Some(i),
+                            partition: pn,
+                            units: wcu(size_of(&n)),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What deleting the row `key` costs.
+    fn delete_charges(&self, key: &str) -> Vec<Charge> {
+        let Some(old) = self.items.get(key) else {
+            return vec![Charge {
+                on: None,
+                partition: String::new(),
+                units: 1,
+            }];
+        };
+        let hash = old
+            .get(&self.hash_key)
+            .map(Value::to_string)
+            .unwrap_or_default();
+        let mut out = vec![Charge {
+            on: None,
+            partition: hash,
+            units: wcu(item_size(old).unwrap_or(0)),
+        }];
+        let keys = self.table_keys();
+        for (i, g) in self.gsis.iter().enumerate() {
+            if let Some((p, o)) = g.project(old, &keys) {
+                out.push(Charge {
+                    on: Some(i),
+                    partition: p,
+                    units: wcu(item_size(&o).unwrap_or(0)),
+                });
+            }
+        }
+        out
+    }
+
+    fn meter_mut(&mut self, on: Option<usize>) -> &mut Meter {
+        match on {
+            None => &mut self.meter,
+            Some(i) => &mut self.gsis[i].meter,
         }
     }
 
-    fn throttle_error(&mut self) -> ApiError {
-        self.log.throttled_requests += 1;
-        match self.billing {
+    /// Spends every charge if all fit now; else names what refuses.
+    fn charge(&mut self, charges: &[Charge]) -> Result<(), Refusal> {
+        let now = Instant::now();
+        for c in charges {
+            if let Err(limit) = self.meter_mut(c.on).check(&c.partition, c.units, now) {
+                let (kind, resource) = match c.on {
+                    None => ("Table", self.arn()),
+                    Some(i) => (
+                        "Index",
+                        format!("{}/index/{}", self.arn(), self.gsis[i].name),
+                    ),
+                };
+                return Err(Refusal {
+                    on: c.on,
+                    reason: format!("{kind}Write{limit}"),
+                    resource,
+                });
+            }
+        }
+        for c in charges {
+            self.meter_mut(c.on).spend(&c.partition, c.units, now);
+        }
+        Ok(())
+    }
+
+    fn throttle_error(&mut self, r: Refusal) -> ApiError {
+        self.meter_mut(r.on).log.throttled_requests += 1;
+        let mut e = match self.meter.billing {
             Billing::Provisioned { .. } => ApiError::dynamodb(
                 400,
                 "ProvisionedThroughputExceededException",
@@ -380,17 +555,9 @@ impl Table {
                 "ThrottlingException",
                 "Throughput exceeds the current capacity for one or more global secondary indexes or the table.",
             ),
-        }
-    }
-
-    /// What a put costs: DynamoDB charges the larger of the new item and the one it replaces.
-    fn put_cost(&self, key: &str, size: usize) -> u64 {
-        let old = self
-            .items
-            .get(key)
-            .and_then(|i| item_size(i).ok())
-            .unwrap_or(0);
-        wcu(size.max(old))
+        };
+        e.throttling_reasons.push((r.reason, r.resource));
+        e
     }
 
     fn put(&mut self, key: String, item: Map<String, Value>, size: usize) {
@@ -401,10 +568,70 @@ impl Table {
     }
 }
 
-fn consumed(req: &Value, table: &str, units: f64) -> Option<Value> {
+fn parse_billing(on_demand: bool, pt: Option<&Value>, what: &str) -> ApiResult<Billing> {
+    if on_demand {
+        return Ok(Billing::OnDemand);
+    }
+    let pt = pt.ok_or_else(|| {
+        ApiError::validation(format!("No provisioned throughput specified for {what}"))
+    })?;
+    let rcu = pt["ReadCapacityUnits"].as_u64().unwrap_or(0);
+    let wcu = pt["WriteCapacityUnits"].as_u64().unwrap_or(0);
+    if rcu == 0 || wcu == 0 {
+        return Err(ApiError::validation(
+            "ProvisionedThroughput units must be at least 1",
+        ));
+    }
+    Ok(Billing::Provisioned { rcu, wcu })
+}
+
+/// OnDemandThroughput.MaxWriteRequestUnits, when set (-1 means none).
+fn max_on_demand(v: &Value) -> Option<u64> {
+    v.get("OnDemandThroughput")
+        .and_then(|o| o.get("MaxWriteRequestUnits"))
+        .and_then(Value::as_i64)
+        .filter(|&m| m > 0)
+        .map(|m| m as u64)
+}
+
+fn warm_wcu(v: &Value) -> u64 {
+    v.get("WarmThroughput")
+        .and_then(|w| w.get("WriteUnitsPerSecond"))
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_WARM_WCU)
+}
+
+/// ConsumedCapacity for ReturnConsumedCapacity TOTAL or INDEXES.
+fn consumed(req: &Value, t: &Table, charges: &[Charge]) -> Option<Value> {
+    let total: u64 = charges.iter().map(|c| c.units).sum();
     match req.get("ReturnConsumedCapacity").and_then(Value::as_str) {
-        Some("TOTAL") | Some("INDEXES") => {
-            Some(json!({"TableName": table, "CapacityUnits": units}))
+        Some("TOTAL") => Some(json!({"TableName": t.name, "CapacityUnits": total as f64})),
+        Some("INDEXES") => {
+            let table: u64 = charges
+                .iter()
+                .filter(|c| c.on.is_none())
+                .map(|c| c.units)
+                .sum();
+            let mut gsis = Map::new();
+            for (i, g) in t.gsis.iter().enumerate() {
+                let u: u64 = charges
+                    .iter()
+                    .filter(|c| c.on == Some(i))
+                    .map(|c| c.units)
+                    .sum();
+                if u > 0 {
+                    gsis.insert(g.name.clone(), json!({"CapacityUnits": u as f64}));
+                }
+            }
+            let mut v = json!({
+                "TableName": t.name,
+                "CapacityUnits": total as f64,
+                "Table": {"CapacityUnits": table as f64},
+            });
+            if !gsis.is_empty() {
+                v["GlobalSecondaryIndexes"] = Value::Object(gsis);
+            }
+            Some(v)
         }
         _ => None,
     }
@@ -516,22 +743,8 @@ impl DynamoDb {
                 )));
             }
         }
-        let billing = match req.get("BillingMode").and_then(Value::as_str) {
-            Some("PAY_PER_REQUEST") => Billing::OnDemand,
-            _ => {
-                let pt = req.get("ProvisionedThroughput").ok_or_else(|| {
-                    ApiError::validation("No provisioned throughput specified for the table")
-                })?;
-                let rcu = pt["ReadCapacityUnits"].as_u64().unwrap_or(0);
-                let wcu = pt["WriteCapacityUnits"].as_u64().unwrap_or(0);
-                if rcu == 0 || wcu == 0 {
-                    return Err(ApiError::validation(
-                        "ProvisionedThroughput units must be at least 1",
-                    ));
-                }
-                Billing::Provisioned { rcu, wcu }
-            }
-        };
+        let on_demand = req.get("BillingMode").and_then(Value::as_str) == Some("PAY_PER_REQUEST");
+        let billing = parse_billing(on_demand, req.get("ProvisionedThroughput"), "the table")?;
         let mut tables = self.lock();
         if tables.contains_key(&name) {
             return Err(ApiError::dynamodb(
@@ -541,12 +754,62 @@ impl DynamoDb {
             ));
         }
         let now = Instant::now();
-        let capacity = match billing {
-            Billing::Provisioned { wcu, .. } => {
-                WriteCapacity::new(wcu, self.settings.burst_seconds, now)
+        let (burst, ceiling) = (
+            self.settings.burst_seconds,
+            self.settings.on_demand_ceiling_wcu,
+        );
+        let meter = Meter::new(
+            billing,
+            max_on_demand(req),
+            warm_wcu(req),
+            burst,
+            ceiling,
+            now,
+        );
+        let mut gsis = Vec::new();
+        for g in req
+            .get("GlobalSecondaryIndexes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let index_name = g
+                .get("IndexName")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::validation("IndexName is required"))?
+                .to_string();
+            let ks = g.get("KeySchema").cloned().unwrap_or(Value::Null);
+            let kk = ks.as_array().cloned().unwrap_or_default();
+            let named = |kind: &str| {
+                kk.iter()
+                    .find(|k| k["KeyType"] == kind)
+                    .and_then(|k| k["AttributeName"].as_str())
+                    .map(String::from)
+            };
+            let ghash = named("HASH").ok_or_else(|| {
+                ApiError::validation(format!("index {index_name}: KeySchema needs one HASH key"))
+            })?;
+            let grange = named("RANGE");
+            for attr in std::iter::once(&ghash).chain(grange.iter()) {
+                let defined = attribute_definitions
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|d| d["AttributeName"] == attr.as_str()));
+                if !defined {
+                    return Err(ApiError::validation(format!(
+                        "One or more parameter values were invalid: Some index key attributes are not defined in AttributeDefinitions. Keys: [{attr}], AttributeDefinitions: []"
+                    )));
+                }
             }
-            Billing::OnDemand => WriteCapacity::new(self.settings.on_demand_ceiling_wcu, 1.0, now),
-        };
+            let gbilling = parse_billing(on_demand, g.get("ProvisionedThroughput"), &index_name)?;
+            gsis.push(Gsi {
+                name: index_name,
+                key_schema: ks,
+                hash_key: ghash,
+                range_key: grange,
+                projection: Projection::parse(g.get("Projection")),
+                meter: Meter::new(gbilling, max_on_demand(g), warm_wcu(g), burst, ceiling, now),
+            });
+        }
         let table = Table {
             name: name.clone(),
             created: now_secs(),
@@ -554,9 +817,8 @@ impl DynamoDb {
             attribute_definitions,
             hash_key,
             range_key,
-            billing,
-            capacity,
-            log: CapacityLog::default(),
+            meter,
+            gsis,
             items: BTreeMap::new(),
             bytes: 0,
         };
@@ -570,25 +832,76 @@ impl DynamoDb {
         let burst = self.settings.burst_seconds;
         self.with_table(str_field(req, "TableName")?, |t| {
             let now = Instant::now();
-            match req.get("BillingMode").and_then(Value::as_str) {
-                Some("PAY_PER_REQUEST") => {
-                    t.billing = Billing::OnDemand;
-                    t.capacity = WriteCapacity::new(ceiling, 1.0, now);
-                }
-                Some("PROVISIONED") | None => {
-                    if let Some(pt) = req.get("ProvisionedThroughput") {
-                        let rcu = pt["ReadCapacityUnits"].as_u64().unwrap_or(1).max(1);
-                        let wcu = pt["WriteCapacityUnits"].as_u64().unwrap_or(1).max(1);
-                        if matches!(t.billing, Billing::OnDemand) {
-                            t.capacity = WriteCapacity::new(wcu, burst, now);
-                        } else {
-                            t.capacity.set_rate(wcu, now);
-                        }
-                        t.billing = Billing::Provisioned { rcu, wcu };
-                    }
-                }
+            let on_demand = match req.get("BillingMode").and_then(Value::as_str) {
+                Some("PAY_PER_REQUEST") => true,
+                Some("PROVISIONED") => false,
+                None => t.meter.billing == Billing::OnDemand,
                 Some(other) => {
                     return Err(ApiError::validation(format!("unknown BillingMode {other}")));
+                }
+            };
+            let billing = match (on_demand, req.get("ProvisionedThroughput")) {
+                (true, _) => Billing::OnDemand,
+                (false, Some(pt)) => parse_billing(false, Some(pt), "the table")?,
+                (false, None) => match t.meter.billing {
+                    Billing::Provisioned { .. } => t.meter.billing,
+                    Billing::OnDemand => {
+                        return Err(ApiError::validation(
+                            "ProvisionedThroughput is required when switching to PROVISIONED",
+                        ));
+                    }
+                },
+            };
+            let max = if req.get("OnDemandThroughput").is_some() {
+                max_on_demand(req)
+            } else {
+                t.meter.max_on_demand
+            };
+            t.meter.reconfigure(billing, max, burst, ceiling, now);
+            if let Some(w) = req
+                .get("WarmThroughput")
+                .and_then(|w| w.get("WriteUnitsPerSecond"))
+                .and_then(Value::as_u64)
+            {
+                t.meter.warm_wcu = w;
+            }
+            for u in req
+                .get("GlobalSecondaryIndexUpdates")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(update) = u.get("Update") else {
+                    return Err(ApiError::validation(
+                        "sluice-sim supports only Update in GlobalSecondaryIndexUpdates",
+                    ));
+                };
+                let index_name = update
+                    .get("IndexName")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let Some(g) = t.gsis.iter_mut().find(|g| g.name == index_name) else {
+                    return Err(ApiError::resource_not_found(format!(
+                        "Requested resource not found: Index: {index_name} not found"
+                    )));
+                };
+                let gbilling = match (on_demand, update.get("ProvisionedThroughput")) {
+                    (true, _) => Billing::OnDemand,
+                    (false, Some(pt)) => parse_billing(false, Some(pt), index_name)?,
+                    (false, None) => g.meter.billing,
+                };
+                let gmax = if update.get("OnDemandThroughput").is_some() {
+                    max_on_demand(update)
+                } else {
+                    g.meter.max_on_demand
+                };
+                g.meter.reconfigure(gbilling, gmax, burst, ceiling, now);
+            }
+            if on_demand {
+                for g in &mut t.gsis {
+                    let max = g.meter.max_on_demand;
+                    g.meter
+                        .reconfigure(Billing::OnDemand, max, burst, ceiling, now);
                 }
             }
             Ok(json!({"TableDescription": t.description()}))
@@ -600,15 +913,15 @@ impl DynamoDb {
         self.with_table(str_field(req, "TableName")?, |t| {
             let key = t.key_of(&item)?;
             let size = checked_size(&item)?;
-            let units = t.put_cost(&key, size);
-            if !t.charge(units) {
-                return Err(t.throttle_error());
+            let charges = t.put_charges(&key, &item, size)?;
+            if let Err(r) = t.charge(&charges) {
+                return Err(t.throttle_error(r));
             }
-            t.put(key, item, size);
             let mut out = json!({});
-            if let Some(c) = consumed(req, &t.name, units as f64) {
+            if let Some(c) = consumed(req, t, &charges) {
                 out["ConsumedCapacity"] = c;
             }
+            t.put(key, item, size);
             Ok(out)
         })
     }
@@ -657,6 +970,8 @@ impl DynamoDb {
                     let item = parse_item(put.get("Item"), "PutRequest.Item")?;
                     let key = table.key_of(&item)?;
                     let size = checked_size(&item)?;
+                    // Index key types are checked with the rest, before anything is written.
+                    table.put_charges(&key, &item, size)?;
                     (Write::Put(key.clone(), item, size), key)
                 } else if let Some(del) = w.get("DeleteRequest") {
                     let key_map = parse_item(del.get("Key"), "DeleteRequest.Key")?;
@@ -678,24 +993,27 @@ impl DynamoDb {
         let mut unprocessed = Map::new();
         let mut consumed_list = Vec::new();
         let (mut done, mut left) = (0usize, 0usize);
+        let mut first_refusal: Option<(String, Refusal)> = None;
+        let mut refused_on: Vec<(String, Option<usize>)> = Vec::new();
         for (name, list) in plan {
             let table = tables.get_mut(&name).expect("checked above");
-            let mut units_spent = 0u64;
+            let mut spent: Vec<Charge> = Vec::new();
             let mut rest = Vec::new();
             for (write, raw) in list {
-                let units = match &write {
-                    Write::Put(key, _, size) => table.put_cost(key, *size),
-                    Write::Delete(key) => wcu(table
-                        .items
-                        .get(key)
-                        .and_then(|i| item_size(i).ok())
-                        .unwrap_or(0)),
+                let charges = match &write {
+                    Write::Put(key, item, size) => table.put_charges(key, item, *size)?,
+                    Write::Delete(key) => table.delete_charges(key),
                 };
-                if !table.charge(units) {
+                if let Err(r) = table.charge(&charges) {
+                    table.meter_mut(r.on).log.unprocessed_items += 1;
+                    refused_on.push((name.clone(), r.on));
+                    if first_refusal.is_none() {
+                        first_refusal = Some((name.clone(), r));
+                    }
                     rest.push(raw);
                     continue;
                 }
-                units_spent += units;
+                spent.extend(charges);
                 done += 1;
                 match write {
                     Write::Put(key, item, size) => table.put(key, item, size),
@@ -706,21 +1024,25 @@ impl DynamoDb {
                     }
                 }
             }
-            if let Some(c) = consumed(req, &name, units_spent as f64) {
+            if let Some(c) = consumed(req, table, &spent) {
                 consumed_list.push(c);
             }
             if !rest.is_empty() {
                 left += rest.len();
-                table.log.unprocessed_items += rest.len() as u64;
                 unprocessed.insert(name, Value::Array(rest));
             }
         }
         if done == 0 && left > 0 {
             // Nothing fit: the whole request is refused rather than handed back.
-            let name = unprocessed.keys().next().cloned().unwrap_or_default();
+            // Counted as unprocessed above: a refused request counts as throttled instead.
+            for (name, on) in refused_on {
+                let table = tables.get_mut(&name).expect("exists");
+                let log = &mut table.meter_mut(on).log;
+                log.unprocessed_items = log.unprocessed_items.saturating_sub(1);
+            }
+            let (name, r) = first_refusal.expect("a refusal when nothing fit");
             let table = tables.get_mut(&name).expect("exists");
-            table.log.unprocessed_items -= left as u64;
-            return Err(table.throttle_error());
+            return Err(table.throttle_error(r));
         }
         let mut out = json!({"UnprocessedItems": unprocessed});
         if !consumed_list.is_empty() {
@@ -810,30 +1132,26 @@ impl DynamoDb {
     /// Per-table capacity facts for the admin endpoint.
     pub fn capacity_report(&self, name: &str) -> ApiResult {
         self.with_table(name, |t| {
-            let available = t.capacity.available(Instant::now());
-            let (mode, provisioned) = match t.billing {
-                Billing::Provisioned { wcu, .. } => ("PROVISIONED", Some(wcu)),
-                Billing::OnDemand => ("PAY_PER_REQUEST", None),
-            };
-            let per_second: Vec<Value> = t
-                .log
-                .per_second
-                .iter()
-                .map(|(s, u)| json!([s, u]))
-                .collect();
-            Ok(json!({
-                "table": t.name,
-                "billing_mode": mode,
-                "provisioned_wcu": provisioned,
-                "rate_wcu": t.capacity.rate(),
-                "available_wcu": available,
-                "consumed_wcu_total": t.log.consumed_total,
-                "peak_wcu_per_s": t.log.peak(),
-                "throttled_requests": t.log.throttled_requests,
-                "unprocessed_items": t.log.unprocessed_items,
-                "items": t.items.len(),
-                "per_second": per_second,
-            }))
+            let now = Instant::now();
+            let mut report = t.meter.report(now);
+            report["table"] = json!(t.name);
+            report["items"] = json!(t.items.len());
+            // Requests and items refused by any meter of the table (an index refusing a base
+            // write throttles the table's writes).
+            let mut indexes = Map::new();
+            let (mut throttled, mut unprocessed) = (
+                t.meter.log.throttled_requests,
+                t.meter.log.unprocessed_items,
+            );
+            for g in &mut t.gsis {
+                throttled += g.meter.log.throttled_requests;
+                unprocessed += g.meter.log.unprocessed_items;
+                indexes.insert(g.name.clone(), g.meter.report(now));
+            }
+            report["throttled_requests"] = json!(throttled);
+            report["unprocessed_items"] = json!(unprocessed);
+            report["indexes"] = Value::Object(indexes);
+            Ok(report)
         })
     }
 }

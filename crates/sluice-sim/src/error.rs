@@ -10,6 +10,8 @@ pub struct ApiError {
     /// SQS's query-compatible `code;Sender|Receiver`, sent as `x-amzn-query-error`.
     pub query_error: Option<String>,
     pub message: String,
+    /// DynamoDB's ThrottlingReasons: (reason, resource ARN).
+    pub throttling_reasons: Vec<(String, String)>,
 }
 
 const DDB: &str = "com.amazonaws.dynamodb.v20120810";
@@ -22,6 +24,7 @@ impl ApiError {
             type_name: format!("{DDB}#{code}"),
             query_error: None,
             message: message.into(),
+            throttling_reasons: Vec::new(),
         }
     }
 
@@ -41,6 +44,7 @@ impl ApiError {
             type_name: format!("{SQS}#{code}"),
             query_error: Some(format!("{query_code};{fault}")),
             message: message.into(),
+            throttling_reasons: Vec::new(),
         }
     }
 
@@ -63,7 +67,21 @@ impl ApiError {
     }
 
     pub fn body(&self) -> String {
-        serde_json::json!({"__type": self.type_name, "message": self.message}).to_string()
+        let mut body = serde_json::json!({"__type": self.type_name, "message": self.message});
+        if !self.throttling_reasons.is_empty() {
+            // As DynamoDB spells it: ThrottlingException's member is lower camel case.
+            let field = if self.type_name.ends_with("#ThrottlingException") {
+                "throttlingReasons"
+            } else {
+                "ThrottlingReasons"
+            };
+            body[field] = self
+                .throttling_reasons
+                .iter()
+                .map(|(reason, resource)| serde_json::json!({"reason": reason, "resource": resource}))
+                .collect();
+        }
+        body.to_string()
     }
 }
 

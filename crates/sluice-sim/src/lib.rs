@@ -19,6 +19,7 @@ pub mod capacity;
 pub mod dynamodb;
 mod error;
 pub mod faults;
+pub mod meter;
 pub mod sqs;
 
 use std::collections::BTreeMap;

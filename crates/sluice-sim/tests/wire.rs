@@ -1431,3 +1431,226 @@ async fn sqs_fifo_a_long_poll_on_a_locked_group_returns_when_its_message_is_dele
     assert_eq!(n, 1);
     assert!(waited < Duration::from_secs(2), "waited {waited:?}");
 }
+
+/// The ThrottlingReasons of a refused PutItem: (reason, resource ARN).
+fn throttling_reasons(
+    e: &SdkError<
+        aws_sdk_dynamodb::operation::put_item::PutItemError,
+        aws_sdk_dynamodb::config::http::HttpResponse,
+    >,
+) -> Vec<(String, String)> {
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    let reasons = match e.as_service_error() {
+        Some(PutItemError::ProvisionedThroughputExceededException(x)) => {
+            x.throttling_reasons().to_vec()
+        }
+        Some(PutItemError::ThrottlingException(x)) => x.throttling_reasons().to_vec(),
+        other => panic!("not a throttle: {other:?}"),
+    };
+    reasons
+        .iter()
+        .map(|r| {
+            (
+                r.reason().unwrap_or_default().to_string(),
+                r.resource().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_an_index_over_its_capacity_throttles_base_writes_and_says_so() {
+    use aws_sdk_dynamodb::types::{GlobalSecondaryIndex, Projection, ProjectionType};
+    let sim = start(SimConfig::default()).await;
+    let ddb = ddb_client(&sim).await;
+    let pt = |w| {
+        ProvisionedThroughput::builder()
+            .read_capacity_units(5)
+            .write_capacity_units(w)
+            .build()
+            .unwrap()
+    };
+    ddb.create_table()
+        .table_name("indexed")
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("user")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .provisioned_throughput(pt(1000))
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name("by_user")
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("user")
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .unwrap(),
+                )
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .provisioned_throughput(pt(10))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let with_user = |k: &str, u: &str| {
+        let mut i = item(k);
+        i.insert("user".into(), AttributeValue::S(u.into()));
+        i
+    };
+    // The index has 10 WCU: the eleventh write that lands in it in the first second is refused,
+    // though the table has room; a write that does not touch the index still goes.
+    let mut refused = None;
+    for n in 0..20 {
+        match ddb
+            .put_item()
+            .table_name("indexed")
+            .set_item(Some(with_user(&format!("k{n}"), &format!("u{n}"))))
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((n, throttling_reasons(&e)));
+                break;
+            }
+        }
+    }
+    let (n, reasons) = refused.expect("the index throttled");
+    assert_eq!(n, 10);
+    assert_eq!(
+        reasons,
+        vec![(
+            "IndexWriteProvisionedThroughputExceeded".to_string(),
+            "arn:aws:dynamodb:us-east-1:000000000000:table/indexed/index/by_user".to_string()
+        )]
+    );
+    ddb.put_item()
+        .table_name("indexed")
+        .set_item(Some(item("no-user")))
+        .send()
+        .await
+        .unwrap();
+    let report = sim.capacity_report("indexed").unwrap();
+    assert_eq!(
+        report["indexes"]["by_user"]["throttled_requests"], 1,
+        "{report}"
+    );
+    assert_eq!(report["throttled_requests"], 1, "{report}");
+
+    // One partition key value takes 1,000 WCU a second, whatever the table has.
+    create_table(&ddb, "hot", Some(40_000)).await;
+    let big = |k: &str| {
+        let mut i = item(k);
+        i.insert("data".into(), AttributeValue::S("x".repeat(399 * 1024)));
+        i
+    };
+    let mut results = Vec::new();
+    for _ in 0..3 {
+        results.push(
+            ddb.put_item()
+                .table_name("hot")
+                .set_item(Some(big("same")))
+                .send()
+                .await,
+        );
+    }
+    assert!(results[0].is_ok() && results[1].is_ok());
+    let e = results[2].as_ref().unwrap_err();
+    assert_eq!(
+        throttling_reasons(e),
+        vec![(
+            "TableWriteKeyRangeThroughputExceeded".to_string(),
+            "arn:aws:dynamodb:us-east-1:000000000000:table/hot".to_string()
+        )]
+    );
+    ddb.put_item()
+        .table_name("hot")
+        .set_item(Some(big("other")))
+        .send()
+        .await
+        .expect("another key is fine");
+
+    // An on-demand table with a maximum: it is the limit, named as such; DescribeTable shows it
+    // and the warm throughput.
+    ddb.create_table()
+        .table_name("capped")
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .on_demand_throughput(
+            aws_sdk_dynamodb::types::OnDemandThroughput::builder()
+                .max_write_request_units(5)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let d = ddb
+        .describe_table()
+        .table_name("capped")
+        .send()
+        .await
+        .unwrap();
+    let t = d.table().unwrap();
+    assert_eq!(
+        t.on_demand_throughput()
+            .and_then(|o| o.max_write_request_units()),
+        Some(5)
+    );
+    assert_eq!(
+        t.warm_throughput().and_then(|w| w.write_units_per_second()),
+        Some(4000)
+    );
+    let mut refused = None;
+    for n in 0..10 {
+        if let Err(e) = ddb
+            .put_item()
+            .table_name("capped")
+            .set_item(Some(item(&format!("c{n}"))))
+            .send()
+            .await
+        {
+            refused = Some((n, throttling_reasons(&e)));
+            break;
+        }
+    }
+    let (n, reasons) = refused.expect("the maximum throttled");
+    assert_eq!(n, 5);
+    assert_eq!(reasons[0].0, "TableWriteMaxOnDemandThroughputExceeded");
+}

@@ -280,3 +280,175 @@ async fn the_400_kb_limit_falls_where_sluice_sizes_it_with_numbers_counted_as_dy
         assert_eq!(verdict(&sim.dynamodb, &item).await, real, "{numbers:?}");
     }
 }
+
+/// A table keyed by request_id with two GSIs (by_user: ALL, by_status: KEYS_ONLY).
+async fn create_gsi_table(ddb: &Client, name: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+        ProjectionType, ProvisionedThroughput, ScalarAttributeType,
+    };
+    let pt = |w| {
+        ProvisionedThroughput::builder()
+            .read_capacity_units(5)
+            .write_capacity_units(w)
+            .build()
+            .unwrap()
+    };
+    let key = |a: &str| {
+        KeySchemaElement::builder()
+            .attribute_name(a)
+            .key_type(KeyType::Hash)
+            .build()
+            .unwrap()
+    };
+    let def = |a: &str, t| {
+        AttributeDefinition::builder()
+            .attribute_name(a)
+            .attribute_type(t)
+            .build()
+            .unwrap()
+    };
+    let gsi = |n: &str, a: &str, p| {
+        GlobalSecondaryIndex::builder()
+            .index_name(n)
+            .key_schema(key(a))
+            .projection(Projection::builder().projection_type(p).build())
+            .provisioned_throughput(pt(60))
+            .build()
+            .unwrap()
+    };
+    ddb.create_table()
+        .table_name(name)
+        .key_schema(key("request_id"))
+        .attribute_definitions(def("request_id", ScalarAttributeType::S))
+        .attribute_definitions(def("user_id", ScalarAttributeType::S))
+        .attribute_definitions(def("status", ScalarAttributeType::N))
+        .provisioned_throughput(pt(300))
+        .global_secondary_indexes(gsi("by_user", "user_id", ProjectionType::All))
+        .global_secondary_indexes(gsi("by_status", "status", ProjectionType::KeysOnly))
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_writes_are_charged_and_refused_by_sluice_sim_as_by_dynamodb_local() {
+    use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
+    let (_local, local_ddb, sim) = servers().await;
+    for ddb in [&local_ddb, &sim.dynamodb] {
+        create_gsi_table(ddb, "indexed").await;
+    }
+    let s = |v: &str| AttributeValue::S(v.into());
+    let n = |v: &str| AttributeValue::N(v.into());
+    let item = |pairs: &[(&str, AttributeValue)]| -> Item {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect()
+    };
+    let pad = "x".repeat(1500);
+    // What each write costs on the table and on each index, with ReturnConsumedCapacity=INDEXES:
+    // an item in both indexes, in one, in none; an overwrite that moves it out of one.
+    let writes = [
+        item(&[
+            ("request_id", s("a")),
+            ("user_id", s("u1")),
+            ("status", n("200")),
+            ("pad", s(&pad)),
+        ]),
+        item(&[
+            ("request_id", s("b")),
+            ("user_id", s("u1")),
+            ("pad", s(&pad)),
+        ]),
+        item(&[("request_id", s("c")), ("pad", s(&pad))]),
+        item(&[
+            ("request_id", s("a")),
+            ("user_id", s("u2")),
+            ("pad", s("small")),
+        ]),
+    ];
+    for (i, w) in writes.iter().enumerate() {
+        let mut answers = Vec::new();
+        for ddb in [&local_ddb, &sim.dynamodb] {
+            let put = ddb
+                .put_item()
+                .table_name("indexed")
+                .set_item(Some(w.clone()))
+                .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
+                .send()
+                .await
+                .unwrap();
+            let c = put.consumed_capacity().unwrap();
+            let mut gsis: Vec<(String, f64)> = c
+                .global_secondary_indexes()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.capacity_units().unwrap_or(0.0)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            gsis.sort_by(|a, b| a.0.cmp(&b.0));
+            answers.push((
+                c.capacity_units(),
+                c.table().and_then(|t| t.capacity_units()),
+                gsis,
+            ));
+        }
+        assert_eq!(
+            answers[1], answers[0],
+            "write {i}: sluice-sim vs DynamoDB Local"
+        );
+    }
+    // An index key of the wrong type is refused by both, in the same words.
+    for bad in [
+        item(&[("request_id", s("t1")), ("user_id", n("5"))]),
+        item(&[("request_id", s("t2")), ("status", s("ok"))]),
+    ] {
+        let mut words = Vec::new();
+        for ddb in [&local_ddb, &sim.dynamodb] {
+            let e = ddb
+                .put_item()
+                .table_name("indexed")
+                .set_item(Some(bad.clone()))
+                .send()
+                .await
+                .unwrap_err();
+            words.push((e.code().map(String::from), e.message().map(String::from)));
+        }
+        assert_eq!(words[1], words[0]);
+    }
+    // DescribeTable lists the indexes with their key, projection and capacity on both.
+    for ddb in [&local_ddb, &sim.dynamodb] {
+        let d = ddb
+            .describe_table()
+            .table_name("indexed")
+            .send()
+            .await
+            .unwrap();
+        let mut gsis: Vec<(String, String, i64)> = d
+            .table()
+            .unwrap()
+            .global_secondary_indexes()
+            .iter()
+            .map(|g| {
+                (
+                    g.index_name().unwrap().to_string(),
+                    format!("{:?}", g.projection().unwrap().projection_type().unwrap()),
+                    g.provisioned_throughput()
+                        .unwrap()
+                        .write_capacity_units()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        gsis.sort();
+        assert_eq!(
+            gsis,
+            vec![
+                ("by_status".into(), "KeysOnly".into(), 60),
+                ("by_user".into(), "All".into(), 60)
+            ]
+        );
+    }
+}
