@@ -27,7 +27,7 @@ pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use codec::{DecodeError, Schema, TtlRule, decode_message};
 pub use engine::{Engine, EngineConfig, EngineStats, StatsSnapshot};
 pub use item::{AttrValue, Item};
-pub use rate::{Backoff, FleetConfig, LeaseSource, WcuLimiter};
+pub use rate::{Backoff, FleetConfig, Lease, LeaseSource, WcuLimiter};
 pub use source::{AckFailure, AttributeBody, MessageAttribute, Received, Source, SourceError};
 pub use writer::{
     BatchResult, BatchWriter, WriteError, WriteErrorKind, WriteFailure, Writer, WriterConfig,

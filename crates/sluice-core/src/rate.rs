@@ -23,14 +23,20 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::aimd::{Aimd, AimdConfig, RateChange};
 
+/// What a fleet bucket answered a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// This many cells were charged (never more than asked, nor than [`LeaseSource::max_cells`]).
+    Granted(u32),
+    /// Nothing now; ask again after this.
+    Wait(Duration),
+}
+
 /// A fleet-wide token bucket (Redis GCRA in sluice's shared mode).
 pub trait LeaseSource: Send + Sync {
-    /// Takes `cells` from the shared bucket. `Ok(None)`: granted. `Ok(Some(wait))`: not yet,
-    /// ask again after `wait`. `Err`: the bucket cannot be reached.
-    fn take(
-        &self,
-        cells: u32,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<Duration>, String>> + Send + '_>>;
+    /// Takes up to `cells` from the shared bucket and says how many it charged. `Err`: the
+    /// bucket cannot be reached.
+    fn take(&self, cells: u32) -> Pin<Box<dyn Future<Output = Result<Lease, String>> + Send + '_>>;
 
     /// The most cells one `take` can be granted (the shared bucket's burst).
     fn max_cells(&self) -> u32 {
@@ -286,19 +292,23 @@ impl Fleet {
         lock(&self.down_until).is_none_or(|t| Instant::now() >= t)
     }
 
-    /// Leases until `cells` are covered. False: the fleet bucket failed, use the local share.
+    /// Leases until `cells` are covered, in slices the bucket can grant, crediting only what it
+    /// charged. False: the fleet bucket failed, use the local share.
     async fn lease(&self, cells: f64) -> bool {
         loop {
             if self.take(cells) {
                 return true;
             }
-            let want = (self.config.lease_wcu as f64)
+            let want = ((self.config.lease_wcu as f64)
                 .max(cells - *lock(&self.balance))
-                .ceil() as u32;
+                .ceil() as u32)
+                .clamp(1, self.source.max_cells().max(1));
             let answer = tokio::time::timeout(self.config.timeout, self.source.take(want)).await;
             match answer {
-                Ok(Ok(None)) => *lock(&self.balance) += want as f64,
-                Ok(Ok(Some(wait))) => tokio::time::sleep(wait.min(Duration::from_secs(1))).await,
+                Ok(Ok(Lease::Granted(n))) => *lock(&self.balance) += f64::from(n.min(want)),
+                Ok(Ok(Lease::Wait(wait))) => {
+                    tokio::time::sleep(wait.min(Duration::from_secs(1))).await
+                }
                 Ok(Err(error)) => return self.fail(&error),
                 Err(_) => return self.fail("lease timed out"),
             }
@@ -435,12 +445,12 @@ mod tests {
         fn take(
             &self,
             cells: u32,
-        ) -> Pin<Box<dyn Future<Output = Result<Option<Duration>, String>> + Send + '_>> {
+        ) -> Pin<Box<dyn Future<Output = Result<Lease, String>> + Send + '_>> {
             Box::pin(async move {
                 if self.up.load(std::sync::atomic::Ordering::Relaxed) {
                     self.granted
                         .fetch_add(cells, std::sync::atomic::Ordering::Relaxed);
-                    Ok(None)
+                    Ok(Lease::Granted(cells))
                 } else {
                     Err("connection refused".into())
                 }

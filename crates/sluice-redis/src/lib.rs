@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use sluice_core::LeaseSource;
+use sluice_core::{Lease, LeaseSource};
 
 const GCRA: &str = r"
 local t = redis.call('TIME')
@@ -76,7 +76,9 @@ impl RedisBucket {
         *lock(&self.rate)
     }
 
-    async fn take_cells(&self, cells: u32) -> Result<Option<Duration>, String> {
+    /// Takes up to `cells` (at most the burst: GCRA cannot grant more at once) and says how
+    /// many were charged.
+    async fn take_cells(&self, cells: u32) -> Result<Lease, String> {
         let rate = self.rate();
         if rate.wcu_per_second <= 0.0 {
             return Err("the fleet bucket has no rate".into());
@@ -104,8 +106,8 @@ impl RedisBucket {
             .invoke_async(&mut conn)
             .await;
         match answer {
-            Ok((1, _)) => Ok(None),
-            Ok((_, wait_us)) => Ok(Some(Duration::from_micros(wait_us.max(1) as u64))),
+            Ok((1, _)) => Ok(Lease::Granted(cells)),
+            Ok((_, wait_us)) => Ok(Lease::Wait(Duration::from_micros(wait_us.max(1) as u64))),
             Err(e) => {
                 *self.conn.lock().await = None; // reconnect next time
                 Err(format!("Redis lease failed: {e}"))
@@ -115,10 +117,7 @@ impl RedisBucket {
 }
 
 impl LeaseSource for RedisBucket {
-    fn take(
-        &self,
-        cells: u32,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<Duration>, String>> + Send + '_>> {
+    fn take(&self, cells: u32) -> Pin<Box<dyn Future<Output = Result<Lease, String>> + Send + '_>> {
         Box::pin(self.take_cells(cells))
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sluice_core::{FleetConfig, LeaseSource, WcuLimiter};
+use sluice_core::{FleetConfig, Lease, LeaseSource, WcuLimiter};
 use sluice_redis::{BucketRate, RedisBucket};
 use sluice_testkit::{free_port, start_redis};
 
@@ -26,10 +26,10 @@ async fn two_instances_share_one_budget() {
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 match bucket.take(10).await.unwrap() {
-                    None => {
-                        granted.fetch_add(10, Ordering::Relaxed);
+                    Lease::Granted(n) => {
+                        granted.fetch_add(u64::from(n), Ordering::Relaxed);
                     }
-                    Some(wait) => tokio::time::sleep(wait).await,
+                    Lease::Wait(wait) => tokio::time::sleep(wait).await,
                 }
             }
         }));
@@ -48,15 +48,21 @@ async fn two_instances_share_one_budget() {
 async fn a_refused_lease_says_how_long_to_wait() {
     let redis = start_redis().await.unwrap();
     let bucket = RedisBucket::new(&redis.endpoint, "sluice:test:wait", RATE).unwrap();
-    assert_eq!(bucket.take(20).await.unwrap(), None, "the burst is there");
-    let wait = bucket.take(10).await.unwrap().expect("empty now");
+    assert_eq!(
+        bucket.take(20).await.unwrap(),
+        Lease::Granted(20),
+        "the burst is there"
+    );
+    let Lease::Wait(wait) = bucket.take(10).await.unwrap() else {
+        panic!("empty now")
+    };
     // 10 cells at 200/s: 50 ms, less what passed since.
     assert!(
         wait <= Duration::from_millis(50) && wait > Duration::ZERO,
         "{wait:?}"
     );
     tokio::time::sleep(wait).await;
-    assert_eq!(bucket.take(10).await.unwrap(), None);
+    assert_eq!(bucket.take(10).await.unwrap(), Lease::Granted(10));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,4 +122,34 @@ async fn the_limiter_falls_back_to_its_local_share_when_redis_dies() {
         took < Duration::from_secs(5),
         "stalled without Redis: {took:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquisitions_larger_than_the_burst_take_the_time_the_rate_implies() {
+    // A 200 WCU/s fleet bucket with a 20 WCU burst, and acquisitions of 100 WCU (a batch of
+    // large items). Redis can grant at most 20 at once: the limiter must lease in slices and
+    // credit only what Redis charged, so 400 WCU take about (400 - 20) / 200 = 1.9 s. Crediting
+    // what it asked for would let them through in a fraction of that: 5 times the rate.
+    let redis = start_redis().await.unwrap();
+    let bucket = Arc::new(RedisBucket::new(&redis.endpoint, "sluice:test:big", RATE).unwrap());
+    let limiter = WcuLimiter::try_new(NonZeroU32::new(1).unwrap(), 1.0)
+        .unwrap()
+        .with_fleet(
+            bucket,
+            FleetConfig {
+                lease_wcu: 50,
+                timeout: Duration::from_millis(500),
+                retry_after: Duration::from_secs(30),
+            },
+        );
+    let started = Instant::now();
+    for _ in 0..4 {
+        limiter.acquire(100).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800),
+        "over-granted: 400 WCU in {took:?}"
+    );
+    assert!(took < Duration::from_secs(4), "{took:?}");
 }
