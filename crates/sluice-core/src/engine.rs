@@ -17,8 +17,10 @@
 //! - **Intake by whole WCU.** Each message is decoded on receipt and its whole write cost is
 //!   counted as held until it settles. A poller receives only while what is held takes less
 //!   than `intake_horizon` at the paced rate, and asks for as many messages as the room left
-//!   allows at the WCU messages have been carrying (at least one). A table of 100 WCU is never
-//!   handed ten packed messages of 900 logs it would need 90 seconds for.
+//!   allows at the WCU messages have been carrying (at least one; one while nothing is known yet;
+//!   the estimate rises at once with a larger message). A table of 100 WCU is not handed ten
+//!   packed messages of 900 logs it would need 90 seconds for: what is held past the horizon is
+//!   at most one receive sized by messages smaller than the ones that came.
 //! - **Waiting is not failing.** The writer serves messages oldest first and times a message out
 //!   only when it stops making progress for `message_timeout` (see [`crate::writer`]): a message
 //!   queueing behind a paced backlog, or a FIFO follower waiting for its turn, is never nacked.
@@ -356,14 +358,18 @@ impl<S: Source> Shared<S> {
         }
         let per_message = *lock(&self.wcu_per_message);
         if per_message <= 0.0 {
-            return Some(max);
+            // Nothing learnt yet: one message tells what messages carry here.
+            return Some(1);
         }
         Some(((room / per_message).floor() as usize).clamp(1, max))
     }
 
-    /// Learns what messages cost, for [`Shared::receive_size`].
+    /// Learns what messages cost, for [`Shared::receive_size`]: at once when they grow (so one
+    /// large message is enough to stop asking for many), slowly when they shrink.
     fn observe_wcu(&self, wcu: u64) {
-        ewma(&self.wcu_per_message, wcu as f64);
+        let mut avg = lock(&self.wcu_per_message);
+        let x = wcu as f64;
+        *avg = if x >= *avg { x } else { 0.8 * *avg + 0.2 * x };
     }
 
     /// The byte budget a receive of `ask` messages should reserve before it is made, in KiB,
@@ -452,7 +458,22 @@ impl<S: Source> Engine<S> {
             shared.stats.progress(poller);
             pollers.spawn(poll_loop(poller, shared.clone(), shutdown.clone()));
         }
-        while pollers.join_next().await.is_some() {}
+        shutdown.cancelled().await;
+        // From the signal: the grace period, then one margin for everything else, whatever the
+        // buffer does (a poller handing back what it holds waits on it too).
+        let grace_over = Instant::now() + shared.config.shutdown_grace;
+        let give_up = grace_over + SHUTDOWN_MARGIN;
+        if tokio::time::timeout_at(give_up, async {
+            while pollers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::error!(
+                "pollers could not hand back what they hold in time (the buffer does not answer); those messages come back after their visibility timeout"
+            );
+            pollers.abort_all();
+        }
 
         let in_flight = shared.stats.in_flight.load(Ordering::Relaxed);
         tracing::info!(
@@ -461,9 +482,6 @@ impl<S: Source> Engine<S> {
             "stopped receiving; draining in-flight messages"
         );
         shared.tasks.close();
-        let grace_over = Instant::now() + shared.config.shutdown_grace;
-        // Everything after the grace period shares one margin, whatever stops answering.
-        let give_up = grace_over + SHUTDOWN_MARGIN;
         if tokio::time::timeout_at(grace_over, shared.tasks.wait())
             .await
             .is_err()
@@ -800,12 +818,23 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
         if total < have {
             drop(bytes.split((have - total) as usize));
         } else if total > have {
+            // More came than was reserved. Take the rest at once if it is free; else give back
+            // what this poller holds and wait for the whole amount: never wait while holding part
+            // of the budget, or two pollers doing so could wait on each other forever.
             let more = total - have;
-            let extra = wait_for_bytes(&shared, poller, more, &shutdown).await;
-            match extra {
-                Some(p) => bytes.merge(p),
-                None => {
+            let extra = match shared.bytes.clone().try_acquire_many_owned(more) {
+                Ok(p) => {
+                    bytes.merge(p);
+                    Some(bytes)
+                }
+                Err(_) => {
                     drop(bytes);
+                    wait_for_bytes(&shared, poller, total, &shutdown).await
+                }
+            };
+            match extra {
+                Some(p) => bytes = p,
+                None => {
                     shared.stats.in_flight.fetch_sub(n, Ordering::Relaxed);
                     metrics::gauge!("sluice_messages_in_flight").decrement(n as f64);
                     hand_back(&shared, messages, guards, "shutdown", true).await;

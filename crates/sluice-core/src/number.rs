@@ -105,11 +105,20 @@ impl Number {
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(NumberError::NotANumber);
             }
-            // Beyond any representable range either way; DynamoDB refuses such text outright.
-            exponent = sign * digits.parse::<i64>().map_err(|_| NumberError::NotANumber)?;
-            if exponent.unsigned_abs() > 1_000_000_000 {
+            // DynamoDB reads numbers as Java's BigDecimal does: leading zeros are fine, and the
+            // exponent must fit a 32-bit int; past that the text is no number at all.
+            let digits = digits.trim_start_matches('0');
+            let magnitude = if digits.is_empty() {
+                0
+            } else if digits.len() > 10 {
+                return Err(NumberError::NotANumber);
+            } else {
+                digits.parse::<i64>().map_err(|_| NumberError::NotANumber)?
+            };
+            if magnitude > i64::from(i32::MAX) {
                 return Err(NumberError::NotANumber);
             }
+            exponent = sign * magnitude;
         }
         let leading = all.len() - all.trim_start_matches('0').len();
         let digits = all

@@ -232,6 +232,13 @@ impl Tracker {
         *self.alive_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Moves the clock forward to `at` (never back); returns where it stands.
+    fn advance_to(&self, at: Instant) -> Instant {
+        let mut a = self.alive_at.lock().unwrap_or_else(|e| e.into_inner());
+        *a = (*a).max(at);
+        *a
+    }
+
     fn item_written(&self) {
         self.touch();
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -335,6 +342,7 @@ impl Drop for Pending {
 
 /// One message's items not yet taken into a batch.
 struct Job {
+    order: u64,
     items: VecDeque<(Item, Charge)>,
     tracker: Arc<Tracker>,
 }
@@ -450,8 +458,12 @@ impl Queue {
         } else {
             self.alive_at()
         };
-        let expired: Vec<Arc<Tracker>> = self
-            .lock()
+        let jobs = self.lock();
+        // The oldest message with items still to take: any message behind it (not begun, or
+        // begun and then overtaken by an older one handed over later, such as a FIFO follower)
+        // is queueing, and its clock is the writer's.
+        let head = jobs.ready.iter().next().map(|&(order, _)| order);
+        let expired: Vec<Arc<Tracker>> = jobs
             .live
             .values()
             .filter(|j| {
@@ -459,15 +471,19 @@ impl Queue {
                 if t.waiting_capacity.load(Ordering::Acquire) > 0 {
                     return false;
                 }
-                let alive = if t.started.load(Ordering::Acquire) {
-                    t.alive_at()
+                let queueing = !t.started.load(Ordering::Acquire)
+                    || (!j.items.is_empty() && head.is_some_and(|h| h < j.order));
+                let alive = if queueing {
+                    // Kept: once it is at the head again its own clock starts from here.
+                    t.advance_to(writer_alive)
                 } else {
-                    t.alive_at().max(writer_alive)
+                    t.alive_at()
                 };
                 now.saturating_duration_since(alive) >= t.timeout
             })
             .map(|j| j.tracker.clone())
             .collect();
+        drop(jobs);
         for t in expired {
             t.finish(Err(WriteFailure::Deadline));
         }
@@ -594,7 +610,14 @@ impl Writer {
             }
             let id = jobs.next_id;
             jobs.next_id += 1;
-            jobs.live.insert(id, Job { items, tracker });
+            jobs.live.insert(
+                id,
+                Job {
+                    order,
+                    items,
+                    tracker,
+                },
+            );
             jobs.ready.insert((order, id));
             id
         };
@@ -639,6 +662,10 @@ impl<'a> BatchBuilder<'a> {
 
     /// Whether `item` can join: its key is already here (it collapses), or it fits.
     fn has_room(&self, item: &Item) -> bool {
+        // A key already here always joins (it collapses into the item there, see `push`): were
+        // it sent in a later batch, two writes of one key would race and the older could land
+        // last. The batch may then pass its soft WCU cap by that item's growth; pacing still
+        // takes its true cost.
         if self.items.is_empty() || self.index.contains_key(item.key()) {
             return true;
         }

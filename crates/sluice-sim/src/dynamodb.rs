@@ -115,13 +115,25 @@ fn number_bytes(n: &str) -> Result<usize, String> {
     };
     let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
         Some(i) => {
+            // BigDecimal's rule: any leading zeros, and an exponent that fits a 32-bit int.
             let e = &unsigned[i + 1..];
+            let negative_exp = e.starts_with('-');
             let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 9
-            {
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad());
             }
-            (&unsigned[..i], e.parse::<i64>().map_err(|_| bad())?)
+            let significant = digits.trim_start_matches('0');
+            let value: i64 = if significant.is_empty() {
+                0
+            } else if significant.len() > 10 {
+                return Err(bad());
+            } else {
+                significant.parse().map_err(|_| bad())?
+            };
+            if value > i64::from(i32::MAX) {
+                return Err(bad());
+            }
+            (&unsigned[..i], if negative_exp { -value } else { value })
         }
         None => (unsigned, 0),
     };
@@ -149,7 +161,8 @@ fn number_bytes(n: &str) -> Result<usize, String> {
         return Err(refusals::UNDERFLOW.into());
     }
     let pairs = (first.div_euclid(2) - last.div_euclid(2) + 1) as usize;
-    Ok(pairs + 1 + usize::from(negative))
+    // A number is stored in at most 21 bytes (38 digits off the pair alignment would need 22).
+    Ok((pairs + 1 + usize::from(negative)).min(21))
 }
 
 fn binary_bytes(b64: &str) -> usize {

@@ -452,3 +452,67 @@ async fn index_writes_are_charged_and_refused_by_sluice_sim_as_by_dynamodb_local
         );
     }
 }
+
+// ---- edge cases of the number grammar and size ------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn number_edge_cases_get_one_verdict_from_local_the_sim_and_the_decoder() {
+    let (_local, local_ddb, sim) = servers().await;
+    let mut mismatches = Vec::new();
+    for text in [
+        "1e0000000001",
+        "1E+0000000002",
+        "0e1000000000",
+        "0e-1000000000",
+        "1e1000000000",
+        "0e1500000000",
+        "0e-2000000000",
+        "0e3000000000",
+        "-0",
+        "-0.0e-999",
+        "1.0e+2",
+        "1e-130",
+        "10e-131",
+        "0.1e-129",
+        "100000000000000000000000000000000000000000000",
+        "0.00000000000000000000000000000000000000000001",
+        "1234567890123456789012345678901234567.8",
+        "1234567890123456789012345678901234567.80000",
+    ] {
+        let log = json!({"request_id": "r", "n": number(text)});
+        let item = item_of(&log);
+        let real = verdict(&local_ddb, &item).await;
+        let simulated = verdict(&sim.dynamodb, &item).await;
+        let decoded = decode_message(log.to_string().as_bytes(), &schema());
+        if simulated != real || decoded.is_ok() != real.is_ok() {
+            mismatches.push(format!(
+                "{text}: local {real:?}, sim {simulated:?}, decoder ok={}",
+                decoded.is_ok()
+            ));
+        }
+    }
+    // Sizes at the 400 KB limit, for numbers with 38 digits off the pair alignment.
+    for text in [
+        "-9.9999999999999999999999999999999999999",
+        "9.9999999999999999999999999999999999999",
+        "-1.2345678901234567890123456789012345678e-7",
+    ] {
+        let mut log = json!({"request_id": "edge", "pad": "", "n": number(text)});
+        let size = |log: &Value| {
+            decode_message(log.to_string().as_bytes(), &schema())
+                .map(|items| items[0].size())
+                .unwrap_or(usize::MAX)
+        };
+        let pad = sluice_core::item::MAX_ITEM_BYTES - size(&log);
+        log["pad"] = json!("x".repeat(pad));
+        let item = item_of(&log);
+        let real = verdict(&local_ddb, &item).await;
+        let simulated = verdict(&sim.dynamodb, &item).await;
+        if real.is_err() || simulated != real {
+            mismatches.push(format!(
+                "{text} in an item sluice sizes at exactly 400 KB: local {real:?}, sim {simulated:?}"
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
