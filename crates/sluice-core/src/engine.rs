@@ -526,9 +526,20 @@ impl<S: Source> Engine<S> {
     }
 }
 
+/// Extension calls the heartbeat makes at once: with a thousand messages held and a slow
+/// server, one call after another could take longer than the half visibility it has.
+const HEARTBEAT_CALLS: usize = 8;
+
+/// Held messages (key and handle) that go in one extension call.
+type Chunk<H> = Vec<(u64, H)>;
+
+/// The lock a call's messages carry while it is in flight.
+type CallLock = Arc<tokio::sync::Mutex<()>>;
+
 /// Extends the visibility of every held message before it lapses: each tick, the messages with
-/// less than half their visibility left get a fresh visibility timeout, ten per call. While a call
-/// is in flight its messages carry a lock, which [`HeldGuard::release`] waits for.
+/// less than half their visibility left get a fresh visibility timeout, ten per call, up to
+/// [`HEARTBEAT_CALLS`] calls at once. While a call is in flight its messages carry a lock, which
+/// [`HeldGuard::release`] waits for.
 async fn run_heartbeat<S: Source>(
     source: Arc<S>,
     held: Arc<Held<S::Handle>>,
@@ -543,60 +554,74 @@ async fn run_heartbeat<S: Source>(
             _ = tokio::time::sleep(tick) => {}
         }
         let now = Instant::now();
-        let mut done: std::collections::HashSet<u64> = std::collections::HashSet::new();
-        loop {
-            // Take the next due chunk and mark it, in one look at the table, so a message
-            // released meanwhile is never part of a call.
-            let call = Arc::new(tokio::sync::Mutex::new(()));
-            let Ok(in_flight) = call.clone().try_lock_owned() else {
-                break;
-            };
-            let chunk: Vec<(u64, S::Handle)> = {
-                let mut entries = held.lock();
-                let mut chunk = Vec::new();
-                for (k, e) in entries.iter_mut() {
-                    if chunk.len() == batch {
-                        break;
-                    }
-                    if done.contains(k)
-                        || e.visible_until.saturating_duration_since(now) > visibility / 2
-                        || now + visibility > e.first_received + MAX_HOLD
-                    {
-                        continue;
-                    }
-                    e.extending = Some(call.clone());
-                    chunk.push((*k, e.handle.clone()));
-                }
-                chunk
-            };
-            if chunk.is_empty() {
-                break;
-            }
-            done.extend(chunk.iter().map(|(k, _)| *k));
-            let handles: Vec<S::Handle> = chunk.iter().map(|(_, h)| h.clone()).collect();
-            let failures = source.extend(&handles, visibility).await;
-            let failed: std::collections::HashSet<usize> =
-                failures.iter().map(|f| f.index).collect();
-            let extended_until = now + visibility;
+        // Take every due message and mark it, in one look at the table, so a message released
+        // meanwhile is never part of a call.
+        let mut chunks: Vec<(tokio::sync::OwnedMutexGuard<()>, Chunk<S::Handle>)> = Vec::new();
+        {
             let mut entries = held.lock();
-            for (i, (key, _)) in chunk.iter().enumerate() {
-                if let Some(e) = entries.get_mut(key) {
-                    e.extending = None;
-                    if !failed.contains(&i) {
-                        e.visible_until = extended_until;
+            let mut current: Option<(CallLock, Chunk<S::Handle>)> = None;
+            for (k, e) in entries.iter_mut() {
+                if e.visible_until.saturating_duration_since(now) > visibility / 2
+                    || now + visibility > e.first_received + MAX_HOLD
+                {
+                    continue;
+                }
+                let (call, chunk) = current
+                    .get_or_insert_with(|| (Arc::new(tokio::sync::Mutex::new(())), Vec::new()));
+                e.extending = Some(call.clone());
+                chunk.push((*k, e.handle.clone()));
+                if chunk.len() == batch {
+                    let (call, chunk) = current.take().expect("just filled");
+                    if let Ok(g) = call.try_lock_owned() {
+                        chunks.push((g, chunk));
                     }
                 }
             }
-            drop(entries);
-            drop(in_flight);
-            metrics::counter!("sluice_visibility_extensions_total")
-                .increment((chunk.len() - failed.len()) as u64);
-            for f in failures {
-                // Usually a message acked or nacked meanwhile; otherwise it may be delivered
-                // again when its visibility lapses (and rewritten idempotently).
-                metrics::counter!("sluice_visibility_extension_failures_total").increment(1);
-                tracing::debug!(error = %f.error, "visibility extension failed");
+            if let Some((call, chunk)) = current.take()
+                && let Ok(g) = call.try_lock_owned()
+            {
+                chunks.push((g, chunk));
             }
+        }
+        let mut calls = JoinSet::new();
+        for (in_flight, chunk) in chunks {
+            while calls.len() >= HEARTBEAT_CALLS {
+                calls.join_next().await;
+            }
+            let (source, held) = (source.clone(), held.clone());
+            calls.spawn(async move {
+                let handles: Vec<S::Handle> = chunk.iter().map(|(_, h)| h.clone()).collect();
+                let failures = source.extend(&handles, visibility).await;
+                let failed: std::collections::HashSet<usize> =
+                    failures.iter().map(|f| f.index).collect();
+                let extended_until = now + visibility;
+                let mut entries = held.lock();
+                for (i, (key, _)) in chunk.iter().enumerate() {
+                    if let Some(e) = entries.get_mut(key) {
+                        e.extending = None;
+                        if !failed.contains(&i) {
+                            e.visible_until = extended_until;
+                        }
+                    }
+                }
+                drop(entries);
+                drop(in_flight);
+                metrics::counter!("sluice_visibility_extensions_total")
+                    .increment((chunk.len() - failed.len()) as u64);
+                for f in failures {
+                    // Usually a message acked or nacked meanwhile; otherwise it may be delivered
+                    // again when its visibility lapses (and rewritten idempotently).
+                    metrics::counter!("sluice_visibility_extension_failures_total").increment(1);
+                    tracing::debug!(error = %f.error, "visibility extension failed");
+                }
+            });
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {
+                calls.abort_all();
+                return;
+            }
+            _ = async { while calls.join_next().await.is_some() {} } => {}
         }
     }
 }
