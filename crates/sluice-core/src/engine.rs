@@ -178,8 +178,11 @@ pub struct EngineStats {
     pub dead_lettered: AtomicU64,
     pub ack_failures: AtomicU64,
     pub in_flight: AtomicU64,
-    /// WCU of the messages held (received, decoded, not yet settled): what intake paces by.
+    /// WCU of the messages held (received, decoded, not yet settled), on the table.
     pub held_wcu: AtomicU64,
+    /// Microseconds the messages held take to write at the paced rates, on their slowest budget
+    /// (the table or an index): what intake paces by.
+    pub held_micros: AtomicU64,
     /// Receive calls failed in a row (0 after any success).
     pub receive_errors_in_a_row: AtomicU32,
     pub successful_polls: AtomicU64,
@@ -315,8 +318,9 @@ struct Shared<S: Source> {
     held: Arc<Held<S::Handle>>,
     /// Receipt order: the writer serves lower numbers first.
     order: AtomicU64,
-    /// WCU per message lately (exponentially weighted), to size receives; 0: none seen yet.
-    wcu_per_message: Mutex<f64>,
+    /// Seconds of writing per message lately (rising at once, falling slowly), to size
+    /// receives; 0: none seen yet.
+    seconds_per_message: Mutex<f64>,
     /// Body KiB per message lately (exponentially weighted), to reserve the byte budget before a
     /// receive; 0: none seen yet.
     kib_per_message: Mutex<f64>,
@@ -342,21 +346,21 @@ impl<S: Source> Shared<S> {
     }
 
     /// How many messages the next receive may ask for: all `max` without pacing; else as many
-    /// as fit in the intake horizon at the WCU messages have been carrying, at least one.
-    /// None: what is held already fills the horizon.
+    /// as fit in the intake horizon at the time messages have been taking to write, at least
+    /// one. None: what is held already fills the horizon.
     fn receive_size(&self, max: usize) -> Option<usize> {
         let Some(horizon) = self.config.intake_horizon else {
             return Some(max);
         };
-        let Some(rate) = self.writer.paced_rate() else {
+        if self.writer.paced_rate().is_none() {
             return Some(max);
-        };
-        let held = self.stats.held_wcu.load(Ordering::Relaxed) as f64;
-        let room = horizon.as_secs_f64() * rate.max(1.0) - held;
+        }
+        let held = self.stats.held_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let room = horizon.as_secs_f64() - held;
         if held > 0.0 && room <= 0.0 {
             return None;
         }
-        let per_message = *lock(&self.wcu_per_message);
+        let per_message = *lock(&self.seconds_per_message);
         if per_message <= 0.0 {
             // Nothing learnt yet: one message tells what messages carry here.
             return Some(1);
@@ -366,10 +370,13 @@ impl<S: Source> Shared<S> {
 
     /// Learns what messages cost, for [`Shared::receive_size`]: at once when they grow (so one
     /// large message is enough to stop asking for many), slowly when they shrink.
-    fn observe_wcu(&self, wcu: u64) {
-        let mut avg = lock(&self.wcu_per_message);
-        let x = wcu as f64;
-        *avg = if x >= *avg { x } else { 0.8 * *avg + 0.2 * x };
+    fn observe_seconds(&self, seconds: f64) {
+        let mut avg = lock(&self.seconds_per_message);
+        *avg = if seconds >= *avg {
+            seconds
+        } else {
+            0.8 * *avg + 0.2 * seconds
+        };
     }
 
     /// The byte budget a receive of `ask` messages should reserve before it is made, in KiB,
@@ -435,7 +442,7 @@ impl<S: Source> Engine<S> {
                 next: AtomicU64::new(0),
             }),
             order: AtomicU64::new(0),
-            wcu_per_message: Mutex::new(0.0),
+            seconds_per_message: Mutex::new(0.0),
             kib_per_message: Mutex::new(0.0),
             source: self.source,
             writer: self.writer,
@@ -716,6 +723,8 @@ struct Claimed<H> {
     decoded: Result<Vec<Item>, DecodeError>,
     /// Its WCU, counted in `held_wcu` until it settles.
     wcu: u64,
+    /// Its writing time, counted in `held_micros` until it settles.
+    micros: u64,
     /// Its share of the body-bytes budget.
     bytes: Option<OwnedSemaphorePermit>,
 }
@@ -882,9 +891,17 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
             let wcu = decoded
                 .as_ref()
                 .map_or(0, |items| items.iter().map(|i| u64::from(i.wcu())).sum());
+            let seconds = decoded
+                .as_ref()
+                .map_or(0.0, |items| shared.writer.seconds_for(items));
+            let micros = (seconds * 1e6) as u64;
             shared.stats.held_wcu.fetch_add(wcu, Ordering::Relaxed);
+            shared
+                .stats
+                .held_micros
+                .fetch_add(micros, Ordering::Relaxed);
             if wcu > 0 {
-                shared.observe_wcu(wcu);
+                shared.observe_seconds(seconds);
             }
             claimed.push(Claimed {
                 order: shared.order.fetch_add(1, Ordering::Relaxed),
@@ -896,6 +913,7 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
                 guard,
                 decoded,
                 wcu,
+                micros,
             });
         }
         // FIFO groups in the order received: each group's messages are handled one by one.
@@ -936,6 +954,7 @@ async fn run_group<S: Source>(shared: Arc<Shared<S>>, list: Vec<Claimed<S::Handl
                 permit,
                 guard,
                 wcu,
+                micros,
                 bytes,
                 ..
             } = c;
@@ -945,7 +964,7 @@ async fn run_group<S: Source>(shared: Arc<Shared<S>>, list: Vec<Claimed<S::Handl
                 &message,
                 Some((Duration::ZERO, "fifo_order")),
                 permit,
-                wcu,
+                (wcu, micros),
             )
             .await;
             drop(bytes);
@@ -965,6 +984,7 @@ async fn settle<S: Source>(shared: &Shared<S>, c: Claimed<S::Handle>) -> bool {
         order,
         decoded,
         wcu,
+        micros,
         bytes,
     } = c;
     let outcome = match decoded {
@@ -1022,7 +1042,7 @@ async fn settle<S: Source>(shared: &Shared<S>, c: Claimed<S::Handle>) -> bool {
         Outcome::Shutdown => Some((Duration::ZERO, "shutdown")),
     };
     let written = nack.is_none();
-    finish(shared, &message, nack, permit, wcu).await;
+    finish(shared, &message, nack, permit, (wcu, micros)).await;
     drop(bytes);
     written
 }
@@ -1067,7 +1087,7 @@ async fn finish<S: Source>(
     message: &Received<S::Handle>,
     nack: Option<(Duration, &'static str)>,
     permit: OwnedSemaphorePermit,
-    wcu: u64,
+    (wcu, micros): (u64, u64),
 ) {
     if let Some((delay, reason)) = nack {
         shared.stats.nacked.fetch_add(1, Ordering::Relaxed);
@@ -1080,6 +1100,10 @@ async fn finish<S: Source>(
     metrics::histogram!("sluice_message_processing_seconds")
         .record(message.received_at.elapsed().as_secs_f64());
     shared.stats.held_wcu.fetch_sub(wcu, Ordering::Relaxed);
+    shared
+        .stats
+        .held_micros
+        .fetch_sub(micros, Ordering::Relaxed);
     shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     metrics::gauge!("sluice_messages_in_flight").decrement(1.0);
     drop(permit);

@@ -5,6 +5,7 @@
 //! - [`item`]: items and their size counted the way DynamoDB counts it, hence their WCU cost.
 //! - [`number`]: DynamoDB numbers: range, precision, normalised text, size.
 //! - [`rate`]: the WCU token bucket and the backoff policy.
+//! - [`pacer`]: every budget a write is paced against (table, indexes, hot keys), throttles read.
 //! - [`source`]: the contract a buffer (SQS, Kafka) implements, with the delivery contract.
 //! - [`writer`]: batches of up to 25 items, duplicate collapse, UnprocessedItems retries.
 //! - [`engine`]: the worker pool tying them together.
@@ -17,6 +18,7 @@ pub mod engine;
 pub mod item;
 pub mod metrics_catalog;
 pub mod number;
+pub mod pacer;
 pub mod rate;
 pub mod source;
 pub mod testing;
@@ -27,6 +29,7 @@ pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use codec::{DecodeError, Schema, TtlRule, decode_message};
 pub use engine::{Engine, EngineConfig, EngineStats, StatsSnapshot};
 pub use item::{AttrValue, Item};
+pub use pacer::{Consumed, IndexSpec, Pacer, Projection, ThrottleCause};
 pub use rate::{Backoff, FleetConfig, Lease, LeaseSource, WcuLimiter};
 pub use source::{AckFailure, AttributeBody, MessageAttribute, Received, Source, SourceError};
 pub use writer::{

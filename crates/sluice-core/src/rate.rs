@@ -81,7 +81,12 @@ struct Paced {
     aimd: Mutex<Aimd>,
     /// Fractional cells owed from earlier acquires (the AIMD factor is rarely a whole number).
     carry: Mutex<f64>,
+    /// WCU the table said it consumed beyond (positive) or below (negative) what was taken:
+    /// settled with the next acquire, so a wrong estimate cannot drift into throttles.
+    debt: Mutex<f64>,
     fleet: Option<Fleet>,
+    /// The global secondary index this budget is for (None: the table). It names its metrics.
+    index: Option<String>,
 }
 
 struct Fleet {
@@ -112,21 +117,57 @@ fn make_bucket(budget: NonZeroU32, burst_seconds: f64) -> Bucket {
     Bucket { limiter, burst }
 }
 
-fn report(change: Option<RateChange>) {
+/// The budget and paced-rate gauges: the table's unlabelled (as ever), an index's labelled
+/// `sluice_index_*{index}`.
+fn publish(index: Option<&str>, budget: Option<f64>, rate: f64) {
+    match index {
+        None => {
+            if let Some(b) = budget {
+                metrics::gauge!("sluice_write_budget_wcu_per_second").set(b);
+            }
+            metrics::gauge!("sluice_paced_rate_wcu_per_second").set(rate);
+        }
+        Some(i) => {
+            let i = i.to_owned();
+            if let Some(b) = budget {
+                metrics::gauge!("sluice_index_write_budget_wcu_per_second", "index" => i.clone())
+                    .set(b);
+            }
+            metrics::gauge!("sluice_index_paced_rate_wcu_per_second", "index" => i).set(rate);
+        }
+    }
+}
+
+fn report(index: Option<&str>, change: Option<RateChange>) {
+    let what = index.map_or_else(|| "table".to_owned(), |i| format!("index {i}"));
     match change {
         Some(RateChange::Decreased { from, to }) => {
-            metrics::counter!("sluice_aimd_decreases_total").increment(1);
-            metrics::gauge!("sluice_paced_rate_wcu_per_second").set(to);
+            match index {
+                None => metrics::counter!("sluice_aimd_decreases_total").increment(1),
+                Some(i) => {
+                    metrics::counter!("sluice_aimd_decreases_total", "index" => i.to_owned())
+                        .increment(1)
+                }
+            }
+            publish(index, None, to);
             tracing::info!(
+                budget = %what,
                 from_wcu_per_s = from.round(),
                 to_wcu_per_s = to.round(),
-                "table throttled: paced rate cut"
+                "throttled: paced rate cut"
             );
         }
         Some(RateChange::Increased { from, to }) => {
-            metrics::counter!("sluice_aimd_increases_total").increment(1);
-            metrics::gauge!("sluice_paced_rate_wcu_per_second").set(to);
+            match index {
+                None => metrics::counter!("sluice_aimd_increases_total").increment(1),
+                Some(i) => {
+                    metrics::counter!("sluice_aimd_increases_total", "index" => i.to_owned())
+                        .increment(1)
+                }
+            }
+            publish(index, None, to);
             tracing::debug!(
+                budget = %what,
                 from_wcu_per_s = from.round(),
                 to_wcu_per_s = to.round(),
                 "paced rate recovering"
@@ -156,17 +197,42 @@ impl WcuLimiter {
         if !(burst_seconds > 0.0 && burst_seconds <= 1.0) {
             return Err(RateConfigError::Burst(burst_seconds));
         }
-        metrics::gauge!("sluice_write_budget_wcu_per_second").set(budget.get() as f64);
-        metrics::gauge!("sluice_paced_rate_wcu_per_second").set(budget.get() as f64);
+        publish(None, Some(budget.get() as f64), budget.get() as f64);
         Ok(WcuLimiter {
             paced: Some(Paced {
                 bucket: RwLock::new(Arc::new(make_bucket(budget, burst_seconds))),
                 burst_seconds,
                 aimd: Mutex::new(Aimd::new(budget.get() as f64, aimd, Instant::now())),
                 carry: Mutex::new(0.0),
+                debt: Mutex::new(0.0),
                 fleet: None,
+                index: None,
             }),
         })
+    }
+
+    /// This budget is a global secondary index's: its metrics carry `index`.
+    pub fn for_index(mut self, index: impl Into<String>) -> Self {
+        if let Some(p) = &mut self.paced {
+            let index = index.into();
+            let (budget, rate) = {
+                let a = lock(&p.aimd);
+                (a.budget(), a.rate())
+            };
+            publish(Some(&index), Some(budget), rate);
+            p.index = Some(index);
+        }
+        self
+    }
+
+    /// Settles what the table reported a write cost beyond (`wcu` > 0) or below (< 0) what was
+    /// taken for it: added to, or taken off, the next acquire. A credit never goes below one
+    /// second of budget.
+    pub fn correct(&self, wcu: f64) {
+        let Some(p) = &self.paced else { return };
+        let floor = -lock(&p.aimd).budget();
+        let mut debt = lock(&p.debt);
+        *debt = (*debt + wcu).max(floor);
     }
 
     /// Takes tokens from a fleet-wide bucket first; the local budget becomes the fallback share.
@@ -191,7 +257,7 @@ impl WcuLimiter {
     pub fn rate(&self) -> Option<f64> {
         self.paced.as_ref().map(|p| {
             let mut aimd = lock(&p.aimd);
-            report(aimd.recover(Instant::now()));
+            report(p.index.as_deref(), aimd.recover(Instant::now()));
             aimd.rate()
         })
     }
@@ -204,13 +270,13 @@ impl WcuLimiter {
             return;
         }
         tracing::info!(
+            budget = p.index.as_deref().unwrap_or("table"),
             from_wcu_per_s = aimd.budget(),
             to_wcu_per_s = budget.get(),
             "write budget changed"
         );
         aimd.set_budget(budget.get() as f64, Instant::now());
-        metrics::gauge!("sluice_write_budget_wcu_per_second").set(budget.get() as f64);
-        metrics::gauge!("sluice_paced_rate_wcu_per_second").set(aimd.rate());
+        publish(p.index.as_deref(), Some(budget.get() as f64), aimd.rate());
         *p.bucket.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(make_bucket(budget, p.burst_seconds));
     }
@@ -223,13 +289,22 @@ impl WcuLimiter {
         // Below the budget, each WCU costs budget/rate cells.
         let cells = {
             let mut aimd = lock(&p.aimd);
-            report(aimd.recover(started));
+            report(p.index.as_deref(), aimd.recover(started));
             let factor = aimd.budget() / aimd.rate().max(f64::MIN_POSITIVE);
             let mut carry = lock(&p.carry);
-            let exact = wcu as f64 * factor + *carry;
-            let whole = exact.floor();
-            *carry = exact - whole;
-            whole as u32
+            let mut debt = lock(&p.debt);
+            let exact = (wcu as f64 + *debt) * factor + *carry;
+            *debt = 0.0;
+            if exact <= 0.0 {
+                // Credit left over: keep it for the next acquire.
+                *debt = exact / factor;
+                *carry = 0.0;
+                0
+            } else {
+                let whole = exact.floor();
+                *carry = exact - whole;
+                whole as u32
+            }
         };
         if cells > 0 {
             let paid_by_fleet = match &p.fleet {
@@ -247,8 +322,16 @@ impl WcuLimiter {
     /// A throttle (exception or UnprocessedItems) was seen: AIMD cuts the paced rate.
     pub fn on_throttle(&self) {
         if let Some(p) = &self.paced {
-            report(lock(&p.aimd).on_throttle(Instant::now()));
+            report(
+                p.index.as_deref(),
+                lock(&p.aimd).on_throttle(Instant::now()),
+            );
         }
+    }
+
+    /// The global secondary index this budget is for (None: the table).
+    pub fn index(&self) -> Option<&str> {
+        self.paced.as_ref().and_then(|p| p.index.as_deref())
     }
 
     /// `wcu` units were written.

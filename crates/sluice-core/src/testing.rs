@@ -379,6 +379,7 @@ impl BatchWriter for MemoryTableForTests {
         Ok(BatchResult {
             unprocessed,
             consumed_wcu: None,
+            consumed: None,
         })
     }
 }

@@ -44,7 +44,8 @@ use tokio::time::Instant;
 
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::item::Item;
-use crate::rate::{Backoff, WcuLimiter};
+use crate::pacer::{Consumed, Costs, Pacer, ThrottleCause};
+use crate::rate::Backoff;
 
 /// DynamoDB's BatchWriteItem limits.
 pub const MAX_BATCH_ITEMS: usize = 25;
@@ -63,7 +64,10 @@ pub trait BatchWriter: Send + Sync + 'static {
 #[derive(Debug, Default, Clone)]
 pub struct BatchResult {
     pub unprocessed: Vec<usize>,
+    /// What the call consumed in all, if the table said.
     pub consumed_wcu: Option<f64>,
+    /// And on the table and each index (ReturnConsumedCapacity=INDEXES).
+    pub consumed: Option<Consumed>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +88,8 @@ pub enum WriteErrorKind {
 pub struct WriteError {
     pub kind: WriteErrorKind,
     pub message: String,
+    /// For a throttle: DynamoDB's ThrottlingReasons (which resource, which limit).
+    pub causes: Vec<ThrottleCause>,
 }
 
 impl WriteError {
@@ -91,7 +97,13 @@ impl WriteError {
         WriteError {
             kind,
             message: message.into(),
+            causes: Vec::new(),
         }
+    }
+
+    pub fn with_causes(mut self, causes: Vec<ThrottleCause>) -> Self {
+        self.causes = causes;
+        self
     }
 
     pub fn is_retryable(&self) -> bool {
@@ -303,6 +315,7 @@ impl Drop for CapacityWait<'_> {
 /// One item taken into a batch, with every message waiting for it.
 struct Pending {
     item: Item,
+    costs: Costs,
     trackers: Vec<Arc<Tracker>>,
     charge: Charge,
     /// Written, failed or given up on: dropping it needs no answer.
@@ -343,7 +356,7 @@ impl Drop for Pending {
 /// One message's items not yet taken into a batch.
 struct Job {
     order: u64,
-    items: VecDeque<(Item, Charge)>,
+    items: VecDeque<(Item, Costs, Charge)>,
     tracker: Arc<Tracker>,
 }
 
@@ -423,15 +436,16 @@ impl Queue {
                 drained.push((order, id));
                 continue;
             }
-            while let Some((item, _)) = job.items.front() {
-                if !batch.has_room(item) {
+            while let Some((item, costs, _)) = job.items.front() {
+                if !batch.has_room(item, costs) {
                     break;
                 }
-                let Some((item, charge)) = job.items.pop_front() else {
+                let Some((item, costs, charge)) = job.items.pop_front() else {
                     break;
                 };
                 batch.push(Pending {
                     item,
+                    costs,
                     trackers: vec![job.tracker.clone()],
                     charge,
                     settled: false,
@@ -520,7 +534,7 @@ pub struct Writer {
     /// Never sent on: the batcher sees every handle dropped when its receiver closes.
     _alive: mpsc::Sender<()>,
     stats: Arc<WriterStats>,
-    limiter: Arc<WcuLimiter>,
+    pacer: Arc<Pacer>,
     breaker: Arc<Breaker>,
 }
 
@@ -529,9 +543,10 @@ impl Writer {
     /// dropped and all queued items are finished.
     pub fn spawn<W: BatchWriter>(
         client: Arc<W>,
-        limiter: Arc<WcuLimiter>,
+        pacer: impl Into<Pacer>,
         config: WriterConfig,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
+        let pacer = Arc::new(pacer.into());
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let stats = Arc::new(WriterStats::default());
         let breaker = Arc::new(Breaker::new(config.breaker));
@@ -543,7 +558,7 @@ impl Writer {
         });
         let ctx = Ctx {
             client,
-            limiter: limiter.clone(),
+            pacer: pacer.clone(),
             config: Arc::new(config),
             stats: stats.clone(),
             breaker: breaker.clone(),
@@ -554,7 +569,7 @@ impl Writer {
             queue,
             _alive: alive_tx,
             stats,
-            limiter,
+            pacer,
             breaker,
         };
         (writer, task)
@@ -569,9 +584,24 @@ impl Writer {
         self.stats.clone()
     }
 
-    /// The paced rate in WCU per second (None when unpaced).
+    /// The paced rate of the table in WCU per second (None when unpaced).
     pub fn paced_rate(&self) -> Option<f64> {
-        self.limiter.rate()
+        self.pacer.table_rate()
+    }
+
+    /// Seconds `items` take to write at the paced rates: the slowest budget's (table or index).
+    pub fn seconds_for(&self, items: &[Item]) -> f64 {
+        let mut per_budget = vec![0u64; self.pacer.len()];
+        for item in items {
+            for (b, w) in self.pacer.costs(item).wcu.into_iter().enumerate() {
+                per_budget[b] += u64::from(w);
+            }
+        }
+        self.pacer.seconds(&per_budget)
+    }
+
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        &self.pacer
     }
 
     /// Writes all `items` (one message's logs), returning when every one is written, or the first
@@ -596,11 +626,12 @@ impl Writer {
             started: AtomicBool::new(false),
             waiting_capacity: AtomicUsize::new(0),
         });
-        let items: VecDeque<(Item, Charge)> = items
+        let items: VecDeque<(Item, Costs, Charge)> = items
             .into_iter()
             .map(|item| {
                 let charge = Charge::new(&self.stats, item.wcu());
-                (item, charge)
+                let costs = self.pacer.costs(&item);
+                (item, costs, charge)
             })
             .collect();
         let id = {
@@ -636,32 +667,34 @@ struct BatchBuilder<'a> {
     items: Vec<Pending>,
     index: HashMap<String, usize>,
     bytes: usize,
-    wcu: u64,
+    /// WCU charged on each budget (table, then each index).
+    wcu: Vec<u64>,
     max_items: usize,
     max_bytes: usize,
-    max_wcu: u64,
+    max_wcu: Vec<u64>,
 }
 
 impl<'a> BatchBuilder<'a> {
-    fn new(config: &WriterConfig, stats: &'a WriterStats, max_wcu: u64) -> Self {
+    fn new(config: &WriterConfig, stats: &'a WriterStats, max_wcu: Vec<u64>) -> Self {
         BatchBuilder {
             stats,
             items: Vec::new(),
             index: HashMap::new(),
             bytes: 0,
-            wcu: 0,
+            wcu: vec![0; max_wcu.len()],
             max_items: config.max_batch_items.clamp(1, MAX_BATCH_ITEMS),
             max_bytes: config.max_batch_bytes.clamp(1, MAX_BATCH_BYTES),
-            max_wcu: max_wcu.max(1),
+            max_wcu: max_wcu.into_iter().map(|w| w.max(1)).collect(),
         }
     }
 
     fn is_full(&self) -> bool {
-        self.items.len() >= self.max_items || self.wcu >= self.max_wcu
+        self.items.len() >= self.max_items
+            || self.wcu.iter().zip(&self.max_wcu).any(|(w, m)| w >= m)
     }
 
     /// Whether `item` can join: its key is already here (it collapses), or it fits.
-    fn has_room(&self, item: &Item) -> bool {
+    fn has_room(&self, item: &Item, costs: &Costs) -> bool {
         // A key already here always joins (it collapses into the item there, see `push`): were
         // it sent in a later batch, two writes of one key would race and the older could land
         // last. The batch may then pass its soft WCU cap by that item's growth; pacing still
@@ -671,7 +704,12 @@ impl<'a> BatchBuilder<'a> {
         }
         !self.is_full()
             && self.bytes + item.size() <= self.max_bytes
-            && self.wcu + u64::from(item.wcu()) <= self.max_wcu
+            && self
+                .wcu
+                .iter()
+                .zip(&costs.wcu)
+                .zip(&self.max_wcu)
+                .all(|((w, c), m)| w + u64::from(*c) <= *m)
     }
 
     /// Adds an item [`BatchBuilder::has_room`] said fits.
@@ -687,8 +725,11 @@ impl<'a> BatchBuilder<'a> {
             };
             if newer {
                 self.bytes = self.bytes - slot.item.size() + p.item.size();
-                self.wcu = self.wcu - u64::from(slot.item.wcu()) + u64::from(p.item.wcu());
+                for (b, w) in self.wcu.iter_mut().enumerate() {
+                    *w = *w - u64::from(slot.costs.wcu[b]) + u64::from(p.costs.wcu[b]);
+                }
                 std::mem::swap(&mut slot.item, &mut p.item);
+                std::mem::swap(&mut slot.costs, &mut p.costs);
                 std::mem::swap(&mut slot.charge, &mut p.charge); // the loser's charge is released
             }
             slot.trackers.append(&mut p.trackers);
@@ -700,15 +741,24 @@ impl<'a> BatchBuilder<'a> {
             return;
         }
         self.bytes += p.item.size();
-        self.wcu += u64::from(p.item.wcu());
+        for (w, c) in self.wcu.iter_mut().zip(&p.costs.wcu) {
+            *w += u64::from(*c);
+        }
         self.index
             .insert(p.item.key().to_string(), self.items.len());
         self.items.push(p);
     }
 }
 
-fn total_wcu(items: &[Pending]) -> u32 {
-    items.iter().map(|p| p.item.wcu()).sum()
+/// What `items` charge each budget.
+fn per_budget(items: &[Pending], budgets: usize) -> Vec<u64> {
+    let mut out = vec![0u64; budgets];
+    for p in items {
+        for (o, c) in out.iter_mut().zip(&p.costs.wcu) {
+            *o += u64::from(*c);
+        }
+    }
+    out
 }
 
 /// How long a batch that is not full waits for more items, when other writes are in flight.
@@ -716,13 +766,6 @@ fn total_wcu(items: &[Pending]) -> u32 {
 /// one is signed, serialized and sent: the per-request cost dominates sluice's CPU). With no
 /// other write in flight a batch leaves at once, so a quiet pipeline adds no latency.
 const FILL_WAIT: Duration = Duration::from_millis(2);
-
-/// The most WCU one batch may cost: about [`BATCH_SECONDS`] of the paced rate.
-fn batch_wcu_cap(limiter: &WcuLimiter) -> u64 {
-    limiter
-        .rate()
-        .map_or(u64::MAX, |r| ((r * BATCH_SECONDS).floor() as u64).max(1))
-}
 
 async fn run_batcher<W: BatchWriter>(ctx: Ctx<W>, alive: mpsc::Receiver<()>) {
     let _close = CloseOnDrop(ctx.queue.clone());
@@ -747,7 +790,7 @@ async fn batch_loop<W: BatchWriter>(ctx: &Ctx<W>, mut alive: mpsc::Receiver<()>)
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
-        let mut batch = BatchBuilder::new(&config, &ctx.stats, batch_wcu_cap(&ctx.limiter));
+        let mut batch = BatchBuilder::new(&config, &ctx.stats, ctx.pacer.batch_caps(BATCH_SECONDS));
         loop {
             ctx.queue.fill(&mut batch);
             if !batch.items.is_empty() {
@@ -784,7 +827,10 @@ async fn batch_loop<W: BatchWriter>(ctx: &Ctx<W>, mut alive: mpsc::Receiver<()>)
         // Meanwhile every message in it, and the writer's clock, count as alive.
         {
             let _waiting = CapacityWait::new(&batch.items, Some(&ctx.queue));
-            ctx.limiter.acquire(total_wcu(&batch.items)).await;
+            let costs: Vec<&Costs> = batch.items.iter().map(|p| &p.costs).collect();
+            ctx.pacer
+                .acquire(&per_budget(&batch.items, ctx.pacer.len()), &costs)
+                .await;
         }
         calls.spawn(send_batch(ctx.clone(), batch.items, Some(permit)));
         while calls.try_join_next().is_some() {}
@@ -795,7 +841,7 @@ async fn batch_loop<W: BatchWriter>(ctx: &Ctx<W>, mut alive: mpsc::Receiver<()>)
 /// What one batch's sending needs.
 struct Ctx<W> {
     client: Arc<W>,
-    limiter: Arc<WcuLimiter>,
+    pacer: Arc<Pacer>,
     config: Arc<WriterConfig>,
     stats: Arc<WriterStats>,
     breaker: Arc<Breaker>,
@@ -806,7 +852,7 @@ impl<W> Clone for Ctx<W> {
     fn clone(&self) -> Self {
         Ctx {
             client: self.client.clone(),
-            limiter: self.limiter.clone(),
+            pacer: self.pacer.clone(),
             config: self.config.clone(),
             stats: self.stats.clone(),
             breaker: self.breaker.clone(),
@@ -823,7 +869,7 @@ fn send_batch<W: BatchWriter>(
     Box::pin(async move {
         let Ctx {
             client,
-            limiter,
+            pacer,
             config,
             stats,
             breaker,
@@ -844,7 +890,10 @@ fn send_batch<W: BatchWriter>(
             }
             if attempt > 0 {
                 let _waiting = CapacityWait::new(&pending, None);
-                limiter.acquire(total_wcu(&pending)).await;
+                let costs: Vec<&Costs> = pending.iter().map(|p| &p.costs).collect();
+                pacer
+                    .acquire(&per_budget(&pending, pacer.len()), &costs)
+                    .await;
             }
             let refs: Vec<&Item> = pending.iter().map(|p| &p.item).collect();
             let budget = config.request_timeout.max(Duration::from_millis(1));
@@ -866,6 +915,7 @@ fn send_batch<W: BatchWriter>(
                         .increment(1);
                     let unprocessed: HashSet<usize> = result.unprocessed.into_iter().collect();
                     let (mut written_logs, mut written_wcu) = (0u64, 0u32);
+                    let mut estimated = vec![0u64; pacer.len()];
                     let mut rest = Vec::with_capacity(unprocessed.len());
                     for (i, p) in pending.into_iter().enumerate() {
                         if unprocessed.contains(&i) {
@@ -873,8 +923,17 @@ fn send_batch<W: BatchWriter>(
                         } else {
                             written_logs += p.trackers.len() as u64;
                             written_wcu += p.item.wcu();
+                            for (e, c) in estimated.iter_mut().zip(&p.costs.wcu) {
+                                *e += u64::from(*c);
+                            }
                             p.written();
                         }
+                    }
+                    // What DynamoDB says it consumed settles the estimate, so overwrites of
+                    // larger items, index writes and size mistakes cannot drift into throttles.
+                    // (Items left unprocessed consumed nothing.)
+                    if let Some(c) = &result.consumed {
+                        pacer.on_consumed(&estimated, c);
                     }
                     if written_logs > 0 {
                         queue.touch();
@@ -893,7 +952,7 @@ fn send_batch<W: BatchWriter>(
                     stats
                         .wcu_consumed
                         .fetch_add(consumed.round() as u64, Ordering::Relaxed);
-                    limiter.on_written(consumed);
+                    pacer.table().on_written(consumed);
                     if rest.is_empty() {
                         return;
                     }
@@ -907,14 +966,17 @@ fn send_batch<W: BatchWriter>(
                         attempt,
                         "retrying unprocessed items"
                     );
-                    limiter.on_throttle();
+                    // UnprocessedItems say nothing of why: every budget they charge slows.
+                    let costs: Vec<&Costs> = rest.iter().map(|p| &p.costs).collect();
+                    pacer.on_throttle(&[], &per_budget(&rest, pacer.len()), &costs);
                     pending = rest;
                 }
                 Err(e) if e.is_retryable() => {
                     let label = if e.kind == WriteErrorKind::Throttled {
                         metrics::counter!("sluice_throttled_requests_total").increment(1);
                         stats.throttled_requests.fetch_add(1, Ordering::Relaxed);
-                        limiter.on_throttle();
+                        let costs: Vec<&Costs> = pending.iter().map(|p| &p.costs).collect();
+                        pacer.on_throttle(&e.causes, &per_budget(&pending, pacer.len()), &costs);
                         "throttled"
                     } else {
                         breaker.record_failure(Instant::now().into_std(), &e.message);
@@ -982,6 +1044,7 @@ mod tests {
     use super::*;
     use crate::codec::{Schema, decode_message};
     use crate::item::AttrValue;
+    use crate::rate::WcuLimiter;
     use crate::testing::MemoryTableForTests;
 
     fn item(key: &str, ts: &str, path: &str) -> Item {

@@ -12,7 +12,10 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, KeyType, PutRequest, ReturnConsumedCapacity, ScalarAttributeType, WriteRequest,
 };
 use aws_smithy_runtime_api::http::Response as HttpResponse;
-use sluice_core::{AttrValue, BatchResult, BatchWriter, Item, WriteError, WriteErrorKind};
+use sluice_core::{
+    AttrValue, BatchResult, BatchWriter, Consumed, IndexSpec, Item, Projection, ThrottleCause,
+    WriteError, WriteErrorKind,
+};
 
 /// A DynamoDB client for the write path: same settings as `sdk_config`, SDK retries off, and a
 /// backstop deadline on every call (the writer cuts BatchWriteItem sooner, at
@@ -104,13 +107,129 @@ impl DynamoDbWriter {
     }
 }
 
-/// A table's write capacity, as DescribeTable reports it.
+/// A table's (or an index's) write capacity, as DescribeTable reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableCapacity {
     /// Provisioned write capacity units per second.
     Provisioned(u64),
     /// PAY_PER_REQUEST: no provisioned figure to pace to.
     OnDemand,
+}
+
+/// An on-demand table's or index's limits, as DescribeTable reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OnDemandLimits {
+    /// OnDemandThroughput.MaxWriteRequestUnits, when set.
+    pub max_write: Option<u64>,
+    /// WarmThroughput.WriteUnitsPerSecond: what it takes at once.
+    pub warm_write: Option<u64>,
+}
+
+/// One budget's capacity: provisioned, or on demand with its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    Provisioned(u64),
+    OnDemand(OnDemandLimits),
+}
+
+impl Capacity {
+    pub fn kind(&self) -> TableCapacity {
+        match self {
+            Capacity::Provisioned(w) => TableCapacity::Provisioned(*w),
+            Capacity::OnDemand(_) => TableCapacity::OnDemand,
+        }
+    }
+}
+
+/// Everything a write is metered against, as DescribeTable says: the table and each GSI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableLimits {
+    pub table: Capacity,
+    pub indexes: Vec<(IndexSpec, Capacity)>,
+}
+
+fn capacity_of(
+    on_demand: bool,
+    provisioned: Option<i64>,
+    max: Option<i64>,
+    warm: Option<i64>,
+) -> Capacity {
+    let positive = |v: Option<i64>| v.filter(|&v| v > 0).map(|v| v as u64);
+    match (on_demand, positive(provisioned)) {
+        (false, Some(w)) => Capacity::Provisioned(w),
+        _ => Capacity::OnDemand(OnDemandLimits {
+            max_write: positive(max),
+            warm_write: positive(warm),
+        }),
+    }
+}
+
+/// Reads the table's and its indexes' write limits (DescribeTable).
+pub async fn describe_limits(client: &Client, table: &str) -> Result<TableLimits, String> {
+    let out = client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| format!("DescribeTable `{table}`: {}", DisplayErrorContext(&e)))?;
+    let t = out
+        .table()
+        .ok_or_else(|| format!("DescribeTable `{table}` returned no table"))?;
+    let on_demand = t
+        .billing_mode_summary()
+        .and_then(|b| b.billing_mode())
+        .is_some_and(|m| m == &aws_sdk_dynamodb::types::BillingMode::PayPerRequest);
+    let table_capacity = capacity_of(
+        on_demand,
+        t.provisioned_throughput()
+            .and_then(|p| p.write_capacity_units()),
+        t.on_demand_throughput()
+            .and_then(|o| o.max_write_request_units()),
+        t.warm_throughput().and_then(|w| w.write_units_per_second()),
+    );
+    let mut indexes = Vec::new();
+    for g in t.global_secondary_indexes() {
+        let Some(name) = g.index_name() else { continue };
+        let key = |kind: KeyType| {
+            g.key_schema()
+                .iter()
+                .find(|k| k.key_type() == &kind)
+                .map(|k| k.attribute_name().to_string())
+        };
+        let Some(hash_key) = key(KeyType::Hash) else {
+            continue;
+        };
+        let projection = match g.projection().and_then(|p| p.projection_type()) {
+            Some(aws_sdk_dynamodb::types::ProjectionType::KeysOnly) => Projection::KeysOnly,
+            Some(aws_sdk_dynamodb::types::ProjectionType::Include) => Projection::Include(
+                g.projection()
+                    .map(|p| p.non_key_attributes().to_vec())
+                    .unwrap_or_default(),
+            ),
+            _ => Projection::All,
+        };
+        let capacity = capacity_of(
+            on_demand,
+            g.provisioned_throughput()
+                .and_then(|p| p.write_capacity_units()),
+            g.on_demand_throughput()
+                .and_then(|o| o.max_write_request_units()),
+            g.warm_throughput().and_then(|w| w.write_units_per_second()),
+        );
+        indexes.push((
+            IndexSpec {
+                name: name.to_string(),
+                hash_key,
+                range_key: key(KeyType::Range),
+                projection,
+            },
+            capacity,
+        ));
+    }
+    Ok(TableLimits {
+        table: table_capacity,
+        indexes,
+    })
 }
 
 /// Reads the table's write capacity (DescribeTable).
@@ -169,6 +288,31 @@ pub fn to_attribute_value(v: &AttrValue) -> AttributeValue {
     }
 }
 
+/// DynamoDB's ThrottlingReasons on a refused call, read.
+pub fn throttle_causes(
+    err: &SdkError<
+        aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError,
+        HttpResponse,
+    >,
+) -> Vec<ThrottleCause> {
+    use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError as E;
+    let reasons = match err.as_service_error() {
+        Some(E::ProvisionedThroughputExceededException(x)) => x.throttling_reasons(),
+        Some(E::ThrottlingException(x)) => x.throttling_reasons(),
+        Some(E::RequestLimitExceeded(x)) => x.throttling_reasons(),
+        _ => &[],
+    };
+    reasons
+        .iter()
+        .map(|r| {
+            ThrottleCause::parse(
+                r.reason().unwrap_or_default(),
+                r.resource().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 /// Sorts a failed call into the writer's retry classes.
 pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> WriteErrorKind
 where
@@ -220,7 +364,7 @@ impl BatchWriter for DynamoDbWriter {
             .client
             .batch_write_item()
             .request_items(&self.table, requests)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
             .send()
             .await
             .map_err(|e| {
@@ -232,6 +376,7 @@ impl BatchWriter for DynamoDbWriter {
                         DisplayErrorContext(&e)
                     ),
                 )
+                .with_causes(throttle_causes(&e))
             })?;
         let mut unprocessed = Vec::new();
         if let Some(left) = out.unprocessed_items().and_then(|m| m.get(&self.table)) {
@@ -253,14 +398,33 @@ impl BatchWriter for DynamoDbWriter {
                 }
             }
         }
-        let consumed = out
+        let total = out
             .consumed_capacity()
             .iter()
             .filter_map(|c| c.capacity_units())
             .sum::<f64>();
+        // With INDEXES, the table's own share and each index's; servers that only give the total
+        // leave the breakdown out (and the estimate stands).
+        let by_budget = out
+            .consumed_capacity()
+            .iter()
+            .find(|c| c.table_name() == Some(self.table.as_str()))
+            .and_then(|c| {
+                let table = c.table()?.capacity_units()?;
+                let indexes = c
+                    .global_secondary_indexes()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.capacity_units().unwrap_or(0.0)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some(Consumed { table, indexes })
+            });
         Ok(BatchResult {
             unprocessed,
-            consumed_wcu: (consumed > 0.0).then_some(consumed),
+            consumed_wcu: (total > 0.0).then_some(total),
+            consumed: by_budget,
         })
     }
 }

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use std::num::NonZeroU32;
 
-use sluice_core::{FleetConfig, LeaseSource};
-use sluice_dynamodb::TableCapacity;
+use sluice_core::{FleetConfig, IndexSpec, LeaseSource, Pacer};
+use sluice_dynamodb::{Capacity, TableCapacity, TableLimits};
 use sluice_kafka::KafkaSource;
 use sluice_redis::{BucketRate, RedisBucket};
 
@@ -60,24 +60,128 @@ pub struct Budgets {
 /// target_utilization × capacity (provisioned, or the configured on-demand ceiling). None: no
 /// pacing (an on-demand table without a configured ceiling).
 pub fn budgets(settings: &Settings, capacity: Option<TableCapacity>) -> Option<Budgets> {
+    let capacity = capacity.map(|c| match c {
+        TableCapacity::Provisioned(w) => Capacity::Provisioned(w),
+        TableCapacity::OnDemand => Capacity::OnDemand(Default::default()),
+    });
+    budget_for(settings, capacity, true).map(|(b, _)| b)
+}
+
+/// The budgets of one resource (the table when `table`, else an index) and why: an explicit
+/// rate.wcu_per_second wins for the table; a provisioned capacity gives target_utilization ×
+/// it; on demand, MaxWriteRequestUnits (capped by rate.on_demand_wcu_per_second when set), else
+/// rate.on_demand_wcu_per_second, else the warm throughput (what DynamoDB takes at once). None:
+/// no pacing (on demand with none of those known).
+pub fn budget_for(
+    settings: &Settings,
+    capacity: Option<Capacity>,
+    table: bool,
+) -> Option<(Budgets, String)> {
     let r = &settings.rate;
-    let table = match (r.wcu_per_second, capacity) {
-        (Some(w), _) => f64::from(w),
-        (None, Some(TableCapacity::Provisioned(w))) => w as f64 * r.target_utilization,
-        (None, Some(TableCapacity::OnDemand)) => {
-            f64::from(r.on_demand_wcu_per_second?) * r.target_utilization
+    let u = r.target_utilization;
+    let (fleet, why) = match (r.wcu_per_second.filter(|_| table), capacity) {
+        (Some(w), _) => (f64::from(w), "rate.wcu_per_second".to_string()),
+        (None, Some(Capacity::Provisioned(w))) => {
+            (w as f64 * u, format!("{u} × {w} WCU provisioned"))
+        }
+        (None, Some(Capacity::OnDemand(l))) => {
+            match (l.max_write, r.on_demand_wcu_per_second, l.warm_write) {
+                (Some(m), Some(c), _) if u64::from(c) < m => (
+                    f64::from(c) * u,
+                    format!(
+                        "{u} × rate.on_demand_wcu_per_second {c} (under MaxWriteRequestUnits {m})"
+                    ),
+                ),
+                (Some(m), _, _) => (
+                    m as f64 * u,
+                    format!("{u} × on-demand MaxWriteRequestUnits {m}"),
+                ),
+                (None, Some(c), _) => (
+                    f64::from(c) * u,
+                    format!("{u} × rate.on_demand_wcu_per_second {c}"),
+                ),
+                (None, None, Some(w)) => (
+                    w as f64 * u,
+                    format!(
+                        "{u} × on-demand warm throughput {w} (what DynamoDB takes at once; raise it with UpdateTable WarmThroughput, or set rate.on_demand_wcu_per_second, to let sluice go faster)"
+                    ),
+                ),
+                (None, None, None) => return None,
+            }
         }
         (None, None) => return None,
     };
-    let local = (table * r.share()).max(1.0);
-    Some(Budgets {
-        table: table.max(1.0),
-        local,
-    })
+    let share = r.share();
+    let why = if share < 1.0 {
+        format!("{why}, this instance's share {share}")
+    } else {
+        why
+    };
+    Some((
+        Budgets {
+            table: fleet.max(1.0),
+            local: (fleet * share).max(1.0),
+        },
+        why,
+    ))
 }
 
 fn nonzero(x: f64) -> NonZeroU32 {
     NonZeroU32::new(x.floor().max(1.0) as u32).unwrap_or(NonZeroU32::MIN)
+}
+
+/// The key of a budget's shared bucket in Redis mode.
+fn bucket_key(settings: &Settings, index: Option<&str>) -> String {
+    let base = settings
+        .rate
+        .redis
+        .key
+        .clone()
+        .unwrap_or_else(|| format!("sluice:bucket:{}", settings.dynamodb.table));
+    match index {
+        None => base,
+        Some(i) => format!("{base}:index:{i}"),
+    }
+}
+
+/// A budget's limiter: its local share, with the fleet bucket in Redis mode.
+fn limiter_for(
+    settings: &Settings,
+    b: Budgets,
+    index: Option<&str>,
+) -> Result<(WcuLimiter, Option<Arc<RedisBucket>>)> {
+    let limiter = WcuLimiter::try_new(nonzero(b.local), settings.rate.burst_seconds)
+        .map_err(|e| anyhow!("rate.burst_seconds: {e}"))?;
+    let limiter = match index {
+        Some(i) => limiter.for_index(i),
+        None => limiter,
+    };
+    if settings.rate.mode != RateMode::Redis {
+        return Ok((limiter, None));
+    }
+    let r = &settings.rate.redis;
+    let shared = Arc::new(
+        RedisBucket::new(
+            &r.url,
+            bucket_key(settings, index),
+            bucket_rate(settings, b),
+        )
+        .map_err(|e| anyhow!("rate.redis.url: {e}"))?,
+    );
+    let lease = if r.lease_wcu > 0 {
+        r.lease_wcu
+    } else {
+        ((b.table * 0.02) as u32).max(10)
+    };
+    let fleet = FleetConfig {
+        lease_wcu: lease,
+        timeout: r.timeout,
+        retry_after: r.retry_after,
+    };
+    Ok((
+        limiter.with_fleet(shared.clone() as Arc<dyn LeaseSource>, fleet),
+        Some(shared),
+    ))
 }
 
 fn bucket_rate(settings: &Settings, b: Budgets) -> BucketRate {
@@ -127,83 +231,83 @@ impl Pipeline {
         }
         let ddb = sluice_dynamodb::writer_client(dynamodb);
         let table = settings.dynamodb.table.clone();
-        let capacity = if settings.rate.wcu_per_second.is_some() {
-            None
-        } else {
-            match sluice_dynamodb::describe_capacity(&ddb, &table).await {
-                Ok(c) => Some(c),
-                Err(e) if settings.dynamodb.check_table => {
-                    return Err(anyhow!(
-                        "{e}: cannot discover the write capacity (or set rate.wcu_per_second)"
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot discover the write capacity: writes are not paced");
-                    None
-                }
+        // The table and every index: each is a budget, the tightest binds.
+        let limits = match sluice_dynamodb::describe_limits(&ddb, &table).await {
+            Ok(l) => Some(l),
+            Err(e) if settings.dynamodb.check_table && settings.rate.wcu_per_second.is_none() => {
+                return Err(anyhow!(
+                    "{e}: cannot discover the write capacity (or set rate.wcu_per_second)"
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the table's limits: the table is paced to rate.wcu_per_second only (if set), its indexes not at all");
+                None
             }
         };
-        if let Some(TableCapacity::Provisioned(w)) = capacity {
+        if let Some(Capacity::Provisioned(w)) = limits.as_ref().map(|l| l.table) {
             metrics::gauge!("sluice_table_capacity_wcu").set(w as f64);
         }
-        let budgets = budgets(settings, capacity);
+        let capacity = limits.as_ref().map(|l| l.table.kind());
+        let table_budget = budget_for(settings, limits.as_ref().map(|l| l.table), true);
+        let budgets = table_budget.as_ref().map(|(b, _)| *b);
         let mut bucket = None;
-        let limiter = match budgets {
-            Some(b) => {
-                let limiter = WcuLimiter::try_new(nonzero(b.local), settings.rate.burst_seconds)
-                    .map_err(|e| anyhow!("rate.burst_seconds: {e}"))?;
-                tracing::info!(table_budget_wcu_per_s = b.table.round(), local_budget_wcu_per_s = b.local.round(), mode = ?settings.rate.mode, capacity = ?capacity, "write budget");
-                if settings.rate.mode == RateMode::Redis {
-                    let r = &settings.rate.redis;
-                    let key = r
-                        .key
-                        .clone()
-                        .unwrap_or_else(|| format!("sluice:bucket:{table}"));
-                    let shared = Arc::new(
-                        RedisBucket::new(&r.url, key, bucket_rate(settings, b))
-                            .map_err(|e| anyhow!("rate.redis.url: {e}"))?,
-                    );
-                    bucket = Some(shared.clone());
-                    let lease = if r.lease_wcu > 0 {
-                        r.lease_wcu
-                    } else {
-                        ((b.table * 0.02) as u32).max(10)
-                    };
-                    let fleet = FleetConfig {
-                        lease_wcu: lease,
-                        timeout: r.timeout,
-                        retry_after: r.retry_after,
-                    };
-                    limiter.with_fleet(shared as Arc<dyn LeaseSource>, fleet)
-                } else {
-                    limiter
-                }
+        let limiter = match &table_budget {
+            Some((b, why)) => {
+                tracing::info!(table_budget_wcu_per_s = b.table.round(), local_budget_wcu_per_s = b.local.round(), mode = ?settings.rate.mode, capacity = ?capacity, why = %why, "write budget: table");
+                let (limiter, shared) = limiter_for(settings, *b, None)?;
+                bucket = shared;
+                limiter
             }
             None => {
                 tracing::warn!(
-                    "no write budget (on-demand table without rate.on_demand_wcu_per_second, or capacity unknown): writes are not paced"
+                    "no write budget for the table (on-demand without MaxWriteRequestUnits, warm throughput or rate.on_demand_wcu_per_second, or capacity unknown): writes are not paced"
                 );
                 WcuLimiter::unlimited()
             }
         };
         let limiter = Arc::new(limiter);
-        // Follow capacity changes (UpdateTable) while the budget is discovered.
-        let refresh = (settings.rate.wcu_per_second.is_none() && budgets.is_some()).then(|| {
+        let mut index_limiters = Vec::new();
+        let mut index_buckets = Vec::new();
+        for (spec, cap) in limits.as_ref().map_or(&[][..], |l| &l.indexes[..]) {
+            match budget_for(settings, Some(*cap), false) {
+                Some((b, why)) => {
+                    tracing::info!(index = %spec.name, budget_wcu_per_s = b.table.round(), local_budget_wcu_per_s = b.local.round(), why = %why, "write budget: index");
+                    let (l, shared) = limiter_for(settings, b, Some(&spec.name))?;
+                    index_limiters.push((spec.clone(), Arc::new(l)));
+                    index_buckets.push((spec.name.clone(), shared));
+                }
+                None => {
+                    tracing::info!(index = %spec.name, "index on demand without a known limit: not paced on its own")
+                }
+            }
+        }
+        let pacer = Pacer::new(
+            limiter.clone(),
+            settings.schema.key_attribute.clone(),
+            index_limiters.clone(),
+        );
+        // Follow capacity changes (UpdateTable) of the table and its indexes.
+        let refresh = limits.is_some().then(|| {
             let stop = CancellationToken::new();
             let task = tokio::spawn(refresh_budget(
                 settings.clone(),
                 ddb.clone(),
-                limiter.clone(),
-                bucket.clone(),
+                Budgeted {
+                    table: limiter.clone(),
+                    bucket: bucket.clone(),
+                    indexes: index_limiters
+                        .iter()
+                        .zip(index_buckets)
+                        .map(|((spec, l), (_, b))| (spec.clone(), l.clone(), b))
+                        .collect(),
+                },
                 stop.clone(),
             ));
             (stop, task)
         });
-        let (writer, writer_task) = Writer::spawn(
-            Arc::new(table_writer),
-            limiter.clone(),
-            settings.writer_config(),
-        );
+        let _ = budgets;
+        let (writer, writer_task) =
+            Writer::spawn(Arc::new(table_writer), pacer, settings.writer_config());
         let writer_stats = writer.stats();
         let breaker = writer.breaker();
         let (engine, poll_wait) = if settings.kafka.enabled {
@@ -323,46 +427,76 @@ impl Pipeline {
     }
 }
 
-/// Reads the table's capacity every rate.refresh_interval and moves the budgets with it.
+/// The limiters the capacity refresh moves: the table's and each index's, with their shared
+/// buckets in Redis mode.
+struct Budgeted {
+    table: Arc<WcuLimiter>,
+    bucket: Option<Arc<RedisBucket>>,
+    indexes: Vec<(IndexSpec, Arc<WcuLimiter>, Option<Arc<RedisBucket>>)>,
+}
+
+/// Reads the table's and its indexes' capacity every rate.refresh_interval and moves the budgets
+/// with it.
 async fn refresh_budget(
     settings: Settings,
     ddb: aws_sdk_dynamodb::Client,
-    limiter: Arc<WcuLimiter>,
-    bucket: Option<Arc<RedisBucket>>,
+    budgets: Budgeted,
     stop: CancellationToken,
 ) {
     let table = settings.dynamodb.table.clone();
-    let mut last = None;
+    let mut last: Option<TableLimits> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(settings.rate.refresh_interval) => {}
         }
-        let capacity = match sluice_dynamodb::describe_capacity(&ddb, &table).await {
-            Ok(c) => c,
+        let limits = match sluice_dynamodb::describe_limits(&ddb, &table).await {
+            Ok(l) => l,
             Err(error) => {
-                tracing::warn!(%error, "capacity refresh failed; keeping the current budget");
+                tracing::warn!(%error, "capacity refresh failed; keeping the current budgets");
                 continue;
             }
         };
-        if last == Some(capacity) {
+        if last.as_ref() == Some(&limits) {
             continue;
         }
-        last = Some(capacity);
-        if let TableCapacity::Provisioned(w) = capacity {
+        if let Capacity::Provisioned(w) = limits.table {
             metrics::gauge!("sluice_table_capacity_wcu").set(w as f64);
         }
-        let Some(b) = budgets(&settings, Some(capacity)) else {
-            tracing::warn!(
-                ?capacity,
-                "the table has no capacity to pace to now; keeping the current budget"
-            );
-            continue;
-        };
-        limiter.set_budget(nonzero(b.local));
-        if let Some(bucket) = &bucket {
-            bucket.set_rate(bucket_rate(&settings, b));
+        if settings.rate.wcu_per_second.is_none() {
+            match budget_for(&settings, Some(limits.table), true) {
+                Some((b, _)) => {
+                    budgets.table.set_budget(nonzero(b.local));
+                    if let Some(bucket) = &budgets.bucket {
+                        bucket.set_rate(bucket_rate(&settings, b));
+                    }
+                }
+                None => tracing::warn!(
+                    capacity = ?limits.table,
+                    "the table has no capacity to pace to now; keeping the current budget"
+                ),
+            }
         }
+        for (spec, limiter, bucket) in &budgets.indexes {
+            let Some((_, cap)) = limits.indexes.iter().find(|(s, _)| s.name == spec.name) else {
+                continue;
+            };
+            if let Some((b, _)) = budget_for(&settings, Some(*cap), false) {
+                limiter.set_budget(nonzero(b.local));
+                if let Some(bucket) = bucket {
+                    bucket.set_rate(bucket_rate(&settings, b));
+                }
+            }
+        }
+        if let Some(prev) = &last {
+            let known: Vec<&str> = prev.indexes.iter().map(|(s, _)| s.name.as_str()).collect();
+            for (spec, _) in &limits.indexes {
+                if !known.contains(&spec.name.as_str()) {
+                    tracing::warn!(index = %spec.name, "an index was created since the start: it is paced from the next start of sluice (throttles naming it slow every budget meanwhile)");
+                }
+            }
+        }
+        last = Some(limits);
     }
 }
 

@@ -1,0 +1,478 @@
+//! Every limit a write is paced against: the table's budget, each global secondary index's, and
+//! the partition key values DynamoDB has said are hot.
+//!
+//! DynamoDB charges a write on the table and on every index the item is in (or leaves), each
+//! against its own capacity, and throttles the base-table write when any of them is over (a GSI
+//! with a fifth of the table's capacity binds long before the table does). So each item's cost
+//! is worked out per budget ([`Pacer::costs`]) and a batch waits at every budget it charges: the
+//! tightest one binds.
+//!
+//! Throttles are read, not guessed: a refusal's `ThrottlingReasons` ([`ThrottleCause`]) say which
+//! resource and which limit. A table or index over its capacity cuts that budget's rate (AIMD); a
+//! hot key range puts the batch's keys for that resource on a per-key bucket below DynamoDB's
+//! partition limit (1,000 WCU/s) for a while, instead of slowing everything; an account quota is
+//! a configuration problem, said at ERROR. A throttle that names no reason (UnprocessedItems)
+//! cuts every budget the batch charged. What DynamoDB reports a call consumed settles the
+//! difference with the estimate ([`Pacer::on_consumed`]).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::item::{AttrValue, Item, wcu_for_bytes};
+use crate::rate::WcuLimiter;
+
+/// What a global secondary index keeps of an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Projection {
+    All,
+    KeysOnly,
+    /// The keys and these attributes.
+    Include(Vec<String>),
+}
+
+/// A global secondary index, as DescribeTable describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSpec {
+    pub name: String,
+    pub hash_key: String,
+    pub range_key: Option<String>,
+    pub projection: Projection,
+}
+
+impl IndexSpec {
+    /// What one write of `item` costs on this index, in WCU, and the item's partition key value
+    /// there; None when the item is not in the index (it lacks a key attribute: a sparse index).
+    /// The size is the projected item's: the table key and the index keys, plus every attribute
+    /// (ALL) or the included ones.
+    pub fn cost(&self, item: &Item, table_key: &str) -> Option<(u32, String)> {
+        let attrs = item.attrs();
+        let hash = attrs.get(&self.hash_key)?;
+        if let Some(r) = &self.range_key {
+            attrs.get(r)?;
+        }
+        let size = match &self.projection {
+            Projection::All => item.size(),
+            _ => attrs
+                .iter()
+                .filter(|(k, _)| {
+                    k.as_str() == table_key
+                        || *k == &self.hash_key
+                        || self.range_key.as_ref() == Some(*k)
+                        || matches!(&self.projection, Projection::Include(a) if a.contains(k))
+                })
+                .map(|(k, v)| k.len() + v.size())
+                .sum(),
+        };
+        Some((wcu_for_bytes(size), key_text(hash)))
+    }
+}
+
+fn key_text(v: &AttrValue) -> String {
+    match v {
+        AttrValue::S(s) | AttrValue::N(s) => s.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Which resource a throttle names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    Table,
+    Index(String),
+}
+
+/// Which limit a throttle names (the last part of DynamoDB's ThrottlingReason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    ProvisionedThroughput,
+    KeyRange,
+    MaxOnDemand,
+    AccountLimit,
+    Other(String),
+}
+
+impl Limit {
+    /// A short, stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Limit::ProvisionedThroughput => "capacity",
+            Limit::KeyRange => "key_range",
+            Limit::MaxOnDemand => "max_on_demand",
+            Limit::AccountLimit => "account_limit",
+            Limit::Other(_) => "other",
+        }
+    }
+}
+
+/// One of DynamoDB's ThrottlingReasons, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThrottleCause {
+    pub resource: Resource,
+    pub limit: Limit,
+}
+
+impl ThrottleCause {
+    /// Reads `TableWriteProvisionedThroughputExceeded` and the like, with the resource ARN
+    /// (`…:table/NAME` or `…:table/NAME/index/INDEX`).
+    pub fn parse(reason: &str, resource_arn: &str) -> ThrottleCause {
+        let resource = match resource_arn.split_once("/index/") {
+            Some((_, index)) => Resource::Index(index.to_owned()),
+            None if reason.starts_with("Index") => Resource::Index(String::new()),
+            None => Resource::Table,
+        };
+        let limit = if reason.ends_with("KeyRangeThroughputExceeded") {
+            Limit::KeyRange
+        } else if reason.ends_with("MaxOnDemandThroughputExceeded") {
+            Limit::MaxOnDemand
+        } else if reason.ends_with("AccountLimitExceeded") {
+            Limit::AccountLimit
+        } else if reason.ends_with("ProvisionedThroughputExceeded") {
+            Limit::ProvisionedThroughput
+        } else {
+            Limit::Other(reason.to_owned())
+        };
+        ThrottleCause { resource, limit }
+    }
+}
+
+/// What one call consumed, as DynamoDB reported it (ReturnConsumedCapacity=INDEXES).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Consumed {
+    pub table: f64,
+    pub indexes: Vec<(String, f64)>,
+}
+
+/// What a hot key is paced to: under DynamoDB's 1,000 WCU/s partition limit.
+const HOT_KEY_WCU: u32 = 900;
+/// How long a key stays on its own bucket after a throttle named its key range.
+const HOT_FOR: Duration = Duration::from_secs(60);
+/// Hot keys remembered at most.
+const MAX_HOT_KEYS: usize = 10_000;
+
+/// An item's costs: WCU on each budget (0: not charged there), with the partition key value on
+/// each (for hot keys). Index `0` is the table, `1 + i` the i-th index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Costs {
+    pub wcu: Vec<u32>,
+    pub keys: Vec<Option<String>>,
+}
+
+/// A hot key's own bucket, and until when it is kept.
+type HotKey = (Arc<DefaultDirectRateLimiter>, Instant);
+
+/// The table's budget, its indexes' budgets, and hot keys.
+pub struct Pacer {
+    table: Arc<WcuLimiter>,
+    indexes: Vec<(IndexSpec, Arc<WcuLimiter>)>,
+    table_key: String,
+    hot: Mutex<HashMap<(usize, String), HotKey>>,
+}
+
+impl From<Arc<WcuLimiter>> for Pacer {
+    fn from(table: Arc<WcuLimiter>) -> Pacer {
+        Pacer::new(table, "", Vec::new())
+    }
+}
+
+impl From<WcuLimiter> for Pacer {
+    fn from(table: WcuLimiter) -> Pacer {
+        Pacer::from(Arc::new(table))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pacer {
+    /// `table_key` is the table's partition key attribute; `indexes` the GSIs with their budgets.
+    pub fn new(
+        table: Arc<WcuLimiter>,
+        table_key: impl Into<String>,
+        indexes: Vec<(IndexSpec, Arc<WcuLimiter>)>,
+    ) -> Pacer {
+        Pacer {
+            table,
+            indexes,
+            table_key: table_key.into(),
+            hot: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn table(&self) -> &Arc<WcuLimiter> {
+        &self.table
+    }
+
+    pub fn indexes(&self) -> &[(IndexSpec, Arc<WcuLimiter>)] {
+        &self.indexes
+    }
+
+    /// Budgets: the table and each index.
+    pub fn len(&self) -> usize {
+        1 + self.indexes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    fn limiter(&self, b: usize) -> &WcuLimiter {
+        if b == 0 {
+            &self.table
+        } else {
+            &self.indexes[b - 1].1
+        }
+    }
+
+    /// What writing `item` costs on each budget.
+    pub fn costs(&self, item: &Item) -> Costs {
+        let mut wcu = Vec::with_capacity(self.len());
+        let mut keys = Vec::with_capacity(self.len());
+        wcu.push(item.wcu());
+        keys.push(Some(item.key().to_owned()));
+        for (spec, _) in &self.indexes {
+            match spec.cost(item, &self.table_key) {
+                Some((w, k)) => {
+                    wcu.push(w);
+                    keys.push(Some(k));
+                }
+                None => {
+                    wcu.push(0);
+                    keys.push(None);
+                }
+            }
+        }
+        Costs { wcu, keys }
+    }
+
+    /// Seconds `wcu` (summed per budget) takes at the paced rates: the slowest budget's.
+    pub fn seconds(&self, wcu: &[u64]) -> f64 {
+        wcu.iter()
+            .enumerate()
+            .filter_map(|(b, &w)| {
+                let rate = self.limiter(b).rate()?;
+                Some(w as f64 / rate.max(1.0))
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// The most one batch may charge each budget: about a second of its paced rate.
+    pub fn batch_caps(&self, seconds: f64) -> Vec<u64> {
+        (0..self.len())
+            .map(|b| {
+                self.limiter(b)
+                    .rate()
+                    .map_or(u64::MAX, |r| ((r * seconds).floor() as u64).max(1))
+            })
+            .collect()
+    }
+
+    /// The paced rate of the table (None: unpaced).
+    pub fn table_rate(&self) -> Option<f64> {
+        self.table.rate()
+    }
+
+    /// Waits for a batch's WCU at every budget it charges, and at the bucket of every hot key
+    /// among its items.
+    pub async fn acquire(&self, per_budget: &[u64], items: &[&Costs]) {
+        for (b, &w) in per_budget.iter().enumerate() {
+            if w > 0 {
+                self.limiter(b)
+                    .acquire(u32::try_from(w).unwrap_or(u32::MAX))
+                    .await;
+            }
+        }
+        let hot: Vec<(Arc<DefaultDirectRateLimiter>, u32)> = {
+            let mut hot = lock(&self.hot);
+            if hot.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            hot.retain(|_, (_, until)| *until > now);
+            items
+                .iter()
+                .flat_map(|c| {
+                    c.keys.iter().enumerate().filter_map(|(b, k)| {
+                        let k = k.as_ref()?;
+                        let (bucket, _) = hot.get(&(b, k.clone()))?;
+                        Some((bucket.clone(), c.wcu[b]))
+                    })
+                })
+                .collect()
+        };
+        for (bucket, wcu) in hot {
+            let mut left = wcu.max(1);
+            while left > 0 {
+                let n = left.min(HOT_KEY_WCU);
+                let slice = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+                if bucket.until_n_ready(slice).await.is_err() {
+                    break;
+                }
+                left -= n;
+            }
+        }
+    }
+
+    /// A throttle. `causes` are its ThrottlingReasons (empty: none given, e.g. UnprocessedItems);
+    /// `per_budget` what the batch charged each budget; `items` its items' costs.
+    pub fn on_throttle(&self, causes: &[ThrottleCause], per_budget: &[u64], items: &[&Costs]) {
+        if causes.is_empty() {
+            for (b, &w) in per_budget.iter().enumerate() {
+                if w > 0 {
+                    self.limiter(b).on_throttle();
+                }
+            }
+            return;
+        }
+        for cause in causes {
+            let b = match &cause.resource {
+                Resource::Table => Some(0),
+                Resource::Index(name) => self
+                    .indexes
+                    .iter()
+                    .position(|(s, _)| &s.name == name)
+                    .map(|i| i + 1),
+            };
+            let label = match &cause.resource {
+                Resource::Table => "table".to_owned(),
+                Resource::Index(n) => format!("index:{n}"),
+            };
+            metrics::counter!("sluice_throttles_total", "resource" => label.clone(), "reason" => cause.limit.label())
+                .increment(1);
+            match (&cause.limit, b) {
+                (Limit::KeyRange, Some(b)) => self.heat(b, items),
+                (Limit::AccountLimit, _) => {
+                    tracing::error!(resource = %label, "DynamoDB throttled for the account's per-table quota: raise the quota (Service Quotas) or pace below it with rate.on_demand_wcu_per_second / rate.wcu_per_second");
+                    self.table.on_throttle();
+                }
+                (_, Some(b)) => self.limiter(b).on_throttle(),
+                (_, None) => {
+                    // An index this instance does not know (created since the start): slow
+                    // everything until the next capacity refresh learns it.
+                    for (b, &w) in per_budget.iter().enumerate() {
+                        if w > 0 {
+                            self.limiter(b).on_throttle();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts the partition key values of `items` on budget `b` on their own buckets.
+    fn heat(&self, b: usize, items: &[&Costs]) {
+        let mut hot = lock(&self.hot);
+        let until = Instant::now() + HOT_FOR;
+        let mut new = 0;
+        for c in items {
+            let Some(Some(k)) = c.keys.get(b) else {
+                continue;
+            };
+            if hot.len() >= MAX_HOT_KEYS {
+                break;
+            }
+            hot.entry((b, k.clone()))
+                .and_modify(|e| e.1 = until)
+                .or_insert_with(|| {
+                    new += 1;
+                    let q =
+                        Quota::per_second(NonZeroU32::new(HOT_KEY_WCU).unwrap_or(NonZeroU32::MIN));
+                    (Arc::new(RateLimiter::direct(q)), until)
+                });
+        }
+        if new > 0 {
+            tracing::warn!(
+                keys = new,
+                budget = b,
+                "a key range is hot: its keys are paced on their own below DynamoDB's partition limit"
+            );
+        }
+    }
+
+    /// Settles what a call consumed against what was taken for its written items.
+    pub fn on_consumed(&self, estimated: &[u64], consumed: &Consumed) {
+        self.table.correct(consumed.table - estimated[0] as f64);
+        for (name, used) in &consumed.indexes {
+            if let Some(i) = self.indexes.iter().position(|(s, _)| &s.name == name) {
+                self.indexes[i].1.correct(used - estimated[i + 1] as f64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Schema, decode_message};
+
+    fn item(body: &str) -> Item {
+        decode_message(
+            body.as_bytes(),
+            &Schema {
+                required_fields: vec![],
+                ..Schema::default()
+            },
+        )
+        .unwrap()
+        .remove(0)
+    }
+
+    #[test]
+    fn an_index_is_charged_the_projected_item_only_when_the_item_is_in_it() {
+        let pad = "x".repeat(1500);
+        let it = item(&format!(
+            r#"{{"request_id":"r","user_id":"u1","pad":"{pad}"}}"#
+        ));
+        let all = IndexSpec {
+            name: "by_user".into(),
+            hash_key: "user_id".into(),
+            range_key: None,
+            projection: Projection::All,
+        };
+        assert_eq!(all.cost(&it, "request_id"), Some((2, "u1".into())));
+        let keys = IndexSpec {
+            projection: Projection::KeysOnly,
+            ..all.clone()
+        };
+        assert_eq!(keys.cost(&it, "request_id").map(|c| c.0), Some(1));
+        let include = IndexSpec {
+            projection: Projection::Include(vec!["pad".into()]),
+            ..all.clone()
+        };
+        assert_eq!(include.cost(&it, "request_id").map(|c| c.0), Some(2));
+        let sparse = item(r#"{"request_id":"r2"}"#);
+        assert_eq!(all.cost(&sparse, "request_id"), None);
+    }
+
+    #[test]
+    fn throttling_reasons_are_read() {
+        let c = ThrottleCause::parse(
+            "IndexWriteProvisionedThroughputExceeded",
+            "arn:aws:dynamodb:eu-west-1:1:table/logs/index/by_user",
+        );
+        assert_eq!(
+            c,
+            ThrottleCause {
+                resource: Resource::Index("by_user".into()),
+                limit: Limit::ProvisionedThroughput
+            }
+        );
+        let c = ThrottleCause::parse(
+            "TableWriteKeyRangeThroughputExceeded",
+            "arn:aws:dynamodb:eu-west-1:1:table/logs",
+        );
+        assert_eq!((c.resource, c.limit), (Resource::Table, Limit::KeyRange));
+        assert_eq!(
+            ThrottleCause::parse("TableWriteMaxOnDemandThroughputExceeded", "x").limit,
+            Limit::MaxOnDemand
+        );
+        assert_eq!(
+            ThrottleCause::parse("TableWriteAccountLimitExceeded", "x").limit,
+            Limit::AccountLimit
+        );
+    }
+}

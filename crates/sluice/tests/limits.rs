@@ -1,0 +1,251 @@
+//! Every limit DynamoDB enforces, paced: a global secondary index tighter than its table, and a
+//! fleet sharing one Redis bucket with writes larger than the bucket's burst. sluice-sim meters
+//! the table and each index with their own capacity and one second of burst credit (DynamoDB
+//! keeps 300), so any overshoot shows up as a throttle instead of being absorbed.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ProvisionedThroughput, ScalarAttributeType,
+};
+use sluice::config::Settings;
+use sluice::pipeline::Pipeline;
+use sluice_sqs::SqsSender;
+use sluice_testkit::{TestEnv, free_port, start_redis};
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+async fn strict_sim() -> TestEnv {
+    TestEnv::start_sim(sluice_sim::SimConfig {
+        tables: sluice_sim::TableSettings {
+            burst_seconds: 1.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A table keyed by request_id at `table_wcu`, with a GSI `by_user` (user_id, ALL) at `gsi_wcu`.
+async fn create_table_with_gsi(env: &TestEnv, name: &str, table_wcu: i64, gsi_wcu: Option<i64>) {
+    let pt = |w| {
+        ProvisionedThroughput::builder()
+            .read_capacity_units(5)
+            .write_capacity_units(w)
+            .build()
+            .unwrap()
+    };
+    let key = |a: &str| {
+        KeySchemaElement::builder()
+            .attribute_name(a)
+            .key_type(KeyType::Hash)
+            .build()
+            .unwrap()
+    };
+    let def = |a: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(a)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    let mut req = env
+        .dynamodb
+        .create_table()
+        .table_name(name)
+        .key_schema(key("request_id"))
+        .attribute_definitions(def("request_id"))
+        .provisioned_throughput(pt(table_wcu));
+    if let Some(g) = gsi_wcu {
+        req = req
+            .attribute_definitions(def("user_id"))
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name("by_user")
+                    .key_schema(key("user_id"))
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .provisioned_throughput(pt(g))
+                    .build()
+                    .unwrap(),
+            );
+    }
+    req.send().await.unwrap();
+}
+
+/// `n` logs of about `bytes` bytes, each with a user_id, ten per message.
+fn bodies(prefix: &str, n: usize, bytes: usize) -> Vec<String> {
+    let logs: Vec<String> = (0..n)
+        .map(|i| {
+            let bare = format!(
+                r#"{{"request_id":"{prefix}-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1,"user_id":"u{}","pad":""}}"#,
+                i % 50
+            );
+            let pad = "x".repeat(bytes.saturating_sub(bare.len()));
+            bare.replace(r#""pad":"""#, &format!(r#""pad":"{pad}""#))
+        })
+        .collect();
+    logs.chunks(10).map(|c| c.join("\n")).collect()
+}
+
+/// Consumption per second of a meter's report, from its first written second to its last:
+/// (average over that span, highest 10-second average, seconds). Writes land in batches (72 WCU
+/// of 3 KB logs), so one-second bins swing by a batch either way; the table's own bucket (one
+/// second of burst credit) is the strict judge, through its throttle count.
+fn utilization(report: &serde_json::Value) -> (f64, f64, usize) {
+    let per: BTreeMap<u64, f64> = report["per_second"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p[0].as_u64()?, p[1].as_f64()?)))
+        .collect();
+    let (Some(&first), Some(&last)) = (per.keys().next(), per.keys().last()) else {
+        return (0.0, 0.0, 0);
+    };
+    let series: Vec<f64> = (first..=last)
+        .map(|s| per.get(&s).copied().unwrap_or(0.0))
+        .collect();
+    // The first and last seconds are partial: leave them out of the average.
+    let inner = &series[1.min(series.len())..series.len().saturating_sub(1).max(1)];
+    let avg = inner.iter().sum::<f64>() / inner.len().max(1) as f64;
+    let max10 = series
+        .windows(10.min(series.len()).max(1))
+        .map(|w| w.iter().sum::<f64>() / w.len() as f64)
+        .fold(0.0, f64::max);
+    (avg, max10, series.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gsi_tighter_than_its_table_is_paced_to_and_never_throttled() {
+    // The issue's case: table 300 WCU, a GSI on user_id (ALL) with 60 WCU, 1,500 one-WCU logs
+    // that all carry user_id. Before: paced to the table, 145 throttled requests and 1,042
+    // throttled items. Now the index is a budget of its own and binds.
+    let env = strict_sim().await;
+    let url = env.create_queue("logs", 60).await.unwrap();
+    create_table_with_gsi(&env, "indexed", 300, Some(60)).await;
+    let bodies = bodies("g", 1500, 400);
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&bodies)
+        .await
+        .unwrap();
+    let mut s = Settings::default();
+    s.sqs.queue_url = url.clone();
+    s.sqs.wait_time_seconds = 1;
+    s.dynamodb.table = "indexed".into();
+    s.validate().unwrap();
+    let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
+        .await
+        .unwrap();
+    let stats = pipeline.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(stop.clone()));
+    let started = Instant::now();
+    while stats.acked.load(std::sync::atomic::Ordering::Relaxed) < bodies.len() as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{:?}",
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    run.await.unwrap();
+    let report = env
+        .sim
+        .as_ref()
+        .unwrap()
+        .capacity_report("indexed")
+        .unwrap();
+    let index = &report["indexes"]["by_user"];
+    let (avg, max5, secs) = utilization(index);
+    eprintln!(
+        "GSI case: {secs} s, index {avg:.1} WCU/s on average (60 provisioned), highest 10 s {max5:.1}; throttled requests {}, unprocessed items {}",
+        report["throttled_requests"], report["unprocessed_items"]
+    );
+    assert_eq!(report["throttled_requests"], 0, "{report}");
+    assert_eq!(report["unprocessed_items"], 0, "{report}");
+    assert!(
+        avg >= 0.95 * 60.0,
+        "the index's capacity was under-used: {avg:.1} WCU/s"
+    );
+    assert_eq!(
+        env.scan_keys("indexed", "request_id").await.unwrap().len(),
+        1500
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_one_redis_bucket_with_writes_above_its_burst_is_never_throttled() {
+    // The issue's case: two instances sharing one Redis bucket (rate.mode = "redis") write 3-WCU
+    // logs to a 150 WCU table. Batches of such logs cost more than the bucket's burst (0.2 s of
+    // budget): before, the local side credited what it asked for, and the table saw 61 throttled
+    // requests and a 5-second average of 165 WCU/s.
+    let env = strict_sim().await;
+    let redis = start_redis().await.unwrap();
+    let url = env.create_queue("logs", 60).await.unwrap();
+    create_table_with_gsi(&env, "fleet", 150, None).await;
+    let bodies = bodies("f", 1200, 2900);
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&bodies)
+        .await
+        .unwrap();
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        children.push(
+            tokio::process::Command::new(BIN)
+                .arg("run")
+                .envs(env.child_env())
+                .env("SLUICE__SQS__QUEUE_URL", &url)
+                .env("SLUICE__SQS__WAIT_TIME_SECONDS", "1")
+                .env("SLUICE__DYNAMODB__TABLE", "fleet")
+                .env("SLUICE__RATE__MODE", "redis")
+                .env("SLUICE__RATE__REDIS__URL", &redis.endpoint)
+                .env("SLUICE__RATE__EXPECTED_REPLICAS", "2")
+                .env(
+                    "SLUICE__TELEMETRY__LISTEN",
+                    format!("127.0.0.1:{}", free_port()),
+                )
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    let report = loop {
+        let r = env.sim.as_ref().unwrap().capacity_report("fleet").unwrap();
+        if r["items"].as_u64().unwrap_or(0) >= 1200 {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not drained: {}",
+            r["items"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for c in &mut children {
+        let _ = c.start_kill();
+    }
+    let (avg, max5, secs) = utilization(&report);
+    eprintln!(
+        "fleet case: {secs} s, {avg:.1} WCU/s on average (150 provisioned), highest 10 s {max5:.1}; throttled requests {}, unprocessed items {}",
+        report["throttled_requests"], report["unprocessed_items"]
+    );
+    assert_eq!(report["throttled_requests"], 0, "{report}");
+    assert_eq!(report["unprocessed_items"], 0, "{report}");
+    assert!(
+        max5 <= 150.0 * 1.05,
+        "over capacity: {max5:.1} WCU/s over 10 s"
+    );
+    assert!(avg >= 0.95 * 147.0, "under-used: {avg:.1} WCU/s");
+}
