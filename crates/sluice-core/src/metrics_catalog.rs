@@ -67,6 +67,18 @@ pub fn describe() {
         "sluice_table_capacity_wcu",
         "The table's provisioned write capacity, as DescribeTable last reported it."
     );
+    describe_counter!(
+        "sluice_throttles_total",
+        "Throttles by resource (table, index:NAME) and reason from DynamoDB's ThrottlingReasons: capacity, key_range, max_on_demand, account_limit, other, unknown (UnprocessedItems, which give none)."
+    );
+    describe_gauge!(
+        "sluice_index_write_budget_wcu_per_second",
+        "The pacing budget of each global secondary index, by index."
+    );
+    describe_gauge!(
+        "sluice_index_paced_rate_wcu_per_second",
+        "The rate writes are paced to on each global secondary index now (its budget, or less after throttles)."
+    );
     describe_gauge!(
         "sluice_write_backlog_wcu",
         "WCU of the messages held (each counted whole from receipt) and not yet settled; intake pauses while it exceeds rate × intake_horizon."

@@ -323,6 +323,8 @@ impl Pacer {
         if causes.is_empty() {
             for (b, &w) in per_budget.iter().enumerate() {
                 if w > 0 {
+                    metrics::counter!("sluice_throttles_total", "resource" => self.label(b), "reason" => "unknown")
+                        .increment(1);
                     self.limiter(b).on_throttle();
                 }
             }
@@ -359,6 +361,71 @@ impl Pacer {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Items a call left unprocessed. DynamoDB says nothing of why; but when two or more of them
+    /// share one partition key value on a budget (an index key every log carries, say), that
+    /// key's range is what ran out: it is paced on its own instead of slowing the budgets.
+    pub fn on_unprocessed(&self, per_budget: &[u64], items: &[&Costs]) {
+        // A key already known to be hot: that is why, whatever else.
+        {
+            let hot = lock(&self.hot);
+            if let Some(b) = (0..self.len()).find(|&b| {
+                items.iter().any(|c| {
+                    c.keys
+                        .get(b)
+                        .cloned()
+                        .flatten()
+                        .is_some_and(|k| hot.contains_key(&(b, k)))
+                })
+            }) {
+                drop(hot);
+                self.heat(b, items);
+                return;
+            }
+        }
+        if items.len() >= 2 {
+            for b in 0..self.len() {
+                let first = items[0].keys.get(b).cloned().flatten();
+                if first.is_some()
+                    && items
+                        .iter()
+                        .all(|c| c.keys.get(b).cloned().flatten() == first)
+                {
+                    metrics::counter!("sluice_throttles_total", "resource" => self.label(b), "reason" => "key_range")
+                        .increment(1);
+                    self.heat(b, items);
+                    return;
+                }
+            }
+        }
+        self.on_throttle(&[], per_budget, items);
+    }
+
+    fn label(&self, b: usize) -> String {
+        if b == 0 {
+            "table".into()
+        } else {
+            format!("index:{}", self.indexes[b - 1].0.name)
+        }
+    }
+
+    /// Every `sluice_throttles_total` series this pacer can report, at zero, so a rate() or an
+    /// alert on one sees it before the first throttle.
+    pub fn describe_throttles(&self) {
+        for b in 0..self.len() {
+            for reason in [
+                "capacity",
+                "key_range",
+                "max_on_demand",
+                "account_limit",
+                "other",
+                "unknown",
+            ] {
+                metrics::counter!("sluice_throttles_total", "resource" => self.label(b), "reason" => reason)
+                    .increment(0);
             }
         }
     }
@@ -473,6 +540,133 @@ mod tests {
         assert_eq!(
             ThrottleCause::parse("TableWriteAccountLimitExceeded", "x").limit,
             Limit::AccountLimit
+        );
+    }
+}
+
+#[cfg(test)]
+mod pacing_tests {
+    use super::*;
+    use crate::codec::{Schema, decode_message};
+
+    fn limiter(w: u32) -> Arc<WcuLimiter> {
+        Arc::new(WcuLimiter::try_new(NonZeroU32::new(w).unwrap(), 0.1).unwrap())
+    }
+
+    fn pacer() -> Pacer {
+        Pacer::new(
+            limiter(1000),
+            "request_id",
+            vec![(
+                IndexSpec {
+                    name: "by_user".into(),
+                    hash_key: "user_id".into(),
+                    range_key: None,
+                    projection: Projection::All,
+                },
+                limiter(1000),
+            )],
+        )
+    }
+
+    fn costs(p: &Pacer, user: Option<&str>) -> Costs {
+        let body = match user {
+            Some(u) => format!(r#"{{"request_id":"r-{u}","user_id":"{u}"}}"#),
+            None => r#"{"request_id":"r-none"}"#.to_string(),
+        };
+        let schema = Schema {
+            required_fields: vec![],
+            ..Schema::default()
+        };
+        p.costs(&decode_message(body.as_bytes(), &schema).unwrap()[0])
+    }
+
+    #[test]
+    fn a_throttle_slows_only_the_resource_it_names() {
+        let p = pacer();
+        let c = costs(&p, Some("u1"));
+        assert_eq!(c.wcu, vec![1, 1]);
+        p.on_throttle(
+            &[ThrottleCause {
+                resource: Resource::Index("by_user".into()),
+                limit: Limit::ProvisionedThroughput,
+            }],
+            &[1, 1],
+            &[&c],
+        );
+        assert_eq!(p.table().rate(), Some(1000.0), "the table is not slowed");
+        assert_eq!(p.indexes()[0].1.rate(), Some(800.0), "the index is");
+        // No reason given (UnprocessedItems): every budget the batch charged.
+        let p = pacer();
+        p.on_throttle(&[], &[1, 0], &[&costs(&p, None)]);
+        assert_eq!(p.table().rate(), Some(800.0));
+        assert_eq!(
+            p.indexes()[0].1.rate(),
+            Some(1000.0),
+            "not charged, not slowed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hot_key_range_paces_its_keys_not_the_table() {
+        let p = pacer();
+        let hot = costs(&p, Some("hot"));
+        let cold = costs(&p, Some("cold"));
+        p.on_throttle(
+            &[ThrottleCause {
+                resource: Resource::Index("by_user".into()),
+                limit: Limit::KeyRange,
+            }],
+            &[1, 1],
+            &[&hot],
+        );
+        assert_eq!(p.table().rate(), Some(1000.0));
+        assert_eq!(p.indexes()[0].1.rate(), Some(1000.0), "no budget is cut");
+        assert_eq!(lock(&p.hot).len(), 1);
+        // The hot key now goes at its own bucket's 900 WCU/s: 1,800 WCU of it take ~1 s more
+        // than the budgets alone would need (they allow it in under 2 s).
+        let big = Costs {
+            wcu: vec![0, 0],
+            keys: hot.keys.clone(),
+        };
+        let mut wide = big.clone();
+        wide.wcu = vec![0, 1800];
+        let started = Instant::now();
+        p.acquire(&[0, 0], &[&wide]).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let mut cold_wide = cold.clone();
+        cold_wide.wcu = vec![0, 1800];
+        p.acquire(&[0, 0], &[&cold_wide]).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "a cold key is not held"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_table_reports_consumed_settles_the_estimate() {
+        // Estimated 10, consumed 110 (an overwrite of a much larger item): the next acquire of
+        // 10 at 1,000 WCU/s waits for 110 more, about 0.1 s.
+        let p = pacer();
+        p.table().acquire(100).await; // spend the burst
+        p.on_consumed(
+            &[10, 0],
+            &Consumed {
+                table: 110.0,
+                indexes: vec![],
+            },
+        );
+        let started = Instant::now();
+        p.table().acquire(10).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            started.elapsed()
         );
     }
 }

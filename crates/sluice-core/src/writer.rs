@@ -966,9 +966,10 @@ fn send_batch<W: BatchWriter>(
                         attempt,
                         "retrying unprocessed items"
                     );
-                    // UnprocessedItems say nothing of why: every budget they charge slows.
+                    // UnprocessedItems say nothing of why: a key they all share is hot, else
+                    // every budget they charge slows.
                     let costs: Vec<&Costs> = rest.iter().map(|p| &p.costs).collect();
-                    pacer.on_throttle(&[], &per_budget(&rest, pacer.len()), &costs);
+                    pacer.on_unprocessed(&per_budget(&rest, pacer.len()), &costs);
                     pending = rest;
                 }
                 Err(e) if e.is_retryable() => {

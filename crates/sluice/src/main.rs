@@ -134,16 +134,9 @@ fn main() -> ExitCode {
                     format!("queue {}", s.sqs.queue_url)
                 };
                 println!(
-                    "config ok: {buffer} → table {} (budget: {})",
+                    "config ok: {buffer} → table {} (budgets: {})",
                     s.dynamodb.table,
-                    s.rate.wcu_per_second.map_or(
-                        format!(
-                            "discovered, {} × the table's write capacity × share {}",
-                            s.rate.target_utilization,
-                            s.rate.share()
-                        ),
-                        |w| format!("{w} WCU/s × share {}", s.rate.share())
-                    )
+                    sluice::pipeline::budget_rule(&s)
                 );
                 ExitCode::SUCCESS
             }

@@ -67,6 +67,27 @@ pub fn budgets(settings: &Settings, capacity: Option<TableCapacity>) -> Option<B
     budget_for(settings, capacity, true).map(|(b, _)| b)
 }
 
+/// How budgets will be found, in words, for `sluice validate` (which has no AWS access): the
+/// figures are logged at start-up, once DescribeTable has given the capacities.
+pub fn budget_rule(settings: &Settings) -> String {
+    let r = &settings.rate;
+    let u = r.target_utilization;
+    let on_demand = match r.on_demand_wcu_per_second {
+        Some(c) => format!(
+            "{c} WCU/s (rate.on_demand_wcu_per_second), under MaxWriteRequestUnits when set"
+        ),
+        None => "MaxWriteRequestUnits when set, else the warm throughput".to_string(),
+    };
+    let table = match r.wcu_per_second {
+        Some(w) => format!("table {w} WCU/s (rate.wcu_per_second)"),
+        None => format!("table {u} × its provisioned WCU (on demand: {u} × {on_demand})"),
+    };
+    format!(
+        "{table}; each global secondary index {u} × its own (same rule); × this instance's share {}; the tightest binds; the figures are logged at start",
+        r.share()
+    )
+}
+
 /// The budgets of one resource (the table when `table`, else an index) and why: an explicit
 /// rate.wcu_per_second wins for the table; a provisioned capacity gives target_utilization ×
 /// it; on demand, MaxWriteRequestUnits (capped by rate.on_demand_wcu_per_second when set), else
@@ -286,6 +307,7 @@ impl Pipeline {
             settings.schema.key_attribute.clone(),
             index_limiters.clone(),
         );
+        pacer.describe_throttles();
         // Follow capacity changes (UpdateTable) of the table and its indexes.
         let refresh = limits.is_some().then(|| {
             let stop = CancellationToken::new();
@@ -551,6 +573,45 @@ mod tests {
                 .unwrap()
                 .local,
             490.0
+        );
+    }
+
+    #[test]
+    fn on_demand_budgets_come_from_the_maximum_the_setting_or_the_warm_throughput() {
+        use sluice_dynamodb::OnDemandLimits;
+        let s = settings();
+        let od = |max_write, warm_write| {
+            Some(Capacity::OnDemand(OnDemandLimits {
+                max_write,
+                warm_write,
+            }))
+        };
+        let (b, why) = budget_for(&s, od(Some(500), Some(4000)), true).unwrap();
+        assert_eq!(b.table, 490.0);
+        assert!(why.contains("MaxWriteRequestUnits 500"), "{why}");
+        let (b, why) = budget_for(&s, od(None, Some(4000)), true).unwrap();
+        assert_eq!(b.table, 3920.0);
+        assert!(why.contains("warm throughput 4000"), "{why}");
+        assert!(
+            budget_for(&s, od(None, None), true).is_none(),
+            "nothing known: unpaced"
+        );
+        let mut s = settings();
+        s.rate.on_demand_wcu_per_second = Some(200);
+        let (b, why) = budget_for(&s, od(Some(500), Some(4000)), true).unwrap();
+        assert_eq!(b.table, 196.0, "the setting, under the maximum");
+        assert!(why.contains("rate.on_demand_wcu_per_second 200"), "{why}");
+        let (b, _) = budget_for(&s, od(None, Some(4000)), true).unwrap();
+        assert_eq!(b.table, 196.0, "the setting over the warm throughput");
+        // An explicit budget is the table's only: an index keeps its own.
+        let mut s = settings();
+        s.rate.wcu_per_second = Some(1000);
+        assert_eq!(
+            budget_for(&s, Some(Capacity::Provisioned(60)), false)
+                .unwrap()
+                .0
+                .table,
+            58.8
         );
     }
 }
