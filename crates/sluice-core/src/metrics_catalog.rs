@@ -33,7 +33,7 @@ pub fn describe() {
     describe_counter!("sluice_logs_written_total", "Logs written to the table.");
     describe_counter!(
         "sluice_wcu_consumed_total",
-        "Write capacity units consumed, as the table reported (or as computed when it did not)."
+        "Write capacity units the table itself consumed (its global secondary indexes not included), as DynamoDB reported (or as computed when it did not)."
     );
     describe_counter!(
         "sluice_throttled_requests_total",

@@ -161,8 +161,9 @@ pub struct Costs {
     pub keys: Vec<Option<String>>,
 }
 
-/// A hot key's own bucket, and until when it is kept.
-type HotKey = (Arc<DefaultDirectRateLimiter>, Instant);
+/// A hot key's own bucket, until when it is kept, and whether DynamoDB named its key range
+/// (`KeyRangeThroughputExceeded`) or sluice only suspects it (unprocessed items sharing it).
+type HotKey = (Arc<DefaultDirectRateLimiter>, Instant, bool);
 
 /// The table's budget, its indexes' budgets, and hot keys.
 pub struct Pacer {
@@ -292,13 +293,13 @@ impl Pacer {
                 return;
             }
             let now = Instant::now();
-            hot.retain(|_, (_, until)| *until > now);
+            hot.retain(|_, (_, until, _)| *until > now);
             items
                 .iter()
                 .flat_map(|c| {
                     c.keys.iter().enumerate().filter_map(|(b, k)| {
                         let k = k.as_ref()?;
-                        let (bucket, _) = hot.get(&(b, k.clone()))?;
+                        let (bucket, _, _) = hot.get(&(b, k.clone()))?;
                         Some((bucket.clone(), c.wcu[b]))
                     })
                 })
@@ -346,7 +347,11 @@ impl Pacer {
             metrics::counter!("sluice_throttles_total", "resource" => label.clone(), "reason" => cause.limit.label())
                 .increment(1);
             match (&cause.limit, b) {
-                (Limit::KeyRange, Some(b)) => self.heat(b, items),
+                // One key value over its partition's limit: pace that key on its own. Several
+                // values in one throttled range (a partition holds many, e.g. the table keyed
+                // by unique request ids): per-key buckets would never meet them again, so the
+                // budget itself slows.
+                (Limit::KeyRange, Some(b)) if self.one_key(b, items) => self.heat(b, items, true),
                 (Limit::AccountLimit, _) => {
                     tracing::error!(resource = %label, "DynamoDB throttled for the account's per-table quota: raise the quota (Service Quotas) or pace below it with rate.on_demand_wcu_per_second / rate.wcu_per_second");
                     self.table.on_throttle();
@@ -365,43 +370,65 @@ impl Pacer {
         }
     }
 
-    /// Items a call left unprocessed. DynamoDB says nothing of why; but when two or more of them
-    /// share one partition key value on a budget (an index key every log carries, say), that
-    /// key's range is what ran out: it is paced on its own instead of slowing the budgets.
+    /// Items a call left unprocessed. DynamoDB says nothing of why. When every one of them
+    /// carries a key DynamoDB has named hot (a `KeyRangeThroughputExceeded` earlier), that is
+    /// the reason: the keys stay on their own buckets and no budget is cut. Otherwise every
+    /// budget the batch charged is cut (AIMD), as for any throttle without a reason; and when
+    /// the items all share one index key value, that key is also put on its own bucket as a
+    /// precaution (a likely cause, and pacing one key below the partition limit costs nothing
+    /// if it is not). A suspected key never stops a budget cut: only a named one does.
     pub fn on_unprocessed(&self, per_budget: &[u64], items: &[&Costs]) {
-        // A key already known to be hot: that is why, whatever else.
-        {
+        let named: Vec<(usize, Vec<&Costs>)> = {
             let hot = lock(&self.hot);
-            if let Some(b) = (0..self.len()).find(|&b| {
-                items.iter().any(|c| {
-                    c.keys
-                        .get(b)
-                        .cloned()
-                        .flatten()
-                        .is_some_and(|k| hot.contains_key(&(b, k)))
-                })
-            }) {
-                drop(hot);
-                self.heat(b, items);
-                return;
+            let is_named = |b: usize, c: &Costs| {
+                c.keys
+                    .get(b)
+                    .cloned()
+                    .flatten()
+                    .and_then(|k| hot.get(&(b, k)).map(|h| h.2))
+                    .unwrap_or(false)
+            };
+            let all_named = !items.is_empty()
+                && items
+                    .iter()
+                    .all(|c| (0..self.len()).any(|b| is_named(b, c)));
+            if all_named {
+                (0..self.len())
+                    .map(|b| {
+                        let on_b: Vec<&Costs> =
+                            items.iter().copied().filter(|c| is_named(b, c)).collect();
+                        (b, on_b)
+                    })
+                    .filter(|(_, on_b)| !on_b.is_empty())
+                    .collect()
+            } else {
+                Vec::new()
             }
-        }
-        if items.len() >= 2 {
-            for b in 0..self.len() {
-                let first = items[0].keys.get(b).cloned().flatten();
-                if first.is_some()
-                    && items
-                        .iter()
-                        .all(|c| c.keys.get(b).cloned().flatten() == first)
-                {
-                    metrics::counter!("sluice_throttles_total", "resource" => self.label(b), "reason" => "key_range")
-                        .increment(1);
-                    self.heat(b, items);
-                    return;
-                }
+        };
+        if !named.is_empty() {
+            for (b, on_b) in named {
+                metrics::counter!("sluice_throttles_total", "resource" => self.label(b), "reason" => "key_range")
+                    .increment(1);
+                self.heat(b, &on_b, true);
             }
+            return;
         }
         self.on_throttle(&[], per_budget, items);
+        if items.len() >= 2
+            && let Some(b) = (1..self.len()).find(|&b| self.one_key(b, items))
+        {
+            self.heat(b, items, false);
+        }
+    }
+
+    /// Whether every item carries one and the same key value on budget `b`.
+    fn one_key(&self, b: usize, items: &[&Costs]) -> bool {
+        let Some(first) = items.first().and_then(|c| c.keys.get(b)).cloned().flatten() else {
+            return false;
+        };
+        items
+            .iter()
+            .all(|c| c.keys.get(b).is_some_and(|k| k.as_ref() == Some(&first)))
     }
 
     fn label(&self, b: usize) -> String {
@@ -430,31 +457,40 @@ impl Pacer {
         }
     }
 
-    /// Puts the partition key values of `items` on budget `b` on their own buckets.
-    fn heat(&self, b: usize, items: &[&Costs]) {
+    /// Puts the partition key values of `items` on budget `b` on their own buckets (`named`:
+    /// DynamoDB named the key range; a suspicion never downgrades a named key). At most
+    /// MAX_HOT_KEYS are kept: expired ones are dropped first, and a full map still renews the
+    /// keys it holds.
+    fn heat(&self, b: usize, items: &[&Costs], named: bool) {
         let mut hot = lock(&self.hot);
-        let until = Instant::now() + HOT_FOR;
+        let now = Instant::now();
+        let until = now + HOT_FOR;
         let mut new = 0;
         for c in items {
             let Some(Some(k)) = c.keys.get(b) else {
                 continue;
             };
-            if hot.len() >= MAX_HOT_KEYS {
-                break;
+            let key = (b, k.clone());
+            if let Some(e) = hot.get_mut(&key) {
+                e.1 = until;
+                e.2 |= named;
+                continue;
             }
-            hot.entry((b, k.clone()))
-                .and_modify(|e| e.1 = until)
-                .or_insert_with(|| {
-                    new += 1;
-                    let q =
-                        Quota::per_second(NonZeroU32::new(HOT_KEY_WCU).unwrap_or(NonZeroU32::MIN));
-                    (Arc::new(RateLimiter::direct(q)), until)
-                });
+            if hot.len() >= MAX_HOT_KEYS {
+                hot.retain(|_, (_, until, _)| *until > now);
+                if hot.len() >= MAX_HOT_KEYS {
+                    continue;
+                }
+            }
+            let q = Quota::per_second(NonZeroU32::new(HOT_KEY_WCU).unwrap_or(NonZeroU32::MIN));
+            hot.insert(key, (Arc::new(RateLimiter::direct(q)), until, named));
+            new += 1;
         }
         if new > 0 {
             tracing::warn!(
                 keys = new,
                 budget = b,
+                named,
                 "a key range is hot: its keys are paced on their own below DynamoDB's partition limit"
             );
         }
@@ -645,6 +681,91 @@ mod pacing_tests {
         assert!(
             started.elapsed() < Duration::from_millis(100),
             "a cold key is not held"
+        );
+    }
+
+    #[test]
+    fn unprocessed_items_sharing_a_key_nobody_named_still_slow_the_budgets() {
+        // Every log carries the same index key value ("GET") and another writer takes the
+        // capacity: items come back unprocessed, again and again. A suspected hot key must not
+        // stop the budgets from coming down.
+        let p = pacer();
+        let a = costs(&p, Some("GET"));
+        let mut b = a.clone();
+        b.keys[0] = Some("r-other".into());
+        p.on_unprocessed(&[2, 2], &[&a, &b]);
+        let once = p.indexes()[0].1.rate().unwrap();
+        assert!(once < 1000.0, "the index budget is cut: {once}");
+        assert_eq!(
+            lock(&p.hot).len(),
+            1,
+            "the key is paced too, as a precaution"
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        p.on_unprocessed(&[2, 2], &[&a, &b]);
+        assert!(
+            p.indexes()[0].1.rate().unwrap() < once,
+            "a second time, cut again"
+        );
+    }
+
+    #[test]
+    fn unprocessed_items_on_a_key_dynamodb_named_do_not_cut_the_budgets() {
+        let p = pacer();
+        let hot = costs(&p, Some("hot"));
+        let cause = ThrottleCause {
+            resource: Resource::Index("by_user".into()),
+            limit: Limit::KeyRange,
+        };
+        p.on_throttle(std::slice::from_ref(&cause), &[1, 1], &[&hot]);
+        p.on_unprocessed(&[1, 1], &[&hot, &hot]);
+        assert_eq!(p.table().rate(), Some(1000.0));
+        assert_eq!(p.indexes()[0].1.rate(), Some(1000.0));
+    }
+
+    #[test]
+    fn a_key_range_of_many_values_slows_its_budget() {
+        // The table is keyed by unique request ids: a throttled key range holds many of them,
+        // and none comes back, so per-key buckets would do nothing.
+        let p = pacer();
+        let (a, b) = (costs(&p, Some("u1")), costs(&p, Some("u2")));
+        p.on_throttle(
+            &[ThrottleCause {
+                resource: Resource::Table,
+                limit: Limit::KeyRange,
+            }],
+            &[2, 2],
+            &[&a, &b],
+        );
+        assert_eq!(p.table().rate(), Some(800.0));
+        assert!(lock(&p.hot).is_empty());
+    }
+
+    #[test]
+    fn a_full_hot_key_map_still_renews_the_keys_it_holds() {
+        let p = pacer();
+        let hot = costs(&p, Some("hot"));
+        let cause = ThrottleCause {
+            resource: Resource::Index("by_user".into()),
+            limit: Limit::KeyRange,
+        };
+        p.on_throttle(std::slice::from_ref(&cause), &[1, 1], &[&hot]);
+        {
+            let mut map = lock(&p.hot);
+            let until = Instant::now() + HOT_FOR;
+            let q = Quota::per_second(NonZeroU32::MIN);
+            for i in 0..MAX_HOT_KEYS {
+                map.insert(
+                    (0, format!("k{i}")),
+                    (Arc::new(RateLimiter::direct(q)), until, true),
+                );
+            }
+            map.get_mut(&(1, "hot".to_string())).unwrap().1 = Instant::now();
+        }
+        p.on_throttle(&[cause], &[1, 1], &[&hot]);
+        assert!(
+            lock(&p.hot)[&(1, "hot".to_string())].1 > Instant::now() + HOT_FOR / 2,
+            "renewed"
         );
     }
 

@@ -186,18 +186,39 @@ impl WcuLimiter {
     /// Paces to `budget` WCU per second; `burst_seconds` (0 < b ≤ 1) of budget may be spent at
     /// once after an idle spell.
     pub fn try_new(budget: NonZeroU32, burst_seconds: f64) -> Result<Self, RateConfigError> {
-        Self::with_aimd(budget, burst_seconds, AimdConfig::default())
+        Self::with_aimd(budget, burst_seconds, AimdConfig::default(), None)
     }
 
+    /// A global secondary index's budget: its metrics carry `index` (the table's gauges are
+    /// left alone).
+    pub fn try_new_for_index(
+        budget: NonZeroU32,
+        burst_seconds: f64,
+        index: impl Into<String>,
+    ) -> Result<Self, RateConfigError> {
+        Self::with_aimd(
+            budget,
+            burst_seconds,
+            AimdConfig::default(),
+            Some(index.into()),
+        )
+    }
+
+    /// `index`: the budget is that global secondary index's (None: the table's).
     pub fn with_aimd(
         budget: NonZeroU32,
         burst_seconds: f64,
         aimd: AimdConfig,
+        index: Option<String>,
     ) -> Result<Self, RateConfigError> {
         if !(burst_seconds > 0.0 && burst_seconds <= 1.0) {
             return Err(RateConfigError::Burst(burst_seconds));
         }
-        publish(None, Some(budget.get() as f64), budget.get() as f64);
+        publish(
+            index.as_deref(),
+            Some(budget.get() as f64),
+            budget.get() as f64,
+        );
         Ok(WcuLimiter {
             paced: Some(Paced {
                 bucket: RwLock::new(Arc::new(make_bucket(budget, burst_seconds))),
@@ -206,23 +227,9 @@ impl WcuLimiter {
                 carry: Mutex::new(0.0),
                 debt: Mutex::new(0.0),
                 fleet: None,
-                index: None,
+                index,
             }),
         })
-    }
-
-    /// This budget is a global secondary index's: its metrics carry `index`.
-    pub fn for_index(mut self, index: impl Into<String>) -> Self {
-        if let Some(p) = &mut self.paced {
-            let index = index.into();
-            let (budget, rate) = {
-                let a = lock(&p.aimd);
-                (a.budget(), a.rate())
-            };
-            publish(Some(&index), Some(budget), rate);
-            p.index = Some(index);
-        }
-        self
     }
 
     /// Settles what the table reported a write cost beyond (`wcu` > 0) or below (< 0) what was

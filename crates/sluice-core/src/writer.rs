@@ -939,7 +939,12 @@ fn send_batch<W: BatchWriter>(
                         queue.touch();
                     }
                     metrics::counter!("sluice_logs_written_total").increment(written_logs);
-                    let consumed = result.consumed_wcu.unwrap_or(written_wcu as f64);
+                    // The table's own share: index writes are paced and reported on their
+                    // own budgets, and the counter is compared with the table's budget.
+                    let consumed = result
+                        .consumed
+                        .as_ref()
+                        .map_or(written_wcu as f64, |c| c.table);
                     stats
                         .logs_written
                         .fetch_add(written_logs, Ordering::Relaxed);

@@ -100,7 +100,23 @@ pub fn budget_for(
 ) -> Option<(Budgets, String)> {
     let r = &settings.rate;
     let u = r.target_utilization;
+    // What DynamoDB refuses above, whatever sluice is told: the provisioned capacity, or an
+    // on-demand maximum.
+    let hard = match capacity {
+        Some(Capacity::Provisioned(w)) => Some(w),
+        Some(Capacity::OnDemand(l)) => l.max_write,
+        None => None,
+    };
     let (fleet, why) = match (r.wcu_per_second.filter(|_| table), capacity) {
+        (Some(w), _) if hard.is_some_and(|h| u64::from(w) > h) => {
+            let h = hard.unwrap_or_default();
+            (
+                h as f64,
+                format!(
+                    "rate.wcu_per_second {w}, capped at the table's limit {h} (DynamoDB throttles above it)"
+                ),
+            )
+        }
         (Some(w), _) => (f64::from(w), "rate.wcu_per_second".to_string()),
         (None, Some(Capacity::Provisioned(w))) => {
             (w as f64 * u, format!("{u} × {w} WCU provisioned"))
@@ -171,12 +187,11 @@ fn limiter_for(
     b: Budgets,
     index: Option<&str>,
 ) -> Result<(WcuLimiter, Option<Arc<RedisBucket>>)> {
-    let limiter = WcuLimiter::try_new(nonzero(b.local), settings.rate.burst_seconds)
-        .map_err(|e| anyhow!("rate.burst_seconds: {e}"))?;
     let limiter = match index {
-        Some(i) => limiter.for_index(i),
-        None => limiter,
-    };
+        Some(i) => WcuLimiter::try_new_for_index(nonzero(b.local), settings.rate.burst_seconds, i),
+        None => WcuLimiter::try_new(nonzero(b.local), settings.rate.burst_seconds),
+    }
+    .map_err(|e| anyhow!("rate.burst_seconds: {e}"))?;
     if settings.rate.mode != RateMode::Redis {
         return Ok((limiter, None));
     }
@@ -467,6 +482,7 @@ async fn refresh_budget(
 ) {
     let table = settings.dynamodb.table.clone();
     let mut last: Option<TableLimits> = None;
+    let mut warned = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -510,12 +526,14 @@ async fn refresh_budget(
                 }
             }
         }
-        if let Some(prev) = &last {
-            let known: Vec<&str> = prev.indexes.iter().map(|(s, _)| s.name.as_str()).collect();
-            for (spec, _) in &limits.indexes {
-                if !known.contains(&spec.name.as_str()) {
-                    tracing::warn!(index = %spec.name, "an index was created since the start: it is paced from the next start of sluice (throttles naming it slow every budget meanwhile)");
-                }
+        // Indexes are paced from the budgets made at the start; one created since is said once
+        // (compared with what the start paced, so one created before the first refresh is
+        // said too).
+        for (spec, _) in &limits.indexes {
+            if !budgets.indexes.iter().any(|(s, _, _)| s.name == spec.name)
+                && warned.insert(spec.name.clone())
+            {
+                tracing::warn!(index = %spec.name, "an index sluice does not pace on its own (created since the start, or on demand without a known limit): it is paced from the next start of sluice, and throttles naming it slow every budget meanwhile");
             }
         }
         last = Some(limits);
@@ -613,5 +631,24 @@ mod tests {
                 .table,
             58.8
         );
+    }
+
+    #[test]
+    fn an_explicit_budget_never_exceeds_what_dynamodb_refuses_above() {
+        use sluice_dynamodb::OnDemandLimits;
+        let mut s = settings();
+        s.rate.wcu_per_second = Some(1000);
+        let max = Some(Capacity::OnDemand(OnDemandLimits {
+            max_write: Some(500),
+            warm_write: Some(4000),
+        }));
+        let (b, why) = budget_for(&s, max, true).unwrap();
+        assert_eq!(b.table, 500.0);
+        assert!(why.contains("capped at the table's limit 500"), "{why}");
+        let (b, _) = budget_for(&s, Some(Capacity::Provisioned(200)), true).unwrap();
+        assert_eq!(b.table, 200.0);
+        s.rate.wcu_per_second = Some(150);
+        let (b, _) = budget_for(&s, Some(Capacity::Provisioned(200)), true).unwrap();
+        assert_eq!(b.table, 150.0, "below the limit, the setting stands");
     }
 }
