@@ -406,6 +406,8 @@ pub struct ProducerStats {
 /// Completion of a group of logs: fires once each is in the queue or in the spool.
 struct Ticket {
     remaining: AtomicUsize,
+    /// The first log (lowest index) refused for good, and why.
+    rejected: Mutex<Option<(u32, String)>>,
     tx: Mutex<Option<oneshot::Sender<Result<(), ProduceError>>>>,
 }
 
@@ -415,20 +417,24 @@ impl Ticket {
         (
             Arc::new(Ticket {
                 remaining: AtomicUsize::new(n),
+                rejected: Mutex::new(None),
                 tx: Mutex::new(Some(tx)),
             }),
             rx,
         )
     }
 
-    /// One log of the send was refused for good: the send fails, naming it.
+    /// One log of the send was refused for good (it is in the reject file). The send fails,
+    /// naming the first refused log, but only once every other log of it is settled: an answer
+    /// that says "the other logs were accepted" must be true when it is given.
     fn reject(&self, index: u32, reason: &str) {
-        if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = tx.send(Err(ProduceError::LogRejected {
-                index: index as usize,
-                reason: reason.to_owned(),
-            }));
+        {
+            let mut r = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+            if r.as_ref().is_none_or(|(i, _)| index < *i) {
+                *r = Some((index, reason.to_owned()));
+            }
         }
+        self.settled(1);
     }
 
     fn done(&self, n: usize, result: &Result<(), ProduceError>) {
@@ -438,10 +444,26 @@ impl Ticket {
             }
             return;
         }
+        self.settled(n);
+    }
+
+    /// `n` more logs are settled (delivered or rejected); the last one answers.
+    fn settled(&self, n: usize) {
         if self.remaining.fetch_sub(n, Ordering::AcqRel) == n
             && let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take()
         {
-            let _ = tx.send(Ok(()));
+            let rejected = self
+                .rejected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let _ = tx.send(match rejected {
+                Some((index, reason)) => Err(ProduceError::LogRejected {
+                    index: index as usize,
+                    reason,
+                }),
+                None => Ok(()),
+            });
         }
     }
 }
@@ -1074,14 +1096,15 @@ struct RejectFile {
 }
 
 impl RejectFile {
-    /// Keeps a refused log (fsynced) and says so at ERROR; never loses it silently.
-    fn keep(&self, r: &Refused, group: Option<&str>) {
+    /// Keeps a refused log (fsynced, with the directory entry of a new file) and says so at
+    /// ERROR; never loses it silently. Returns where it is, for the answer to the sender.
+    fn keep(&self, r: &Refused, group: Option<&str>) -> String {
         metrics::counter!("sluice_producer_logs_total", "outcome" => "rejected").increment(1);
         let Some(path) = &self.path else {
             tracing::error!(reason = %r.reason, log = %r.text, "the queue refused a log for good; set producer.reject_file (or a spool) to keep such logs in a file");
-            return;
+            return "it is written only to sluice's ERROR log (set producer.reject_file to keep such logs in a file)".into();
         };
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "at_ms": std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -1090,25 +1113,41 @@ impl RejectFile {
             "log": r.text,
         })
         .to_string();
+        line.push('\n');
         let written = (|| -> std::io::Result<()> {
             use std::io::Write as _;
-            if let Some(dir) = path.parent() {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir {
                 std::fs::create_dir_all(dir)?;
             }
+            let new = !path.exists();
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)?;
-            f.write_all(line.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_data()
+            let before = f.metadata()?.len();
+            // One write of the whole line; on failure (a full disk) the file is cut back, so
+            // a half line never glues itself to the next record.
+            if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.sync_data()) {
+                let _ = f.set_len(before);
+                return Err(e);
+            }
+            if new && let Some(dir) = dir {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         })();
         match written {
             Ok(()) => {
-                tracing::error!(reason = %r.reason, bytes = r.text.len(), file = %path.display(), "the queue refused a log for good; it is kept in the reject file")
+                tracing::error!(reason = %r.reason, bytes = r.text.len(), file = %path.display(), "the queue refused a log for good; it is kept in the reject file");
+                format!("it is kept in the reject file {}", path.display())
             }
             Err(e) => {
-                tracing::error!(reason = %r.reason, error = %e, file = %path.display(), log = %r.text, "the queue refused a log for good and the reject file cannot be written")
+                tracing::error!(reason = %r.reason, error = %e, file = %path.display(), log = %r.text, "the queue refused a log for good and the reject file cannot be written");
+                format!(
+                    "the reject file {} could not be written ({e}): the log is only in sluice's ERROR log",
+                    path.display()
+                )
             }
         }
     }
@@ -1311,8 +1350,8 @@ impl<T: Transport> Dispatcher<T> {
         let mut rejected_at = std::collections::HashMap::new();
         for r in refused {
             self.stats.logs_rejected.fetch_add(1, Ordering::Relaxed);
-            self.rejects.keep(r, group.as_deref());
-            rejected_at.insert(r.at, r.reason.as_str());
+            let kept = self.rejects.keep(r, group.as_deref());
+            rejected_at.insert(r.at, format!("{}; {kept}", r.reason));
         }
         self.budget.add_permits(s.bytes);
         let now = self
@@ -1517,7 +1556,7 @@ impl<T: Transport> Dispatcher<T> {
                             // file, never dropped with the message.
                             for r in refused {
                                 self.stats.logs_rejected.fetch_add(1, Ordering::Relaxed);
-                                self.rejects.keep(r, None);
+                                let _ = self.rejects.keep(r, None);
                             }
                         }
                     }
@@ -2049,6 +2088,35 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn a_refused_log_is_answered_only_once_every_other_log_of_the_send_is_settled() {
+        // A send of four logs packed into several messages: log 2's message is refused first,
+        // while the others still wait for a retry. The answer ("log 1 refused, the others
+        // accepted") must not come before they are in the queue, and names the first refused.
+        let (t, mut rx) = Ticket::new(4);
+        t.reject(2, "InvalidMessageContents: later");
+        assert!(rx.try_recv().is_err(), "answered with logs still in flight");
+        t.done(1, &Ok(()));
+        t.reject(1, "InvalidMessageContents: first");
+        assert!(
+            rx.try_recv().is_err(),
+            "answered with a log still in flight"
+        );
+        t.done(1, &Ok(()));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Err(ProduceError::LogRejected {
+                index: 1,
+                reason: "InvalidMessageContents: first".into()
+            })
+        );
+        // A failure (shutdown, exhausted attempts) still answers at once.
+        let (t, mut rx) = Ticket::new(2);
+        t.reject(0, "refused");
+        t.done(1, &Err(ProduceError::Closed));
+        assert_eq!(rx.try_recv().unwrap(), Err(ProduceError::Closed));
+    }
+
     #[tokio::test]
     async fn a_refused_packed_message_is_split_and_only_the_refused_log_is_left_out_and_kept() {
         for whole_call in [false, true] {
@@ -2072,11 +2140,15 @@ mod tests {
                 err,
                 ProduceError::LogRejected {
                     index: 7,
-                    reason: if whole_call {
-                        "InvalidMessageContents: the call carries a body the fake refuses".into()
-                    } else {
-                        "InvalidMessageContents: the fake refuses this body".into()
-                    }
+                    reason: format!(
+                        "{}; it is kept in the reject file {}",
+                        if whole_call {
+                            "InvalidMessageContents: the call carries a body the fake refuses"
+                        } else {
+                            "InvalidMessageContents: the fake refuses this body"
+                        },
+                        rejects.display()
+                    )
                 },
                 "whole_call {whole_call}"
             );

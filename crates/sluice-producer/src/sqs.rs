@@ -135,7 +135,24 @@ impl Transport for SqsTransport {
                         message: format!("SendMessageBatch failed: {}", DisplayErrorContext(&e)),
                     }
                 })?;
-            let mut outcomes = vec![EntryOutcome::Sent; batch.len()];
+            // An entry is sent only when the answer lists it as successful: one listed nowhere
+            // (or under an Id that is not ours) is tried again, never counted as delivered.
+            let mut outcomes = vec![
+                EntryOutcome::Retry(
+                    "the answer listed the entry neither as successful nor as failed".into()
+                );
+                batch.len()
+            ];
+            for ok in out.successful() {
+                if let Some(slot) = ok
+                    .id()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| outcomes.get_mut(i))
+                {
+                    *slot = EntryOutcome::Sent;
+                }
+            }
             for f in out.failed() {
                 let Ok(i) = f.id().parse::<usize>() else {
                     continue;

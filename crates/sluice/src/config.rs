@@ -1066,9 +1066,11 @@ impl Settings {
             }
         }
         if p.spool_dir.is_some() {
+            // A record is the message plus its header, group and deduplication ids (under
+            // 1 KiB): a spool that cannot hold one full message would refuse every one.
             check(
-                p.spool_max_bytes >= p.max_message_bytes as u64,
-                "producer.spool_max_bytes must hold at least one message (producer.max_message_bytes)"
+                p.spool_max_bytes >= p.max_message_bytes as u64 + 1024,
+                "producer.spool_max_bytes must hold at least one full message and its record (producer.max_message_bytes + 1024)"
                     .into(),
             );
             check(
@@ -1115,6 +1117,16 @@ impl Settings {
         check(
             i.max_body_bytes >= 1024,
             "ingest.max_body_bytes must be at least 1024".into(),
+        );
+        // One request's logs are taken into the producer's buffer whole, and escaping what SQS
+        // refuses (U+FFFE/U+FFFF: 3 bytes become 6) can double them: a buffer smaller than that
+        // would answer 503 to a request that can never fit.
+        check(
+            p.buffer_bytes >= 2 * i.max_body_bytes,
+            format!(
+                "producer.buffer_bytes ({}) must be at least twice ingest.max_body_bytes ({}): one request is buffered whole, and escaping can double it",
+                p.buffer_bytes, i.max_body_bytes
+            ),
         );
         check(
             i.max_logs_per_request >= 1,

@@ -520,12 +520,13 @@ async fn handle(st: &Ingest, headers: HeaderMap, body: Body) -> Response {
         ),
         Ok(Err(ProduceError::LogRejected { index, reason })) => {
             // A permanent problem with the content, not with capacity: 422, naming the log. The
-            // other logs of the request are in the queue; the refused one is in the reject file.
+            // other logs of the request are in the queue; the reason says where the refused one
+            // is kept (the reject file, or only the ERROR log).
             let line = lines.get(index).copied();
             error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!(
-                    "line {}: log {index} was refused by SQS ({reason}); the other logs were accepted, this one is kept in the producer's reject file",
+                    "line {}: log {index} was refused by SQS ({reason}); the other logs were accepted",
                     line.unwrap_or(0)
                 ),
                 json!({"line": line, "log": index}),
