@@ -233,11 +233,12 @@ impl WcuLimiter {
     }
 
     /// Settles what the table reported a write cost beyond (`wcu` > 0) or below (< 0) what was
-    /// taken for it: added to, or taken off, the next acquire. A credit never goes below one
-    /// second of budget.
+    /// taken for it: added to, or taken off, the next acquire. A credit is at most the bucket's
+    /// own burst (burst_seconds of budget): it is spent without waiting, on top of whatever the
+    /// bucket holds, so a larger one would let a burst past what the pacing allows.
     pub fn correct(&self, wcu: f64) {
         let Some(p) = &self.paced else { return };
-        let floor = -lock(&p.aimd).budget();
+        let floor = -lock(&p.aimd).budget() * p.burst_seconds;
         let mut debt = lock(&p.debt);
         *debt = (*debt + wcu).max(floor);
     }
@@ -443,6 +444,19 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_credit_from_consumed_capacity_is_never_more_than_the_burst() {
+        // DynamoDB reported far less than was taken (5,000 WCU of estimate never charged): the
+        // credit is spent without waiting, so it must not exceed what the bucket itself may
+        // burst (0.1 s of 1,000 WCU/s), or it would let a burst past the pacing.
+        let l = WcuLimiter::try_new(NonZeroU32::new(1000).unwrap(), 0.1).unwrap();
+        l.correct(-5000.0);
+        let p = l.paced.as_ref().unwrap();
+        assert_eq!(*lock(&p.debt), -100.0);
+        l.correct(250.0);
+        assert_eq!(*lock(&p.debt), 150.0, "a debt is kept whole");
+    }
 
     #[test]
     fn backoff_grows_exponentially_with_jitter_and_stops_at_the_cap() {

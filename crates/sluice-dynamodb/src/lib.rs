@@ -436,9 +436,56 @@ pub mod admin {
     use aws_sdk_dynamodb::Client;
     use aws_sdk_dynamodb::error::DisplayErrorContext;
     use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ProvisionedThroughput,
-        ScalarAttributeType, TableStatus,
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+        OnDemandThroughput, Projection, ProjectionType, ProvisionedThroughput, ScalarAttributeType,
+        TableStatus,
     };
+
+    /// A global secondary index keyed by one string attribute, projecting ALL.
+    #[derive(Debug, Clone)]
+    pub struct IndexSpec {
+        pub name: String,
+        pub key: String,
+        /// Provisioned write units (the table must be provisioned too); None on an on-demand
+        /// table.
+        pub wcu: Option<i64>,
+    }
+
+    /// A table keyed by a string partition key, for [`create_table_from`].
+    #[derive(Debug, Clone)]
+    pub struct TableSpec {
+        pub name: String,
+        pub key: String,
+        /// Provisioned write (and read) units; None: on-demand.
+        pub wcu: Option<i64>,
+        /// On-demand only: `OnDemandThroughput.MaxWriteRequestUnits`.
+        pub max_on_demand_wcu: Option<i64>,
+        pub indexes: Vec<IndexSpec>,
+    }
+
+    fn throughput(w: i64) -> Result<ProvisionedThroughput, String> {
+        ProvisionedThroughput::builder()
+            .read_capacity_units(w.max(1))
+            .write_capacity_units(w.max(1))
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    fn string_attribute(name: &str) -> Result<AttributeDefinition, String> {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    fn hash_key(name: &str) -> Result<KeySchemaElement, String> {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(KeyType::Hash)
+            .build()
+            .map_err(|e| e.to_string())
+    }
 
     /// Creates a table keyed by a string partition key — on-demand, or provisioned with
     /// `wcu` write units — and waits until it is active.
@@ -448,33 +495,58 @@ pub mod admin {
         key: &str,
         wcu: Option<i64>,
     ) -> Result<(), String> {
-        let definition = AttributeDefinition::builder()
-            .attribute_name(key)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let key_schema = KeySchemaElement::builder()
-            .attribute_name(key)
-            .key_type(KeyType::Hash)
-            .build()
-            .map_err(|e| e.to_string())?;
+        create_table_from(
+            client,
+            &TableSpec {
+                name: name.into(),
+                key: key.into(),
+                wcu,
+                max_on_demand_wcu: None,
+                indexes: Vec::new(),
+            },
+        )
+        .await
+    }
+
+    /// Creates the table `spec` describes (its indexes, an on-demand maximum) and waits until it
+    /// is active.
+    pub async fn create_table_from(client: &Client, spec: &TableSpec) -> Result<(), String> {
+        let name = spec.name.as_str();
         let mut request = client
             .create_table()
             .table_name(name)
-            .attribute_definitions(definition)
-            .key_schema(key_schema);
-        request = match wcu {
+            .attribute_definitions(string_attribute(&spec.key)?)
+            .key_schema(hash_key(&spec.key)?);
+        request = match spec.wcu {
             None => request.billing_mode(BillingMode::PayPerRequest),
             Some(w) => request
                 .billing_mode(BillingMode::Provisioned)
-                .provisioned_throughput(
-                    ProvisionedThroughput::builder()
-                        .read_capacity_units(w.max(1))
-                        .write_capacity_units(w.max(1))
-                        .build()
-                        .map_err(|e| e.to_string())?,
-                ),
+                .provisioned_throughput(throughput(w)?),
         };
+        if let Some(max) = spec.max_on_demand_wcu {
+            request = request.on_demand_throughput(
+                OnDemandThroughput::builder()
+                    .max_write_request_units(max)
+                    .build(),
+            );
+        }
+        for index in &spec.indexes {
+            if index.key != spec.key {
+                request = request.attribute_definitions(string_attribute(&index.key)?);
+            }
+            let mut gsi = GlobalSecondaryIndex::builder()
+                .index_name(&index.name)
+                .key_schema(hash_key(&index.key)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                );
+            if let Some(w) = index.wcu {
+                gsi = gsi.provisioned_throughput(throughput(w)?);
+            }
+            request = request.global_secondary_indexes(gsi.build().map_err(|e| e.to_string())?);
+        }
         request
             .send()
             .await

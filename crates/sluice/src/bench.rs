@@ -1,11 +1,13 @@
-//! `sluice bench-pacing`: how fully, and how safely, sluice uses a table's write capacity.
+//! `sluice bench-pacing`: how fully, and how safely, sluice uses the write capacity of whatever
+//! limit binds: the table, a global secondary index, an on-demand maximum, a hot key's partition.
 //!
-//! For each scenario: sluice-sim runs in this process with a table provisioned at W WCU/s; N
-//! `sluice run` processes (children of this one, configured through the environment, as a fleet
-//! would be) drain a backlog of logs of mixed sizes (0.2-3 KB, so 1-3 WCU each); the table's own
-//! per-second account then gives the figures. The simulated table keeps only one second of burst
-//! credit (DynamoDB keeps 300 s), so any overshoot shows up as a throttle instead of being
-//! absorbed by credit.
+//! For each scenario: sluice-sim runs in this process with a table (and, for some scenarios, an
+//! index) metered as DynamoDB meters it; N `sluice run` processes (children of this one,
+//! configured through the environment, as a fleet would be) drain a backlog of logs of mixed sizes
+//! (0.2-3 KB, so 1-3 WCU each, or 2-3 KB for `-3kb`); the binding limit's own per-second account
+//! then gives the figures. The simulated table and indexes keep only one second of burst credit
+//! (DynamoDB keeps 300 s), so any overshoot shows up as a throttle instead of being absorbed by
+//! credit.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use aws_config::{BehaviorVersion, Region};
 use serde::Serialize;
+use sluice_dynamodb::admin::{IndexSpec, TableSpec, create_table_from};
+use sluice_sim::meter::PARTITION_WCU;
 use sluice_sim::{SimConfig, SimServer, TableSettings};
 use sluice_sqs::SqsSender;
 
@@ -28,8 +32,16 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 30)]
     pub backlog_seconds: u32,
     /// Scenarios to run: `N` (N instances, each pacing to 1/N of the budget), `N-redis` (one
-    /// shared Redis bucket), `N-aimd` (each told the whole budget: AIMD alone).
-    #[arg(long, value_delimiter = ',', default_value = "1,3,3-redis,3-aimd")]
+    /// shared Redis bucket), `N-aimd` (each told the whole budget: AIMD alone), any of them with
+    /// `-3kb` (logs of 2-3 KB, 3 WCU each); `gsi` (a GSI on user_id with a fifth of the table's
+    /// capacity binds), `on-demand-max` (an on-demand table whose MaxWriteRequestUnits is W),
+    /// `hot-key` (table and GSI at 3 × max(W, 1000), every log has one user_id: the key's
+    /// partition, 1,000 WCU/s, binds).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,3,3-redis,3-aimd,gsi,on-demand-max,3-redis-3kb,hot-key"
+    )]
     pub scenarios: Vec<String>,
     /// redis-server binary for the -redis scenarios (started on a free loopback port).
     #[arg(long, default_value = "redis-server")]
@@ -44,6 +56,8 @@ pub struct BenchRow {
     pub scenario: String,
     pub instances: u32,
     pub redis: bool,
+    /// The limit that binds, and its WCU per second: every other figure is of it.
+    pub binding: String,
     pub provisioned_wcu: u32,
     pub consumed_wcu: f64,
     pub logs: usize,
@@ -112,28 +126,98 @@ async fn start_redis(bin: &str) -> Result<(Child, String)> {
     Ok((Child(child), format!("redis://127.0.0.1:{port}/")))
 }
 
-/// Mixed-size request logs from the load generator: 0.2-3 KB each (1-3 WCU), one per message.
-fn backlog(total_wcu: u64, seed: u64) -> (Vec<String>, u64) {
-    let mut logs = LogGen::new("bench", seed, SizeDist::Uniform(200, 3000), 0.0, None, 0);
+/// Mixed-size request logs from the load generator, one per message, until they cost
+/// `total_wcu`. With `one_user`, every log carries that user_id (a hot index key).
+fn backlog(total_wcu: u64, seed: u64, size: SizeDist, one_user: Option<&str>) -> Vec<String> {
+    let mut logs = LogGen::new("bench", seed, size, 0.0, None, 0);
     let mut bodies = Vec::new();
     let mut wcu = 0;
     while wcu < total_wcu {
-        let body = logs.next_log().json;
+        let mut body = logs.next_log().json;
+        if let Some(user) = one_user
+            && let Ok(serde_json::Value::Object(mut log)) = serde_json::from_str(&body)
+        {
+            log.insert("user_id".into(), user.into());
+            body = serde_json::Value::Object(log).to_string();
+        }
         wcu += sluice_core::item::wcu_for_bytes(body.len()) as u64;
         bodies.push(body);
     }
-    (bodies, wcu)
+    bodies
+}
+
+/// What a scenario's table looks like, and which of its limits binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// A table provisioned at W.
+    Table,
+    /// Table at W, GSI `by_user` at W / 5: the index binds.
+    Gsi,
+    /// On-demand table with MaxWriteRequestUnits = W.
+    OnDemandMax,
+    /// Table and GSI at 3 × max(W, 1000), every log with one user_id: that key's partition in
+    /// the index binds (1,000 WCU/s).
+    HotKey,
+}
+
+/// One parsed scenario.
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    instances: u32,
+    redis: bool,
+    /// Each instance paces to its share (1/N) of the budget; false: each is told the whole.
+    share: bool,
+    limit: Limit,
+    size: SizeDist,
+}
+
+fn parse_scenario(name: &str) -> Result<Scenario> {
+    let (base, size) = match name.strip_suffix("-3kb") {
+        Some(base) => (base, SizeDist::Uniform(2100, 3000)),
+        None => (name, SizeDist::Uniform(200, 3000)),
+    };
+    let one = |limit| Scenario {
+        instances: 1,
+        redis: false,
+        share: true,
+        limit,
+        size,
+    };
+    let fleet =
+        |n: &str, redis, share| -> Result<Scenario> {
+            Ok(Scenario {
+                instances: n.parse::<u32>().ok().filter(|n| *n > 0).with_context(|| {
+                    format!("scenario `{name}`: `{n}` is not an instance count")
+                })?,
+                redis,
+                share,
+                limit: Limit::Table,
+                size,
+            })
+        };
+    match base {
+        "gsi" => Ok(one(Limit::Gsi)),
+        "on-demand-max" => Ok(one(Limit::OnDemandMax)),
+        "hot-key" => Ok(one(Limit::HotKey)),
+        _ => match base.split_once('-') {
+            Some((n, "redis")) => fleet(n, true, true),
+            Some((n, "aimd")) => fleet(n, false, false),
+            None => fleet(base, false, true),
+            _ => bail!(
+                "unknown scenario `{name}` (expected N, N-redis, N-aimd, gsi, on-demand-max or hot-key, optionally with -3kb)"
+            ),
+        },
+    }
 }
 
 async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
-    // N: N instances, each pacing to its share (1/N). N-redis: one shared bucket in Redis.
-    // N-aimd: each instance told the whole budget (a misconfigured fleet), AIMD alone reins it in.
-    let (instances, redis, share) = match scenario.split_once('-') {
-        Some((n, "redis")) => (n.parse::<u32>()?, true, true),
-        Some((n, "aimd")) => (n.parse::<u32>()?, false, false),
-        None => (scenario.parse::<u32>()?, false, true),
-        _ => bail!("unknown scenario `{scenario}` (expected N, N-redis or N-aimd)"),
-    };
+    let Scenario {
+        instances,
+        redis,
+        share,
+        limit,
+        size,
+    } = parse_scenario(scenario)?;
     let w = args.provisioned_wcu;
     let sim = SimServer::start(
         "127.0.0.1:0".parse()?,
@@ -160,10 +244,58 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
     let queue = sluice_sqs::admin::create_queue(&sqs, "bench", &[])
         .await
         .map_err(anyhow::Error::msg)?;
-    sluice_dynamodb::admin::create_table(&ddb, "bench", "request_id", Some(i64::from(w)))
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let (bodies, _) = backlog(u64::from(w) * u64::from(args.backlog_seconds), 11);
+    // The table, and which limit binds: its name in the report, its WCU per second.
+    let by_user = |wcu| IndexSpec {
+        name: "by_user".into(),
+        key: "user_id".into(),
+        wcu,
+    };
+    let hot = 3 * i64::from(w.max(PARTITION_WCU as u32));
+    let (spec_wcu, max_on_demand_wcu, indexes, binding, binding_wcu) = match limit {
+        Limit::Table => (Some(i64::from(w)), None, vec![], "table", f64::from(w)),
+        Limit::Gsi => {
+            let g = (w / 5).max(1);
+            (
+                Some(i64::from(w)),
+                None,
+                vec![by_user(Some(i64::from(g)))],
+                "index by_user",
+                f64::from(g),
+            )
+        }
+        Limit::OnDemandMax => (
+            None,
+            Some(i64::from(w)),
+            vec![],
+            "on-demand maximum",
+            f64::from(w),
+        ),
+        Limit::HotKey => (
+            Some(hot),
+            None,
+            vec![by_user(Some(hot))],
+            "one key in by_user",
+            PARTITION_WCU as f64,
+        ),
+    };
+    create_table_from(
+        &ddb,
+        &TableSpec {
+            name: "bench".into(),
+            key: "request_id".into(),
+            wcu: spec_wcu,
+            max_on_demand_wcu,
+            indexes,
+        },
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let bodies = backlog(
+        (binding_wcu * f64::from(args.backlog_seconds)) as u64,
+        11,
+        size,
+        (limit == Limit::HotKey).then_some("everyone"),
+    );
 
     let redis_server = if redis {
         Some(start_redis(&args.redis_server).await?)
@@ -262,7 +394,13 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
         let _ = tokio::time::timeout(Duration::from_secs(30), c.0.wait()).await;
     }
 
-    let per_second: BTreeMap<u64, f64> = report["per_second"]
+    // The binding limit's own account: the table's, or the index's (a hot key's index takes
+    // only that key's writes).
+    let meter = match limit {
+        Limit::Gsi | Limit::HotKey => &report["indexes"]["by_user"],
+        Limit::Table | Limit::OnDemandMax => &report,
+    };
+    let per_second: BTreeMap<u64, f64> = meter["per_second"]
         .as_array()
         .into_iter()
         .flatten()
@@ -280,7 +418,7 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
         .windows(5)
         .map(|w| w.iter().sum::<f64>() / 5.0)
         .fold(0.0, f64::max);
-    let consumed = report["consumed_wcu_total"].as_f64().unwrap_or(0.0);
+    let consumed = meter["consumed_wcu_total"].as_f64().unwrap_or(0.0);
     let requests = sim
         .requests_report()
         .get("BatchWriteItem")
@@ -295,12 +433,13 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
         scenario: scenario.to_string(),
         instances,
         redis,
-        provisioned_wcu: w,
+        binding: binding.to_string(),
+        provisioned_wcu: binding_wcu as u32,
         consumed_wcu: consumed,
         logs: expected,
         drain_s: r3(drain_s),
-        min_drain_s: r3(consumed / f64::from(w)),
-        utilization: r3(consumed / (f64::from(w) * drain_s)),
+        min_drain_s: r3(consumed / binding_wcu),
+        utilization: r3(consumed / (binding_wcu * drain_s)),
         max_5s_avg_wcu: r3(max_5s),
         throttled_requests: throttled,
         unprocessed_items: report["unprocessed_items"].as_u64().unwrap_or(0),
@@ -324,15 +463,16 @@ pub async fn bench(args: BenchArgs) -> Result<Vec<BenchRow>> {
     }
     if !args.json {
         println!(
-            "\n| scenario | instances | Redis | W (WCU/s) | consumed WCU | drain s | minimum s | utilization | max 5 s avg WCU/s | throttled requests | unprocessed items | write requests | lost |"
+            "\n| scenario | instances | Redis | binding limit | its WCU/s | consumed WCU | drain s | minimum s | utilization | max 5 s avg WCU/s | throttled requests | unprocessed items | write requests | lost |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &rows {
             println!(
-                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1}% | {:.0} | {} ({:.2}%) | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1}% | {:.0} | {} ({:.2}%) | {} | {} | {} |",
                 r.scenario,
                 r.instances,
                 if r.redis { "yes" } else { "no" },
+                r.binding,
                 r.provisioned_wcu,
                 r.consumed_wcu,
                 r.drain_s,

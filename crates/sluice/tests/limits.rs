@@ -7,10 +7,6 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ProvisionedThroughput, ScalarAttributeType,
-};
 use sluice::config::Settings;
 use sluice::pipeline::Pipeline;
 use sluice_sqs::SqsSender;
@@ -33,52 +29,27 @@ async fn strict_sim() -> TestEnv {
 
 /// A table keyed by request_id at `table_wcu`, with a GSI `by_user` (user_id, ALL) at `gsi_wcu`.
 async fn create_table_with_gsi(env: &TestEnv, name: &str, table_wcu: i64, gsi_wcu: Option<i64>) {
-    let pt = |w| {
-        ProvisionedThroughput::builder()
-            .read_capacity_units(5)
-            .write_capacity_units(w)
-            .build()
-            .unwrap()
-    };
-    let key = |a: &str| {
-        KeySchemaElement::builder()
-            .attribute_name(a)
-            .key_type(KeyType::Hash)
-            .build()
-            .unwrap()
-    };
-    let def = |a: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(a)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .unwrap()
-    };
-    let mut req = env
-        .dynamodb
-        .create_table()
-        .table_name(name)
-        .key_schema(key("request_id"))
-        .attribute_definitions(def("request_id"))
-        .provisioned_throughput(pt(table_wcu));
-    if let Some(g) = gsi_wcu {
-        req = req
-            .attribute_definitions(def("user_id"))
-            .global_secondary_indexes(
-                GlobalSecondaryIndex::builder()
-                    .index_name("by_user")
-                    .key_schema(key("user_id"))
-                    .projection(
-                        Projection::builder()
-                            .projection_type(ProjectionType::All)
-                            .build(),
-                    )
-                    .provisioned_throughput(pt(g))
-                    .build()
-                    .unwrap(),
-            );
-    }
-    req.send().await.unwrap();
+    use sluice_dynamodb::admin::{IndexSpec, TableSpec, create_table_from};
+    let indexes = gsi_wcu
+        .map(|w| IndexSpec {
+            name: "by_user".into(),
+            key: "user_id".into(),
+            wcu: Some(w),
+        })
+        .into_iter()
+        .collect();
+    create_table_from(
+        &env.dynamodb,
+        &TableSpec {
+            name: name.into(),
+            key: "request_id".into(),
+            wcu: Some(table_wcu),
+            max_on_demand_wcu: None,
+            indexes,
+        },
+    )
+    .await
+    .unwrap();
 }
 
 /// `n` logs of about `bytes` bytes, each with a user_id, ten per message.
