@@ -222,13 +222,27 @@ async fn sim_a_message_whose_write_fails_is_not_deleted_and_comes_back() {
 
 /// Runs the pipeline over `logs` one-WCU logs into a table provisioned at `provisioned` WCU/s,
 /// paced at `budget` (None: discovered from the table), and returns the table's capacity report
-/// from the sim.
+/// from the sim. With `lowered_to`, the table's capacity is lowered to it once sluice has read
+/// it (and sluice does not look again during the test): a budget above what the table gives.
 async fn drain_into_provisioned_table(
     logs: usize,
     provisioned: i64,
     budget: Option<u32>,
+    lowered_to: Option<i64>,
 ) -> (serde_json::Value, sluice_core::StatsSnapshot) {
-    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let env = match lowered_to {
+        // One second of burst credit, so the lowered table keeps no credit from before.
+        Some(_) => TestEnv::start_sim(sluice_sim::SimConfig {
+            tables: sluice_sim::TableSettings {
+                burst_seconds: 1.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+        None => TestEnv::start(Backend::Sim).await.unwrap(),
+    };
     let url = env.create_queue("logs", 60).await.unwrap();
     sluice_dynamodb::admin::create_table(&env.dynamodb, "paced", "request_id", Some(provisioned))
         .await
@@ -248,10 +262,26 @@ async fn drain_into_provisioned_table(
         .unwrap();
     let mut s = settings(&url, "paced");
     s.rate.wcu_per_second = budget;
+    s.rate.refresh_interval = Duration::from_secs(3600);
     s.dynamodb.retry_max_delay = Duration::from_millis(500);
     let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
         .await
         .unwrap();
+    if let Some(w) = lowered_to {
+        env.dynamodb
+            .update_table()
+            .table_name("paced")
+            .provisioned_throughput(
+                aws_sdk_dynamodb::types::ProvisionedThroughput::builder()
+                    .read_capacity_units(w)
+                    .write_capacity_units(w)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
     let stats = pipeline.stats();
     let stop = CancellationToken::new();
     let run = tokio::spawn(pipeline.run(stop.clone()));
@@ -276,7 +306,7 @@ async fn drain_into_provisioned_table(
 async fn sim_paced_writes_never_exceed_the_provisioned_capacity() {
     // 1,500 WCU of logs into a 500 WCU/s table, its budget discovered (0.98 × 500): about three
     // seconds of writes.
-    let (report, summary) = drain_into_provisioned_table(1500, 500, None).await;
+    let (report, summary) = drain_into_provisioned_table(1500, 500, None, None).await;
     assert_eq!(report["throttled_requests"], 0, "{report}");
     assert_eq!(report["unprocessed_items"], 0, "{report}");
     assert_eq!(summary.nacked, 0);
@@ -290,9 +320,11 @@ async fn sim_paced_writes_never_exceed_the_provisioned_capacity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_unpaced_writes_are_throttled_but_nothing_is_lost() {
-    // The same load with a budget far above the table's capacity (a misconfigured writer): the
-    // table refuses what is over capacity, and the writer retries until everything is written.
-    let (report, _) = drain_into_provisioned_table(1500, 200, Some(100_000)).await;
+    // The same load with a budget far above the table's capacity (sluice read 100,000 WCU, then
+    // the table was lowered to 200 under it): the table refuses what is over capacity, and the
+    // writer retries until everything is written. (An explicit rate.wcu_per_second above the
+    // capacity sluice reads is capped at it.)
+    let (report, _) = drain_into_provisioned_table(1500, 100_000, None, Some(200)).await;
     let refused = report["throttled_requests"].as_u64().unwrap()
         + report["unprocessed_items"].as_u64().unwrap();
     assert!(
