@@ -50,6 +50,10 @@ pub struct Faults {
     /// These operations are accepted and never answered, for as long as they are listed: the
     /// call is not carried out, and when the fault is lifted its connection is closed.
     pub hang_ops: Vec<String>,
+    /// Share of the entries of SendMessageBatch, DeleteMessageBatch and
+    /// ChangeMessageVisibilityBatch that fail on the server's side (`SenderFault: false`,
+    /// `InternalError`) while the call itself succeeds: the entry is not carried out.
+    pub entry_server_fault_rate: f64,
 }
 
 /// What the server does with one request before handling it.
@@ -69,6 +73,7 @@ impl Faults {
             ("error_503_rate", self.error_503_rate),
             ("throttle_rate", self.throttle_rate),
             ("reset_rate", self.reset_rate),
+            ("entry_server_fault_rate", self.entry_server_fault_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be within 0.0..=1.0, got {rate}"));

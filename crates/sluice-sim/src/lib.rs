@@ -48,6 +48,10 @@ pub struct SimConfig {
     pub tables: TableSettings,
     pub faults: Faults,
     pub max_message_bytes: usize,
+    /// Short polls (WaitTimeSeconds 0) return a random number of the visible messages, from
+    /// none to what was asked, drawn from this seed, as SQS's sampling short poll may. None
+    /// (the default): every visible message, up to what was asked, deterministically.
+    pub short_poll_sampling_seed: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -56,6 +60,7 @@ impl Default for SimConfig {
             tables: TableSettings::default(),
             faults: Faults::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            short_poll_sampling_seed: None,
         }
     }
 }
@@ -95,7 +100,11 @@ impl SimServer {
         let addr = listener.local_addr()?;
         let endpoint = format!("http://{addr}");
         let state = Arc::new(State {
-            sqs: sqs::Sqs::new(endpoint.clone(), config.max_message_bytes),
+            sqs: sqs::Sqs::new(
+                endpoint.clone(),
+                config.max_message_bytes,
+                config.short_poll_sampling_seed,
+            ),
             dynamodb: dynamodb::DynamoDb::new(config.tables),
             faults: RwLock::new(config.faults),
             requests: Mutex::new(BTreeMap::new()),
@@ -306,7 +315,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
         return Ok(error_response(&e));
     }
     let result = match service {
-        "AmazonSQS" => state.sqs.handle(&op, &input).await,
+        "AmazonSQS" => {
+            let entry_faults = state
+                .faults
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry_server_fault_rate;
+            state.sqs.handle(&op, &input, entry_faults).await
+        }
         "DynamoDB_20120810" => state.dynamodb.handle(&op, &input),
         other => Err(ApiError::dynamodb(
             400,

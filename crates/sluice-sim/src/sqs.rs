@@ -1,6 +1,15 @@
 //! The SQS half: standard and FIFO queues with visibility timeouts, long polls that return as
 //! soon as a message is there, delays, deduplication (5-minute window, content-based too),
 //! FIFO group locking, and redrive to a dead-letter queue after `maxReceiveCount`.
+//!
+//! As strict as SQS where a client could come to depend on leniency: a FIFO receipt handle
+//! expires with its visibility timeout (a late delete or change is refused), a message's
+//! visibility is capped at 12 hours from its receive across every extension, out-of-range and
+//! negative parameters are refused rather than clamped, queue attributes are validated
+//! (unknown names, RedrivePolicy, MaximumMessageSize, re-creating a queue with other values),
+//! message attributes are validated as SQS validates them, batch entry ids too, and a
+//! SendMessageBatch counts attributes against its 1 MiB. Short polls can sample (seeded) the way
+//! SQS's distributed short poll does, and batch entries can fail on the server's side.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -18,6 +27,26 @@ const ACCOUNT: &str = "000000000000";
 const DEDUP_WINDOW: Duration = Duration::from_secs(300);
 const MAX_VISIBILITY: u64 = 12 * 3600;
 const MAX_BATCH: usize = 10;
+/// A SendMessageBatch's bodies and attributes together (SQS: 1 MiB).
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// The attribute names CreateQueue and SetQueueAttributes take.
+const QUEUE_ATTRIBUTES: &[&str] = &[
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "MessageRetentionPeriod",
+    "Policy",
+    "ReceiveMessageWaitTimeSeconds",
+    "VisibilityTimeout",
+    "RedrivePolicy",
+    "RedriveAllowPolicy",
+    "KmsMasterKeyId",
+    "KmsDataKeyReusePeriodSeconds",
+    "SqsManagedSseEnabled",
+    "FifoQueue",
+    "ContentBasedDeduplication",
+    "DeduplicationScope",
+    "FifoThroughputLimit",
+];
 
 fn epoch_ms() -> u64 {
     SystemTime::now()
@@ -52,6 +81,8 @@ struct Message {
     epoch: u32,
     receive_count: u32,
     first_receive_ms: Option<u64>,
+    /// When the current receive happened: its visibility may not reach past 12 hours from it.
+    received_at: Option<Instant>,
     receipt: Option<String>,
     in_flight: bool,
     group: Option<String>,
@@ -78,7 +109,8 @@ struct Queue {
     timers: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     /// FIFO queues: each group's messages in order.
     groups: BTreeMap<String, VecDeque<u64>>,
-    dedup: HashMap<String, (Instant, String)>,
+    /// FIFO deduplication ids: until when, and the first send's MessageId and SequenceNumber.
+    dedup: HashMap<String, (Instant, String, u64)>,
     next_seq: u64,
 }
 
@@ -97,6 +129,41 @@ pub struct Sqs {
     queues: RwLock<HashMap<String, Arc<QueueCell>>>,
     endpoint: String,
     pub max_message_size: usize,
+    /// Short polls (WaitTimeSeconds 0) return a random share of what is visible, as SQS's
+    /// sampling of its servers does; None: every visible message, deterministic.
+    sampling: Option<Mutex<rand::rngs::StdRng>>,
+}
+
+/// What a RedrivePolicy's dead-letter target is, looked up before the source queue is locked:
+/// its ARN and, when it exists, whether it is FIFO.
+type RedriveTarget = Option<(String, Option<bool>)>;
+
+fn invalid_attribute(name: &str) -> ApiError {
+    ApiError::sqs(
+        400,
+        "InvalidAttributeValue",
+        "InvalidAttributeValue",
+        format!("Invalid value for the parameter {name}."),
+    )
+}
+
+/// A number parameter of a request, as SQS reads it: absent is None, anything but an integer
+/// within `range` is refused (negative values are not turned into defaults).
+fn int_param(
+    req: &Value,
+    name: &str,
+    range: std::ops::RangeInclusive<i64>,
+    reason: &str,
+) -> ApiResult<Option<i64>> {
+    let Some(v) = req.get(name) else {
+        return Ok(None);
+    };
+    match v.as_i64() {
+        Some(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(ApiError::sqs_invalid(format!(
+            "Value {v} for parameter {name} is invalid. Reason: {reason}"
+        ))),
+    }
 }
 
 /// A message leaving its queue for the dead-letter queue.
@@ -106,59 +173,139 @@ struct Moved {
 }
 
 impl Queue {
-    fn apply_attributes(&mut self, attrs: &Map<String, Value>) -> ApiResult<()> {
-        for (k, v) in attrs {
-            let v = v
-                .as_str()
+    /// Validates every attribute first (unknown names, ranges, the redrive target, FIFO-only
+    /// names on a standard queue), then applies them: a refused call changes nothing.
+    fn apply_attributes(
+        &mut self,
+        attrs: &Map<String, Value>,
+        target: &RedriveTarget,
+    ) -> ApiResult<()> {
+        let text = |v: &Value| {
+            v.as_str()
                 .map(String::from)
-                .unwrap_or_else(|| v.to_string());
-            let num = || {
-                v.parse::<u64>().map_err(|_| {
-                    ApiError::sqs_invalid(format!("Invalid value for the parameter {k}."))
-                })
+                .unwrap_or_else(|| v.to_string())
+        };
+        let mut plan: Vec<(String, String)> = Vec::new();
+        for (k, v) in attrs {
+            let v = text(v);
+            if !QUEUE_ATTRIBUTES.contains(&k.as_str()) {
+                return Err(ApiError::sqs(
+                    400,
+                    "InvalidAttributeName",
+                    "InvalidAttributeName",
+                    format!("Unknown Attribute {k}."),
+                ));
+            }
+            let in_range = |range: std::ops::RangeInclusive<u64>| {
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .ok_or_else(|| invalid_attribute(k))
             };
             match k.as_str() {
                 "VisibilityTimeout" => {
-                    let n = num()?;
-                    if n > MAX_VISIBILITY {
-                        return Err(ApiError::sqs_invalid("VisibilityTimeout must be 0..=43200"));
-                    }
-                    self.visibility_timeout = n;
+                    in_range(0..=MAX_VISIBILITY)?;
                 }
-                "DelaySeconds" => self.delay_seconds = num()?.min(900),
-                "ReceiveMessageWaitTimeSeconds" => self.receive_wait = num()?.min(20),
-                "MaximumMessageSize" => self.max_message_size = num()? as usize,
+                "DelaySeconds" => {
+                    in_range(0..=900)?;
+                }
+                "ReceiveMessageWaitTimeSeconds" => {
+                    in_range(0..=20)?;
+                }
+                "MaximumMessageSize" => {
+                    in_range(1024..=1_048_576)?;
+                }
+                "MessageRetentionPeriod" => {
+                    in_range(60..=1_209_600)?;
+                }
+                "ContentBasedDeduplication" | "DeduplicationScope" | "FifoThroughputLimit"
+                    if !self.fifo =>
+                {
+                    return Err(ApiError::sqs(
+                        400,
+                        "InvalidAttributeName",
+                        "InvalidAttributeName",
+                        format!("Unknown Attribute {k}."),
+                    ));
+                }
+                "ContentBasedDeduplication" | "FifoQueue" | "SqsManagedSseEnabled"
+                    if v != "true" && v != "false" =>
+                {
+                    return Err(invalid_attribute(k));
+                }
+                "RedrivePolicy" if !v.is_empty() => self.check_redrive(&v, target)?,
+                _ => {}
+            }
+            plan.push((k.clone(), v));
+        }
+        for (k, v) in plan {
+            match k.as_str() {
+                "VisibilityTimeout" => self.visibility_timeout = v.parse().unwrap_or(30),
+                "DelaySeconds" => self.delay_seconds = v.parse().unwrap_or(0),
+                "ReceiveMessageWaitTimeSeconds" => self.receive_wait = v.parse().unwrap_or(0),
+                "MaximumMessageSize" => self.max_message_size = v.parse().unwrap_or(1_048_576),
                 "ContentBasedDeduplication" => self.content_dedup = v == "true",
-                "FifoQueue" => {}
                 "RedrivePolicy" => {
-                    if v.is_empty() {
-                        self.redrive = None;
-                    } else {
-                        let p: Value = serde_json::from_str(&v)
-                            .map_err(|_| ApiError::sqs_invalid("RedrivePolicy must be JSON"))?;
-                        let dlq_arn = p["deadLetterTargetArn"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string();
-                        let max_receive_count = match &p["maxReceiveCount"] {
-                            Value::String(s) => s.parse().ok(),
-                            Value::Number(n) => n.as_u64().map(|n| n as u32),
-                            _ => None,
-                        }
-                        .ok_or_else(|| {
-                            ApiError::sqs_invalid("RedrivePolicy needs maxReceiveCount")
-                        })?;
-                        self.redrive = Some(Redrive {
-                            dlq_arn,
-                            max_receive_count,
-                        });
-                    }
+                    self.redrive = if v.is_empty() { None } else { redrive_of(&v) };
                 }
                 _ => {}
             }
-            self.attributes.insert(k.clone(), v);
+            self.attributes.insert(k, v);
         }
         Ok(())
+    }
+
+    /// A RedrivePolicy as SQS checks it: JSON, maxReceiveCount 1..=1000, a target that exists
+    /// and is of the source queue's kind.
+    fn check_redrive(&self, v: &str, target: &RedriveTarget) -> ApiResult<()> {
+        let bad = |reason: &str| {
+            ApiError::sqs(
+                400,
+                "InvalidAttributeValue",
+                "InvalidAttributeValue",
+                format!("Value {v} for parameter RedrivePolicy is invalid. Reason: {reason}"),
+            )
+        };
+        let p: Value =
+            serde_json::from_str(v).map_err(|_| bad("Redrive policy is not a valid JSON map."))?;
+        let count = match &p["maxReceiveCount"] {
+            Value::String(s) => s.parse::<i64>().ok(),
+            Value::Number(n) => n.as_i64(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            bad("Redrive policy does not contain mandatory attribute: maxReceiveCount.")
+        })?;
+        if !(1..=1000).contains(&count) {
+            return Err(bad(&format!(
+                "Invalid value for maxReceiveCount: {count}, valid values are from 1 to 1000 both inclusive."
+            )));
+        }
+        if p["deadLetterTargetArn"].as_str().is_none_or(str::is_empty) {
+            return Err(bad(
+                "Redrive policy does not contain mandatory attribute: deadLetterTargetArn.",
+            ));
+        }
+        match target {
+            Some((_, None)) | None => Err(bad("Dead letter target does not exist.")),
+            Some((_, Some(fifo))) if *fifo != self.fifo => Err(bad(
+                "Dead-letter queue must be same type of queue as the source.",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The value `k` has now, as GetQueueAttributes shows it (for CreateQueue's comparison).
+    fn effective(&self, k: &str) -> Option<String> {
+        Some(match k {
+            "VisibilityTimeout" => self.visibility_timeout.to_string(),
+            "DelaySeconds" => self.delay_seconds.to_string(),
+            "ReceiveMessageWaitTimeSeconds" => self.receive_wait.to_string(),
+            "MaximumMessageSize" => self.max_message_size.to_string(),
+            "FifoQueue" if self.fifo => "true".into(),
+            "ContentBasedDeduplication" if self.fifo => self.content_dedup.to_string(),
+            _ => return self.attributes.get(k).cloned(),
+        })
     }
 
     fn counts(&self, now: Instant) -> (u64, u64, u64) {
@@ -316,6 +463,7 @@ impl Queue {
         };
         m.receive_count += 1;
         m.first_receive_ms.get_or_insert_with(epoch_ms);
+        m.received_at = Some(now);
         m.receipt = Some(format!("{}:{}:{}", self.name, seq, m.receive_count));
         m.in_flight = true;
         m.visible_at = now + Duration::from_secs(visibility);
@@ -379,6 +527,19 @@ impl Queue {
     }
 }
 
+fn redrive_of(v: &str) -> Option<Redrive> {
+    let p: Value = serde_json::from_str(v).ok()?;
+    let max_receive_count = match &p["maxReceiveCount"] {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_u64().map(|n| n as u32),
+        _ => None,
+    }?;
+    Some(Redrive {
+        dlq_arn: p["deadLetterTargetArn"].as_str()?.to_string(),
+        max_receive_count,
+    })
+}
+
 fn valid_body(body: &str) -> bool {
     body.chars().all(|c| {
         matches!(c, '\u{9}' | '\u{a}' | '\u{d}' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..='\u{10ffff}')
@@ -386,12 +547,32 @@ fn valid_body(body: &str) -> bool {
 }
 
 impl Sqs {
-    pub fn new(endpoint: String, max_message_size: usize) -> Self {
+    /// `sampling_seed`: short polls sample, from this seed (None: they return every visible
+    /// message).
+    pub fn new(endpoint: String, max_message_size: usize, sampling_seed: Option<u64>) -> Self {
         Sqs {
             queues: RwLock::new(HashMap::new()),
             endpoint,
             max_message_size,
+            sampling: sampling_seed.map(|seed| {
+                Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
+                    seed,
+                ))
+            }),
         }
+    }
+
+    /// The dead-letter target a RedrivePolicy among `attrs` names, and whether it is FIFO.
+    fn redrive_target(&self, attrs: &Map<String, Value>) -> RedriveTarget {
+        let v = attrs.get("RedrivePolicy")?;
+        let v = v
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| v.to_string());
+        let p: Value = serde_json::from_str(&v).ok()?;
+        let arn = p["deadLetterTargetArn"].as_str()?.to_string();
+        let fifo = self.cell_by_arn(&arn).map(|c| c.lock().fifo);
+        Some((arn, fifo))
     }
 
     fn cell_by_name(&self, name: &str) -> Option<Arc<QueueCell>> {
@@ -423,7 +604,9 @@ impl Sqs {
         self.cell_by_name(arn.rsplit(':').next().unwrap_or_default())
     }
 
-    pub async fn handle(&self, op: &str, req: &Value) -> ApiResult {
+    /// `entry_fault_rate`: the share of batch entries that fail on the server's side
+    /// (SenderFault false), see [`crate::Faults::entry_server_fault_rate`].
+    pub async fn handle(&self, op: &str, req: &Value, entry_fault_rate: f64) -> ApiResult {
         match op {
             "CreateQueue" => self.create_queue(req),
             "GetQueueUrl" => {
@@ -474,7 +657,16 @@ impl Sqs {
                     .and_then(Value::as_object)
                     .cloned()
                     .unwrap_or_default();
-                cell.lock().apply_attributes(&attrs)?;
+                let target = self.redrive_target(&attrs);
+                if attrs.contains_key("FifoQueue") {
+                    return Err(ApiError::sqs(
+                        400,
+                        "InvalidAttributeName",
+                        "InvalidAttributeName",
+                        "FifoQueue can only be set at creation: Unknown Attribute FifoQueue.",
+                    ));
+                }
+                cell.lock().apply_attributes(&attrs, &target)?;
                 Ok(json!({}))
             }
             "SendMessage" => {
@@ -483,7 +675,7 @@ impl Sqs {
                 cell.arrivals.notify_waiters();
                 Ok(out)
             }
-            "SendMessageBatch" => self.send_batch(req),
+            "SendMessageBatch" => self.send_batch(req, entry_fault_rate),
             "ReceiveMessage" => self.receive(req).await,
             "DeleteMessage" => {
                 let cell = self.cell(req)?;
@@ -491,14 +683,14 @@ impl Sqs {
                     .get("ReceiptHandle")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                delete(&mut cell.lock(), receipt)?;
+                delete(&mut cell.lock(), receipt).map_err(|e| single(e, receipt))?;
                 // A FIFO group unlocks when its message in flight is deleted: a long poll
                 // waiting on it returns at once, as SQS's does.
                 cell.arrivals.notify_waiters();
                 Ok(json!({}))
             }
             "DeleteMessageBatch" => {
-                let out = self.batch(req, |q, e| {
+                let out = self.batch(req, entry_fault_rate, |q, e| {
                     delete(
                         q,
                         e.get("ReceiptHandle")
@@ -515,24 +707,19 @@ impl Sqs {
                     .get("ReceiptHandle")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                let t = req
-                    .get("VisibilityTimeout")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                change_visibility(&mut cell.lock(), receipt, t)?;
+                let t = visibility_param(req)?;
+                change_visibility(&mut cell.lock(), receipt, t).map_err(|e| single(e, receipt))?;
                 cell.arrivals.notify_waiters();
                 Ok(json!({}))
             }
             "ChangeMessageVisibilityBatch" => {
-                let out = self.batch(req, |q, e| {
+                let out = self.batch(req, entry_fault_rate, |q, e| {
                     change_visibility(
                         q,
                         e.get("ReceiptHandle")
                             .and_then(Value::as_str)
                             .unwrap_or_default(),
-                        e.get("VisibilityTimeout")
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0),
+                        visibility_param(e)?,
                     )
                 })?;
                 self.cell(req)?.arrivals.notify_waiters();
@@ -571,8 +758,28 @@ impl Sqs {
             ));
         }
         if let Some(existing) = self.cell_by_name(&name) {
-            return Ok(json!({"QueueUrl": existing.lock().url}));
+            // The same name with the same values is the existing queue; any other value is
+            // refused, as SQS refuses it.
+            let q = existing.lock();
+            for (k, v) in &attrs {
+                let v = v
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string());
+                if q.effective(k).as_deref() != Some(v.as_str()) {
+                    return Err(ApiError::sqs(
+                        400,
+                        "QueueNameExists",
+                        "QueueAlreadyExists",
+                        format!(
+                            "A queue already exists with the same name and a different value for attribute {k}"
+                        ),
+                    ));
+                }
+            }
+            return Ok(json!({"QueueUrl": q.url}));
         }
+        let target = self.redrive_target(&attrs);
         let mut queue = Queue {
             url: format!("{}/{ACCOUNT}/{name}", self.endpoint),
             arn: format!("arn:aws:sqs:us-east-1:{ACCOUNT}:{name}"),
@@ -593,7 +800,7 @@ impl Sqs {
             dedup: HashMap::new(),
             next_seq: 1,
         };
-        queue.apply_attributes(&attrs)?;
+        queue.apply_attributes(&attrs, &target)?;
         let url = queue.url.clone();
         let cell = Arc::new(QueueCell {
             state: Mutex::new(queue),
@@ -667,31 +874,10 @@ impl Sqs {
         let attributes = entry
             .get("MessageAttributes")
             .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
-        if let Some(n) = attributes.and_then(Value::as_object).map(|a| a.len())
-            && n > 10
-        {
-            return Err(ApiError::sqs_invalid(format!(
-                "Number of message attributes [{n}] exceeds the allowed maximum [10]."
-            )));
+        if let Some(a) = attributes.and_then(Value::as_object) {
+            validate_message_attributes(a)?;
         }
-        // SQS counts each attribute's name, data type and value against the message size.
-        let size = body.len()
-            + attributes.and_then(Value::as_object).map_or(0, |a| {
-                a.iter()
-                    .map(|(name, v)| {
-                        name.len()
-                            + v.get("DataType")
-                                .and_then(Value::as_str)
-                                .map_or(0, str::len)
-                            + v.get("StringValue")
-                                .and_then(Value::as_str)
-                                .map_or(0, str::len)
-                            + v.get("BinaryValue")
-                                .and_then(Value::as_str)
-                                .map_or(0, |b| b.len() * 3 / 4)
-                    })
-                    .sum::<usize>()
-            });
+        let size = body.len() + attributes_size(attributes);
         if size > q.max_message_size {
             return Err(ApiError::sqs_invalid(format!(
                 "One or more parameters are invalid. Reason: Message must be shorter than {} bytes.",
@@ -714,7 +900,13 @@ impl Sqs {
             .get("MessageDeduplicationId")
             .and_then(Value::as_str)
             .map(String::from);
-        let delay = entry.get("DelaySeconds").and_then(Value::as_u64);
+        let delay = int_param(
+            entry,
+            "DelaySeconds",
+            0..=900,
+            "DelaySeconds must be >= 0 and <= 900",
+        )?
+        .map(|d| d as u64);
         let now = Instant::now();
         if q.fifo {
             if group.is_none() {
@@ -749,11 +941,12 @@ impl Sqs {
         if let Some(d) = &dedup_id
             && q.fifo
         {
-            q.dedup.retain(|_, (expires, _)| *expires > now);
-            if let Some((_, id)) = q.dedup.get(d) {
-                // A duplicate inside the window: accepted, not enqueued again.
+            q.dedup.retain(|_, (expires, _, _)| *expires > now);
+            if let Some((_, id, first)) = q.dedup.get(d) {
+                // A duplicate inside the window: accepted, not enqueued again, answered with
+                // the first send's MessageId and SequenceNumber.
                 return Ok(
-                    json!({"MessageId": id, "MD5OfMessageBody": md5, "SequenceNumber": format!("{seq:020}")}),
+                    json!({"MessageId": id, "MD5OfMessageBody": md5, "SequenceNumber": format!("{first:020}")}),
                 );
             }
         }
@@ -761,7 +954,8 @@ impl Sqs {
         if let Some(d) = &dedup_id
             && q.fifo
         {
-            q.dedup.insert(d.clone(), (now + DEDUP_WINDOW, id.clone()));
+            q.dedup
+                .insert(d.clone(), (now + DEDUP_WINDOW, id.clone(), seq));
         }
         let delay = Duration::from_secs(delay.unwrap_or(q.delay_seconds).min(900));
         let message = Message {
@@ -775,6 +969,7 @@ impl Sqs {
             epoch: 0,
             receive_count: 0,
             first_receive_ms: None,
+            received_at: None,
             receipt: None,
             in_flight: false,
             group,
@@ -789,29 +984,34 @@ impl Sqs {
         Ok(out)
     }
 
-    fn send_batch(&self, req: &Value) -> ApiResult {
+    fn send_batch(&self, req: &Value, entry_fault_rate: f64) -> ApiResult {
         let cell = self.cell(req)?;
         let entries = batch_entries(req)?;
+        // Bodies and message attributes together, as SQS counts a batch.
         let total: usize = entries
             .iter()
             .map(|e| {
                 e.get("MessageBody")
                     .and_then(Value::as_str)
                     .map_or(0, str::len)
+                    + attributes_size(e.get("MessageAttributes"))
             })
             .sum();
-        let limit = cell.lock().max_message_size;
-        if total > limit {
+        if total > MAX_BATCH_BYTES {
             return Err(ApiError::sqs(
                 400,
                 "BatchRequestTooLong",
                 "AWS.SimpleQueueService.BatchRequestTooLong",
-                format!("Batch requests cannot be longer than {limit} bytes"),
+                format!("Batch requests cannot be longer than {MAX_BATCH_BYTES} bytes"),
             ));
         }
         let (mut ok, mut failed) = (Vec::new(), Vec::new());
         for e in &entries {
             let id = e.get("Id").cloned().unwrap_or(Value::Null);
+            if entry_fault(entry_fault_rate) {
+                failed.push(entry_fault_json(id));
+                continue;
+            }
             match self.send_one(&cell, e) {
                 Ok(mut r) => {
                     r["Id"] = id;
@@ -824,13 +1024,22 @@ impl Sqs {
         Ok(json!({"Successful": ok, "Failed": failed}))
     }
 
-    fn batch(&self, req: &Value, f: impl Fn(&mut Queue, &Value) -> ApiResult<()>) -> ApiResult {
+    fn batch(
+        &self,
+        req: &Value,
+        entry_fault_rate: f64,
+        f: impl Fn(&mut Queue, &Value) -> ApiResult<()>,
+    ) -> ApiResult {
         let cell = self.cell(req)?;
         let entries = batch_entries(req)?;
         let mut q = cell.lock();
         let (mut ok, mut failed) = (Vec::new(), Vec::new());
         for e in &entries {
             let id = e.get("Id").cloned().unwrap_or(Value::Null);
+            if entry_fault(entry_fault_rate) {
+                failed.push(entry_fault_json(id));
+                continue;
+            }
             match f(&mut q, e) {
                 Ok(()) => ok.push(json!({"Id": id})),
                 Err(err) => failed.push(json!({"Id": id, "SenderFault": err.status < 500, "Code": err.query_error.as_deref().and_then(|c| c.split(';').next()).unwrap_or("InternalError"), "Message": err.message})),
@@ -841,33 +1050,42 @@ impl Sqs {
 
     async fn receive(&self, req: &Value) -> ApiResult {
         let cell = self.cell(req)?;
-        let max = req
-            .get("MaxNumberOfMessages")
-            .and_then(Value::as_u64)
-            .unwrap_or(1);
-        if !(1..=10).contains(&max) {
-            return Err(ApiError::sqs_invalid(
-                "Value for parameter MaxNumberOfMessages is invalid. Reason: Must be between 1 and 10.",
-            ));
-        }
+        let max = int_param(
+            req,
+            "MaxNumberOfMessages",
+            1..=10,
+            "Must be between 1 and 10, if provided.",
+        )?
+        .unwrap_or(1) as u64;
         let (default_wait, default_visibility) = {
             let q = cell.lock();
             (q.receive_wait, q.visibility_timeout)
         };
-        let wait = req
-            .get("WaitTimeSeconds")
-            .and_then(Value::as_u64)
-            .unwrap_or(default_wait);
-        if wait > 20 {
-            return Err(ApiError::sqs_invalid(
-                "Value for parameter WaitTimeSeconds is invalid. Reason: Must be >= 0 and <= 20.",
-            ));
-        }
-        let visibility = req
-            .get("VisibilityTimeout")
-            .and_then(Value::as_u64)
-            .unwrap_or(default_visibility)
-            .min(MAX_VISIBILITY);
+        let wait = int_param(
+            req,
+            "WaitTimeSeconds",
+            0..=20,
+            "Must be >= 0 and <= 20, if provided.",
+        )?
+        .map_or(default_wait, |w| w as u64);
+        let visibility = int_param(
+            req,
+            "VisibilityTimeout",
+            0..=MAX_VISIBILITY as i64,
+            "Must be between 0 and 43200, if provided.",
+        )?
+        .map_or(default_visibility, |v| v as u64);
+        // A short poll asks a sample of SQS's servers: it may bring fewer than are there, or
+        // none (modelled when sampling is on).
+        let max = match (&self.sampling, wait) {
+            (Some(rng), 0) => {
+                use rand::Rng as _;
+                rng.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .random_range(0..=max)
+            }
+            _ => max,
+        };
         let give_up = Instant::now() + Duration::from_secs(wait);
         loop {
             let arrived = cell.arrivals.notified();
@@ -951,6 +1169,22 @@ fn batch_entries(req: &Value) -> ApiResult<Vec<Value>> {
             "Maximum number of entries per request are 10.",
         ));
     }
+    for e in &entries {
+        let id = e.get("Id").and_then(Value::as_str).unwrap_or_default();
+        let valid = !id.is_empty()
+            && id.len() <= 80
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(ApiError::sqs(
+                400,
+                "InvalidBatchEntryId",
+                "AWS.SimpleQueueService.InvalidBatchEntryId",
+                "A batch entry id can only contain alphanumeric characters, hyphens and underscores. It can be at most 80 letters long.",
+            ));
+        }
+    }
     let mut ids: Vec<&str> = entries
         .iter()
         .filter_map(|e| e.get("Id").and_then(Value::as_str))
@@ -983,42 +1217,204 @@ fn parse_receipt(q: &Queue, receipt: &str) -> ApiResult<u64> {
     }
 }
 
-/// Deletes with the current receipt. An outdated receipt (the message was received again since)
-/// succeeds without deleting, as SQS documents.
+/// Why a receipt handle no longer acts, as a batch entry reports it (`ReceiptHandleIsInvalid`);
+/// [`single`] words it as the one-message call does.
+fn receipt_error(reason: &str) -> ApiError {
+    ApiError::sqs(
+        400,
+        "ReceiptHandleIsInvalid",
+        "ReceiptHandleIsInvalid",
+        reason,
+    )
+}
+
+/// A one-message call's answer for a receipt that no longer acts: InvalidParameterValue naming
+/// the handle, with the reason.
+fn single(e: ApiError, receipt: &str) -> ApiError {
+    if e.type_name.ends_with("#ReceiptHandleIsInvalid") && !e.message.contains("not a valid") {
+        ApiError::sqs_invalid(format!(
+            "Value {receipt} for parameter ReceiptHandle is invalid. Reason: {}.",
+            e.message
+        ))
+    } else {
+        e
+    }
+}
+
+const EXPIRED: &str = "The receipt handle has expired";
+const NOT_AVAILABLE: &str =
+    "Message does not exist or is not available for visibility timeout change";
+
+/// A ChangeMessageVisibility's VisibilityTimeout: required, 0..=43200.
+fn visibility_param(req: &Value) -> ApiResult<u64> {
+    int_param(
+        req,
+        "VisibilityTimeout",
+        0..=MAX_VISIBILITY as i64,
+        "Must be between 0 and 43200, if provided.",
+    )?
+    .map(|t| t as u64)
+    .ok_or_else(|| {
+        ApiError::sqs(
+            400,
+            "MissingParameter",
+            "MissingParameter",
+            "The request must contain the parameter VisibilityTimeout.",
+        )
+    })
+}
+
+/// Deletes with a receipt. Standard queues: the current receipt deletes even after its
+/// visibility lapsed, and an outdated one (the message was received again since) succeeds
+/// without deleting, as SQS documents. FIFO queues: a receipt expires with its visibility
+/// timeout, and deleting with it is refused.
 fn delete(q: &mut Queue, receipt: &str) -> ApiResult<()> {
     let seq = parse_receipt(q, receipt)?;
-    if q.messages
-        .get(&seq)
-        .is_some_and(|m| m.receipt.as_deref() == Some(receipt))
-    {
+    let now = Instant::now();
+    let Some(m) = q.messages.get(&seq) else {
+        return Ok(());
+    };
+    let current = m.receipt.as_deref() == Some(receipt);
+    if q.fifo && (!current || m.visible_at <= now) {
+        return Err(receipt_error(EXPIRED));
+    }
+    if current {
         q.remove(seq);
     }
     Ok(())
 }
 
+/// Changes the visibility of a message in flight with its current receipt. The total visibility
+/// of one receive may not pass 12 hours from it, across every change.
 fn change_visibility(q: &mut Queue, receipt: &str, timeout: u64) -> ApiResult<()> {
     let seq = parse_receipt(q, receipt)?;
-    if timeout > MAX_VISIBILITY {
-        return Err(ApiError::sqs_invalid("VisibilityTimeout must be 0..=43200"));
-    }
     let now = Instant::now();
+    let fifo = q.fifo;
     let Some(m) = q.messages.get_mut(&seq) else {
-        return Err(ApiError::sqs(
-            400,
-            "ReceiptHandleIsInvalid",
-            "ReceiptHandleIsInvalid",
-            "The receipt handle has expired.",
-        ));
+        return Err(receipt_error(NOT_AVAILABLE));
     };
-    if m.receipt.as_deref() != Some(receipt) || m.visible_at <= now {
-        return Err(ApiError::sqs(
-            400,
-            "MessageNotInflight",
-            "AWS.SimpleQueueService.MessageNotInflight",
-            "Message is not in flight.",
-        ));
+    let current = m.receipt.as_deref() == Some(receipt);
+    if !current {
+        return Err(receipt_error(if fifo { EXPIRED } else { NOT_AVAILABLE }));
+    }
+    if m.visible_at <= now {
+        return Err(if fifo {
+            receipt_error(EXPIRED)
+        } else {
+            ApiError::sqs(
+                400,
+                "MessageNotInflight",
+                "AWS.SimpleQueueService.MessageNotInflight",
+                format!("{NOT_AVAILABLE}."),
+            )
+        });
+    }
+    let held = m
+        .received_at
+        .map_or(0, |r| now.saturating_duration_since(r).as_secs());
+    if held + timeout > MAX_VISIBILITY {
+        return Err(ApiError::sqs_invalid(format!(
+            "Value {timeout} for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout for the message is beyond the limit [{MAX_VISIBILITY} seconds]"
+        )));
     }
     m.visible_at = now + Duration::from_secs(timeout);
     q.schedule(seq);
+    Ok(())
+}
+
+/// Whether this batch entry fails on the server's side (an injected fault).
+fn entry_fault(rate: f64) -> bool {
+    use rand::Rng as _;
+    rate > 0.0 && rand::rng().random::<f64>() < rate
+}
+
+fn entry_fault_json(id: Value) -> Value {
+    json!({"Id": id, "SenderFault": false, "Code": "InternalError", "Message": "injected entry fault: the server failed to handle this entry"})
+}
+
+/// Bytes SQS counts for a message's attributes: each name, data type and value.
+fn attributes_size(attributes: Option<&Value>) -> usize {
+    attributes.and_then(Value::as_object).map_or(0, |a| {
+        a.iter()
+            .map(|(name, v)| {
+                name.len()
+                    + v.get("DataType")
+                        .and_then(Value::as_str)
+                        .map_or(0, str::len)
+                    + v.get("StringValue")
+                        .and_then(Value::as_str)
+                        .map_or(0, str::len)
+                    + v.get("BinaryValue")
+                        .and_then(Value::as_str)
+                        .map_or(0, |b| b.len() * 3 / 4)
+            })
+            .sum()
+    })
+}
+
+/// Message attributes as SQS validates them: at most 10; names of 1-256 characters from
+/// [A-Za-z0-9_.-], not starting or ending with a period, without two periods in a row, not
+/// starting with `AWS.` or `Amazon.`; a data type of String, Number or Binary (with an optional
+/// `.label`); a non-empty value; String values of characters a body may hold; Number values
+/// numbers of up to 38 digits.
+fn validate_message_attributes(attrs: &Map<String, Value>) -> ApiResult<()> {
+    if attrs.len() > 10 {
+        return Err(ApiError::sqs_invalid(format!(
+            "Number of message attributes [{}] exceeds the allowed maximum [10].",
+            attrs.len()
+        )));
+    }
+    for (name, v) in attrs {
+        let lower = name.to_ascii_lowercase();
+        let name_ok = !name.is_empty()
+            && name.len() <= 256
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            && !name.starts_with('.')
+            && !name.ends_with('.')
+            && !name.contains("..")
+            && !lower.starts_with("aws.")
+            && !lower.starts_with("amazon.");
+        if !name_ok {
+            return Err(ApiError::sqs_invalid(format!(
+                "Message (user) attribute name '{name}' is invalid. Names may hold only alphanumeric characters, hyphens, underscores and periods (not at either end, not two in a row), be up to 256 characters long, and must not start with AWS. or Amazon."
+            )));
+        }
+        let data_type = v
+            .get("DataType")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let base = data_type.split('.').next().unwrap_or_default();
+        if !matches!(base, "String" | "Number" | "Binary") || data_type.len() > 256 {
+            return Err(ApiError::sqs_invalid(format!(
+                "The message attribute '{name}' has an invalid message attribute type, the set of supported type prefixes is Binary, Number, and String."
+            )));
+        }
+        let field = if base == "Binary" {
+            "BinaryValue"
+        } else {
+            "StringValue"
+        };
+        let value = v.get(field).and_then(Value::as_str).unwrap_or_default();
+        if value.is_empty() {
+            return Err(ApiError::sqs_invalid(format!(
+                "The message attribute '{name}' must contain non-empty message attribute value for message attribute type '{base}'."
+            )));
+        }
+        if base == "String" && !valid_body(value) {
+            return Err(ApiError::sqs_invalid(format!(
+                "Message (user) attribute '{name}' value contains invalid characters."
+            )));
+        }
+        if base == "Number" {
+            let digits = value.chars().filter(char::is_ascii_digit).count();
+            if value.parse::<f64>().map_or(true, |n| !n.is_finite()) || digits > 38 {
+                return Err(ApiError::sqs_invalid(format!(
+                    "Can't cast the value of message (user) attribute '{name}' to a number."
+                )));
+            }
+        }
+    }
     Ok(())
 }

@@ -1294,6 +1294,8 @@ async fn faults_reach_the_sdk_as_aws_would_send_them() {
 async fn sqs_redrive_to_a_missing_dead_letter_queue_keeps_the_message() {
     let sim = start(SimConfig::default()).await;
     let sqs = sqs_client(&sim).await;
+    // SQS refuses a policy naming a queue that does not exist; the target goes after it is set.
+    let dlq = create_queue(&sqs, "no-such-dlq", &[]).await;
     let policy = serde_json::json!({
         "deadLetterTargetArn": "arn:aws:sqs:us-east-1:000000000000:no-such-dlq",
         "maxReceiveCount": 1
@@ -1305,6 +1307,7 @@ async fn sqs_redrive_to_a_missing_dead_letter_queue_keeps_the_message() {
         &[(QueueAttributeName::RedrivePolicy, policy.as_str())],
     )
     .await;
+    sqs.delete_queue().queue_url(&dlq).send().await.unwrap();
     sqs.send_message()
         .queue_url(&url)
         .message_body("keep me")

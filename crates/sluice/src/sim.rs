@@ -51,6 +51,16 @@ pub struct SimArgs {
     /// time through POST /_sim/faults (`hang_ops`); a hung call is never carried out.
     #[arg(long, value_delimiter = ',', value_name = "OPS")]
     pub hang_ops: Option<Vec<String>>,
+    /// Share of the entries of SendMessageBatch, DeleteMessageBatch and
+    /// ChangeMessageVisibilityBatch that fail on the server's side (SenderFault false,
+    /// InternalError) inside a call that succeeds (0.0-1.0).
+    #[arg(long, default_value_t = 0.0, value_name = "RATE")]
+    pub entry_server_fault_rate: f64,
+    /// Short polls (WaitTimeSeconds 0) return a random number of the visible messages, none to
+    /// what was asked, as SQS's sampling short poll may; drawn from this seed. Unset: every
+    /// visible message, deterministically.
+    #[arg(long, value_name = "SEED")]
+    pub short_poll_sampling_seed: Option<u64>,
 }
 
 fn ms(d: Option<Duration>) -> u64 {
@@ -76,9 +86,11 @@ impl SimArgs {
                 slow_receive_ms: ms(self.slow_receive),
                 only_ops: self.fault_ops.clone(),
                 hang_ops: self.hang_ops.clone().unwrap_or_default(),
+                entry_server_fault_rate: self.entry_server_fault_rate,
                 ..Faults::default()
             },
             max_message_bytes: self.max_message_bytes,
+            short_poll_sampling_seed: self.short_poll_sampling_seed,
         }
     }
 }
