@@ -1,11 +1,14 @@
 //! Write capacity as DynamoDB enforces it.
 //!
 //! A provisioned table earns `W` write capacity units per second. What it does not spend is kept
-//! as burst credit, up to `burst_seconds` (300 in DynamoDB) of capacity. A write that costs more
-//! than what is available is refused: PutItem with ProvisionedThroughputExceededException,
-//! BatchWriteItem by handing back the items that did not fit as UnprocessedItems (or the
-//! exception when none fit). A new table starts with one second of capacity and no credit; a
-//! capacity raise adds the difference at once.
+//! as burst credit, up to `burst_seconds` (300 in DynamoDB) of capacity. A write is admitted when
+//! it finds capacity available (at least one unit) and then spends its whole cost, running the
+//! bucket into debt if it costs more than is there; while the bucket holds less than a unit,
+//! writes are refused: PutItem with ProvisionedThroughputExceededException, BatchWriteItem by
+//! handing back the items that did not fit as UnprocessedItems (or the exception when none fit).
+//! So an item costing more than the bucket can ever hold (a 400 KB item on a 1-WCU table) is
+//! written, and the table is throttled until the debt is paid back. A new table starts with one
+//! second of capacity and no credit; a capacity raise adds the difference at once.
 //! On-demand tables use the same bucket with their ceiling as rate and one second of burst, and
 //! refuse with ThrottlingException.
 
@@ -42,19 +45,31 @@ impl WriteCapacity {
         self.last = self.last.max(now);
     }
 
-    /// Takes `units` if they are all available now.
-    pub fn try_consume(&mut self, now: Instant, units: u64) -> bool {
+    /// Whether a write costing `units` is admitted now: it needs one unit available (all of
+    /// them when it costs less than one), not its whole cost.
+    pub fn admits(&mut self, now: Instant, units: u64) -> bool {
         self.refill(now);
         // A hair of tolerance so float accumulation never refuses an exactly-earned unit.
-        if self.tokens + 1e-9 >= units as f64 {
-            self.tokens -= units as f64;
+        self.tokens + 1e-9 >= (units as f64).min(1.0)
+    }
+
+    /// Spends `units`, into debt if need be (after [`WriteCapacity::admits`] said yes).
+    pub fn consume(&mut self, now: Instant, units: u64) {
+        self.refill(now);
+        self.tokens -= units as f64;
+    }
+
+    /// Spends `units` if the write is admitted now (see [`WriteCapacity::admits`]).
+    pub fn try_consume(&mut self, now: Instant, units: u64) -> bool {
+        if self.admits(now, units) {
+            self.consume(now, units);
             true
         } else {
             false
         }
     }
 
-    /// Units available now (provisioned capacity plus burst credit).
+    /// Units available now (provisioned capacity plus burst credit; negative while in debt).
     pub fn available(&mut self, now: Instant) -> f64 {
         self.refill(now);
         self.tokens
@@ -147,11 +162,29 @@ mod tests {
     }
 
     #[test]
-    fn a_cost_larger_than_what_is_available_takes_nothing() {
+    fn a_write_that_finds_a_unit_runs_the_bucket_into_debt_until_paid_back() {
+        let t0 = Instant::now();
+        // 1 WCU, 300 s of burst: a 400-unit item costs more than the bucket can ever hold.
+        let mut c = WriteCapacity::new(1, 300.0, t0);
+        assert!(
+            c.try_consume(t0, 400),
+            "one unit available admits the whole write"
+        );
+        assert!((c.available(t0) + 399.0).abs() < 1e-6);
+        // Throttled until the debt is paid back: 399 s later there is nothing, 400 s one unit.
+        assert!(!c.try_consume(t0 + Duration::from_secs(399), 1));
+        assert!(c.try_consume(t0 + Duration::from_secs(400), 1));
+    }
+
+    #[test]
+    fn less_than_a_unit_available_admits_nothing() {
         let t0 = Instant::now();
         let mut c = WriteCapacity::new(10, 300.0, t0);
-        assert!(!c.try_consume(t0, 11));
-        assert!(c.try_consume(t0, 10), "the refused write spent nothing");
+        assert!(c.try_consume(t0, 10));
+        let t = t0 + Duration::from_millis(50); // half a unit earned
+        assert!(!c.try_consume(t, 1));
+        assert!(!c.try_consume(t, 5), "a refused write spends nothing");
+        assert!((c.available(t) - 0.5).abs() < 1e-6);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -15,6 +15,17 @@ use crate::meter::{Billing, DEFAULT_WARM_WCU, Gsi, Meter, Projection};
 
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 const MAX_BATCH_WRITE: usize = 25;
+/// The largest BatchWriteItem request body DynamoDB takes (16 MB); larger is refused whole.
+pub const MAX_BATCH_WRITE_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// How long a new table is CREATING unless its `sluice-sim:creating-ms` tag says otherwise.
+pub const DEFAULT_CREATING: Duration = Duration::ZERO;
+/// How long a table is UPDATING after UpdateTable unless its `sluice-sim:updating-ms` tag says
+/// otherwise: long enough to be seen, short enough that tests need not wait.
+pub const DEFAULT_UPDATING: Duration = Duration::from_millis(100);
+/// CreateTable tags that set how long the table stays CREATING, and UPDATING after each
+/// UpdateTable, in milliseconds (DynamoDB ignores them: they are ordinary tags there).
+pub const CREATING_MS_TAG: &str = "sluice-sim:creating-ms";
+pub const UPDATING_MS_TAG: &str = "sluice-sim:updating-ms";
 const PAGE_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone)]
@@ -34,9 +45,21 @@ impl Default for TableSettings {
     }
 }
 
+/// A table's status as DescribeTable shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Busy {
+    Creating,
+    Updating,
+}
+
 struct Table {
     name: String,
     created: f64,
+    /// CREATING or UPDATING until the instant; ACTIVE after it.
+    busy: Option<(Busy, Instant)>,
+    updating_for: Duration,
+    deletion_protection: bool,
+    table_class: String,
     key_schema: Value,
     attribute_definitions: Value,
     hash_key: String,
@@ -96,6 +119,30 @@ pub mod refusals {
     pub const DUPLICATE_KEYS: &str = "Provided list of item keys contains duplicates";
     pub const KEY_MISSING: &str = "One of the required keys was not given a value";
     pub const KEY_TYPE: &str = "One or more parameter values were invalid: Type mismatch for key";
+    // DynamoDB's (documented, or as DynamoDB Local says where DynamoDB's own words are unknown).
+    pub const EMPTY_SS: &str =
+        "One or more parameter values were invalid: An string set  may not be empty";
+    pub const EMPTY_NS: &str =
+        "One or more parameter values were invalid: An number set  may not be empty";
+    pub const EMPTY_BS: &str =
+        "One or more parameter values were invalid: Binary sets should not be empty";
+    pub const DUPLICATE_NS: &str = "Input collection contains duplicates";
+    pub const DUPLICATE_BS: &str = "One or more parameter values were invalid: Input collection of type BS contains duplicates.";
+    pub const KEY_SCHEMA: &str = "The provided key element does not match the schema";
+    pub const PAY_PER_REQUEST_THROUGHPUT: &str = "One or more parameter values were invalid: Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST";
+    pub const UNUSED_DEFINITIONS: &str = "One or more parameter values were invalid: Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions";
+    pub const DELETION_PROTECTED: &str = "Resource cannot be deleted as it is currently protected against deletion. Disable deletion protection first.";
+    pub const NOTHING_TO_UPDATE: &str = "Nothing to update";
+    pub const REQUEST_TOO_LARGE: &str =
+        "Request size exceeded 16777216 bytes: a BatchWriteItem request may carry up to 16 MB";
+
+    /// A string set with a value twice: DynamoDB lists the set.
+    pub fn duplicate_ss(set: &[&str]) -> String {
+        format!(
+            "One or more parameter values were invalid: Input collection [{}] contains duplicates.",
+            set.join(", ")
+        )
+    }
 }
 
 /// Deepest nesting DynamoDB takes: the item is level 1, each map or list one more.
@@ -108,6 +155,12 @@ const MAX_RANGE_KEY_BYTES: usize = 1024;
 /// pairs aligned on the decimal point, from the first significant digit to the last, plus one
 /// byte, plus one for a negative sign; zero is one byte.
 fn number_bytes(n: &str) -> Result<usize, String> {
+    number_parts(n).map(|(size, _)| size)
+}
+
+/// The stored size of a number and its value as text that is equal for equal numbers
+/// (`1`, `1.0`, `01`, `10e-1` are one value in a number set).
+fn number_parts(n: &str) -> Result<(usize, String), String> {
     let bad = || refusals::NOT_A_NUMBER.to_string();
     let (negative, unsigned) = match n.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -147,7 +200,7 @@ fn number_bytes(n: &str) -> Result<usize, String> {
     let significant = all.trim_start_matches('0');
     let trimmed = significant.trim_end_matches('0');
     if trimmed.is_empty() {
-        return Ok(1);
+        return Ok((1, "0".into()));
     }
     last += (significant.len() - trimmed.len()) as i64;
     let first = last + trimmed.len() as i64 - 1;
@@ -161,8 +214,12 @@ fn number_bytes(n: &str) -> Result<usize, String> {
         return Err(refusals::UNDERFLOW.into());
     }
     let pairs = (first.div_euclid(2) - last.div_euclid(2) + 1) as usize;
+    let sign = if negative { "-" } else { "" };
     // A number is stored in at most 21 bytes (38 digits off the pair alignment would need 22).
-    Ok((pairs + 1 + usize::from(negative)).min(21))
+    Ok((
+        (pairs + 1 + usize::from(negative)).min(21),
+        format!("{sign}{trimmed}e{last}"),
+    ))
 }
 
 fn binary_bytes(b64: &str) -> usize {
@@ -203,24 +260,56 @@ fn value_size_at(v: &Value, level: usize) -> Result<usize, String> {
         ("N", Value::String(n)) => number_bytes(n)?,
         ("B", Value::String(b)) => binary_bytes(b),
         ("BOOL", Value::Bool(_)) | ("NULL", Value::Bool(true)) => 1,
-        ("SS", v) => list(v)?
-            .iter()
-            .map(|s| s.as_str().map_or(0, str::len))
-            .sum(),
+        ("SS", v) => {
+            let set = list(v)?;
+            if set.is_empty() {
+                return Err(refusals::EMPTY_SS.into());
+            }
+            let strings: Vec<&str> = set.iter().map(|s| s.as_str().unwrap_or("")).collect();
+            if strings.iter().collect::<HashSet<_>>().len() < strings.len() {
+                return Err(refusals::duplicate_ss(&strings));
+            }
+            strings.iter().map(|s| s.len()).sum()
+        }
         ("NS", v) => {
-            let mut size = 0;
-            for n in list(v)? {
-                size += number_bytes(
+            let set = list(v)?;
+            if set.is_empty() {
+                return Err(refusals::EMPTY_NS.into());
+            }
+            let (mut size, mut values) = (0, HashSet::new());
+            let mut duplicate = false;
+            for n in set {
+                let (bytes, value) = number_parts(
                     n.as_str()
                         .ok_or_else(|| refusals::NOT_A_NUMBER.to_string())?,
                 )?;
+                size += bytes;
+                duplicate |= !values.insert(value);
+            }
+            if duplicate {
+                return Err(refusals::DUPLICATE_NS.into());
             }
             size
         }
-        ("BS", v) => list(v)?
-            .iter()
-            .map(|s| s.as_str().map_or(0, binary_bytes))
-            .sum(),
+        ("BS", v) => {
+            let set = list(v)?;
+            if set.is_empty() {
+                return Err(refusals::EMPTY_BS.into());
+            }
+            let decoded: Vec<Vec<u8>> = set
+                .iter()
+                .map(|s| {
+                    let s = s.as_str().unwrap_or("");
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s)
+                        .unwrap_or_else(|_| s.as_bytes().to_vec())
+                })
+                .collect();
+            if decoded.iter().collect::<HashSet<_>>().len() < decoded.len() {
+                return Err(refusals::DUPLICATE_BS.into());
+            }
+            decoded.iter().map(Vec::len).sum()
+        }
         ("M", Value::Object(m)) => {
             if level > MAX_NESTING {
                 return Err(refusals::NESTING.into());
@@ -323,8 +412,9 @@ impl Table {
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::validation(refusals::KEY_TYPE))?;
             if v.is_empty() {
+                let kind = if ty == "B" { "binary" } else { "string" };
                 return Err(ApiError::validation(format!(
-                    "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty string value. Key: {attr}"
+                    "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty {kind} value. Key: {attr}"
                 )));
             }
             let limit = if i == 0 {
@@ -332,7 +422,9 @@ impl Table {
             } else {
                 MAX_RANGE_KEY_BYTES
             };
-            if v.len() > limit {
+            // A binary key's size is its bytes, not its base64 text.
+            let bytes = if ty == "B" { binary_bytes(v) } else { v.len() };
+            if bytes > limit {
                 return Err(ApiError::validation(refusals::KEY_TOO_LONG));
             }
             if !key.is_empty() {
@@ -341,6 +433,42 @@ impl Table {
             key.push_str(v);
         }
         Ok(key)
+    }
+
+    /// The storage key of a Key map (GetItem, DeleteRequest): exactly the key attributes.
+    fn key_of_key(&self, key: &Map<String, Value>) -> ApiResult<String> {
+        let wanted = 1 + usize::from(self.range_key.is_some());
+        if key.len() > wanted {
+            return Err(ApiError::validation(refusals::KEY_SCHEMA));
+        }
+        self.key_of(key)
+    }
+
+    fn status(&self, now: Instant) -> Option<Busy> {
+        self.busy
+            .filter(|(_, until)| now < *until)
+            .map(|(kind, _)| kind)
+    }
+
+    /// ResourceInUseException while CREATING or UPDATING (UpdateTable, DeleteTable).
+    fn not_busy(&self) -> ApiResult<()> {
+        match self.status(Instant::now()) {
+            None => Ok(()),
+            Some(kind) => {
+                let what = match kind {
+                    Busy::Creating => "created",
+                    Busy::Updating => "updated",
+                };
+                Err(ApiError::dynamodb(
+                    400,
+                    "ResourceInUseException",
+                    format!(
+                        "Attempt to change a resource which is still in use: Table is being {what}: {}",
+                        self.name
+                    ),
+                ))
+            }
+        }
     }
 
     fn key_map(&self, item: &Map<String, Value>) -> Value {
@@ -365,9 +493,27 @@ impl Table {
             Billing::Provisioned { .. } => "PROVISIONED",
             Billing::OnDemand => "PAY_PER_REQUEST",
         };
+        let status = match self.status(Instant::now()) {
+            None => "ACTIVE",
+            Some(Busy::Creating) => "CREATING",
+            Some(Busy::Updating) => "UPDATING",
+        };
+        let index_status = if status == "CREATING" {
+            "CREATING"
+        } else {
+            "ACTIVE"
+        };
         let mut d = Map::new();
         d.insert("TableName".into(), json!(self.name));
-        d.insert("TableStatus".into(), json!("ACTIVE"));
+        d.insert("TableStatus".into(), json!(status));
+        d.insert(
+            "DeletionProtectionEnabled".into(),
+            json!(self.deletion_protection),
+        );
+        d.insert(
+            "TableClassSummary".into(),
+            json!({"TableClass": self.table_class}),
+        );
         d.insert("TableArn".into(), json!(self.arn()));
         d.insert("TableId".into(), json!(format!("sim-{}", self.name)));
         d.insert("CreationDateTime".into(), json!(self.created));
@@ -390,7 +536,7 @@ impl Table {
                     i.insert("IndexName".into(), json!(g.name));
                     i.insert("KeySchema".into(), g.key_schema.clone());
                     i.insert("Projection".into(), g.projection.describe());
-                    i.insert("IndexStatus".into(), json!("ACTIVE"));
+                    i.insert("IndexStatus".into(), json!(index_status));
                     i.insert(
                         "IndexArn".into(),
                         json!(format!("{}/index/{}", self.arn(), g.name)),
@@ -438,16 +584,43 @@ impl Table {
         }];
         let keys = self.table_keys();
         for (i, g) in self.gsis.iter().enumerate() {
-            for attr in std::iter::once(&g.hash_key).chain(g.range_key.iter()) {
+            for (k, attr) in std::iter::once(&g.hash_key)
+                .chain(g.range_key.iter())
+                .enumerate()
+            {
                 let ty = self.key_type(attr);
-                if let Some(v) = item.get(attr)
-                    && v.get(ty).is_none()
-                {
+                let Some(v) = item.get(attr) else { continue };
+                let Some(raw) = v.get(ty) else {
                     // DynamoDB Local's words (DynamoDB itself goes on with the attribute, the
                     // expected and actual types, and the index).
                     return Err(ApiError::validation(
                         "One or more parameter values were invalid: Type mismatch for Index Key",
                     ));
+                };
+                let raw = raw.as_str().unwrap_or_default();
+                if raw.is_empty() {
+                    let kind = if ty == "B" { "binary" } else { "string" };
+                    return Err(ApiError::validation(format!(
+                        "One or more parameter values are not valid. A value specified for a secondary index key is not supported. The AttributeValue for a key attribute cannot contain an empty {kind} value. IndexName: {}, IndexKey: {attr}",
+                        g.name
+                    )));
+                }
+                let bytes = match ty {
+                    "B" => binary_bytes(raw),
+                    "N" => number_bytes(raw).unwrap_or(0),
+                    _ => raw.len(),
+                };
+                let limit = if k == 0 {
+                    MAX_HASH_KEY_BYTES
+                } else {
+                    MAX_RANGE_KEY_BYTES
+                };
+                if bytes > limit {
+                    // DynamoDB's words (DynamoDB Local says only "Size limit exceeded").
+                    return Err(ApiError::validation(format!(
+                        "One or more parameter values were invalid: Size limit exceeded for Index Key {attr} Actual Size: {bytes} bytes Max Size: {limit} bytes IndexName: {}",
+                        g.name
+                    )));
                 }
             }
             let new = g.project(item, &keys);
@@ -588,14 +761,30 @@ fn parse_billing(on_demand: bool, pt: Option<&Value>, what: &str) -> ApiResult<B
     let pt = pt.ok_or_else(|| {
         ApiError::validation(format!("No provisioned throughput specified for {what}"))
     })?;
-    let rcu = pt["ReadCapacityUnits"].as_u64().unwrap_or(0);
-    let wcu = pt["WriteCapacityUnits"].as_u64().unwrap_or(0);
-    if rcu == 0 || wcu == 0 {
-        return Err(ApiError::validation(
-            "ProvisionedThroughput units must be at least 1",
-        ));
+    let rcu = pt["ReadCapacityUnits"].as_i64().unwrap_or(0);
+    let wcu = pt["WriteCapacityUnits"].as_i64().unwrap_or(0);
+    // The API's own constraint (minimum 1), in the words of its request validation.
+    let errors: Vec<String> = [("readCapacityUnits", rcu), ("writeCapacityUnits", wcu)]
+        .iter()
+        .filter(|(_, v)| *v < 1)
+        .map(|(field, v)| {
+            format!(
+                "Value '{v}' at 'provisionedThroughput.{field}' failed to satisfy constraint: Member must have value greater than or equal to 1"
+            )
+        })
+        .collect();
+    if !errors.is_empty() {
+        let n = errors.len();
+        let s = if n == 1 { "" } else { "s" };
+        return Err(ApiError::validation(format!(
+            "{n} validation error{s} detected: {}",
+            errors.join("; ")
+        )));
     }
-    Ok(Billing::Provisioned { rcu, wcu })
+    Ok(Billing::Provisioned {
+        rcu: rcu as u64,
+        wcu: wcu as u64,
+    })
 }
 
 /// OnDemandThroughput.MaxWriteRequestUnits, when set (-1 means none).
@@ -656,12 +845,49 @@ fn parse_item(v: Option<&Value>, what: &str) -> ApiResult<Map<String, Value>> {
         .ok_or_else(|| ApiError::validation(format!("{what} is required")))
 }
 
+/// A value of an enum member, checked as the API's request validation does.
+fn enum_field<'a>(
+    req: &'a Value,
+    name: &str,
+    field: &str,
+    allowed: &[&str],
+) -> ApiResult<Option<&'a str>> {
+    match req.get(name).and_then(Value::as_str) {
+        None => Ok(None),
+        Some(v) if allowed.contains(&v) => Ok(Some(v)),
+        Some(v) => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{v}' at '{field}' failed to satisfy constraint: Member must satisfy enum value set: [{}]",
+            allowed.join(", ")
+        ))),
+    }
+}
+
+const BILLING_MODES: &[&str] = &["PROVISIONED", "PAY_PER_REQUEST"];
+const TABLE_CLASSES: &[&str] = &["STANDARD", "STANDARD_INFREQUENT_ACCESS"];
+
+/// A duration in milliseconds from a CreateTable tag.
+fn tag_ms(req: &Value, key: &str) -> Option<Duration> {
+    req.get("Tags")?
+        .as_array()?
+        .iter()
+        .find(|t| t["Key"] == key)
+        .and_then(|t| t["Value"].as_str())
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+}
+
 fn checked_size(item: &Map<String, Value>) -> ApiResult<usize> {
     let size = item_size(item).map_err(ApiError::validation)?;
     if size > MAX_ITEM_BYTES {
         return Err(ApiError::validation(refusals::ITEM_TOO_LARGE));
     }
     Ok(size)
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::resource_not_found(format!(
+        "Requested resource not found: Table: {name} not found"
+    ))
 }
 
 impl DynamoDb {
@@ -690,6 +916,21 @@ impl DynamoDb {
         f(table)
     }
 
+    /// A table that takes reads and writes: DynamoDB answers ResourceNotFoundException for a
+    /// table that is not yet ACTIVE (CREATING).
+    fn with_active_table<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Table) -> ApiResult<T>,
+    ) -> ApiResult<T> {
+        self.with_table(name, |t| {
+            if t.status(Instant::now()) == Some(Busy::Creating) {
+                return Err(not_found(name));
+            }
+            f(t)
+        })
+    }
+
     pub fn handle(&self, op: &str, req: &Value) -> ApiResult {
         match op {
             "CreateTable" => self.create_table(req),
@@ -699,12 +940,16 @@ impl DynamoDb {
             "UpdateTable" => self.update_table(req),
             "DeleteTable" => {
                 let name = str_field(req, "TableName")?;
-                let table = self.lock().remove(name).ok_or_else(|| {
-                    ApiError::resource_not_found(format!(
-                        "Requested resource not found: Table: {name} not found"
-                    ))
-                })?;
-                Ok(json!({"TableDescription": table.description()}))
+                let mut tables = self.lock();
+                let table = tables.get(name).ok_or_else(|| not_found(name))?;
+                if table.deletion_protection {
+                    return Err(ApiError::validation(refusals::DELETION_PROTECTED));
+                }
+                table.not_busy()?;
+                let mut description = table.description();
+                description["TableStatus"] = json!("DELETING");
+                tables.remove(name);
+                Ok(json!({"TableDescription": description}))
             }
             "ListTables" => {
                 let mut names: Vec<String> = self.lock().keys().cloned().collect();
@@ -756,8 +1001,53 @@ impl DynamoDb {
                 )));
             }
         }
-        let on_demand = req.get("BillingMode").and_then(Value::as_str) == Some("PAY_PER_REQUEST");
+        let on_demand = enum_field(req, "BillingMode", "billingMode", BILLING_MODES)?
+            == Some("PAY_PER_REQUEST");
+        let table_class = enum_field(req, "TableClass", "tableClass", TABLE_CLASSES)?
+            .unwrap_or("STANDARD")
+            .to_string();
+        if on_demand && req.get("ProvisionedThroughput").is_some() {
+            return Err(ApiError::validation(refusals::PAY_PER_REQUEST_THROUGHPUT));
+        }
         let billing = parse_billing(on_demand, req.get("ProvisionedThroughput"), "the table")?;
+        // Every attribute definition must be a key of the table or of an index.
+        let mut used: Vec<String> = vec![hash_key.clone()];
+        used.extend(range_key.iter().cloned());
+        for kind in ["GlobalSecondaryIndexes", "LocalSecondaryIndexes"] {
+            for index in req
+                .get(kind)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                for k in index["KeySchema"].as_array().into_iter().flatten() {
+                    if let Some(a) = k["AttributeName"].as_str()
+                        && !used.iter().any(|u| u == a)
+                    {
+                        used.push(a.to_string());
+                    }
+                }
+            }
+        }
+        let defined: Vec<String> = attribute_definitions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["AttributeName"].as_str().map(String::from))
+            .collect();
+        if defined.iter().any(|d| !used.contains(d)) {
+            let indexed = req.get("GlobalSecondaryIndexes").is_some()
+                || req.get("LocalSecondaryIndexes").is_some();
+            return Err(ApiError::validation(if indexed {
+                format!(
+                    "One or more parameter values were invalid: Some AttributeDefinitions are not used. AttributeDefinitions: [{}], keys used: [{}]",
+                    defined.join(", "),
+                    used.join(", ")
+                )
+            } else {
+                refusals::UNUSED_DEFINITIONS.to_string()
+            }));
+        }
         let mut tables = self.lock();
         if tables.contains_key(&name) {
             return Err(ApiError::dynamodb(
@@ -813,6 +1103,11 @@ impl DynamoDb {
                     )));
                 }
             }
+            if on_demand && g.get("ProvisionedThroughput").is_some() {
+                return Err(ApiError::validation(format!(
+                    "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {index_name} when BillingMode is PAY_PER_REQUEST"
+                )));
+            }
             let gbilling = parse_billing(on_demand, g.get("ProvisionedThroughput"), &index_name)?;
             gsis.push(Gsi {
                 name: index_name,
@@ -823,9 +1118,17 @@ impl DynamoDb {
                 meter: Meter::new(gbilling, max_on_demand(g), warm_wcu(g), burst, ceiling, now),
             });
         }
+        let creating = tag_ms(req, CREATING_MS_TAG).unwrap_or(DEFAULT_CREATING);
         let table = Table {
             name: name.clone(),
             created: now_secs(),
+            busy: (!creating.is_zero()).then(|| (Busy::Creating, now + creating)),
+            updating_for: tag_ms(req, UPDATING_MS_TAG).unwrap_or(DEFAULT_UPDATING),
+            deletion_protection: req
+                .get("DeletionProtectionEnabled")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            table_class,
             key_schema,
             attribute_definitions,
             hash_key,
@@ -845,14 +1148,67 @@ impl DynamoDb {
         let burst = self.settings.burst_seconds;
         self.with_table(str_field(req, "TableName")?, |t| {
             let now = Instant::now();
-            let on_demand = match req.get("BillingMode").and_then(Value::as_str) {
-                Some("PAY_PER_REQUEST") => true,
-                Some("PROVISIONED") => false,
+            t.not_busy()?;
+            let mode = enum_field(req, "BillingMode", "billingMode", BILLING_MODES)?;
+            let class = enum_field(req, "TableClass", "tableClass", TABLE_CLASSES)?;
+            let protection = req.get("DeletionProtectionEnabled").and_then(Value::as_bool);
+            let changes_capacity = [
+                "ProvisionedThroughput",
+                "BillingMode",
+                "OnDemandThroughput",
+                "WarmThroughput",
+                "GlobalSecondaryIndexUpdates",
+            ]
+            .iter()
+            .any(|f| req.get(*f).is_some());
+            if !changes_capacity && class.is_none() && protection.is_none() {
+                return Err(ApiError::validation(refusals::NOTHING_TO_UPDATE));
+            }
+            let on_demand = match mode {
+                Some(m) => m == "PAY_PER_REQUEST",
                 None => t.meter.billing == Billing::OnDemand,
-                Some(other) => {
-                    return Err(ApiError::validation(format!("unknown BillingMode {other}")));
-                }
             };
+            if on_demand && req.get("ProvisionedThroughput").is_some() {
+                // Also when BillingMode is left out on an on-demand table: a capacity update
+                // never switches it to provisioned by itself.
+                return Err(ApiError::validation(refusals::PAY_PER_REQUEST_THROUGHPUT));
+            }
+            if let (Some(pt), Billing::Provisioned { rcu, wcu }) =
+                (req.get("ProvisionedThroughput"), t.meter.billing)
+            {
+                let asked = parse_billing(false, Some(pt), "the table")?;
+                let only_capacity = !["OnDemandThroughput", "WarmThroughput", "GlobalSecondaryIndexUpdates"]
+                    .iter()
+                    .any(|f| req.get(*f).is_some());
+                if asked == t.meter.billing && only_capacity {
+                    return Err(ApiError::validation(format!(
+                        "The provisioned throughput for the table will not change. The requested value equals the current value. Current ReadCapacityUnits provisioned for the table: {rcu}. Requested ReadCapacityUnits: {rcu}. Current WriteCapacityUnits provisioned for the table: {wcu}. Requested WriteCapacityUnits: {wcu}. Refer to the Amazon DynamoDB Developer Guide for current limits and how to request higher limits."
+                    )));
+                }
+            }
+            for u in req
+                .get("GlobalSecondaryIndexUpdates")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let name = u
+                    .get("Update")
+                    .and_then(|u| u.get("IndexName"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if u.get("Update").is_some() && !t.gsis.iter().any(|g| g.name == name) {
+                    return Err(ApiError::resource_not_found(format!(
+                        "Requested resource not found: Index: {name} not found"
+                    )));
+                }
+                if let Some(pt) = u.get("Update").and_then(|u| u.get("ProvisionedThroughput")) {
+                    if on_demand {
+                        return Err(ApiError::validation(refusals::PAY_PER_REQUEST_THROUGHPUT));
+                    }
+                    parse_billing(false, Some(pt), name)?;
+                }
+            }
             let billing = match (on_demand, req.get("ProvisionedThroughput")) {
                 (true, _) => Billing::OnDemand,
                 (false, Some(pt)) => parse_billing(false, Some(pt), "the table")?,
@@ -865,6 +1221,18 @@ impl DynamoDb {
                     }
                 },
             };
+            if let Some(p) = protection {
+                t.deletion_protection = p;
+            }
+            if let Some(c) = class {
+                t.table_class = c.to_string();
+            }
+            if changes_capacity || class.is_some() {
+                t.busy = (!t.updating_for.is_zero()).then(|| (Busy::Updating, now + t.updating_for));
+            }
+            if !changes_capacity {
+                return Ok(json!({"TableDescription": t.description()}));
+            }
             let max = if req.get("OnDemandThroughput").is_some() {
                 max_on_demand(req)
             } else {
@@ -923,7 +1291,7 @@ impl DynamoDb {
 
     fn put_item(&self, req: &Value) -> ApiResult {
         let item = parse_item(req.get("Item"), "Item")?;
-        self.with_table(str_field(req, "TableName")?, |t| {
+        self.with_active_table(str_field(req, "TableName")?, |t| {
             let key = t.key_of(&item)?;
             let size = checked_size(&item)?;
             let charges = t.put_charges(&key, &item, size)?;
@@ -941,8 +1309,8 @@ impl DynamoDb {
 
     fn get_item(&self, req: &Value) -> ApiResult {
         let key_map = parse_item(req.get("Key"), "Key")?;
-        self.with_table(str_field(req, "TableName")?, |t| {
-            let key = t.key_of(&key_map)?;
+        self.with_active_table(str_field(req, "TableName")?, |t| {
+            let key = t.key_of_key(&key_map)?;
             Ok(match t.items.get(&key) {
                 Some(item) => json!({"Item": item}),
                 None => json!({}),
@@ -951,6 +1319,14 @@ impl DynamoDb {
     }
 
     fn batch_write_item(&self, req: &Value) -> ApiResult {
+        // The request as the SDK sent it (compact JSON, the same escapes) is at most 16 MB.
+        if serde_json::to_string(req).map_or(0, |b| b.len()) > MAX_BATCH_WRITE_REQUEST_BYTES {
+            return Err(ApiError::dynamodb(
+                413,
+                "RequestEntityTooLarge",
+                refusals::REQUEST_TOO_LARGE,
+            ));
+        }
         let Some(requests) = req.get("RequestItems").and_then(Value::as_object) else {
             return Err(ApiError::validation("RequestItems is required"));
         };
@@ -971,11 +1347,10 @@ impl DynamoDb {
         }
         let mut plan: Vec<(String, Vec<(Write, Value)>)> = Vec::new();
         for (name, writes) in requests {
-            let table = tables.get(name).ok_or_else(|| {
-                ApiError::resource_not_found(format!(
-                    "Requested resource not found: Table: {name} not found"
-                ))
-            })?;
+            let table = tables
+                .get(name)
+                .filter(|t| t.status(Instant::now()) != Some(Busy::Creating))
+                .ok_or_else(|| not_found(name))?;
             let mut seen = HashSet::new();
             let mut list = Vec::new();
             for w in writes.as_array().into_iter().flatten() {
@@ -988,7 +1363,7 @@ impl DynamoDb {
                     (Write::Put(key.clone(), item, size), key)
                 } else if let Some(del) = w.get("DeleteRequest") {
                     let key_map = parse_item(del.get("Key"), "DeleteRequest.Key")?;
-                    let key = table.key_of(&key_map)?;
+                    let key = table.key_of_key(&key_map)?;
                     (Write::Delete(key.clone()), key)
                 } else {
                     return Err(ApiError::validation(
@@ -1088,7 +1463,7 @@ impl DynamoDb {
         let value = values.and_then(|v| v.get(rhs)).cloned().ok_or_else(|| {
             ApiError::validation(format!("missing ExpressionAttributeValues {rhs}"))
         })?;
-        self.with_table(str_field(req, "TableName")?, |t| {
+        self.with_active_table(str_field(req, "TableName")?, |t| {
             if attr != t.hash_key {
                 return Err(ApiError::validation(format!(
                     "Query condition missed key schema element: {}",
@@ -1129,7 +1504,7 @@ impl DynamoDb {
     }
 
     fn scan(&self, req: &Value) -> ApiResult {
-        self.with_table(str_field(req, "TableName")?, |t| {
+        self.with_active_table(str_field(req, "TableName")?, |t| {
             let start = match req.get("ExclusiveStartKey").and_then(Value::as_object) {
                 Some(k) => Bound::Excluded(t.key_of(k)?),
                 None => Bound::Unbounded,

@@ -6,7 +6,8 @@
 //! exception's `ThrottlingReasons` (`TableWriteProvisionedThroughputExceeded`,
 //! `IndexWriteKeyRangeThroughputExceeded`, …, with the resource's ARN).
 //!
-//! - **Provisioned**: `W` WCU per second with burst credit ([`WriteCapacity`]).
+//! - **Provisioned**: `W` WCU per second with burst credit ([`WriteCapacity`]); a write that finds
+//!   a unit available is admitted whole and may run the bucket into debt.
 //! - **On demand**: `OnDemandThroughput.MaxWriteRequestUnits` when set (`…MaxOnDemandThroughput
 //!   Exceeded`), else the account's per-table quota (`…AccountLimitExceeded`). The warm throughput
 //!   (`WarmThroughput.WriteUnitsPerSecond`, 4,000 for a new table) is reported, not enforced: it
@@ -122,9 +123,12 @@ impl Meter {
             .or_insert_with(|| WriteCapacity::new(PARTITION_WCU, 1.0, now))
     }
 
-    /// Whether `units` on partition `key` fit now; the limit type that refuses otherwise.
+    /// Whether a write of `units` on partition `key` is admitted now; the limit type that
+    /// refuses otherwise. The meter's bucket admits a write that finds a unit available (see
+    /// [`WriteCapacity::admits`]); a partition's 1,000 WCU a second is a hard limit, so the
+    /// partition must hold the whole cost (any item fits a partition that is not busy).
     pub fn check(&mut self, key: &str, units: u64, now: Instant) -> Result<(), &'static str> {
-        if self.capacity.available(now) + 1e-9 < units as f64 {
+        if !self.capacity.admits(now, units) {
             return Err(self.limit());
         }
         if self.partition(key, now).available(now) + 1e-9 < units as f64 {
@@ -133,10 +137,10 @@ impl Meter {
         Ok(())
     }
 
-    /// Spends what [`Meter::check`] said fits.
+    /// Spends what [`Meter::check`] admitted, into debt if the write costs more than is there.
     pub fn spend(&mut self, key: &str, units: u64, now: Instant) {
-        self.capacity.try_consume(now, units);
-        self.partition(key, now).try_consume(now, units);
+        self.capacity.consume(now, units);
+        self.partition(key, now).consume(now, units);
         self.log.record(units as f64);
     }
 
