@@ -118,6 +118,12 @@ impl Default for EngineConfig {
 /// SQS's longest visibility timeout; a message is not held past it.
 pub const MAX_HOLD: Duration = Duration::from_secs(12 * 3600);
 
+/// How long a message may be held from its receive: 12 hours less one visibility timeout (at
+/// most half of it), the span the heartbeat's last extension is sure to cover.
+pub fn hold_limit(visibility: Option<Duration>) -> Duration {
+    MAX_HOLD - visibility.map_or(Duration::ZERO, |v| v.min(MAX_HOLD / 2))
+}
+
 /// What shutdown may take beyond `shutdown_grace`: nacking the unfinished messages, the last
 /// heartbeat, flushing acks. Each is bounded by it, together.
 pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(8);
@@ -991,8 +997,12 @@ async fn settle<S: Source>(shared: &Shared<S>, c: Claimed<S::Handle>) -> bool {
         Err(e) => Outcome::Poison(e),
         Ok(items) => {
             // The writer times out work that stops making progress; this only caps how long a
-            // message may be held at all (its visibility cannot be extended past it).
-            let cap = message.received_at + MAX_HOLD;
+            // message may be held at all. SQS refuses visibility past 12 hours from the receive,
+            // so the heartbeat stops extending a visibility timeout before then: the message is
+            // handed back a visibility timeout early, while it is surely still held (its last
+            // extension reaches past that), so it is never received twice meanwhile and the
+            // nack is not refused.
+            let cap = message.received_at + hold_limit(shared.config.visibility_timeout);
             let write = shared
                 .writer
                 .write(items, order, shared.config.message_timeout);

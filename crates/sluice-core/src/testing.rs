@@ -26,9 +26,14 @@ struct StoredMessage {
     visible_at: Instant,
     receive_count: u32,
     receipt: Option<String>,
+    /// The current receive: SQS caps its visibility at 12 hours from here.
+    received_at: Instant,
 }
 
-/// A queue with SQS's visibility semantics.
+/// SQS's cap on one receive's visibility, across every extension.
+const TWELVE_HOURS: Duration = Duration::from_secs(12 * 3600);
+
+/// A queue with SQS's visibility semantics, the 12-hour cap included.
 pub struct InMemoryQueueForTests {
     state: Mutex<QueueState>,
     arrivals: Notify,
@@ -43,6 +48,8 @@ struct QueueState {
     deleted: u64,
     nacks: Vec<(String, Duration)>,
     extends: u64,
+    /// Extensions and nacks refused for reaching past 12 hours from the receive.
+    refused: u64,
     /// Some: the queue has a dead-letter path; (message id, body, reason) of what went there.
     dead_letters: Option<Vec<(String, Bytes, String)>>,
 }
@@ -73,6 +80,12 @@ impl InMemoryQueueForTests {
     }
 
     /// How many visibility extensions the heartbeat made.
+    /// Extensions and nacks refused because they reached past 12 hours from the receive (SQS
+    /// refuses them: "Total VisibilityTimeout for the message is beyond the limit").
+    pub fn refused_past_12_hours(&self) -> u64 {
+        self.lock().refused
+    }
+
     pub fn extends(&self) -> u64 {
         self.lock().extends
     }
@@ -95,6 +108,7 @@ impl InMemoryQueueForTests {
             visible_at: Instant::now(),
             receive_count: 0,
             receipt: None,
+            received_at: Instant::now(),
         });
         drop(s);
         self.arrivals.notify_waiters();
@@ -150,6 +164,7 @@ impl InMemoryQueueForTests {
                 }
                 m.receive_count += 1;
                 m.visible_at = now + self.visibility_timeout;
+                m.received_at = now;
                 let receipt = format!("{}#{}", m.id, m.receive_count);
                 m.receipt = Some(receipt.clone());
                 out.push(Received {
@@ -221,6 +236,14 @@ impl Source for InMemoryQueueForTests {
                 .iter_mut()
                 .find(|m| m.receipt.as_deref() == Some(h.as_str()) && m.visible_at > now)
             {
+                Some(m) if now + visibility > m.received_at + TWELVE_HOURS => {
+                    failures.push(AckFailure {
+                        index,
+                        error: SourceError::fatal(format!(
+                            "{h}: total visibility beyond 12 hours from the receive"
+                        )),
+                    })
+                }
                 Some(m) => m.visible_at = now + visibility,
                 None => failures.push(AckFailure {
                     index,
@@ -228,6 +251,11 @@ impl Source for InMemoryQueueForTests {
                 }),
             }
         }
+        let refused = failures
+            .iter()
+            .filter(|f| f.error.message.contains("12 hours"))
+            .count() as u64;
+        s.refused += refused;
         s.extends += (handles.len() - failures.len()) as u64;
         failures
     }
@@ -264,6 +292,12 @@ impl Source for InMemoryQueueForTests {
                 "receipt handle {handle} is not current"
             )));
         };
+        if now + delay > m.received_at + TWELVE_HOURS {
+            s.refused += 1;
+            return Err(SourceError::fatal(format!(
+                "{handle}: total visibility beyond 12 hours from the receive"
+            )));
+        }
         m.visible_at = now + delay;
         let id = m.id.clone();
         s.nacks.push((id, delay));

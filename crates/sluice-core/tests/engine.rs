@@ -253,6 +253,38 @@ async fn the_timeout_cancels_the_write_and_nacks() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_message_held_toward_12_hours_is_handed_back_while_it_is_still_held() {
+    // SQS refuses a visibility past 12 hours from the receive, across extensions (the in-memory
+    // queue refuses it too). A write still going then is handed back while sluice holds the
+    // message: never received twice meanwhile, no extension or nack refused.
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_secs(13 * 3600));
+    let visibility = Duration::from_secs(1800);
+    let q = Arc::new(InMemoryQueueForTests::new(
+        visibility,
+        Duration::from_secs(20),
+    ));
+    let mut cfg = config();
+    cfg.message_timeout = Duration::from_secs(12 * 3600);
+    cfg.visibility_timeout = Some(visibility);
+    // Handed back for ten minutes, so the poll below (every minute) sees it before it returns.
+    cfg.nack_backoff_base = Duration::from_secs(600);
+    cfg.nack_backoff_max = Duration::from_secs(600);
+    let h = start(q, table, cfg);
+    let id = h.queue.send(log("long"));
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(13 * 3600);
+    while h.queue.nacks().is_empty() {
+        assert!(tokio::time::Instant::now() < give_up, "never handed back");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert_eq!(h.queue.receive_count(&id), Some(1), "received twice");
+    assert_eq!(h.queue.refused_past_12_hours(), 0);
+    assert!(h.queue.extends() > 0, "the heartbeat kept it");
+    h.stop.cancel();
+    h.run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn poison_is_nacked_to_the_redrive_policy_and_does_not_block_others() {
     let h = start(queue(), Arc::new(MemoryTableForTests::default()), config());
     let bad = h.queue.send("not json at all");
