@@ -126,10 +126,13 @@ pub fn dead_letter_attributes<H>(
         .cloned()
         .collect();
     let mut used = body_bytes + out.iter().map(MessageAttribute::size).sum::<usize>();
-    for (i, (name, mut value)) in ours.into_iter().enumerate() {
+    for (i, (name, value)) in ours.into_iter().enumerate() {
         if out.len() >= MAX_MESSAGE_ATTRIBUTES {
             break;
         }
+        // SQS refuses an attribute value with a character a body may not hold (an error text
+        // can quote a log's NUL or U+FFFF): such characters are written as \uXXXX escapes.
+        let mut value = sqs_text(&value);
         let fixed = name.len() + "String".len();
         let room = max.saturating_sub(used + fixed);
         if room == 0 || (i == 0 && room < value.len()) {
@@ -156,6 +159,24 @@ pub fn dead_letter_attributes<H>(
         });
     }
     (used <= max).then_some(out)
+}
+
+/// `text` with every character SQS refuses in a message (attribute) written as a `\uXXXX`
+/// escape: #x9, #xA, #xD, #x20-#xD7FF, #xE000-#xFFFD and #x10000-#x10FFFF stay.
+pub fn sqs_text(text: &str) -> String {
+    let allowed = |c: char| matches!(c, '\u{9}' | '\u{a}' | '\u{d}' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..);
+    if text.chars().all(allowed) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if allowed(c) {
+                c.to_string()
+            } else {
+                format!("\\u{:04x}", c as u32)
+            }
+        })
+        .collect()
 }
 
 fn secs(d: Duration) -> i32 {
@@ -719,6 +740,15 @@ mod tests {
         let m = message(1000, 10);
         let a = dead_letter_attributes(&m, 1000, max, ours("x")).unwrap();
         assert_eq!(a.len(), 10);
+        // Characters SQS refuses in a value are escaped, so the send always validates.
+        let m = message(1000, 0);
+        let a = dead_letter_attributes(&m, 1000, max, ours("bad \u{0}\u{ffff} log")).unwrap();
+        let error = a.iter().find(|a| a.name == "sluice_error").unwrap();
+        assert!(
+            matches!(&error.value, AttributeBody::Text(t) if t == "bad \\u0000\\uffff log"),
+            "{:?}",
+            error.value
+        );
         // Not even the reason fits: None (left to the queue's redrive policy).
         let m = message(max - 10, 0);
         assert!(dead_letter_attributes(&m, max - 10, max, ours("x")).is_none());
