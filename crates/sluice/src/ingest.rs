@@ -12,7 +12,7 @@
 //! | 415 | a Content-Encoding other than gzip or identity |
 //! | 400 | not JSON, not objects, a log sluice would dead-letter, or a gzip body with trailing bytes that are not gzip; the message names the line and log |
 //! | 413 | a log larger than a message can be (producer.max_message_bytes, capped at the queue's MaximumMessageSize) |
-//! | 422 | SQS refused a log for good (kept in the reject file); the message names the line and log |
+//! | 422 | SQS refused a log for good; answered once the request's other logs are in the queue, the message names the line and log and says where the refused one is kept (the reject file, or only the ERROR log) |
 //! | 429 + Retry-After | the key is over `ingest.rate_per_key` logs/s (governor's keyed token bucket) |
 //! | 202 | every log is in the queue or in the spool (durable: a kill -9 after this loses nothing) |
 
