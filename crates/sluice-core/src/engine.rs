@@ -1100,6 +1100,12 @@ async fn finish<S: Source>(
     (wcu, micros): (u64, u64),
 ) {
     if let Some((delay, reason)) = nack {
+        // SQS refuses a visibility past 12 hours from the receive: a nack late in that span is
+        // shortened to fit, so it still hands the message back instead of being refused.
+        let room = MAX_HOLD
+            .saturating_sub(message.received_at.elapsed())
+            .saturating_sub(Duration::from_secs(1));
+        let delay = delay.min(room);
         shared.stats.nacked.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("sluice_messages_nacked_total", "reason" => reason).increment(1);
         if let Err(error) = shared.source.nack(&message.handle, delay).await {

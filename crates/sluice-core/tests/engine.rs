@@ -267,9 +267,11 @@ async fn a_message_held_toward_12_hours_is_handed_back_while_it_is_still_held() 
     let mut cfg = config();
     cfg.message_timeout = Duration::from_secs(12 * 3600);
     cfg.visibility_timeout = Some(visibility);
-    // Handed back for ten minutes, so the poll below (every minute) sees it before it returns.
-    cfg.nack_backoff_base = Duration::from_secs(600);
-    cfg.nack_backoff_max = Duration::from_secs(600);
+    // A nack delay longer than what is left of the 12 hours (an hour against the half hour
+    // left): shortened to fit, not refused. The poll below (every minute) sees it long before
+    // the message returns.
+    cfg.nack_backoff_base = Duration::from_secs(3600);
+    cfg.nack_backoff_max = Duration::from_secs(3600);
     let h = start(q, table, cfg);
     let id = h.queue.send(log("long"));
     let give_up = tokio::time::Instant::now() + Duration::from_secs(13 * 3600);
