@@ -341,6 +341,10 @@ where
                 let status = se.raw().status().as_u16();
                 if status >= 500 {
                     WriteErrorKind::Transient
+                } else if status == 413 {
+                    // The request is over DynamoDB's 16 MB once written as JSON (escaping can
+                    // make 25 items of 400 KB much larger): sent item by item, each fits.
+                    WriteErrorKind::InvalidItem
                 } else {
                     WriteErrorKind::Fatal
                 }
