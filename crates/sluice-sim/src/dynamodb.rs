@@ -706,6 +706,23 @@ impl Table {
     /// Spends every charge if all fit now; else names what refuses.
     fn charge(&mut self, charges: &[Charge]) -> Result<(), Refusal> {
         let now = Instant::now();
+        // Two charges on one meter and partition (an index key that moved within a partition:
+        // a delete and a put) are checked together, so one balance is not counted twice.
+        let mut merged: Vec<Charge> = Vec::with_capacity(charges.len());
+        for c in charges {
+            match merged
+                .iter_mut()
+                .find(|m| m.on == c.on && m.partition == c.partition)
+            {
+                Some(m) => m.units += c.units,
+                None => merged.push(Charge {
+                    on: c.on,
+                    partition: c.partition.clone(),
+                    units: c.units,
+                }),
+            }
+        }
+        let charges = &merged[..];
         for c in charges {
             if let Err(limit) = self.meter_mut(c.on).check(&c.partition, c.units, now) {
                 let (kind, resource) = match c.on {
@@ -788,6 +805,48 @@ fn parse_billing(on_demand: bool, pt: Option<&Value>, what: &str) -> ApiResult<B
 }
 
 /// OnDemandThroughput.MaxWriteRequestUnits, when set (-1 means none).
+/// OnDemandThroughput.MaxWriteRequestUnits and WarmThroughput.WriteUnitsPerSecond as DynamoDB
+/// validates them: a maximum of -1 (none) or at least 1, a warm throughput of at least 1.
+fn check_throughput_settings(v: &Value) -> ApiResult<()> {
+    if let Some(m) = v
+        .get("OnDemandThroughput")
+        .and_then(|o| o.get("MaxWriteRequestUnits"))
+        && m.as_i64().is_none_or(|m| m != -1 && m < 1)
+    {
+        return Err(ApiError::validation(format!(
+            "One or more parameter values were invalid: MaxWriteRequestUnits must be -1 or at least 1, got {m}"
+        )));
+    }
+    if let Some(w) = v
+        .get("WarmThroughput")
+        .and_then(|o| o.get("WriteUnitsPerSecond"))
+        && w.as_i64().is_none_or(|w| w < 1)
+    {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{w}' at 'warmThroughput.writeUnitsPerSecond' failed to satisfy constraint: Member must have value greater than or equal to 1"
+        )));
+    }
+    for g in v
+        .get("GlobalSecondaryIndexes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        check_throughput_settings(g)?;
+    }
+    for u in v
+        .get("GlobalSecondaryIndexUpdates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(update) = u.get("Update").or_else(|| u.get("Create")) {
+            check_throughput_settings(update)?;
+        }
+    }
+    Ok(())
+}
+
 fn max_on_demand(v: &Value) -> Option<u64> {
     v.get("OnDemandThroughput")
         .and_then(|o| o.get("MaxWriteRequestUnits"))
@@ -970,6 +1029,7 @@ impl DynamoDb {
     }
 
     fn create_table(&self, req: &Value) -> ApiResult {
+        check_throughput_settings(req)?;
         let name = str_field(req, "TableName")?.to_string();
         if !(3..=255).contains(&name.len()) {
             return Err(ApiError::validation(
@@ -1144,6 +1204,7 @@ impl DynamoDb {
     }
 
     fn update_table(&self, req: &Value) -> ApiResult {
+        check_throughput_settings(req)?;
         let ceiling = self.settings.on_demand_ceiling_wcu;
         let burst = self.settings.burst_seconds;
         self.with_table(str_field(req, "TableName")?, |t| {
@@ -1440,6 +1501,7 @@ impl DynamoDb {
     }
 
     fn query(&self, req: &Value) -> ApiResult {
+        check_limit(req)?;
         let expr = str_field(req, "KeyConditionExpression")?;
         let names = req
             .get("ExpressionAttributeNames")
@@ -1504,6 +1566,7 @@ impl DynamoDb {
     }
 
     fn scan(&self, req: &Value) -> ApiResult {
+        check_limit(req)?;
         self.with_active_table(str_field(req, "TableName")?, |t| {
             let start = match req.get("ExclusiveStartKey").and_then(Value::as_object) {
                 Some(k) => Bound::Excluded(t.key_of(k)?),
@@ -1541,6 +1604,16 @@ impl DynamoDb {
             report["indexes"] = Value::Object(indexes);
             Ok(report)
         })
+    }
+}
+
+/// Scan's and Query's Limit: at least 1 when given.
+fn check_limit(req: &Value) -> ApiResult<()> {
+    match req.get("Limit") {
+        Some(l) if l.as_i64().is_none_or(|l| l < 1) => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{l}' at 'limit' failed to satisfy constraint: Member must have value greater than or equal to 1"
+        ))),
+        _ => Ok(()),
     }
 }
 

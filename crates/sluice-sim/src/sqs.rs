@@ -218,7 +218,24 @@ impl Queue {
                 "MessageRetentionPeriod" => {
                     in_range(60..=1_209_600)?;
                 }
-                "ContentBasedDeduplication" | "DeduplicationScope" | "FifoThroughputLimit"
+                "KmsDataKeyReusePeriodSeconds" => {
+                    in_range(60..=86_400)?;
+                }
+                "DeduplicationScope" if v != "queue" && v != "messageGroup" => {
+                    return Err(invalid_attribute(k));
+                }
+                "FifoThroughputLimit" if v != "perQueue" && v != "perMessageGroupId" => {
+                    return Err(invalid_attribute(k));
+                }
+                "Policy" | "RedriveAllowPolicy"
+                    if serde_json::from_str::<Value>(&v).map_or(true, |p| !p.is_object()) =>
+                {
+                    return Err(invalid_attribute(k));
+                }
+                "ContentBasedDeduplication"
+                | "DeduplicationScope"
+                | "FifoThroughputLimit"
+                | "FifoQueue"
                     if !self.fifo =>
                 {
                     return Err(ApiError::sqs(
@@ -297,6 +314,9 @@ impl Queue {
 
     /// The value `k` has now, as GetQueueAttributes shows it (for CreateQueue's comparison).
     fn effective(&self, k: &str) -> Option<String> {
+        if let Some(v) = self.attributes.get(k) {
+            return Some(v.clone());
+        }
         Some(match k {
             "VisibilityTimeout" => self.visibility_timeout.to_string(),
             "DelaySeconds" => self.delay_seconds.to_string(),
@@ -304,8 +324,25 @@ impl Queue {
             "MaximumMessageSize" => self.max_message_size.to_string(),
             "FifoQueue" if self.fifo => "true".into(),
             "ContentBasedDeduplication" if self.fifo => self.content_dedup.to_string(),
-            _ => return self.attributes.get(k).cloned(),
+            // SQS's defaults for what was never set.
+            "MessageRetentionPeriod" => "345600".into(),
+            "KmsDataKeyReusePeriodSeconds" => "300".into(),
+            "SqsManagedSseEnabled" => "true".into(),
+            "DeduplicationScope" if self.fifo => "queue".into(),
+            "FifoThroughputLimit" if self.fifo => "perQueue".into(),
+            _ => return None,
         })
+    }
+
+    /// Whether `k` is already `v` (a RedrivePolicy is compared as the policy it is, whatever
+    /// its spelling).
+    fn has(&self, k: &str, v: &str) -> bool {
+        let now = self.effective(k);
+        if k == "RedrivePolicy" {
+            let parse = |t: &str| redrive_of(t).map(|r| (r.dlq_arn, r.max_receive_count));
+            return now.as_deref().and_then(parse) == parse(v) && parse(v).is_some();
+        }
+        now.as_deref() == Some(v)
     }
 
     fn counts(&self, now: Instant) -> (u64, u64, u64) {
@@ -766,7 +803,7 @@ impl Sqs {
                     .as_str()
                     .map(String::from)
                     .unwrap_or_else(|| v.to_string());
-                if q.effective(k).as_deref() != Some(v.as_str()) {
+                if !q.has(k, &v) {
                     return Err(ApiError::sqs(
                         400,
                         "QueueNameExists",
@@ -900,6 +937,24 @@ impl Sqs {
             .get("MessageDeduplicationId")
             .and_then(Value::as_str)
             .map(String::from);
+        for (field, value) in [
+            ("MessageGroupId", &group),
+            ("MessageDeduplicationId", &dedup_id),
+        ] {
+            if let Some(v) = value {
+                let ok = !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic());
+                if !ok {
+                    return Err(ApiError::sqs_invalid(format!(
+                        "Value {v} for parameter {field} is invalid. Reason: it must be 1 to 128 characters of alphanumerics and punctuation."
+                    )));
+                }
+            }
+        }
+        if !q.fifo && dedup_id.is_some() {
+            return Err(ApiError::sqs_invalid(
+                "The request include parameter that is not valid for this queue type",
+            ));
+        }
         let delay = int_param(
             entry,
             "DelaySeconds",
@@ -919,7 +974,7 @@ impl Sqs {
             }
             if delay.is_some_and(|d| d > 0) {
                 return Err(ApiError::sqs_invalid(
-                    "DelaySeconds is per queue on FIFO queues",
+                    "The request include parameter that is not valid for this queue type",
                 ));
             }
             if dedup_id.is_none() {
@@ -1346,10 +1401,16 @@ fn attributes_size(attributes: Option<&Value>) -> usize {
                         .map_or(0, str::len)
                     + v.get("BinaryValue")
                         .and_then(Value::as_str)
-                        .map_or(0, |b| b.len() * 3 / 4)
+                        .map_or(0, |b| decoded(b).map_or(b.len(), |d| d.len()))
             })
             .sum()
     })
+}
+
+/// A Binary value's bytes (the wire carries base64).
+fn decoded(b64: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
 /// Message attributes as SQS validates them: at most 10; names of 1-256 characters from
@@ -1402,14 +1463,32 @@ fn validate_message_attributes(attrs: &Map<String, Value>) -> ApiResult<()> {
                 "The message attribute '{name}' must contain non-empty message attribute value for message attribute type '{base}'."
             )));
         }
+        if base == "Binary" && decoded(value).is_none_or(|d| d.is_empty()) {
+            return Err(ApiError::sqs_invalid(format!(
+                "Message (user) attribute '{name}' must contain a non-empty, base64-encoded binary value."
+            )));
+        }
         if base == "String" && !valid_body(value) {
             return Err(ApiError::sqs_invalid(format!(
                 "Message (user) attribute '{name}' value contains invalid characters."
             )));
         }
         if base == "Number" {
-            let digits = value.chars().filter(char::is_ascii_digit).count();
-            if value.parse::<f64>().map_or(true, |n| !n.is_finite()) || digits > 38 {
+            // Up to 38 significant digits, from -10^128 to 10^126, as SQS documents.
+            let mantissa = value
+                .split(['e', 'E'])
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches(['-', '+']);
+            let digits = mantissa
+                .chars()
+                .filter(char::is_ascii_digit)
+                .skip_while(|c| *c == '0')
+                .count();
+            let in_range = value
+                .parse::<f64>()
+                .is_ok_and(|n| n.is_finite() && n.abs() < 1e126 && n > -1e128);
+            if !in_range || digits > 38 {
                 return Err(ApiError::sqs_invalid(format!(
                     "Can't cast the value of message (user) attribute '{name}' to a number."
                 )));

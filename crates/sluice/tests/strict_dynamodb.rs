@@ -947,3 +947,93 @@ async fn an_item_costing_more_than_the_burst_is_written_and_the_table_pays_it_ba
         .map_or(0, Vec::len);
     assert_eq!(left, 1, "the big item is written, the next one handed back");
 }
+
+/// DynamoDB measures BatchWriteItem's 16 MB as the request is written, JSON escapes included:
+/// 25 items of 390 KB of `"` (each escaped to two bytes) are about 19.5 MB. sluice's writer
+/// packs by item size, so such a batch can form; the refusal (413) is read as "send them one
+/// by one", never as a failure of the 25 messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_16_mb_once_escaped_is_sent_item_by_item() {
+    use sluice_core::WriteErrorKind;
+    use sluice_core::writer::BatchWriter;
+    let env = TestEnv::start(sluice_testkit::Backend::Sim).await.unwrap();
+    sluice_dynamodb::admin::create_table(&env.dynamodb, "escaped", "request_id", None)
+        .await
+        .unwrap();
+    let schema = sluice_core::Schema {
+        required_fields: vec![],
+        ..sluice_core::Schema::default()
+    };
+    let quotes = "\\\"".repeat(390_000);
+    let items: Vec<sluice_core::Item> = (0..25)
+        .map(|i| {
+            let body = format!(r#"{{"request_id":"q-{i}","q":"{quotes}"}}"#);
+            sluice_core::decode_message(body.as_bytes(), &schema)
+                .unwrap()
+                .remove(0)
+        })
+        .collect();
+    let writer = sluice_dynamodb::DynamoDbWriter::new(
+        sluice_dynamodb::writer_client(&env.dynamodb_config().await),
+        "escaped",
+        "request_id",
+    );
+    let refs: Vec<&sluice_core::Item> = items.iter().collect();
+    let err = writer.write_batch(&refs).await.unwrap_err();
+    assert_eq!(err.kind, WriteErrorKind::InvalidItem, "{err:?}");
+    for item in &items {
+        writer.write_batch(&[item]).await.unwrap();
+    }
+    assert_eq!(
+        env.scan_keys("escaped", "request_id").await.unwrap().len(),
+        25
+    );
+}
+
+/// Values DynamoDB validates that the sim once read as "none" or "unlimited": a Limit below 1,
+/// an on-demand maximum of 0 (only -1, none, or at least 1), a warm throughput below 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_throughput_settings_below_their_minimum_are_refused() {
+    let env = TestEnv::start(sluice_testkit::Backend::Sim).await.unwrap();
+    let ddb = &env.dynamodb;
+    sluice_dynamodb::admin::create_table(ddb, "mins", "request_id", None)
+        .await
+        .unwrap();
+    let code = |r: Answer| r.err().map(|e| e.code);
+    assert_eq!(
+        code(answer(ddb.scan().table_name("mins").limit(0).send().await)),
+        Some("ValidationException".into())
+    );
+    assert_eq!(
+        code(answer(
+            ddb.update_table()
+                .table_name("mins")
+                .on_demand_throughput(
+                    aws_sdk_dynamodb::types::OnDemandThroughput::builder()
+                        .max_write_request_units(0)
+                        .build()
+                )
+                .send()
+                .await
+        )),
+        Some("ValidationException".into())
+    );
+    assert_eq!(
+        code(answer(
+            ddb.update_table()
+                .table_name("mins")
+                .warm_throughput(
+                    aws_sdk_dynamodb::types::WarmThroughput::builder()
+                        .write_units_per_second(0)
+                        .build()
+                )
+                .send()
+                .await
+        )),
+        Some("ValidationException".into())
+    );
+    assert_eq!(
+        answer(ddb.scan().table_name("mins").limit(1).send().await),
+        Ok(())
+    );
+}

@@ -424,6 +424,61 @@ async fn a_fifo_duplicate_gets_the_first_sequence_number(c: &Client) -> Verdict 
     }
 }
 
+async fn an_empty_binary_attribute_is_refused(c: &Client) -> Verdict {
+    let url = queue(c, "bin", false, 30).await;
+    c.send_message()
+        .queue_url(&url)
+        .message_body("m")
+        .message_attributes(
+            "b",
+            MessageAttributeValue::builder()
+                .data_type("Binary")
+                .binary_value(aws_sdk_sqs::primitives::Blob::new(Vec::<u8>::new()))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| code(&e))
+}
+
+async fn a_number_attribute_out_of_range_is_refused(c: &Client) -> Verdict {
+    send_with(c, vec![("n".into(), text("Number", "1e200"))]).await
+}
+
+async fn recreating_a_queue_naming_a_default_value_is_the_same_queue(c: &Client) -> Verdict {
+    let name = unique("defaults");
+    c.create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .map_err(|e| code(&e))?;
+    c.create_queue()
+        .queue_name(&name)
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "345600")
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| code(&e))
+}
+
+async fn fifo_queue_false_on_a_standard_queue_is_refused(c: &Client) -> Verdict {
+    create_with(c, &[(QueueAttributeName::FifoQueue, "false")]).await
+}
+
+async fn a_deduplication_id_on_a_standard_queue_is_refused(c: &Client) -> Verdict {
+    let url = queue(c, "stddedup", false, 30).await;
+    c.send_message()
+        .queue_url(&url)
+        .message_body("m")
+        .message_deduplication_id("d")
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| code(&e))
+}
+
 // ---- the table -------------------------------------------------------------------------------
 
 type CaseFn =
@@ -514,6 +569,26 @@ fn cases() -> Vec<(&'static str, CaseFn, Result<(), &'static str>)> {
             Err("AWS.SimpleQueueService.BatchRequestTooLong")
         ),
         case!(a_fifo_duplicate_gets_the_first_sequence_number, Ok(())),
+        case!(
+            an_empty_binary_attribute_is_refused,
+            Err("InvalidParameterValue")
+        ),
+        case!(
+            a_number_attribute_out_of_range_is_refused,
+            Err("InvalidParameterValue")
+        ),
+        case!(
+            recreating_a_queue_naming_a_default_value_is_the_same_queue,
+            Ok(())
+        ),
+        case!(
+            fifo_queue_false_on_a_standard_queue_is_refused,
+            Err("InvalidAttributeName")
+        ),
+        case!(
+            a_deduplication_id_on_a_standard_queue_is_refused,
+            Err("InvalidParameterValue")
+        ),
     ]
 }
 
@@ -521,9 +596,12 @@ fn cases() -> Vec<(&'static str, CaseFn, Result<(), &'static str>)> {
 /// test; a MiniStack that changes fails it, so the record stays true.
 const MINISTACK_DIFFERS: &[(&str, &str)] = &[
     ("a_batch_counts_its_attributes_against_1_mib", "Ok"),
+    ("a_deduplication_id_on_a_standard_queue_is_refused", "Ok"),
     ("a_nul_in_an_attribute_value_is_refused", "Ok"),
+    ("a_number_attribute_out_of_range_is_refused", "Ok"),
     ("an_attribute_name_starting_with_aws_is_refused", "Ok"),
     ("an_empty_attribute_value_is_refused", "Ok"),
+    ("an_empty_binary_attribute_is_refused", "Ok"),
     ("an_unknown_attribute_is_refused", "Ok"),
     ("an_unknown_attribute_type_is_refused", "Ok"),
     ("delay_over_900_is_refused", "Ok"),
@@ -531,6 +609,7 @@ const MINISTACK_DIFFERS: &[(&str, &str)] = &[
     ("fifo_late_change_visibility", "Ok"),
     ("fifo_late_delete", "Ok"),
     ("fifo_late_delete_batch", "Ok"),
+    ("fifo_queue_false_on_a_standard_queue_is_refused", "Ok"),
     ("negative_visibility_is_refused", "Ok"),
     ("negative_wait_is_refused", "Ok"),
     (
