@@ -22,6 +22,10 @@ pub fn describe() {
         "ChangeMessageVisibility calls that failed."
     );
     describe_counter!(
+        "sluice_startup_retries_total",
+        "Start-up checks (DescribeTable) retried after a transient error (dynamodb.startup_retry_for)."
+    );
+    describe_counter!(
         "sluice_ack_failures_total",
         "Written messages whose delete failed; they are delivered again and rewritten idempotently."
     );

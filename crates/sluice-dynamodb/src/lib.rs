@@ -32,6 +32,47 @@ pub fn writer_client(sdk_config: &aws_config::SdkConfig) -> Client {
     Client::from_conf(config)
 }
 
+/// A start-up check (DescribeTable) that failed, and whether waiting can mend it: a missing
+/// table, a wrong key schema or a refused permission cannot; a throttle, a 5xx or a timeout can.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CheckError {
+    pub message: String,
+    pub permanent: bool,
+}
+
+impl CheckError {
+    fn permanent(message: String) -> Self {
+        CheckError {
+            message,
+            permanent: true,
+        }
+    }
+
+    /// A failed call, sorted: the codes that say the request itself is wrong are permanent
+    /// (a missing table, access denied, bad credentials, validation), and so is any other 4xx
+    /// that is not a throttle; throttles, 5xx, time-outs and connection failures are not.
+    pub fn of<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        context: &str,
+        e: &SdkError<E, HttpResponse>,
+    ) -> Self {
+        let permanent = match e {
+            SdkError::ServiceError(se) => {
+                let status = se.raw().status().as_u16();
+                classify(e) != WriteErrorKind::Throttled
+                    && (400..500).contains(&status)
+                    && status != 408
+            }
+            SdkError::ConstructionFailure(_) => true,
+            _ => false,
+        };
+        CheckError {
+            message: format!("{context}: {}", DisplayErrorContext(e)),
+            permanent,
+        }
+    }
+}
+
 /// The longest any DynamoDB call of the write path may take.
 pub const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -52,7 +93,7 @@ impl DynamoDbWriter {
 
     /// Checks the table exists and is keyed the way sluice writes it: a string partition key
     /// named `key_attribute` and no sort key. Returns a message saying what to fix.
-    pub async fn check_table(&self) -> Result<(), String> {
+    pub async fn check_table(&self) -> Result<(), CheckError> {
         let out = self
             .client
             .describe_table()
@@ -60,13 +101,20 @@ impl DynamoDbWriter {
             .send()
             .await
             .map_err(|e| {
-                format!(
-                    "cannot describe table `{}` (dynamodb.table): {}",
-                    self.table,
-                    DisplayErrorContext(&e)
+                CheckError::of(
+                    &format!("cannot describe table `{}` (dynamodb.table)", self.table),
+                    &e,
                 )
             })?;
-        let Some(table) = out.table() else {
+        self.check_description(out.table())
+            .map_err(CheckError::permanent)
+    }
+
+    fn check_description(
+        &self,
+        table: Option<&aws_sdk_dynamodb::types::TableDescription>,
+    ) -> Result<(), String> {
+        let Some(table) = table else {
             return Err(format!("table `{}` has no description", self.table));
         };
         let hash = table
@@ -165,16 +213,16 @@ fn capacity_of(
 }
 
 /// Reads the table's and its indexes' write limits (DescribeTable).
-pub async fn describe_limits(client: &Client, table: &str) -> Result<TableLimits, String> {
+pub async fn describe_limits(client: &Client, table: &str) -> Result<TableLimits, CheckError> {
     let out = client
         .describe_table()
         .table_name(table)
         .send()
         .await
-        .map_err(|e| format!("DescribeTable `{table}`: {}", DisplayErrorContext(&e)))?;
-    let t = out
-        .table()
-        .ok_or_else(|| format!("DescribeTable `{table}` returned no table"))?;
+        .map_err(|e| CheckError::of(&format!("DescribeTable `{table}`"), &e))?;
+    let t = out.table().ok_or_else(|| {
+        CheckError::permanent(format!("DescribeTable `{table}` returned no table"))
+    })?;
     let on_demand = t
         .billing_mode_summary()
         .and_then(|b| b.billing_mode())

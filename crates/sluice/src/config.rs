@@ -457,6 +457,12 @@ pub struct DynamoDbSettings {
     pub retry_max_delay: Duration,
     /// Check at start that the table exists and is keyed by `schema.key_attribute`.
     pub check_table: bool,
+    /// How long the start-up checks (the table's key schema, its capacity and indexes) retry a
+    /// transient error (a throttle, a 5xx, a time-out) with backoff before sluice gives up; a
+    /// permanent one (missing table, wrong key schema, access denied) fails at once. 0: no
+    /// retries.
+    #[serde(with = "humantime_serde")]
+    pub startup_retry_for: Duration,
 }
 
 impl Default for DynamoDbSettings {
@@ -469,6 +475,7 @@ impl Default for DynamoDbSettings {
             retry_base_delay: Duration::from_millis(25),
             retry_max_delay: Duration::from_secs(2),
             check_table: true,
+            startup_retry_for: Duration::from_secs(120),
         }
     }
 }
@@ -908,6 +915,10 @@ impl Settings {
             d.retry_base_delay <= d.retry_max_delay && !d.retry_base_delay.is_zero(),
             "dynamodb.retry_base_delay must be above zero and at most dynamodb.retry_max_delay"
                 .into(),
+        );
+        check(
+            d.startup_retry_for <= Duration::from_secs(3600),
+            "dynamodb.startup_retry_for must be at most 1h (systemd's TimeoutStartSec and Kubernetes' startup probe must cover it)".into(),
         );
         let s = &self.schema;
         check(

@@ -737,3 +737,61 @@ async fn sim_poison_near_the_dead_letter_queues_size_limit_fits_or_goes_to_the_r
     // delay, received once.
     assert_eq!(env.queue_counts(&url).await.unwrap(), (0, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_rides_out_a_transient_dynamodb_outage_and_fails_fast_on_a_missing_table() {
+    // A 30-second blip of 503s from DynamoDB used to stop every instance of a systemd fleet for
+    // good: the start-up DescribeTable failed at once, and five quick failures exhaust the
+    // unit's restart limit. Now a transient error is retried for dynamodb.startup_retry_for; a
+    // permanent one (a missing table) still fails at once.
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let sim = env.sim.as_ref().unwrap();
+    let url = env.create_queue("logs", 30).await.unwrap();
+    env.create_table("blip", "request_id").await.unwrap();
+    let outage = sluice_sim::Faults {
+        error_503_rate: 1.0,
+        only_ops: Some(vec!["DescribeTable".into()]),
+        ..Default::default()
+    };
+    sim.set_faults(outage.clone()).unwrap();
+    let s = settings(&url, "blip");
+    let (sqs, ddb) = (env.sqs_config().await, env.dynamodb_config().await);
+    let started = Instant::now();
+    let (built, ()) = tokio::join!(Pipeline::build(&s, &sqs, &ddb), async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        sim.set_faults(Default::default()).unwrap();
+    });
+    assert!(built.is_ok(), "{:?}", built.err());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the outage lasted 2.5 s"
+    );
+
+    // With no retries allowed, the same outage fails the start.
+    sim.set_faults(outage).unwrap();
+    let mut s0 = settings(&url, "blip");
+    s0.dynamodb.startup_retry_for = Duration::ZERO;
+    let err = Pipeline::build(&s0, &env.sqs_config().await, &env.dynamodb_config().await)
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{err:#}").contains("503"), "{err:#}");
+    sim.set_faults(Default::default()).unwrap();
+
+    // A missing table is permanent: refused at once, with the table named.
+    let started = Instant::now();
+    let err = Pipeline::build(
+        &settings(&url, "no-such-table"),
+        &env.sqs_config().await,
+        &env.dynamodb_config().await,
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a permanent error waited {:?}",
+        started.elapsed()
+    );
+    assert!(format!("{err:#}").contains("no-such-table"), "{err:#}");
+}
