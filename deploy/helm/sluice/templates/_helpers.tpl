@@ -122,6 +122,11 @@ none
 {{- end }}
 - name: SLUICE__TELEMETRY__LISTEN
   value: {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
+{{- if or .Values.serviceAccount.roleArn .Values.serviceAccount.podIdentity }}
+# IRSA or Pod Identity gives the credentials: never the node's role through IMDS.
+- name: AWS_EC2_METADATA_DISABLED
+  value: "true"
+{{- end }}
 - name: SLUICE__TELEMETRY__LOG_FORMAT
   value: json
 - name: SLUICE__WORKER__SHUTDOWN_GRACE
