@@ -709,14 +709,19 @@ mod pacing_tests {
         );
     }
 
+    /// DynamoDB naming the by_user index's key range.
+    fn key_range_on_by_user() -> ThrottleCause {
+        ThrottleCause {
+            resource: Resource::Index("by_user".into()),
+            limit: Limit::KeyRange,
+        }
+    }
+
     #[test]
     fn unprocessed_items_on_a_key_dynamodb_named_do_not_cut_the_budgets() {
         let p = pacer();
         let hot = costs(&p, Some("hot"));
-        let cause = ThrottleCause {
-            resource: Resource::Index("by_user".into()),
-            limit: Limit::KeyRange,
-        };
+        let cause = key_range_on_by_user();
         p.on_throttle(std::slice::from_ref(&cause), &[1, 1], &[&hot]);
         p.on_unprocessed(&[1, 1], &[&hot, &hot]);
         assert_eq!(p.table().rate(), Some(1000.0));
@@ -745,10 +750,7 @@ mod pacing_tests {
     fn a_full_hot_key_map_still_renews_the_keys_it_holds() {
         let p = pacer();
         let hot = costs(&p, Some("hot"));
-        let cause = ThrottleCause {
-            resource: Resource::Index("by_user".into()),
-            limit: Limit::KeyRange,
-        };
+        let cause = key_range_on_by_user();
         p.on_throttle(std::slice::from_ref(&cause), &[1, 1], &[&hot]);
         {
             let mut map = lock(&p.hot);

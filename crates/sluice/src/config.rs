@@ -178,6 +178,11 @@ pub struct IngestSettings {
     /// closed (the producer's own `shutdown_timeout` follows).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long ingest keeps accepting and serving while reporting not ready,
+    /// so load balancers (a Kubernetes Service's endpoints, an ALB target group) stop sending
+    /// before the listener closes; then `shutdown_timeout` applies. 0: close at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
 }
 
 impl Default for IngestSettings {
@@ -199,6 +204,7 @@ impl Default for IngestSettings {
             body_read_timeout: Duration::from_secs(30),
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(10),
+            drain_delay: Duration::from_secs(5),
         }
     }
 }
@@ -1146,6 +1152,13 @@ impl Settings {
         check(
             !i.request_timeout.is_zero(),
             "ingest.request_timeout must be above zero".into(),
+        );
+        check(
+            i.drain_delay <= Duration::from_secs(120),
+            format!(
+                "ingest.drain_delay must be at most 2m (a spot instance has two minutes), got {}",
+                humantime::format_duration(i.drain_delay)
+            ),
         );
         check(
             i.tls_cert.is_some() == i.tls_key.is_some(),

@@ -68,7 +68,10 @@ struct Ingest {
     schema: Schema,
     rules: BodyRules,
     config: IngestSettings,
+    /// SIGTERM came: /readyz says not ready (requests are still served for drain_delay).
     shutting_down: AtomicBool,
+    /// The drain delay passed and the listener is closing: new requests get 503.
+    closing: AtomicBool,
     requests: AtomicU64,
     accepted_logs: AtomicU64,
     by_status: [AtomicU64; 10],
@@ -393,8 +396,8 @@ async fn handle(st: &Ingest, headers: HeaderMap, body: Body) -> Response {
     };
     let retry_after = st.config.retry_after;
     let backlog = st.producer.backlog_bytes();
-    if backlog > st.config.max_backlog_bytes || st.shutting_down.load(Ordering::Relaxed) {
-        let why = if st.shutting_down.load(Ordering::Relaxed) {
+    if backlog > st.config.max_backlog_bytes || st.closing.load(Ordering::Relaxed) {
+        let why = if st.closing.load(Ordering::Relaxed) {
             "this instance is shutting down; retry (another instance will answer)".to_owned()
         } else {
             format!(
@@ -647,6 +650,7 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         },
         config: ic.clone(),
         shutting_down: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
         requests: AtomicU64::new(0),
         accepted_logs: AtomicU64::new(0),
         by_status: Default::default(),
@@ -686,17 +690,24 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} (ingest.listen / --listen)"))?;
     let addr = tcp.local_addr()?;
+    let signalled = CancellationToken::new();
     tokio::spawn(crate::run::watch_signals(
-        shutdown.clone(),
-        "shutting down: not ready any more, finishing requests in flight, then flushing to SQS",
+        signalled.clone(),
+        "shutting down: not ready any more, serving for ingest.drain_delay, then finishing requests in flight and flushing to SQS",
         "second signal: exiting now; every log answered 202 is already in SQS or the spool",
     ));
-    // Readiness goes false first, so load balancers stop sending while requests in flight end.
+    // Readiness goes false first, and the listener keeps serving for drain_delay, so load
+    // balancers stop sending before it closes: no connection is refused on a rollout.
     tokio::spawn({
-        let (shutdown, state) = (shutdown.clone(), state.clone());
+        let (signalled, shutdown, state) = (signalled.clone(), shutdown.clone(), state.clone());
+        let drain_delay = ic.drain_delay;
         async move {
-            shutdown.cancelled().await;
+            signalled.cancelled().await;
             state.shutting_down.store(true, Ordering::Relaxed);
+            tokio::time::sleep(drain_delay).await;
+            tracing::info!(drain_delay = ?drain_delay, "ingest.drain_delay passed: closing the listener");
+            state.closing.store(true, Ordering::Relaxed);
+            shutdown.cancel();
         }
     });
     let scheme = if ic.tls_cert.is_some() {

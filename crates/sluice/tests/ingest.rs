@@ -87,7 +87,13 @@ retry_max = "200ms"
 
 async fn restart_ingest(env: &TestEnv, config: &Path) -> Ingest {
     let (port, telemetry) = (free_port(), free_port());
-    let child = Command::new(BIN)
+    let mut cmd = Command::new(BIN);
+    // The tests stop ingest often: no drain delay unless a test's config asks for one.
+    let text = std::fs::read_to_string(config).unwrap_or_default();
+    if !text.contains("drain_delay") {
+        cmd.env("SLUICE__INGEST__DRAIN_DELAY", "0s");
+    }
+    let child = cmd
         .args(["ingest", "--config"])
         .arg(config)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -874,7 +880,7 @@ async fn half_sent_requests_cannot_hold_ingest_open_and_sigterm_ends_it_in_the_b
         &env,
         &dir,
         &url,
-        "header_read_timeout = \"2s\"\nbody_read_timeout = \"2s\"\nmax_connections = 200\nshutdown_timeout = \"3s\"",
+        "header_read_timeout = \"2s\"\nbody_read_timeout = \"2s\"\nmax_connections = 200\nshutdown_timeout = \"3s\"\ndrain_delay = \"1s\"",
     )
     .await;
     let mut held = Vec::new();
@@ -932,7 +938,7 @@ async fn half_sent_requests_cannot_hold_ingest_open_and_sigterm_ends_it_in_the_b
     let took = term.elapsed();
     assert!(ok, "exit 0");
     assert!(
-        took < Duration::from_secs(3 + 10 + 3),
+        took < Duration::from_secs(1 + 3 + 10 + 3),
         "took {took:?} after SIGTERM"
     );
     drop(held);
@@ -1273,4 +1279,59 @@ fn adversarial_bodies_under_sqs_faults_get_202_with_every_log_landing_or_a_4xx_n
             Ok(())
         })
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_ingest_reports_not_ready_and_keeps_serving_for_the_drain_delay() {
+    // A rollout: SIGTERM arrives while the load balancer still sends. Ingest says not ready at
+    // once, and keeps accepting and answering for ingest.drain_delay, so no connection is
+    // refused before the endpoints are updated; then it closes, flushes, and exits 0.
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("ingest-drain", 30).await.unwrap();
+    env.create_table(TABLE, "request_id").await.unwrap();
+    let dir = TempDir::new("drain");
+    let mut ingest = start_ingest(&env, &dir, &url, "drain_delay = \"3s\"").await;
+    let auth = format!("Bearer {KEY}");
+    let pid = ingest.child.id().unwrap().to_string();
+    let term = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        try_get(ingest.port, "/readyz").await.map(|r| r.0),
+        Some(503),
+        "not ready as soon as SIGTERM arrives"
+    );
+    let mut accepted = std::collections::HashSet::new();
+    for i in 0..5 {
+        let key = format!("drain-{i}");
+        let (status, _, body) = post_logs(
+            ingest.port,
+            &[("Authorization", &auth)],
+            log_line(&key).as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 202, "a request during the drain delay: {body}");
+        accepted.insert(key);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        term.elapsed() < Duration::from_secs(3),
+        "all served within the delay"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), ingest.child.wait())
+        .await
+        .expect("exits after the drain")
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        term.elapsed() >= Duration::from_secs(3),
+        "the listener stayed open for the drain delay"
+    );
+    drain_into_table(&env, &url, &accepted).await;
 }

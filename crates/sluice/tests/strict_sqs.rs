@@ -254,40 +254,34 @@ async fn redrive(c: &Client, policy: impl FnOnce(&str) -> String, fifo_dlq: bool
     .await
 }
 
-async fn redrive_max_receive_count_0_is_refused(c: &Client) -> Verdict {
+/// A RedrivePolicy of `max_receive_count` to the dead-letter queue's ARN plus `suffix`.
+async fn redrive_with(c: &Client, max_receive_count: u32, suffix: &str, fifo_dlq: bool) -> Verdict {
     redrive(
         c,
-        |arn| format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":0}}"#),
-        false,
+        |arn| {
+            format!(
+                r#"{{"deadLetterTargetArn":"{arn}{suffix}","maxReceiveCount":{max_receive_count}}}"#
+            )
+        },
+        fifo_dlq,
     )
     .await
+}
+
+async fn redrive_max_receive_count_0_is_refused(c: &Client) -> Verdict {
+    redrive_with(c, 0, "", false).await
 }
 
 async fn redrive_max_receive_count_1001_is_refused(c: &Client) -> Verdict {
-    redrive(
-        c,
-        |arn| format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":1001}}"#),
-        false,
-    )
-    .await
+    redrive_with(c, 1001, "", false).await
 }
 
 async fn redrive_to_a_missing_queue_is_refused(c: &Client) -> Verdict {
-    redrive(
-        c,
-        |arn| format!(r#"{{"deadLetterTargetArn":"{arn}-missing","maxReceiveCount":5}}"#),
-        false,
-    )
-    .await
+    redrive_with(c, 5, "-missing", false).await
 }
 
 async fn redrive_to_a_fifo_queue_from_a_standard_one_is_refused(c: &Client) -> Verdict {
-    redrive(
-        c,
-        |arn| format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":5}}"#),
-        true,
-    )
-    .await
+    redrive_with(c, 5, "", true).await
 }
 
 async fn recreating_a_queue_with_other_values_is_refused(c: &Client) -> Verdict {
