@@ -82,15 +82,22 @@ async fn receive_one(c: &Client, url: &str) -> Option<String> {
         .and_then(|m| m.receipt_handle().map(String::from))
 }
 
+/// A queue of one message, received with a 1 s visibility timeout that has then lapsed: the
+/// queue's URL and the (now late) receipt handle.
+async fn received_and_lapsed(c: &Client, prefix: &str, fifo: bool) -> (String, String) {
+    let url = queue(c, prefix, fifo, 1).await;
+    send(c, &url, "m").await;
+    let h = receive_one(c, &url).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    (url, h)
+}
+
 // ---- the cases -------------------------------------------------------------------------------
 
 /// FIFO: deleting after the visibility timeout lapsed is refused ("The receipt handle has
 /// expired"); on AWS the message is then delivered again.
 async fn fifo_late_delete(c: &Client) -> Verdict {
-    let url = queue(c, "late", true, 1).await;
-    send(c, &url, "m").await;
-    let h = receive_one(c, &url).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (url, h) = received_and_lapsed(c, "late", true).await;
     c.delete_message()
         .queue_url(&url)
         .receipt_handle(h)
@@ -102,10 +109,7 @@ async fn fifo_late_delete(c: &Client) -> Verdict {
 
 /// FIFO, the batch form: the entry fails as a sender fault, ReceiptHandleIsInvalid.
 async fn fifo_late_delete_batch(c: &Client) -> Verdict {
-    let url = queue(c, "lateb", true, 1).await;
-    send(c, &url, "m").await;
-    let h = receive_one(c, &url).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (url, h) = received_and_lapsed(c, "lateb", true).await;
     let out = c
         .delete_message_batch()
         .queue_url(&url)
@@ -128,10 +132,7 @@ async fn fifo_late_delete_batch(c: &Client) -> Verdict {
 
 /// FIFO: changing the visibility with an expired handle is refused too.
 async fn fifo_late_change_visibility(c: &Client) -> Verdict {
-    let url = queue(c, "latec", true, 1).await;
-    send(c, &url, "m").await;
-    let h = receive_one(c, &url).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (url, h) = received_and_lapsed(c, "latec", true).await;
     c.change_message_visibility()
         .queue_url(&url)
         .receipt_handle(h)
@@ -144,10 +145,7 @@ async fn fifo_late_change_visibility(c: &Client) -> Verdict {
 
 /// Standard: the latest receipt still deletes after its visibility lapsed (the message is gone).
 async fn standard_late_delete_deletes(c: &Client) -> Verdict {
-    let url = queue(c, "lates", false, 1).await;
-    send(c, &url, "m").await;
-    let h = receive_one(c, &url).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (url, h) = received_and_lapsed(c, "lates", false).await;
     c.delete_message()
         .queue_url(&url)
         .receipt_handle(h)
