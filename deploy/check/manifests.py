@@ -309,11 +309,12 @@ def cmd_iam(directory):
     for kind, files, policies in [
         ("worker", "worker-policy.json", ["WorkerPolicy", "WorkerQueueKmsPolicy"]),
         ("ingest", "ingest-policy.json", ["IngestPolicy", "IngestQueueKmsPolicy"]),
+        ("operator", "operator-policy.json", ["OperatorPolicy", "OperatorQueueKmsPolicy"]),
     ]:
         with open(os.path.join(directory, files)) as f:
             text = f.read()
         placeholders = set(re.findall(r"\$\{(\w+)\}", text))
-        allowed = {"QueueArn", "DeadLetterQueueArn", "TableArn", "QueueKmsKeyArn", "Region"}
+        allowed = {"QueueArn", "DeadLetterQueueArn", "TableArn", "MembershipTableArn", "QueueKmsKeyArn", "Region"}
         if placeholders - allowed:
             fail(f"{files}: unknown placeholders {placeholders - allowed}")
         doc = json.loads(text)

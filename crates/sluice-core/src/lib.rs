@@ -16,6 +16,7 @@ pub mod breaker;
 pub mod codec;
 pub mod engine;
 pub mod item;
+pub mod membership;
 pub mod metrics_catalog;
 pub mod number;
 pub mod pacer;

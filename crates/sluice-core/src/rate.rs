@@ -87,6 +87,9 @@ struct Paced {
     fleet: Option<Fleet>,
     /// The global secondary index this budget is for (None: the table). It names its metrics.
     index: Option<String>,
+    /// False while the budget is held (a fleet member that has not yet been counted by every
+    /// other member, or whose own lease lapsed): acquires wait until it opens.
+    open: tokio::sync::watch::Sender<bool>,
 }
 
 struct Fleet {
@@ -228,6 +231,7 @@ impl WcuLimiter {
                 debt: Mutex::new(0.0),
                 fleet: None,
                 index,
+                open: tokio::sync::watch::Sender::new(true),
             }),
         })
     }
@@ -289,11 +293,29 @@ impl WcuLimiter {
             Arc::new(make_bucket(budget, p.burst_seconds));
     }
 
+    /// Holds (`true`) or releases the budget: while held, every acquire waits, so this instance
+    /// writes nothing. A fleet member holds while the others may not yet have made room for it.
+    pub fn hold(&self, held: bool) {
+        if let Some(p) = &self.paced {
+            p.open.send_replace(!held);
+        }
+    }
+
+    /// Whether the budget is held ([`WcuLimiter::hold`]).
+    pub fn is_held(&self) -> bool {
+        self.paced.as_ref().is_some_and(|p| !*p.open.borrow())
+    }
+
     /// Waits until `wcu` tokens are available and takes them. A cost above the burst is taken in
     /// burst-sized slices, so a large batch waits its fair time instead of failing.
     pub async fn acquire(&self, wcu: u32) {
         let Some(p) = &self.paced else { return };
         let started = Instant::now();
+        if !*p.open.borrow() {
+            let mut open = p.open.subscribe();
+            // The sender lives as long as `p`: this returns once the budget is released.
+            let _ = open.wait_for(|o| *o).await;
+        }
         // Below the budget, each WCU costs budget/rate cells.
         let cells = {
             let mut aimd = lock(&p.aimd);

@@ -482,6 +482,8 @@ impl BatchWriter for DynamoDbWriter {
 }
 
 /// Table administration used by `sluice demo` and the tests.
+pub mod members;
+
 pub mod admin {
     use std::time::Duration;
 

@@ -1017,6 +1017,7 @@ impl DynamoDb {
             }
             "PutItem" => self.put_item(req),
             "GetItem" => self.get_item(req),
+            "DeleteItem" => self.delete_item(req),
             "BatchWriteItem" => self.batch_write_item(req),
             "Query" => self.query(req),
             "Scan" => self.scan(req),
@@ -1364,6 +1365,25 @@ impl DynamoDb {
                 out["ConsumedCapacity"] = c;
             }
             t.put(key, item, size);
+            Ok(out)
+        })
+    }
+
+    fn delete_item(&self, req: &Value) -> ApiResult {
+        let key_map = parse_item(req.get("Key"), "Key")?;
+        self.with_active_table(str_field(req, "TableName")?, |t| {
+            let key = t.key_of_key(&key_map)?;
+            let charges = t.delete_charges(&key);
+            if let Err(r) = t.charge(&charges) {
+                return Err(t.throttle_error(r));
+            }
+            let mut out = json!({});
+            if let Some(c) = consumed(req, t, &charges) {
+                out["ConsumedCapacity"] = c;
+            }
+            if let Some(old) = t.items.remove(&key) {
+                t.bytes -= item_size(&old).unwrap_or(0);
+            }
             Ok(out)
         })
     }

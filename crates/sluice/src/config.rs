@@ -526,6 +526,9 @@ pub enum RateMode {
     Local,
     /// One token bucket in Redis for the whole fleet; the local share is the fallback.
     Redis,
+    /// Each instance paces to budget ÷ live members, counted from leases in a small DynamoDB
+    /// table (`rate.membership`): the share follows the fleet as it grows and shrinks.
+    Membership,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -553,9 +556,10 @@ pub struct RateSettings {
     /// (counting each message's whole WCU), and no more messages than fit in it.
     #[serde(with = "humantime_serde")]
     pub intake_horizon: Duration,
-    /// `local` or `redis`.
+    /// `local`, `membership` or `redis`.
     pub mode: RateMode,
     pub redis: RedisSettings,
+    pub membership: MembershipSettings,
 }
 
 impl Default for RateSettings {
@@ -571,6 +575,7 @@ impl Default for RateSettings {
             intake_horizon: Duration::from_secs(5),
             mode: RateMode::Local,
             redis: RedisSettings::default(),
+            membership: MembershipSettings::default(),
         }
     }
 }
@@ -611,6 +616,39 @@ impl Default for RedisSettings {
             lease_wcu: 0,
             timeout: Duration::from_millis(250),
             retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Fleet membership (`rate.mode = "membership"`): leases in a DynamoDB table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembershipSettings {
+    /// The lease table (keys `group` S, `member` S).
+    pub table: String,
+    /// The fleet's name in the lease table: instances of one group share one budget. Default:
+    /// dynamodb.table.
+    pub group: Option<String>,
+    /// Create the lease table (on demand) when it is missing (needs dynamodb:CreateTable).
+    pub create_table: bool,
+    /// How often each instance reads the members and renews its lease: a join or a clean
+    /// departure re-splits the budget within about two of these.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How long a lease lasts unrenewed: an instance that dies without leaving (kill -9, a
+    /// spot reclaim) gives its share back after this.
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+}
+
+impl Default for MembershipSettings {
+    fn default() -> Self {
+        MembershipSettings {
+            table: String::new(),
+            group: None,
+            create_table: true,
+            heartbeat_interval: Duration::from_secs(3),
+            lease_duration: Duration::from_secs(15),
         }
     }
 }
@@ -1016,6 +1054,37 @@ impl Settings {
             check(
                 !r.redis.timeout.is_zero(),
                 "rate.redis.timeout must be above zero".into(),
+            );
+        }
+        if r.mode == RateMode::Redis {
+            // The fallback while Redis is down must not be the whole budget on every instance.
+            check(
+                r.share.is_some() || r.expected_replicas.is_some(),
+                "rate.mode = \"redis\" needs rate.share or rate.expected_replicas: the share each instance falls back to while Redis cannot be reached".into(),
+            );
+        }
+        if r.mode == RateMode::Membership {
+            let m = &r.membership;
+            check(
+                !m.table.trim().is_empty(),
+                "rate.membership.table must name the lease table when rate.mode = \"membership\""
+                    .into(),
+            );
+            check(
+                r.share.is_none() && r.expected_replicas.is_none(),
+                "rate.share and rate.expected_replicas do not apply when rate.mode = \"membership\" (the share follows the live members): remove them".into(),
+            );
+            check(
+                m.heartbeat_interval >= Duration::from_secs(1),
+                "rate.membership.heartbeat_interval must be at least 1s".into(),
+            );
+            check(
+                m.lease_duration >= m.heartbeat_interval * 3,
+                format!(
+                    "rate.membership.lease_duration ({}) must be at least 3 × rate.membership.heartbeat_interval ({})",
+                    humantime::format_duration(m.lease_duration),
+                    humantime::format_duration(m.heartbeat_interval)
+                ),
             );
         }
         let w = &self.worker;

@@ -8,6 +8,7 @@ pub mod dlq;
 pub mod ingest;
 pub mod kafka_cmd;
 pub mod load;
+pub mod membership;
 pub mod notify;
 pub mod pipeline;
 pub mod queue_metrics;

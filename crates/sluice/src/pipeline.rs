@@ -45,6 +45,8 @@ pub struct Pipeline {
     breaker: Arc<sluice_core::Breaker>,
     poll_wait: Duration,
     refresh: Option<(CancellationToken, JoinHandle<()>)>,
+    /// This instance's lease in the fleet (rate.mode = "membership").
+    member: Option<crate::membership::Member>,
 }
 
 /// Budgets derived from the table's capacity and the rate settings.
@@ -98,6 +100,16 @@ pub fn budget_for(
     capacity: Option<Capacity>,
     table: bool,
 ) -> Option<(Budgets, String)> {
+    budget_with_share(settings, capacity, table, settings.rate.share())
+}
+
+/// [`budget_for`] with this instance's share given (membership moves it as the fleet changes).
+fn budget_with_share(
+    settings: &Settings,
+    capacity: Option<Capacity>,
+    table: bool,
+    share: f64,
+) -> Option<(Budgets, String)> {
     let r = &settings.rate;
     let u = r.target_utilization;
     // What DynamoDB refuses above, whatever sluice is told: the provisioned capacity, or an
@@ -148,7 +160,6 @@ pub fn budget_for(
         }
         (None, None) => return None,
     };
-    let share = r.share();
     let why = if share < 1.0 {
         format!("{why}, this instance's share {share}")
     } else {
@@ -330,21 +341,24 @@ impl Pipeline {
             index_limiters.clone(),
         );
         pacer.describe_throttles();
+        let budgeted = Arc::new(Budgeted {
+            settings: settings.clone(),
+            table: limiter.clone(),
+            bucket: bucket.clone(),
+            indexes: index_limiters
+                .iter()
+                .zip(index_buckets)
+                .map(|((spec, l), (_, b))| (spec.clone(), l.clone(), b))
+                .collect(),
+            state: std::sync::Mutex::new((limits.clone(), settings.rate.share())),
+        });
         // Follow capacity changes (UpdateTable) of the table and its indexes.
         let refresh = limits.is_some().then(|| {
             let stop = CancellationToken::new();
             let task = tokio::spawn(refresh_budget(
                 settings.clone(),
                 ddb.clone(),
-                Budgeted {
-                    table: limiter.clone(),
-                    bucket: bucket.clone(),
-                    indexes: index_limiters
-                        .iter()
-                        .zip(index_buckets)
-                        .map(|((spec, l), (_, b))| (spec.clone(), l.clone(), b))
-                        .collect(),
-                },
+                budgeted.clone(),
                 stop.clone(),
             ));
             (stop, task)
@@ -402,6 +416,12 @@ impl Pipeline {
                 Duration::from_secs(u64::from(settings.sqs.wait_time_seconds)),
             )
         };
+        // Join the fleet: every budget is held until the other members have made room.
+        let member = if settings.rate.mode == RateMode::Membership {
+            Some(crate::membership::join(settings, ddb, budgeted).await?)
+        } else {
+            None
+        };
         Ok(Pipeline {
             engine,
             writer_stats,
@@ -410,6 +430,7 @@ impl Pipeline {
             breaker,
             poll_wait,
             refresh,
+            member,
         })
     }
 
@@ -467,6 +488,10 @@ impl Pipeline {
             task.abort(); // a DescribeTable in flight is of no use any more
             let _ = task.await;
         }
+        // Nothing is written any more: the others may take this instance's share.
+        if let Some(member) = self.member {
+            member.leave().await;
+        }
         snapshot
     }
 }
@@ -475,7 +500,7 @@ impl Pipeline {
 /// a bad minute) with backoff until `retry_for` has passed; a permanent one (a missing table, a
 /// wrong key schema, access denied) is returned at once. A fleet of instances restarted by
 /// systemd or Kubernetes thus rides out a blip instead of exhausting its restart limits.
-async fn startup_retry<T, F, Fut>(
+pub(crate) async fn startup_retry<T, F, Fut>(
     what: &str,
     retry_for: Duration,
     mut check: F,
@@ -515,12 +540,78 @@ where
     }
 }
 
-/// The limiters the capacity refresh moves: the table's and each index's, with their shared
-/// buckets in Redis mode.
+/// The limiters the capacity refresh and fleet membership move: the table's and each index's,
+/// with their shared buckets in Redis mode, and what their budgets are made from.
 struct Budgeted {
+    settings: Settings,
     table: Arc<WcuLimiter>,
     bucket: Option<Arc<RedisBucket>>,
     indexes: Vec<(IndexSpec, Arc<WcuLimiter>, Option<Arc<RedisBucket>>)>,
+    /// The last capacities read (None: unknown, rate.wcu_per_second alone) and this instance's
+    /// share.
+    state: std::sync::Mutex<(Option<TableLimits>, f64)>,
+}
+
+impl Budgeted {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<TableLimits>, f64)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_limits(&self, limits: TableLimits) {
+        self.lock().0 = Some(limits);
+        self.apply();
+    }
+
+    /// Moves every budget to what the capacities and the share give now.
+    fn apply(&self) {
+        let (limits, share) = self.lock().clone();
+        let settings = &self.settings;
+        match budget_with_share(settings, limits.as_ref().map(|l| l.table), true, share) {
+            Some((b, _)) => {
+                self.table.set_budget(nonzero(b.local));
+                if let Some(bucket) = &self.bucket {
+                    bucket.set_rate(bucket_rate(settings, b));
+                }
+            }
+            None => tracing::warn!(
+                capacity = ?limits.as_ref().map(|l| l.table),
+                "the table has no capacity to pace to now; keeping the current budget"
+            ),
+        }
+        let Some(limits) = limits else { return };
+        for (spec, limiter, bucket) in &self.indexes {
+            let Some((_, cap)) = limits.indexes.iter().find(|(s, _)| s.name == spec.name) else {
+                continue;
+            };
+            if let Some((b, _)) = budget_with_share(settings, Some(*cap), false, share) {
+                limiter.set_budget(nonzero(b.local));
+                if let Some(bucket) = bucket {
+                    bucket.set_rate(bucket_rate(settings, b));
+                }
+            }
+        }
+    }
+}
+
+impl crate::membership::Shared for Budgeted {
+    fn set_share(&self, share: f64) {
+        let changed = {
+            let mut state = self.lock();
+            let changed = (state.1 - share).abs() > f64::EPSILON;
+            state.1 = share;
+            changed
+        };
+        if changed {
+            self.apply();
+        }
+    }
+
+    fn hold(&self, held: bool) {
+        self.table.hold(held);
+        for (_, limiter, _) in &self.indexes {
+            limiter.hold(held);
+        }
+    }
 }
 
 /// Reads the table's and its indexes' capacity every rate.refresh_interval and moves the budgets
@@ -528,11 +619,11 @@ struct Budgeted {
 async fn refresh_budget(
     settings: Settings,
     ddb: aws_sdk_dynamodb::Client,
-    budgets: Budgeted,
+    budgets: Arc<Budgeted>,
     stop: CancellationToken,
 ) {
     let table = settings.dynamodb.table.clone();
-    let mut last: Option<TableLimits> = None;
+    let mut last: Option<TableLimits> = budgets.lock().0.clone();
     let mut warned = std::collections::HashSet::new();
     loop {
         tokio::select! {
@@ -552,31 +643,7 @@ async fn refresh_budget(
         if let Capacity::Provisioned(w) = limits.table {
             metrics::gauge!("sluice_table_capacity_wcu").set(w as f64);
         }
-        if settings.rate.wcu_per_second.is_none() {
-            match budget_for(&settings, Some(limits.table), true) {
-                Some((b, _)) => {
-                    budgets.table.set_budget(nonzero(b.local));
-                    if let Some(bucket) = &budgets.bucket {
-                        bucket.set_rate(bucket_rate(&settings, b));
-                    }
-                }
-                None => tracing::warn!(
-                    capacity = ?limits.table,
-                    "the table has no capacity to pace to now; keeping the current budget"
-                ),
-            }
-        }
-        for (spec, limiter, bucket) in &budgets.indexes {
-            let Some((_, cap)) = limits.indexes.iter().find(|(s, _)| s.name == spec.name) else {
-                continue;
-            };
-            if let Some((b, _)) = budget_for(&settings, Some(*cap), false) {
-                limiter.set_budget(nonzero(b.local));
-                if let Some(bucket) = bucket {
-                    bucket.set_rate(bucket_rate(&settings, b));
-                }
-            }
-        }
+        budgets.set_limits(limits.clone());
         // Indexes are paced from the budgets made at the start; one created since is said once
         // (compared with what the start paced, so one created before the first refresh is
         // said too).

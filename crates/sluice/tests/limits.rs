@@ -296,3 +296,115 @@ async fn a_hot_index_key_is_paced_on_its_own_instead_of_slowing_the_table() {
         4000
     );
 }
+
+/// One `sluice run` of a membership fleet writing table `fleet`.
+fn fleet_member(env: &TestEnv, url: &str) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .arg("run")
+        .envs(env.child_env())
+        .env("SLUICE__SQS__QUEUE_URL", url)
+        .env("SLUICE__SQS__WAIT_TIME_SECONDS", "1")
+        .env("SLUICE__DYNAMODB__TABLE", "fleet")
+        .env("SLUICE__RATE__MODE", "membership")
+        .env("SLUICE__RATE__MEMBERSHIP__TABLE", "sluice-members")
+        .env("SLUICE__RATE__MEMBERSHIP__HEARTBEAT_INTERVAL", "1s")
+        .env("SLUICE__RATE__MEMBERSHIP__LEASE_DURATION", "4s")
+        .env(
+            "SLUICE__TELEMETRY__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &tokio::process::Child, sig: &str) {
+    let pid = child.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_fleet_resplits_the_budget_as_instances_join_and_leave_mid_drain() {
+    // rate.mode = "membership", no share configured anywhere: one instance starts alone on a
+    // 150 WCU table, a second and a third join mid-drain, one is killed with SIGKILL (its
+    // lease lapses) and one leaves with SIGTERM (it deletes its lease), and the first drains
+    // the rest. Each paces to budget ÷ live members throughout: the table is never throttled
+    // and stays busy.
+    let env = strict_sim().await;
+    let url = env.create_queue("logs", 5).await.unwrap();
+    create_table_with_gsi(&env, "fleet", 150, None).await;
+    let bodies = bodies("m", 3000, 2900);
+    SqsSender::new(env.sqs.clone(), &url)
+        .send_all(&bodies)
+        .await
+        .unwrap();
+    let sim = env.sim.as_ref().unwrap();
+    let items = || {
+        sim.capacity_report("fleet").unwrap()["items"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    let mut first = fleet_member(&env, &url);
+    let mut fleet = Vec::new();
+    for step in 0..4 {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert!(
+            items() < 3000,
+            "drained before step {step}: make the load larger"
+        );
+        match step {
+            0 | 1 => fleet.push(fleet_member(&env, &url)),
+            2 => {
+                let crashed = fleet.remove(0);
+                signal(&crashed, "-KILL");
+            }
+            _ => {
+                let mut leaving = fleet.remove(0);
+                signal(&leaving, "-TERM");
+                let status = tokio::time::timeout(Duration::from_secs(30), leaving.wait())
+                    .await
+                    .expect("exits after SIGTERM")
+                    .unwrap();
+                assert!(status.success(), "{status}");
+            }
+        }
+    }
+    let report = loop {
+        let r = sim.capacity_report("fleet").unwrap();
+        if r["items"].as_u64().unwrap_or(0) >= 3000 {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "not drained: {}",
+            r["items"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = first.start_kill();
+    let (avg, max10, secs) = utilization(&report);
+    eprintln!(
+        "membership fleet: {secs} s, {avg:.1} WCU/s on average (150 provisioned, budget 147), highest 10 s {max10:.1}; throttled requests {}, unprocessed items {}",
+        report["throttled_requests"], report["unprocessed_items"]
+    );
+    assert_eq!(report["throttled_requests"], 0, "{report}");
+    assert_eq!(report["unprocessed_items"], 0, "{report}");
+    assert!(
+        max10 <= 150.0 * 1.05,
+        "over capacity: {max10:.1} WCU/s over 10 s"
+    );
+    assert!(avg >= 0.95 * 147.0, "under-used: {avg:.1} WCU/s");
+    assert_eq!(
+        env.scan_keys("fleet", "request_id").await.unwrap().len(),
+        3000
+    );
+}

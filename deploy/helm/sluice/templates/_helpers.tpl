@@ -162,3 +162,23 @@ none
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Non-empty when the chart makes rate.mode "membership": worker mode, more than one pod possible,
+and config.rate sets no mode, share or expected_replicas.
+*/}}
+{{- define "sluice.membershipDefault" -}}
+{{- $rate := .Values.config.rate | default dict -}}
+{{- if and (eq .Values.mode "worker") (gt (include "sluice.maxReplicas" . | int) 1) (not $rate.mode) (not $rate.share) (not $rate.expected_replicas) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The rate mode the pods run with (the chart's default included). */}}
+{{- define "sluice.rateMode" -}}
+{{- if include "sluice.membershipDefault" . -}}
+membership
+{{- else -}}
+{{- dig "rate" "mode" "local" .Values.config -}}
+{{- end -}}
+{{- end -}}

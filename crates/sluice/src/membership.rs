@@ -1,0 +1,247 @@
+//! `rate.mode = "membership"`: this instance's lease in the fleet's membership table, renewed
+//! every heartbeat, and its share of every budget (the table's and each index's) moved to
+//! budget ÷ live members. The rule is [`sluice_core::membership`]'s; this is its I/O.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, anyhow};
+use sluice_core::membership::{Membership, Share, stale};
+use sluice_dynamodb::members::MembersTable;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+/// What membership moves: every budget's share, and whether writes are held.
+pub trait Shared: Send + Sync + 'static {
+    fn set_share(&self, share: f64);
+    fn hold(&self, held: bool);
+}
+
+/// Longest the lease's deletion may take at exit (the others take the share back after
+/// `lease_duration` anyway).
+const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Leases long expired (dead instances) are deleted after this, so the reads stay small.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub struct Member {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    table: Arc<MembersTable>,
+    id: String,
+}
+
+/// Joins the fleet: checks (or creates) the lease table, writes this instance's lease, holds
+/// every budget until the other members have counted it, and keeps the lease and the share
+/// up to date until [`Member::leave`].
+pub async fn join(
+    settings: &Settings,
+    client: aws_sdk_dynamodb::Client,
+    budgets: Arc<dyn Shared>,
+) -> Result<Member> {
+    let m = &settings.rate.membership;
+    let group = m
+        .group
+        .clone()
+        .unwrap_or_else(|| settings.dynamodb.table.clone());
+    let table = Arc::new(MembersTable::new(client, m.table.clone(), group.clone()));
+    let retry_for = settings.dynamodb.startup_retry_for;
+    crate::pipeline::startup_retry("the membership table check", retry_for, || {
+        table.ensure(m.create_table)
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    let host = host();
+    let id = format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let mut state = Membership::new(id.clone(), m.lease_duration, m.heartbeat_interval);
+    budgets.hold(true);
+    metrics::gauge!("sluice_fleet_share").set(0.0);
+    let sent = now_ms();
+    crate::pipeline::startup_retry("joining the fleet", retry_for, || async {
+        table
+            .renew(&id, &host, state.expiry(sent), 0)
+            .await
+            .map_err(|message| sluice_dynamodb::CheckError {
+                message,
+                permanent: false,
+            })
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    state.renewed(sent);
+    tracing::info!(member = %id, group = %group, table = %m.table, "joined the fleet; writes wait until every member has made room");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(heartbeat(
+        table.clone(),
+        state,
+        host,
+        m.heartbeat_interval,
+        budgets,
+        stop.clone(),
+    ));
+    Ok(Member {
+        stop,
+        task: Some(task),
+        table,
+        id,
+    })
+}
+
+impl Member {
+    /// Leaves the fleet once this instance writes no more: the others take its share at their
+    /// next read.
+    pub async fn leave(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        match tokio::time::timeout(LEAVE_DEADLINE, self.table.remove(&self.id)).await {
+            Ok(Ok(())) => tracing::info!(member = %self.id, "left the fleet"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not delete this instance's lease: the others take its share when it expires (rate.membership.lease_duration)")
+            }
+            Err(_) => tracing::warn!(
+                "deleting this instance's lease timed out: the others take its share when it expires (rate.membership.lease_duration)"
+            ),
+        }
+    }
+}
+
+impl Drop for Member {
+    /// A pipeline dropped without running (its build failed later) renews no more.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Applies a share: held, or budget ÷ members. Says so when it changes.
+fn apply(budgets: &dyn Shared, last: &mut Option<Share>, share: Share, live: u32, lapsed: bool) {
+    metrics::gauge!("sluice_fleet_members").set(f64::from(live));
+    if *last == Some(share) {
+        return;
+    }
+    match share {
+        Share::Hold => {
+            budgets.hold(true);
+            metrics::gauge!("sluice_fleet_share").set(0.0);
+            if lapsed {
+                metrics::counter!("sluice_fleet_lease_lapses_total").increment(1);
+                tracing::warn!(
+                    "this instance's lease could not be renewed in time: writes are held (the others may already have taken its share) until it is counted again"
+                );
+            } else {
+                tracing::info!(members = live, "waiting for every member to make room");
+            }
+        }
+        Share::OneOf(n) => {
+            budgets.set_share(share.fraction());
+            budgets.hold(false);
+            metrics::gauge!("sluice_fleet_share").set(share.fraction());
+            tracing::info!(members = n, share = share.fraction(), "fleet budget split");
+        }
+    }
+    *last = Some(share);
+}
+
+async fn heartbeat(
+    table: Arc<MembersTable>,
+    mut state: Membership,
+    host: String,
+    beat: Duration,
+    budgets: Arc<dyn Shared>,
+    stop: CancellationToken,
+) {
+    let mut last: Option<Share> = Some(Share::Hold);
+    // No call and no wait may run past the moment the lease may lapse: the hold must come
+    // before the others stop counting this instance.
+    let bounded = |state: &Membership| match state.lapse_at_ms() {
+        Some(t) if t > now_ms() => {
+            beat.min(Duration::from_millis(t - now_ms()).max(Duration::from_millis(1)))
+        }
+        _ => beat,
+    };
+    loop {
+        let now = now_ms();
+        let share = state.share_at(now);
+        apply(&*budgets, &mut last, share, state.live(), state.lapsed(now));
+        let read = tokio::time::timeout(bounded(&state), table.members()).await;
+        let now = now_ms();
+        let share = match read {
+            Ok(Ok(members)) => {
+                let share = state.on_read(&members, now);
+                for dead in stale(&members, now, FORGET_AFTER).take(5) {
+                    if let Err(error) = table.remove(&dead.id).await {
+                        tracing::debug!(%error, "could not delete a dead member's lease");
+                    }
+                }
+                share
+            }
+            Ok(Err(error)) => {
+                metrics::counter!("sluice_fleet_errors_total", "op" => "read").increment(1);
+                tracing::warn!(%error, "cannot read the fleet's members: keeping the last share");
+                state.share_at(now)
+            }
+            Err(_) => {
+                metrics::counter!("sluice_fleet_errors_total", "op" => "read").increment(1);
+                tracing::warn!("reading the fleet's members timed out: keeping the last share");
+                state.share_at(now)
+            }
+        };
+        apply(&*budgets, &mut last, share, state.live(), state.lapsed(now));
+        let sent = now_ms();
+        let renewal = tokio::time::timeout(
+            bounded(&state),
+            table.renew(state.id(), &host, state.expiry(sent), state.seen()),
+        )
+        .await;
+        match renewal {
+            Ok(Ok(())) => state.renewed(sent),
+            Ok(Err(error)) => {
+                metrics::counter!("sluice_fleet_errors_total", "op" => "renew").increment(1);
+                tracing::warn!(%error, "cannot renew this instance's lease");
+            }
+            Err(_) => {
+                metrics::counter!("sluice_fleet_errors_total", "op" => "renew").increment(1);
+                tracing::warn!("renewing this instance's lease timed out");
+            }
+        }
+        let now = now_ms();
+        let share = state.share_at(now);
+        apply(&*budgets, &mut last, share, state.live(), state.lapsed(now));
+        // A member waiting to be counted looks four times a heartbeat: the others have
+        // already made room, and every moment it waits that room goes unused.
+        let wait = if last == Some(Share::Hold) && !state.lapsed(now) {
+            bounded(&state) / 4
+        } else {
+            bounded(&state)
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
