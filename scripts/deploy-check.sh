@@ -307,6 +307,9 @@ SLUICE_ENV=(
   AWS_ENDPOINT_URL="$EP" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
   SLUICE__SQS__QUEUE_URL="$QUEUE" SLUICE__DYNAMODB__TABLE="$NAME"
   SLUICE__RATE__WCU_PER_SECOND=300 SLUICE__SQS__POISON_NACK_DELAY=0s
+  # A fleet of one in membership mode (the chart's default for several pods): its lease table
+  # is created on the simulator, and the fleet dashboard's membership panels get data.
+  SLUICE__RATE__MODE=membership SLUICE__RATE__MEMBERSHIP__TABLE=sluice-members
   SLUICE__WORKER__SHUTDOWN_GRACE=10s
   SLUICE__TELEMETRY__LISTEN=127.0.0.1:0 SLUICE__TELEMETRY__LOG_FORMAT=json
 )

@@ -95,6 +95,22 @@ pub fn describe() {
         "sluice_aimd_increases_total",
         "Additive recovery steps of the paced rate back towards the budget."
     );
+    describe_gauge!(
+        "sluice_fleet_members",
+        "rate.mode = \"membership\": live members this instance counted at its last read of the lease table (itself included)."
+    );
+    describe_gauge!(
+        "sluice_fleet_share",
+        "rate.mode = \"membership\": the fraction of every budget this instance paces to (1 / members); 0 while it is held (joining, or its lease could not be renewed)."
+    );
+    describe_counter!(
+        "sluice_fleet_errors_total",
+        "rate.mode = \"membership\": lease-table calls that failed or timed out, by op (read, renew)."
+    );
+    describe_counter!(
+        "sluice_fleet_lease_lapses_total",
+        "rate.mode = \"membership\": times this instance held its writes because its lease could not be renewed in time."
+    );
     describe_counter!(
         "sluice_redis_lease_failures_total",
         "Leases from the shared Redis bucket that failed; the instance paced to its local share."
