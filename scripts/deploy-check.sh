@@ -134,7 +134,10 @@ refuse "ingest mode without API keys" "ingest mode needs API keys" --set mode=in
 refuse "an API key that is not a SHA-256" "sha256" -f "$CHART/ci/ingest-values.yaml" --set 'config.ingest.api_keys[0].name=a' --set 'config.ingest.api_keys[0].sha256=secret'
 refuse "Kafka mode without brokers" "config.kafka.brokers is required" -f "$CHART/ci/worker-kafka-values.yaml" --set config.kafka.brokers=
 refuse "Kafka mode without topics" "config.kafka.topics is required" -f "$CHART/ci/worker-kafka-values.yaml" --set-json 'config.kafka.topics=[]'
-note "helm template refuses 10 bad value sets (missing required, misspelt key, unknown key, grace ≤ drain, bad mode, chart-owned key, ingest without keys, a key that is not a hash, Kafka mode without brokers or topics)"
+refuse "scale to zero with an activation threshold" "strands up to 10 messages" "${BASE[@]}" --set keda.minReplicaCount=0 --set keda.activationQueueLength=10
+refuse "KEDA role and operator identity together" "are exclusive" "${BASE[@]}" --set keda.roleArn=arn:aws:iam::123456789012:role/r --set keda.identityOwner=keda
+refuse "the retired ingest.spoolSizeLimit (now ingest.spoolStorage)" "additional properties 'spoolSizeLimit' not allowed" -f "$CHART/ci/ingest-values.yaml" --set ingest.spoolSizeLimit=2Gi
+note "helm template refuses 13 bad value sets (missing required, misspelt key, unknown key, grace ≤ drain, bad mode, chart-owned key, ingest without keys, a key that is not a hash, Kafka mode without brokers or topics, scale to zero with an activation threshold, two KEDA identities, the retired spoolSizeLimit)"
 "$HELM" package "$CHART" -d "$WORK/pkg" >/dev/null || die "helm package failed"
 tar -tzf "$WORK"/pkg/sluice-*.tgz | grep -q '/ci/' && die "the packaged chart contains ci/ (check .helmignore)"
 note "helm package: $(basename "$WORK"/pkg/sluice-*.tgz) ($(tar -tzf "$WORK"/pkg/sluice-*.tgz | wc -l) files)"

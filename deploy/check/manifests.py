@@ -172,10 +172,15 @@ def cmd_configs(sluice, outdir, renders):
     for render in renders:
         docs = load_docs(render)
         cms = [d for d in docs if d["kind"] == "ConfigMap" and "sluice.toml" in d.get("data", {})]
-        deps = [d for d in docs if d["kind"] == "Deployment"]
+        deps = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
         if len(cms) != 1 or len(deps) != 1:
-            fail(f"{render}: expected one sluice ConfigMap and one Deployment")
+            fail(f"{render}: expected one sluice ConfigMap and one Deployment or StatefulSet")
         dep = deps[0]
+        # Whatever scales the workload must name it by its kind.
+        for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
+            ref = hpa["spec"]["scaleTargetRef"]
+            if (ref["kind"], ref["name"]) != (dep["kind"], dep["metadata"]["name"]):
+                fail(f"{render}: the HPA scales {ref['kind']} {ref['name']}, not the {dep['kind']} rendered")
         pod = dep["spec"]["template"]["spec"]
         main = container(dep, "sluice")
         if main is None:
@@ -194,6 +199,28 @@ def cmd_configs(sluice, outdir, renders):
         if not main.get("resources", {}).get("requests") or not main.get("resources", {}).get("limits"):
             fail(f"{render}: the sluice container needs resource requests and limits")
         mode = "ingest" if main["args"][0] == "ingest" else "worker"
+        if mode == "ingest":
+            # Every 202 is in SQS or the spool: the spool must outlive the pod (a claim per pod of
+            # a StatefulSet, kept on scale-in), mounted where producer.spool_dir points, and hold
+            # spool_max_bytes.
+            if dep["kind"] != "StatefulSet":
+                fail(f"{render}: ingest must run as a StatefulSet (its spool outlives the pod)")
+            claims = {c["metadata"]["name"]: c for c in dep["spec"].get("volumeClaimTemplates", [])}
+            mounts = {m["name"]: m["mountPath"] for m in main.get("volumeMounts", [])}
+            if "spool" not in claims or mounts.get("spool") != env.get("SLUICE__PRODUCER__SPOOL_DIR"):
+                fail(f"{render}: the spool claim must be mounted at producer.spool_dir")
+            if any(v.get("name") == "spool" for v in pod.get("volumes", [])):
+                fail(f"{render}: the spool must be the claim, not a pod volume")
+            retention = dep["spec"].get("persistentVolumeClaimRetentionPolicy", {})
+            if retention.get("whenScaled") != "Retain":
+                fail(f"{render}: a scaled-in pod's spool claim must be retained")
+            size = claims["spool"]["spec"]["resources"]["requests"]["storage"]
+            m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)", size)
+            units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+            import tomllib
+            spool_max = tomllib.loads(cms[0]["data"]["sluice.toml"]).get("producer", {}).get("spool_max_bytes", 1 << 30)
+            if not m or int(m.group(1)) * units[m.group(2)] < spool_max:
+                fail(f"{render}: the spool claim ({size}) is smaller than producer.spool_max_bytes ({spool_max})")
         name = os.path.splitext(os.path.basename(render))[0]
         toml_path = os.path.join(outdir, f"{name}.sluice.toml")
         with open(toml_path, "w") as f:

@@ -1071,6 +1071,21 @@ impl Settings {
                     .into(),
             );
             check(
+                m.table.is_empty()
+                    || ((3..=255).contains(&m.table.len())
+                        && m.table
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))),
+                format!(
+                    "rate.membership.table `{}` is not a valid table name (3-255 of a-z A-Z 0-9 _ . -)",
+                    m.table
+                ),
+            );
+            check(
+                m.table != self.dynamodb.table,
+                "rate.membership.table must not be dynamodb.table: the leases need a table of their own".into(),
+            );
+            check(
                 r.share.is_none() && r.expected_replicas.is_none(),
                 "rate.share and rate.expected_replicas do not apply when rate.mode = \"membership\" (the share follows the live members): remove them".into(),
             );
@@ -1374,6 +1389,47 @@ mod tests {
             format!("{err:#}").contains("sqs.request_timeout"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn membership_and_redis_modes_are_refused_without_what_keeps_the_fleet_within_its_budget() {
+        for (rate, says) in [
+            (
+                "mode = \"membership\"",
+                "rate.membership.table must name the lease table",
+            ),
+            (
+                "mode = \"membership\"\nexpected_replicas = 3\n[rate.membership]\ntable = \"members\"",
+                "do not apply when rate.mode = \"membership\"",
+            ),
+            (
+                "mode = \"membership\"\n[rate.membership]\ntable = \"request-logs\"",
+                "must not be dynamodb.table",
+            ),
+            (
+                "mode = \"membership\"\n[rate.membership]\ntable = \"m\"",
+                "rate.membership.table `m` is not a valid table name",
+            ),
+            (
+                "mode = \"membership\"\n[rate.membership]\ntable = \"members\"\nheartbeat_interval = \"5s\"\nlease_duration = \"10s\"",
+                "must be at least 3 × rate.membership.heartbeat_interval",
+            ),
+            (
+                "mode = \"redis\"\n[rate.redis]\nurl = \"redis://r:6379/\"",
+                "needs rate.share or rate.expected_replicas",
+            ),
+        ] {
+            let err = from_toml(&format!("{MINIMAL}\n[rate]\n{rate}\n")).unwrap_err();
+            assert!(format!("{err:#}").contains(says), "{rate}: {err:#}");
+        }
+        let s = from_toml(&format!(
+            "{MINIMAL}\n[rate]\nmode = \"membership\"\n[rate.membership]\ntable = \"members\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.rate.mode, RateMode::Membership);
+        assert!(s.rate.membership.create_table);
+        assert_eq!(s.rate.membership.heartbeat_interval, Duration::from_secs(3));
+        assert_eq!(s.rate.membership.lease_duration, Duration::from_secs(15));
     }
 
     #[test]

@@ -84,9 +84,15 @@ pub fn budget_rule(settings: &Settings) -> String {
         Some(w) => format!("table {w} WCU/s (rate.wcu_per_second)"),
         None => format!("table {u} × its provisioned WCU (on demand: {u} × {on_demand})"),
     };
+    let share = match r.mode {
+        RateMode::Membership => format!(
+            "1 / the live members in lease table `{}` (rate.mode membership)",
+            r.membership.table
+        ),
+        _ => format!("this instance's share {}", r.share()),
+    };
     format!(
-        "{table}; each global secondary index {u} × its own (same rule); × this instance's share {}; the tightest binds; the figures are logged at start",
-        r.share()
+        "{table}; each global secondary index {u} × its own (same rule); × {share}; the tightest binds; the figures are logged at start"
     )
 }
 

@@ -182,3 +182,21 @@ membership
 {{- dig "rate" "mode" "local" .Values.config -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The workload: ingest keeps a spool volume per pod (StatefulSet), the worker holds nothing. */}}
+{{- define "sluice.workloadKind" -}}
+{{- if eq .Values.mode "ingest" -}}StatefulSet{{- else -}}Deployment{{- end -}}
+{{- end -}}
+
+{{/*
+The spool volume's size: ingest.spoolStorage, or config.producer.spool_max_bytes (1 GiB by
+default) plus a quarter for the segment being written and the filesystem, in Mi.
+*/}}
+{{- define "sluice.spoolStorage" -}}
+{{- if .Values.ingest.spoolStorage -}}
+{{- .Values.ingest.spoolStorage -}}
+{{- else -}}
+{{- $bytes := dig "producer" "spool_max_bytes" 1073741824 .Values.config | float64 -}}
+{{- printf "%dMi" (divf (mulf $bytes 1.25) 1048576.0 | ceil | int) -}}
+{{- end -}}
+{{- end -}}
