@@ -908,6 +908,7 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
                 .fetch_add(micros, Ordering::Relaxed);
             if wcu > 0 {
                 shared.observe_seconds(seconds);
+                note_write_seconds(seconds, wcu);
             }
             claimed.push(Claimed {
                 order: shared.order.fetch_add(1, Ordering::Relaxed),
@@ -1195,4 +1196,35 @@ async fn ack_batch<S: Source>(
         tokio::time::sleep(backoff.delay(attempt)).await;
     }
     tracing::warn!(left = batch.len(), error = %last_error, "gave up deleting written messages");
+}
+
+/// Messages that need longer than this at the paced rate are said in the log (once a minute):
+/// this instance's share is small for how producers pack messages.
+const SLOW_MESSAGE_SECONDS: f64 = 60.0;
+
+/// Records how long one message needs at this instance's paced rate
+/// (`sluice_message_write_seconds`), and warns, at most once a minute, when one needs more than
+/// a minute: nothing fails (waiting for capacity is progress), but its logs land late and the
+/// instance holds it all that time.
+fn note_write_seconds(seconds: f64, wcu: u64) {
+    metrics::histogram!("sluice_message_write_seconds").record(seconds);
+    if seconds <= SLOW_MESSAGE_SECONDS {
+        return;
+    }
+    static LAST_WARNED_S: AtomicU64 = AtomicU64::new(0);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNED_S.load(Ordering::Relaxed);
+    if now_s >= last + 60
+        && LAST_WARNED_S
+            .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            message_wcu = wcu,
+            seconds = seconds.round(),
+            "one message needs over a minute at this instance's paced rate: its share of the budget is small for messages this packed (run fewer instances, raise the table's capacity, or have producers pack fewer logs per message)"
+        );
+    }
 }

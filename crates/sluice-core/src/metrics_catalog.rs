@@ -95,6 +95,18 @@ pub fn describe() {
         "sluice_aimd_increases_total",
         "Additive recovery steps of the paced rate back towards the budget."
     );
+    describe_histogram!(
+        "sluice_message_write_seconds",
+        "Seconds one message needs at this instance's paced rate (its WCU over the rate; the tightest budget binds), at receipt. Over a minute: the share is small for messages this packed."
+    );
+    describe_gauge!(
+        "sluice_fleet_write_budget_wcu_per_second",
+        "What the whole fleet may write to the table, WCU per second (target_utilization × capacity, or rate.wcu_per_second): the same in every instance; sluice_write_budget_wcu_per_second is this instance's part of it."
+    );
+    describe_counter!(
+        "sluice_capacity_refresh_errors_total",
+        "DescribeTable calls of the capacity refresh (every rate.refresh_interval) that failed: the budgets stay as they were and capacity changes are not followed."
+    );
     describe_gauge!(
         "sluice_fleet_members",
         "rate.mode = \"membership\": live members this instance counted at its last read of the lease table (itself included)."

@@ -313,6 +313,7 @@ impl Pipeline {
         let mut bucket = None;
         let limiter = match &table_budget {
             Some((b, why)) => {
+                metrics::gauge!("sluice_fleet_write_budget_wcu_per_second").set(b.table);
                 tracing::info!(table_budget_wcu_per_s = b.table.round(), local_budget_wcu_per_s = b.local.round(), mode = ?settings.rate.mode, capacity = ?capacity, why = %why, "write budget: table");
                 let (limiter, shared) = limiter_for(settings, *b, None)?;
                 bucket = shared;
@@ -574,6 +575,7 @@ impl Budgeted {
         let settings = &self.settings;
         match budget_with_share(settings, limits.as_ref().map(|l| l.table), true, share) {
             Some((b, _)) => {
+                metrics::gauge!("sluice_fleet_write_budget_wcu_per_second").set(b.table);
                 self.table.set_budget(nonzero(b.local));
                 if let Some(bucket) = &self.bucket {
                     bucket.set_rate(bucket_rate(settings, b));
@@ -639,6 +641,7 @@ async fn refresh_budget(
         let limits = match sluice_dynamodb::describe_limits(&ddb, &table).await {
             Ok(l) => l,
             Err(error) => {
+                metrics::counter!("sluice_capacity_refresh_errors_total").increment(1);
                 tracing::warn!(%error, "capacity refresh failed; keeping the current budgets");
                 continue;
             }

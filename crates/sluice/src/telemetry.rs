@@ -68,6 +68,14 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
                 ],
             )
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("sluice_message_write_seconds".into()),
+                &[
+                    0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+                ],
+            )
+        })
         .map_err(|e| anyhow!("metrics buckets: {e}"))?
         .install_recorder()
         .map_err(|e| anyhow!("cannot install the metrics recorder: {e}"))?;

@@ -107,9 +107,39 @@ none
 
 {{- define "sluice.maxReplicas" -}}
 {{- $scaler := include "sluice.scaler" . -}}
-{{- if eq $scaler "keda" -}}{{ .Values.keda.maxReplicaCount }}
-{{- else if eq $scaler "hpa" -}}{{ .Values.autoscaling.maxReplicas }}
+{{- if eq $scaler "keda" -}}{{ include "sluice.cappedReplicas" (list . .Values.keda.maxReplicaCount) }}
+{{- else if eq $scaler "hpa" -}}{{ include "sluice.cappedReplicas" (list . .Values.autoscaling.maxReplicas) }}
 {{- else -}}{{ .Values.replicaCount }}{{- end -}}
+{{- end -}}
+
+{{/*
+A worker maximum capped by the table's budget (fleet.tableWcu × target_utilization) over the
+per-pod floor (fleet.podFloorWcu): more pods would each get a sliver of the budget, cost more and
+drain no faster. Ingest, or no fleet.tableWcu: the maximum as given. Called with (list $ max).
+*/}}
+{{- define "sluice.cappedReplicas" -}}
+{{- $ := index . 0 -}}
+{{- $max := index . 1 | int -}}
+{{- $f := $.Values.fleet -}}
+{{- if and (eq $.Values.mode "worker") (gt (int $f.tableWcu) 0) -}}
+{{- $u := dig "rate" "target_utilization" 0.98 $.Values.config | float64 -}}
+{{- $cap := max 1 (floor (divf (mulf (float64 $f.tableWcu) $u) (float64 $f.podFloorWcu)) | int) -}}
+{{- min $max $cap -}}
+{{- else -}}
+{{- $max -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Queued messages per replica that KEDA (and the backlog HPA) aims for: keda.queueLength, or (0)
+one minute of work at the per-pod floor: fleet.podFloorWcu × 60 ÷ fleet.wcuPerMessage.
+*/}}
+{{- define "sluice.queueLength" -}}
+{{- if gt (int .Values.keda.queueLength) 0 -}}
+{{- .Values.keda.queueLength -}}
+{{- else -}}
+{{- max 1 (divf (mulf (float64 .Values.fleet.podFloorWcu) 60.0) (float64 .Values.fleet.wcuPerMessage) | floor | int) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Container env shared by the init container and sluice itself. */}}
