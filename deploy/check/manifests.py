@@ -221,6 +221,21 @@ def cmd_configs(sluice, outdir, renders):
             spool_max = tomllib.loads(cms[0]["data"]["sluice.toml"]).get("producer", {}).get("spool_max_bytes", 1 << 30)
             if not m or int(m.group(1)) * units[m.group(2)] < spool_max:
                 fail(f"{render}: the spool claim ({size}) is smaller than producer.spool_max_bytes ({spool_max})")
+            # SIGTERM → drain_delay of serving → requests in flight (ingest.shutdown_timeout) →
+            # sending and replaying the spool (producer.shutdown_timeout): all before the kill.
+            cfg = tomllib.loads(cms[0]["data"]["sluice.toml"])
+            def secs(section, key, default):
+                v = cfg.get(section, {}).get(key, default)
+                s = duration_s(v)
+                if s is None:
+                    fail(f"{render}: {section}.{key} = {v!r}: the check reads whole seconds only")
+                return s
+            stop = secs("ingest", "drain_delay", "5s") + secs("ingest", "shutdown_timeout", "10s") \
+                + secs("producer", "shutdown_timeout", "10s")
+            pre = main.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+            if pre + stop >= pod["terminationGracePeriodSeconds"]:
+                fail(f"{render}: preStop {pre} s + drain_delay, ingest and producer shutdown ({stop} s) "
+                     f"do not fit in terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']}")
         name = os.path.splitext(os.path.basename(render))[0]
         toml_path = os.path.join(outdir, f"{name}.sluice.toml")
         with open(toml_path, "w") as f:

@@ -176,8 +176,9 @@ pub struct ProducerConfig {
     /// "log"}` per line, fsynced). `None`: `rejected.ndjson` in the spool's directory, or, with no
     /// spool either, the log's text goes into the ERROR log line.
     pub reject_file: Option<std::path::PathBuf>,
-    /// How long [`Producer::close`] keeps sending before it spools (or, without a spool, drops
-    /// and counts) what is left.
+    /// How long [`Producer::close`] keeps sending (what is buffered, and what the spool holds,
+    /// while the queue takes it) before it spools (or, without a spool, drops and counts) what is
+    /// left.
     pub shutdown_timeout: Duration,
 }
 
@@ -1161,15 +1162,16 @@ impl<T: Transport> Dispatcher<T> {
             self.pump();
             self.answer_flushers();
             if let Some((deadline, _)) = &closing {
-                let idle = self.open.is_empty() && self.ready.is_empty() && self.tasks.is_empty();
-                let stuck_on_spool = self.spooling
+                // Closing also replays the spool while the queue takes it, until the deadline:
+                // what an instance spooled reaches the queue before it goes, instead of waiting
+                // on its disk for the next start (which, after a scale-in, may never come).
+                let spool_left =
+                    self.spooling && self.spool.as_ref().is_some_and(|s| !s.is_empty());
+                let idle = self.open.is_empty()
                     && self.ready.is_empty()
-                    && self.open.is_empty()
-                    && self
-                        .batches
-                        .values()
-                        .all(|(k, _)| matches!(k, BatchKind::Replay { .. }));
-                if idle || stuck_on_spool || Instant::now() >= *deadline {
+                    && self.tasks.is_empty()
+                    && !spool_left;
+                if idle || Instant::now() >= *deadline {
                     let report = self.finish().await;
                     if let Some((_, Some(tx))) = closing.take() {
                         let _ = tx.send(report);
@@ -1995,6 +1997,43 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         p2.close().await;
+    }
+
+    #[tokio::test]
+    async fn close_replays_the_spool_while_the_queue_takes_it() {
+        // An instance that spooled through an outage and is stopped once the queue is back (a
+        // scale-in): its spool reaches the queue before it exits, not at a next start that may
+        // never come.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ProducerConfig {
+            retry_base: Duration::from_millis(5),
+            retry_max: Duration::from_millis(50),
+            shutdown_timeout: Duration::from_secs(5),
+            spool: Some(SpoolConfig::new(dir.path())),
+            ..Default::default()
+        };
+        let q = FakeQueue::new();
+        q.set_down(true);
+        let p = Producer::start(cfg.clone(), q.clone()).unwrap();
+        for i in 0..50 {
+            p.send(&log(i)).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.stats().messages_spooled.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "nothing was spooled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        q.set_down(false);
+        let report = p.close().await;
+        assert_eq!(report.spooled_messages, 0, "{report:?}");
+        assert_eq!(report.dropped_logs, 0);
+        let lines: Vec<String> = q
+            .messages()
+            .iter()
+            .flat_map(|m| m.body.lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        let want: Vec<String> = (0..50).map(|i| log(i).to_string()).collect();
+        assert_eq!(lines, want, "every log, in order, before close returned");
     }
 
     #[tokio::test]

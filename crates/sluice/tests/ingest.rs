@@ -647,6 +647,92 @@ async fn an_sqs_outage_spools_sheds_with_503_and_a_kill_9_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaled_in_ingest_sends_its_spool_to_the_queue_before_it_exits() {
+    // Kubernetes scales ingest in once SQS is back and the pods are idle: the pod with the
+    // highest ordinal goes, and may never come back to replay its spool. Its spool must reach
+    // the queue on the way out. The replay backs off for up to 30 s after the outage, so what
+    // empties the spool here is the shutdown, not the running replay.
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let sim = env.sim.as_ref().unwrap();
+    let url = env.create_queue("ingest-scale-in", 30).await.unwrap();
+    env.create_table(TABLE, "request_id").await.unwrap();
+    let dir = TempDir::new("scale-in");
+    let config = dir.path("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[sqs]
+queue_url = "{url}"
+
+[ingest]
+api_keys = [{{ name = "test", sha256 = "{}" }}]
+
+[producer]
+spool_dir = "{}"
+linger = "20ms"
+retry_base = "10s"
+retry_max = "30s"
+send_attempts = 1
+shutdown_timeout = "20s"
+"#,
+            sha256_hex(KEY),
+            dir.path("spool").display()
+        ),
+    )
+    .unwrap();
+    let ingest = restart_ingest(&env, &config).await;
+    sim.set_faults(sluice_sim::Faults {
+        error_503_rate: 1.0,
+        only_ops: Some(vec!["SendMessageBatch".into(), "SendMessage".into()]),
+        ..Default::default()
+    })
+    .unwrap();
+    let keys_file = dir.path("keys");
+    let (_, s) = load_into(
+        &env,
+        ingest.port,
+        &[
+            "--count",
+            "500",
+            "--rate",
+            "0",
+            "--size",
+            "300-700",
+            "--batch",
+            "50",
+            "--retry-for",
+            "0s",
+            "--run-id",
+            "scale-in",
+            "--keys-out",
+            keys_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let accepted = s["accepted"].as_u64().unwrap();
+    assert!(accepted > 0, "{s}");
+    let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+    assert!(
+        metric(&scrape, "sluice_producer_spool_bytes").unwrap() > 0.0,
+        "the outage filled the spool: {scrape}"
+    );
+    assert_eq!(env.queue_counts(&url).await.unwrap(), (0, 0));
+    // SQS is back; the scale-in comes at once.
+    sim.set_faults(sluice_sim::Faults::default()).unwrap();
+    let (ok, stdout) = ingest.stop().await;
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("\"left_in_spool\":0"),
+        "the spool was emptied before exit: {stdout}"
+    );
+    // No restart: every accepted log is in the queue already.
+    let keys = read_keys(&keys_file);
+    assert_eq!(keys.len() as u64, accepted);
+    drain_into_table(&env, &url, &keys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_serves_https_with_the_configured_certificate() {
     let env = TestEnv::start(Backend::Sim).await.unwrap();
     let url = env.create_queue("ingest-tls", 30).await.unwrap();

@@ -77,7 +77,8 @@ app.kubernetes.io/component: {{ .Values.mode }}
 
 {{- define "sluice.terminationGracePeriodSeconds" -}}
 {{- $drain := int .Values.drainSeconds -}}
-{{- $grace := .Values.terminationGracePeriodSeconds | default (add $drain 15) | int -}}
+{{- $preStop := ternary (int .Values.ingest.preStopSeconds) 0 (eq .Values.mode "ingest") -}}
+{{- $grace := .Values.terminationGracePeriodSeconds | default (add $drain 15 $preStop) | int -}}
 {{- if le $grace $drain -}}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be longer than drainSeconds (%d): the drain would be killed" $grace $drain) -}}
 {{- end -}}
