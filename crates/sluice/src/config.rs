@@ -183,6 +183,10 @@ pub struct IngestSettings {
     /// before the listener closes; then `shutdown_timeout` applies. 0: close at once.
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
+    /// How often `tls_cert`, `tls_key` and `api_keys_file` are read again: a rotated
+    /// certificate (cert-manager) or a changed key list is served without a restart. 0: never.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 impl Default for IngestSettings {
@@ -205,6 +209,7 @@ impl Default for IngestSettings {
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::from_secs(5),
+            reload_interval: Duration::from_secs(30),
         }
     }
 }
@@ -1236,6 +1241,13 @@ impl Settings {
         check(
             !i.request_timeout.is_zero(),
             "ingest.request_timeout must be above zero".into(),
+        );
+        check(
+            i.reload_interval.is_zero() || i.reload_interval >= Duration::from_secs(1),
+            format!(
+                "ingest.reload_interval must be 0 (never) or at least 1s, got {}",
+                humantime::format_duration(i.reload_interval)
+            ),
         );
         check(
             i.drain_delay <= Duration::from_secs(120),

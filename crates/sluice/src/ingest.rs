@@ -54,6 +54,14 @@ pub fn describe_metrics() {
         "sluice_ingest_logs_total",
         "Logs the ingest API accepted (202: in the queue or the spool)."
     );
+    metrics::describe_counter!(
+        "sluice_ingest_reloads_total",
+        "Changed files swapped in while serving (ingest.reload_interval), by what: tls (ingest.tls_cert and tls_key), api_keys (ingest.api_keys_file)."
+    );
+    metrics::describe_counter!(
+        "sluice_ingest_reload_errors_total",
+        "Changed files that did not load, by what (tls, api_keys): the previous certificate or keys stay in use."
+    );
 }
 
 struct Key {
@@ -63,7 +71,8 @@ struct Key {
 
 struct Ingest {
     producer: Producer,
-    keys: Vec<Key>,
+    /// Swapped whole when `ingest.api_keys_file` changes (ingest.reload_interval).
+    keys: std::sync::RwLock<Arc<Vec<Key>>>,
     limiter: DefaultKeyedRateLimiter<String>,
     schema: Schema,
     rules: BodyRules,
@@ -91,7 +100,7 @@ impl Ingest {
 
     /// The name of the key the request carries, comparing against every configured key in
     /// constant time.
-    fn authenticate(&self, headers: &HeaderMap) -> Option<&str> {
+    fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -102,10 +111,11 @@ impl Ingest {
             .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))?
             .trim();
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut found = None;
-        for k in &self.keys {
+        for k in keys.iter() {
             if bool::from(k.digest.ct_eq(&digest)) {
-                found = Some(k.name.as_str());
+                found = Some(k.name.clone());
             }
         }
         found
@@ -382,7 +392,7 @@ async fn post_logs(State(st): State<Arc<Ingest>>, headers: HeaderMap, body: Body
 }
 
 async fn handle(st: &Ingest, headers: HeaderMap, body: Body) -> Response {
-    let Some(key) = st.authenticate(&headers).map(str::to_owned) else {
+    let Some(key) = st.authenticate(&headers) else {
         let mut resp = error(
             StatusCode::UNAUTHORIZED,
             "missing or unknown API key: send `Authorization: Bearer KEY` or `X-Api-Key: KEY`",
@@ -587,6 +597,80 @@ pub async fn capped_by_queue(
     config
 }
 
+/// The contents' digest of the files a reload follows (a missing file digests as empty).
+fn digest_of(paths: &[&Path]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in paths {
+        h.update(std::fs::read(p).unwrap_or_default());
+        h.update([0u8]);
+    }
+    h.finalize().into()
+}
+
+/// Reads the TLS certificate and key and the API key file again every
+/// `ingest.reload_interval`, and swaps in what changed: a certificate rotated by cert-manager
+/// (Kubernetes updates the mounted Secret in place) or a new key list is served without a
+/// restart. A file that does not load leaves the current one in place, said in the log and in
+/// `sluice_ingest_reload_errors_total`.
+async fn reload(
+    ic: IngestSettings,
+    state: Arc<Ingest>,
+    tls: Option<crate::serve::SharedTls>,
+    stop: CancellationToken,
+) {
+    let tls_files: Vec<&Path> = [ic.tls_cert.as_deref(), ic.tls_key.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut tls_seen = digest_of(&tls_files);
+    let key_file = ic.api_keys_file.as_deref();
+    let mut keys_seen = digest_of(&key_file.into_iter().collect::<Vec<_>>());
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ic.reload_interval) => {}
+        }
+        if let (Some(shared), Some(cert), Some(key)) = (&tls, &ic.tls_cert, &ic.tls_key) {
+            let now = digest_of(&tls_files);
+            if now != tls_seen {
+                match tls_acceptor(cert, key) {
+                    Ok(acceptor) => {
+                        *shared.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
+                        tls_seen = now;
+                        metrics::counter!("sluice_ingest_reloads_total", "what" => "tls")
+                            .increment(1);
+                        tracing::info!(cert = %cert.display(), "TLS certificate reloaded: new connections get it");
+                    }
+                    Err(error) => {
+                        metrics::counter!("sluice_ingest_reload_errors_total", "what" => "tls")
+                            .increment(1);
+                        tracing::error!(error = %format!("{error:#}"), "the changed TLS certificate or key does not load: still serving the previous one");
+                    }
+                }
+            }
+        }
+        if let Some(path) = key_file {
+            let now = digest_of(&[path]);
+            if now != keys_seen {
+                match load_keys(&ic) {
+                    Ok(keys) => {
+                        let n = keys.len();
+                        *state.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                        keys_seen = now;
+                        metrics::counter!("sluice_ingest_reloads_total", "what" => "api_keys")
+                            .increment(1);
+                        tracing::info!(file = %path.display(), keys = n, "API keys reloaded");
+                    }
+                    Err(error) => {
+                        metrics::counter!("sluice_ingest_reload_errors_total", "what" => "api_keys").increment(1);
+                        tracing::error!(error = %format!("{error:#}"), "the changed API key file does not load: the previous keys stay");
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -636,7 +720,7 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         .allow_burst(NonZeroU32::new(ic.burst_per_key).unwrap_or(NonZeroU32::MIN));
     let state = Arc::new(Ingest {
         producer: producer.clone(),
-        keys,
+        keys: std::sync::RwLock::new(Arc::new(keys)),
         limiter: RateLimiter::keyed(quota),
         schema: settings.schema(),
         rules: BodyRules {
@@ -724,9 +808,17 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         "sluice ingest started: POST {scheme}://{addr}/v1/logs"
     );
     let tls = match (&ic.tls_cert, &ic.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(Arc::new(std::sync::RwLock::new(tls_acceptor(cert, key)?))),
         _ => None,
     };
+    if !ic.reload_interval.is_zero() && (tls.is_some() || ic.api_keys_file.is_some()) {
+        tokio::spawn(reload(
+            ic.clone(),
+            state.clone(),
+            tls.clone(),
+            server_stop.clone(),
+        ));
+    }
     let limits = crate::serve::ServeLimits {
         max_connections: ic.max_connections,
         header_read_timeout: ic.header_read_timeout,

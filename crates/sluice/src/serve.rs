@@ -40,11 +40,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 type Accepted = (Box<dyn Io>, SocketAddr, OwnedSemaphorePermit);
 
+/// The TLS identity served, swappable while serving (a rotated certificate): each handshake
+/// takes the acceptor current when its connection arrives.
+pub type SharedTls = Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>;
+
 /// Accepts connections (at most `max_connections` held at once), handshaking TLS when given,
 /// and hands them over on a channel. Ends when the receiver is dropped or `stop` fires.
 fn spawn_acceptor(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<SharedTls>,
     limits: ServeLimits,
     stop: CancellationToken,
 ) -> mpsc::Receiver<Accepted> {
@@ -82,8 +86,9 @@ fn spawn_acceptor(
                         return;
                     }
                 }
-                Some(acceptor) => {
-                    let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                Some(shared) => {
+                    let acceptor = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    let tx = tx.clone();
                     let handshake = limits.header_read_timeout;
                     tokio::spawn(async move {
                         match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
@@ -108,7 +113,7 @@ fn spawn_acceptor(
 /// Returns how many connections had to be closed at the deadline.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<SharedTls>,
     app: Router,
     limits: ServeLimits,
     shutdown: CancellationToken,

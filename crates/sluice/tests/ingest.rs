@@ -782,6 +782,107 @@ async fn ingest_serves_https_with_the_configured_certificate() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_and_a_changed_key_file_are_served_without_a_restart() {
+    // cert-manager renews the certificate in its Secret and Kubernetes updates the mounted
+    // files in place; an operator revokes a key and adds one in the key Secret. Ingest follows
+    // both within ingest.reload_interval, and a broken file keeps the previous one.
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let url = env.create_queue("ingest-reload", 30).await.unwrap();
+    let dir = TempDir::new("reload");
+    let write_cert = |name: &str| {
+        let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        std::fs::write(dir.path(&format!("{name}.pem")), c.cert.pem()).unwrap();
+        // Swapped in whole, as Kubernetes swaps a Secret volume's files.
+        for (file, text) in [
+            ("cert.pem", c.cert.pem()),
+            ("key.pem", c.signing_key.serialize_pem()),
+        ] {
+            let tmp = dir.path(&format!("{file}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, dir.path(file)).unwrap();
+        }
+    };
+    let write_keys = |names: &[&str]| {
+        let text: String = names
+            .iter()
+            .map(|n| format!("{n} {}\n", sha256_hex(n)))
+            .collect();
+        let tmp = dir.path("keys.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.path("api_keys")).unwrap();
+    };
+    write_cert("first");
+    write_keys(&["second-key"]);
+    let ingest = start_ingest(
+        &env,
+        &dir,
+        &url,
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\napi_keys_file = \"{}\"\nreload_interval = \"1s\"",
+            dir.path("cert.pem").display(),
+            dir.path("key.pem").display(),
+            dir.path("api_keys").display()
+        ),
+    )
+    .await;
+    let send = |ca: &str, key: &str| {
+        let args = strings(&[
+            "--ingest",
+            &format!("https://127.0.0.1:{}", ingest.port),
+            "--cacert",
+            dir.path(&format!("{ca}.pem")).to_str().unwrap(),
+            "--api-key",
+            key,
+            "--count",
+            "20",
+            "--rate",
+            "0",
+            "--retry-for",
+            "0s",
+        ]);
+        let env = &env;
+        async move { load(env, &args).await.1["accepted"].as_u64().unwrap_or(0) }
+    };
+    assert_eq!(send("first", "second-key").await, 20);
+    write_cert("renewed");
+    write_keys(&["third-key"]);
+    let started = Instant::now();
+    while send("renewed", "third-key").await != 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the renewed certificate and the new key were not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        send("first", "third-key").await,
+        0,
+        "the old certificate is gone"
+    );
+    assert_eq!(
+        send("renewed", "second-key").await,
+        0,
+        "the revoked key is refused"
+    );
+    assert_eq!(send("renewed", KEY).await, 20, "inline keys stay");
+    // A broken certificate file: the renewed one keeps being served.
+    std::fs::write(dir.path("cert.pem"), "not a certificate").unwrap();
+    let started = Instant::now();
+    loop {
+        let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+        if metric(&scrape, "sluice_ingest_reload_errors_total{what=\"tls\"}").unwrap_or(0.0) >= 1.0
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{scrape}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(send("renewed", "third-key").await, 20);
+    let (ok, stdout) = ingest.stop().await;
+    assert!(ok, "{stdout}");
+}
+
 /// The README's few lines: an axum app with RequestLogLayer, a Producer on the real SDK, and
 /// `sluice run` on the other side of the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
