@@ -67,6 +67,9 @@ pub struct KafkaSettings {
     pub group_instance_id: Option<String>,
     /// More librdkafka properties, e.g. `"security.protocol" = "SSL"`, `"ssl.ca.location"`.
     pub properties: std::collections::BTreeMap<String, String>,
+    /// A file of more properties, `key=value` per line (`#` comments): the secret ones
+    /// (`sasl.password`), from a mounted Secret instead of the config. A key may not be in both.
+    pub properties_file: Option<std::path::PathBuf>,
 }
 
 impl Default for KafkaSettings {
@@ -87,6 +90,7 @@ impl Default for KafkaSettings {
             close_timeout: d.close_timeout,
             group_instance_id: None,
             properties: Default::default(),
+            properties_file: None,
         }
     }
 }
@@ -765,9 +769,10 @@ fn raw(path: Option<&Path>) -> Result<config::Config> {
         .map_err(|e| anyhow!("cannot read config: {e}"))
 }
 
-/// Deserializes, naming the key of a value that does not fit.
+/// Deserializes, naming the key of a value that does not fit, and reads the files that hold
+/// more of the config (kafka.properties_file).
 fn parse(raw: config::Config) -> Result<Settings> {
-    serde_path_to_error::deserialize(raw).map_err(|e| {
+    let mut settings: Settings = serde_path_to_error::deserialize(raw).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         if path == "." || path.is_empty() {
@@ -775,7 +780,50 @@ fn parse(raw: config::Config) -> Result<Settings> {
         } else {
             anyhow!("invalid config at `{path}`: {inner}")
         }
-    })
+    })?;
+    if let Some(path) = settings.kafka.properties_file.clone() {
+        for (key, value) in read_properties_file(&path)? {
+            if settings.kafka.properties.contains_key(&key) {
+                bail!(
+                    "kafka.properties_file {}: `{key}` is also in kafka.properties; keep it in one place",
+                    path.display()
+                );
+            }
+            settings.kafka.properties.insert(key, value);
+        }
+    }
+    Ok(settings)
+}
+
+/// `key=value` lines; blank lines and `#` comments skipped. Values are taken as written
+/// (a password may hold `=` or `#`): only a line starting with `#` is a comment.
+pub fn read_properties_file(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read kafka.properties_file {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = trimmed.split_once('=') else {
+            bail!(
+                "kafka.properties_file {} line {}: want key=value",
+                path.display(),
+                i + 1
+            );
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            bail!(
+                "kafka.properties_file {} line {}: empty key",
+                path.display(),
+                i + 1
+            );
+        }
+        out.push((key.to_owned(), value.trim().to_owned()));
+    }
+    Ok(out)
 }
 
 /// Deserializes and validates.
@@ -1442,6 +1490,46 @@ mod tests {
         assert!(s.rate.membership.create_table);
         assert_eq!(s.rate.membership.heartbeat_interval, Duration::from_secs(3));
         assert_eq!(s.rate.membership.lease_duration, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn kafka_properties_file_is_merged_and_a_key_in_both_places_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sluice-props-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kafka.properties");
+        std::fs::write(
+            &file,
+            "# SASL from a Secret\nsasl.username = logs\nsasl.password=p=ss#word\n\n",
+        )
+        .unwrap();
+        let base = format!(
+            "{MINIMAL}\n[kafka]\nproperties_file = \"{}\"\n",
+            file.display()
+        );
+        let s = from_toml(&base).unwrap();
+        assert_eq!(s.kafka.properties["sasl.username"], "logs");
+        assert_eq!(s.kafka.properties["sasl.password"], "p=ss#word");
+        let both = base.replace(
+            "[kafka]\n",
+            "[kafka]\nproperties = { \"sasl.username\" = \"x\" }\n",
+        );
+        let err = from_toml(&both).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("also in kafka.properties"),
+            "{err:#}"
+        );
+        std::fs::write(&file, "no equals sign\n").unwrap();
+        let err = from_toml(&base).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("line 1: want key=value"),
+            "{err:#}"
+        );
+        let err = from_toml(&base.replace("kafka.properties", "missing.properties")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot read kafka.properties_file"),
+            "{err:#}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

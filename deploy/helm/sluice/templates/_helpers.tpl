@@ -176,8 +176,30 @@ one minute of work at the per-pod floor: fleet.podFloorWcu × 60 ÷ fleet.wcuPer
   value: /etc/sluice-tls/tls.key
 {{- end }}
 {{- end }}
+{{- if .Values.secrets.kafkaProperties }}
+# Secret librdkafka properties (sasl.password, …), out of the ConfigMap.
+- name: SLUICE__KAFKA__PROPERTIES_FILE
+  value: /etc/sluice-kafka/properties
+{{- end }}
+{{- with .Values.secrets.redisUrl.name }}
+# The Redis URL with its password, out of the ConfigMap.
+- name: SLUICE__RATE__REDIS__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ $.Values.secrets.redisUrl.key | quote }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Mounts of the Secrets both containers read (the init container validates with them). */}}
+{{- define "sluice.secretMounts" -}}
+{{- if .Values.secrets.kafkaProperties }}
+- name: kafka-properties
+  mountPath: /etc/sluice-kafka
+  readOnly: true
 {{- end }}
 {{- end -}}
 
