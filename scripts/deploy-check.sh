@@ -283,14 +283,19 @@ note "promtool check rules: $nrules; promtool test rules: $ntests test groups pa
 section "dashboards (static)"
 # The Kafka dashboard's queries are checked against the Kafka-mode sluice, the others against the
 # SQS one.
-dash_sqs=() dash_kafka=()
+dash_sqs=() dash_kafka=() dash_ingest=()
 for d in dashboards/*.json; do
-  if [[ $d == *kafka* ]]; then dash_kafka+=("$d"); else dash_sqs+=("$d"); fi
+  if [[ $d == *kafka* ]]; then dash_kafka+=("$d")
+  elif [[ $d == *ingest* ]]; then dash_ingest+=("$d")
+  else dash_sqs+=("$d"); fi
 done
+[[ ${#dash_ingest[@]} -gt 0 ]] || die "no ingest dashboard in dashboards/"
 [[ ${#dash_kafka[@]} -gt 0 ]] || die "no Kafka dashboard in dashboards/"
 out=$("$PY" deploy/check/dashboards.py static "$WORK/queries.json" "${dash_sqs[@]}") || die "dashboard check failed"
 echo "$out"; note "$(tail -n1 <<<"$out" | sed 's/^dashboards: //'); JSON round-trips through grafana-foundation-sdk"
 out=$("$PY" deploy/check/dashboards.py static "$WORK/queries-kafka.json" "${dash_kafka[@]}") || die "dashboard check failed"
+echo "$out"; note "$(tail -n1 <<<"$out" | sed 's/^dashboards: //'); JSON round-trips through grafana-foundation-sdk"
+out=$("$PY" deploy/check/dashboards.py static "$WORK/queries-ingest.json" "${dash_ingest[@]}") || die "dashboard check failed"
 echo "$out"; note "$(tail -n1 <<<"$out" | sed 's/^dashboards: //'); JSON round-trips through grafana-foundation-sdk"
 
 # --- live: sluice sim + sluice run + Prometheus -----------------------------------------------
@@ -361,6 +366,36 @@ KAFKA_TELEMETRY=$(telemetry_of "$WORK/kafka/sluice.log")
 [[ -n $KAFKA_TELEMETRY ]] || die "cannot find the Kafka-mode sluice's telemetry address in its log"
 echo "  sluice run (Kafka mode): noida-db on 127.0.0.1:$KAFKA_PORT, topic request-logs (4 partitions), telemetry on $KAFKA_TELEMETRY"
 
+# Ingest beside them, on a simulator of its own so its SQS can go down without touching the
+# workers': sluice ingest fed by sluice load; the ingest dashboard is checked against it.
+mkdir -p "$WORK/ingest"
+"$SLUICE" sim --listen 127.0.0.1:0 >"$WORK/ingest/sim.log" 2>&1 &
+PIDS+=($!)
+wait_for "grep -q 'listening on http://127.0.0.1:' '$WORK/ingest/sim.log'" 20 || { cat "$WORK/ingest/sim.log"; die "the ingest run's simulator did not start"; }
+IEP=$(grep -o 'http://127.0.0.1:[0-9]*' "$WORK/ingest/sim.log" | head -n1)
+IQUEUE=$(python3 deploy/check/live.py setup "$IEP" sluice-deploy-check-ingest 100) || die "cannot create the ingest run's queue"
+INGEST_KEY=deploy-check-key
+INGEST_PORT=$(free_port)
+cat >"$WORK/ingest/ingest.toml" <<TOML
+[sqs]
+queue_url = "$IQUEUE"
+[ingest]
+api_keys = [{ name = "check", sha256 = "$(printf %s "$INGEST_KEY" | sha256sum | cut -d' ' -f1)" }]
+[producer]
+spool_dir = "$WORK/ingest/spool"
+retry_base = "100ms"
+retry_max = "1s"
+TOML
+env AWS_ENDPOINT_URL="$IEP" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
+  SLUICE__TELEMETRY__LISTEN=127.0.0.1:0 SLUICE__TELEMETRY__LOG_FORMAT=json \
+  "$SLUICE" ingest --config "$WORK/ingest/ingest.toml" --listen "127.0.0.1:$INGEST_PORT" >"$WORK/ingest/ingest.log" 2>&1 &
+INGEST_PID=$!
+PIDS+=($INGEST_PID)
+wait_for "grep -q 'sluice ingest started' '$WORK/ingest/ingest.log'" 30 || { tail -n 20 "$WORK/ingest/ingest.log"; die "sluice ingest did not start"; }
+INGEST_TELEMETRY=$(telemetry_of "$WORK/ingest/ingest.log")
+[[ -n $INGEST_TELEMETRY ]] || die "cannot find sluice ingest's telemetry address in its log"
+echo "  sluice ingest on 127.0.0.1:$INGEST_PORT (queue on its own simulator $IEP), telemetry on $INGEST_TELEMETRY"
+
 PROM_PORT=$(free_port)
 mkdir -p "$WORK/prom"
 cat >"$WORK/prom/prometheus.yml" <<EOF
@@ -377,6 +412,9 @@ scrape_configs:
   - job_name: sluice-kafka
     static_configs:
       - targets: ["$KAFKA_TELEMETRY"]
+  - job_name: sluice-ingest
+    static_configs:
+      - targets: ["$INGEST_TELEMETRY"]
 EOF
 prometheus --config.file="$WORK/prom/prometheus.yml" --storage.tsdb.path="$WORK/prom/data" \
   --web.listen-address="127.0.0.1:$PROM_PORT" --log.level=warn >"$WORK/prom/prometheus.log" 2>&1 &
@@ -399,6 +437,16 @@ echo "        table drops to 80 WCU/s"
     "$SLUICE" load --count 3 --rate 0 --size 420000 --run-id kafka-check-poison
 ) >"$WORK/kafka/load.log" 2>&1 &
 KAFKA_LOAD_PID=$!
+# Meanwhile into ingest: 6,000 logs at 200/s over HTTP, with its SQS down from 5 s to 12 s (it
+# answers 202 and spools, then replays), and a few requests without a key (401).
+(
+  python3 deploy/check/live.py sqs-outage "$IEP" 5 12 &
+  "$SLUICE" load --ingest "http://127.0.0.1:$INGEST_PORT" --api-key "$INGEST_KEY" --count 6000 --rate 200 \
+    --size 300-1500 --run-id ingest-check --json >"$WORK/ingest/load.json" &
+  for _ in 1 2 3; do curl -s -o /dev/null -X POST "http://127.0.0.1:$INGEST_PORT/v1/logs" -d '{}' || true; done
+  wait
+) >"$WORK/ingest/load.log" 2>&1 &
+INGEST_LOAD_PID=$!
 python3 deploy/check/live.py load "$EP" "$QUEUE" "$NAME" 30 350 2 10 14 20 >"$WORK/live/load.json" \
   || die "the load generator failed"
 # Drained: the source queue empty (visible and in flight), by the simulator's own count.
@@ -423,13 +471,17 @@ rows = [json.loads(l) for l in sys.stdin if l.strip()]
 sys.exit(0 if rows and all(r["lag"] == 0 for r in rows) else 1)'
 }
 wait_for kafka_drained 120 || { env "${KAFKA_ENV[@]}" "$SLUICE" kafka lag; die "the Kafka-mode sluice did not drain its topic within 120 s"; }
+wait "$INGEST_LOAD_PID" || { cat "$WORK/ingest/load.log"; die "the ingest load failed"; }
+ingest_settled() { curl -sf "http://$INGEST_TELEMETRY/metrics" | awk '/^sluice_producer_spool_messages /{n=$2} /^sluice_producer_spooling /{s=$2} END {exit !(n == 0 && s == 0)}'; }
+wait_for ingest_settled 60 || die "sluice ingest did not replay its spool within 60 s of SQS coming back"
 # Let the 15 s queue poller and a few scrapes see the drained queue and the DLQ.
 sleep 16
 RUN_END=$(date +%s)
 curl -sf "http://$TELEMETRY/metrics" >"$WORK/live/metrics.txt" || die "cannot scrape sluice's /metrics"
 curl -sf "http://$KAFKA_TELEMETRY/metrics" >"$WORK/kafka/metrics.txt" || die "cannot scrape the Kafka-mode sluice's /metrics"
-nseries=$(cat "$WORK/live/metrics.txt" "$WORK/kafka/metrics.txt" | grep -cv '^#')
-out=$({ promtool check metrics <"$WORK/live/metrics.txt"; promtool check metrics <"$WORK/kafka/metrics.txt"; } 2>&1) || true
+curl -sf "http://$INGEST_TELEMETRY/metrics" >"$WORK/ingest/metrics.txt" || die "cannot scrape sluice ingest's /metrics"
+nseries=$(cat "$WORK/live/metrics.txt" "$WORK/kafka/metrics.txt" "$WORK/ingest/metrics.txt" | grep -cv '^#')
+out=$({ promtool check metrics <"$WORK/live/metrics.txt"; promtool check metrics <"$WORK/kafka/metrics.txt"; promtool check metrics <"$WORK/ingest/metrics.txt"; } 2>&1) || true
 if [[ -n $out ]]; then
   # A lint problem (a metric without help text, say) does not stop the rest of the check; it
   # fails it at the end.
@@ -467,6 +519,20 @@ echo "$out"; while read -r line; do note "${line#dashboards: }"; done <<<"$out"
 out=$("$PY" deploy/check/dashboards.py live "$WORK/queries-kafka.json" "$PROM" "$WORK/kafka/metrics.txt" "$RUN_START" "$RUN_END" sluice-kafka) \
   || die "the Kafka dashboard does not hold against the Kafka-mode run"
 echo "$out"; while read -r line; do note "${line#dashboards: } (Kafka mode)"; done <<<"$out"
+out=$("$PY" deploy/check/dashboards.py live "$WORK/queries-ingest.json" "$PROM" "$WORK/ingest/metrics.txt" "$RUN_START" "$RUN_END" sluice-ingest) \
+  || die "the ingest dashboard does not hold against the ingest run"
+echo "$out"; while read -r line; do note "${line#dashboards: } (ingest)"; done <<<"$out"
+i_accepted=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["accepted"])' "$WORK/ingest/load.json")
+i_spooled=$(awk '/^sluice_producer_spooled_messages_total /{print int($2)}' "$WORK/ingest/metrics.txt")
+i_queued=$(curl -sf "$IEP/_sim/queues" | python3 -c '
+import json,sys
+q=json.load(sys.stdin)
+q=q.get("queues",q)
+items=q.items() if isinstance(q,dict) else [(x.get("name"),x) for x in q]
+print(sum(c.get("visible",0) for n,c in items if n=="sluice-deploy-check-ingest"))')
+[[ $i_accepted -eq 6000 && ${i_spooled:-0} -gt 0 && ${i_queued:-0} -gt 0 ]] \
+  || die "ingest: $i_accepted of 6000 logs accepted, ${i_spooled:-0} messages spooled (want > 0: the outage), ${i_queued:-0} messages in its queue"
+note "live, ingest: 6000 logs accepted over HTTP through a 7 s SQS outage ($i_spooled messages spooled and replayed, the spool empty after), $i_queued messages in its queue"
 k_written=$(awk '/^sluice_logs_written_total /{print int($2)}' "$WORK/kafka/metrics.txt")
 k_dlq=$(awk '/^sluice_dead_lettered_total/{n += $2} END {print int(n)}' "$WORK/kafka/metrics.txt")
 [[ ${k_written:-0} -ge 6000 && $k_dlq -eq 3 ]] \

@@ -8,6 +8,8 @@ signature needed) and listens on a systemd notify socket. Standard library only.
         receives, deletes, visibility changes and table writes, and sends poison; between
         CAP_FROM and CAP_TO lowers the table's capacity to a fifth (as another writer or a
         scale-down would), below sluice's budget
+  live.py sqs-outage ENDPOINT FROM TO      from FROM to TO seconds from now, every SendMessage and
+                                           SendMessageBatch answers 503 (ingest's SQS goes down)
   live.py notify-sink SOCKET OUT           records sd_notify datagrams, one per line, until killed
   live.py fake-imds PORT_FILE NOTICE_AFTER  IMDSv2 stand-in: a spot interruption notice after
                                             NOTICE_AFTER seconds (404 before), on a free port
@@ -209,10 +211,21 @@ def fake_imds(port_file, notice_after):
     server.serve_forever()
 
 
+def sqs_outage(endpoint, start, end):
+    time.sleep(float(start))
+    post_faults(endpoint, {"error_503_rate": 1.0, "only_ops": ["SendMessage", "SendMessageBatch"]})
+    print(f"ingest: SQS sends fail from {float(start):.0f}s", file=sys.stderr)
+    time.sleep(float(end) - float(start))
+    post_faults(endpoint, {})
+    print(f"ingest: SQS sends work again at {float(end):.0f}s", file=sys.stderr)
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "setup":
         setup(*args)
+    elif cmd == "sqs-outage":
+        sqs_outage(*args)
     elif cmd == "load":
         load(*args)
     elif cmd == "notify-sink":

@@ -248,10 +248,12 @@ def cmd_configs(sluice, outdir, renders):
             fail(f"{render}: the validate-config init container must run `validate --for {want_for}`")
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         run_env.update(env)
-        secret_env = {e["name"] for e in main.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
-        if "SLUICE__RATE__REDIS__URL" in secret_env:
-            # From a Secret in the pod; a stand-in of the same shape here.
-            run_env["SLUICE__RATE__REDIS__URL"] = "redis://:check@redis.check:6379/0"
+        if "SLUICE__RATE__REDIS__URL_FILE" in env:
+            # The mounted Secret; a stand-in of the same shape here.
+            url_file = os.path.join(outdir, f"{name}.redis-url")
+            with open(url_file, "w") as f:
+                f.write("redis://:check@redis.check:6379/0\n")
+            run_env["SLUICE__RATE__REDIS__URL_FILE"] = url_file
         if "SLUICE__KAFKA__PROPERTIES_FILE" in env:
             # The mounted Secret, as the pod would see it (contents stand in for the real ones).
             props = os.path.join(outdir, f"{name}.kafka.properties")

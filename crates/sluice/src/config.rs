@@ -605,6 +605,8 @@ impl RateSettings {
 pub struct RedisSettings {
     /// Redis URL, e.g. redis://redis.internal:6379/0 (rediss:// is not supported yet).
     pub url: String,
+    /// A file holding the URL (with its password: a mounted Secret), instead of `url`.
+    pub url_file: Option<std::path::PathBuf>,
     /// Key of the shared bucket. Default: sluice:bucket:<dynamodb.table>.
     pub key: Option<String>,
     /// WCU leased per round trip. 0: 2% of the budget, at least 10.
@@ -621,6 +623,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
             url: String::new(),
+            url_file: None,
             key: None,
             lease_wcu: 0,
             timeout: Duration::from_millis(250),
@@ -781,6 +784,15 @@ fn parse(raw: config::Config) -> Result<Settings> {
             anyhow!("invalid config at `{path}`: {inner}")
         }
     })?;
+    if let Some(path) = settings.rate.redis.url_file.clone() {
+        if !settings.rate.redis.url.is_empty() {
+            bail!("set rate.redis.url or rate.redis.url_file, not both");
+        }
+        settings.rate.redis.url = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read rate.redis.url_file {}", path.display()))?
+            .trim()
+            .to_owned();
+    }
     if let Some(path) = settings.kafka.properties_file.clone() {
         for (key, value) in read_properties_file(&path)? {
             if settings.kafka.properties.contains_key(&key) {
@@ -1530,6 +1542,25 @@ mod tests {
             "{err:#}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_redis_url_can_come_from_a_file_not_both() {
+        let file = std::env::temp_dir().join(format!("sluice-redis-url-{}", std::process::id()));
+        std::fs::write(&file, "redis://:s3cret@redis.internal:6379/0\n").unwrap();
+        let base = format!(
+            "{MINIMAL}\n[rate]\nmode = \"redis\"\nexpected_replicas = 2\n[rate.redis]\nurl_file = \"{}\"\n",
+            file.display()
+        );
+        let s = from_toml(&base).unwrap();
+        assert_eq!(s.rate.redis.url, "redis://:s3cret@redis.internal:6379/0");
+        let err = from_toml(&base.replace(
+            "[rate.redis]\n",
+            "[rate.redis]\nurl = \"redis://x:6379/\"\n",
+        ))
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not both"), "{err:#}");
+        std::fs::remove_file(&file).unwrap();
     }
 
     #[test]

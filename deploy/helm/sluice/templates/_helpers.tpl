@@ -181,13 +181,10 @@ one minute of work at the per-pod floor: fleet.podFloorWcu × 60 ÷ fleet.wcuPer
 - name: SLUICE__KAFKA__PROPERTIES_FILE
   value: /etc/sluice-kafka/properties
 {{- end }}
-{{- with .Values.secrets.redisUrl.name }}
-# The Redis URL with its password, out of the ConfigMap.
-- name: SLUICE__RATE__REDIS__URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ . | quote }}
-      key: {{ $.Values.secrets.redisUrl.key | quote }}
+{{- if .Values.secrets.redisUrl.name }}
+# The Redis URL with its password, out of the ConfigMap (a file, not an environment variable).
+- name: SLUICE__RATE__REDIS__URL_FILE
+  value: /etc/sluice-redis/url
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
@@ -199,6 +196,11 @@ one minute of work at the per-pod floor: fleet.podFloorWcu × 60 ÷ fleet.wcuPer
 {{- if .Values.secrets.kafkaProperties }}
 - name: kafka-properties
   mountPath: /etc/sluice-kafka
+  readOnly: true
+{{- end }}
+{{- if .Values.secrets.redisUrl.name }}
+- name: redis-url
+  mountPath: /etc/sluice-redis
   readOnly: true
 {{- end }}
 {{- end -}}
