@@ -519,9 +519,12 @@ echo "$out"; while read -r line; do note "${line#dashboards: }"; done <<<"$out"
 out=$("$PY" deploy/check/dashboards.py live "$WORK/queries-kafka.json" "$PROM" "$WORK/kafka/metrics.txt" "$RUN_START" "$RUN_END" sluice-kafka) \
   || die "the Kafka dashboard does not hold against the Kafka-mode run"
 echo "$out"; while read -r line; do note "${line#dashboards: } (Kafka mode)"; done <<<"$out"
-out=$("$PY" deploy/check/dashboards.py live "$WORK/queries-ingest.json" "$PROM" "$WORK/ingest/metrics.txt" "$RUN_START" "$RUN_END" sluice-ingest) \
+out=$("$PY" deploy/check/dashboards.py live "$WORK/queries-ingest.json" "$PROM" "$WORK/ingest/metrics.txt" "$RUN_START" "$RUN_END" sluice-ingest sluice_ingest_requests_total) \
   || die "the ingest dashboard does not hold against the ingest run"
 echo "$out"; while read -r line; do note "${line#dashboards: } (ingest)"; done <<<"$out"
+out=$(python3 deploy/check/dashboards.py coverage README.md "$WORK/live/metrics.txt" "$WORK/kafka/metrics.txt" \
+  "$WORK/ingest/metrics.txt" -- dashboards/*.json) || die "a metric is neither charted nor named in the README as not charted"
+note "${out#dashboards: }"
 i_accepted=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["accepted"])' "$WORK/ingest/load.json")
 i_spooled=$(awk '/^sluice_producer_spooled_messages_total /{print int($2)}' "$WORK/ingest/metrics.txt")
 i_queued=$(curl -sf "$IEP/_sim/queues" | python3 -c '

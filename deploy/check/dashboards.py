@@ -4,9 +4,12 @@ Run with the deploy-py venv's python (grafana-foundation-sdk, promql-parser, mat
   dashboards.py static OUT.json DASHBOARD...
       JSON round-trips through grafana-foundation-sdk with no unknown key; ids, grid and
       variables are sound; every panel query parses as PromQL. Writes the queries to OUT.json.
-  dashboards.py live QUERIES.json PROM_URL SCRAPE.txt START END JOB
+  dashboards.py live QUERIES.json PROM_URL SCRAPE.txt START END JOB [VARIABLE_METRIC]
       every query names only metrics that the scraped sluice exports, and returns data (at least
       one finite sample) from the real Prometheus over [START, END].
+  dashboards.py coverage README.md SCRAPE.txt... -- DASHBOARD...
+      every metric the live scrapes export has a row in the README's metric tables, and each
+      README metric is queried by a dashboard panel or its row says "Not charted".
   dashboards.py plot DASHBOARD PROM_URL START END JOB OUT.png TITLE [FROM:TO:LABEL ...]
       draws the dashboard's panels from Prometheus query_range into one PNG, time in seconds
       from START, with the given windows (seconds from START) shaded and labelled.
@@ -154,7 +157,7 @@ def scraped_names(scrape_path):
     return names
 
 
-def cmd_live(queries_path, url, scrape_path, start, end, job):
+def cmd_live(queries_path, url, scrape_path, start, end, job, variable_metric="sluice_messages_received_total"):
     with open(queries_path) as f:
         queries = json.load(f)
     exported = scraped_names(scrape_path)
@@ -176,8 +179,8 @@ def cmd_live(queries_path, url, scrape_path, start, end, job):
     if empty:
         fail("panel queries returned no data from the live run:\n  " + "\n  ".join(empty))
     # The variables' own queries.
-    for label, match in [("job", "sluice_messages_received_total"),
-                         ("instance", f'sluice_messages_received_total{{job="{job}"}}')]:
+    for label, match in [("job", variable_metric),
+                         ("instance", f'{variable_metric}{{job="{job}"}}')]:
         values = prom(url, f"/api/v1/label/{label}/values", {"match[]": match, "start": start, "end": end})
         if not values:
             fail(f"the ${label} variable query finds no value")
@@ -187,6 +190,38 @@ def cmd_live(queries_path, url, scrape_path, start, end, job):
     for d, qs in by_dash.items():
         print(f"dashboards: {d}: all {len(qs)} queries returned data "
               f"({sum(q['finite_samples'] for q in qs)} samples); metrics all exported by the live sluice")
+
+
+def cmd_coverage(readme, *args):
+    sep = args.index("--")
+    scrapes, dashboards = args[:sep], args[sep + 1:]
+    exported = set()
+    for s in scrapes:
+        exported |= {re.sub(r"_(bucket|sum|count)$", "", n) if n.endswith(("_bucket", "_sum", "_count")) else n
+                     for n in scraped_names(s)}
+    exprs = ""
+    for d in dashboards:
+        with open(d) as f:
+            for p in panels_of(json.load(f)):
+                exprs += " ".join(t.get("expr", "") for t in p.get("targets", [])) + " "
+    rows = [l for l in open(readme).read().splitlines() if l.startswith("| `sluice_")]
+    documented = {}
+    for r in rows:
+        first = r.split("|")[1]
+        for n in re.findall(r"`(sluice_[a-z0-9_]+)", first):
+            documented[n] = r
+    problems = []
+    for n in sorted(exported):
+        if n.startswith("sluice_") and n not in documented:
+            problems.append(f"{n}: exported, but no row in the README's metric tables")
+    for n, r in sorted(documented.items()):
+        if not re.search(rf"\b{n}(_bucket)?\b", exprs) and "Not charted" not in r:
+            problems.append(f"{n}: on no dashboard, and its README row does not say \"Not charted\" (and why)")
+    if problems:
+        fail("metric coverage:\n  " + "\n  ".join(problems))
+    charted = sum(1 for n in documented if re.search(rf"\b{n}(_bucket)?\b", exprs))
+    print(f"dashboards: coverage: {len(documented)} documented metrics ({len(exported)} exported in the live runs): "
+          f"{charted} on a dashboard, {len(documented) - charted} named in the README as not charted")
 
 
 def legend(fmt, labels):
@@ -271,6 +306,8 @@ def main():
         cmd_static(args[0], args[1:])
     elif cmd == "live":
         cmd_live(*args)
+    elif cmd == "coverage":
+        cmd_coverage(*args)
     elif cmd == "plot":
         cmd_plot(*args)
     else:
