@@ -372,13 +372,20 @@ impl WcuLimiter {
 
 impl Paced {
     async fn local(&self, cells: u32) {
-        let bucket = self
-            .bucket
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let mut left = cells;
         while left > 0 {
+            // Each slice (at most burst_seconds of budget) takes the budget as it is now: a hold
+            // or a lower share (a fleet member joining) reaches an acquire already waiting
+            // within one slice, not after a whole packed message at the old rate.
+            if !*self.open.borrow() {
+                let mut open = self.open.subscribe();
+                let _ = open.wait_for(|o| *o).await;
+            }
+            let bucket = self
+                .bucket
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             let n = left.min(bucket.burst.get());
             let slice = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             // `n` never exceeds the burst, the only way this can fail.
@@ -525,6 +532,32 @@ mod tests {
         // A cost larger than the burst is taken in slices rather than rejected.
         l.acquire(45).await;
         assert!(start.elapsed() >= Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn a_hold_and_a_lower_budget_reach_an_acquire_already_waiting() {
+        // A packed message of 100 WCU at 100 WCU/s takes 1 s. Held 0.2 s in, it stops; when
+        // released with the budget cut to 25 WCU/s (three more members), what is left is
+        // paced at the new rate, not the old.
+        let l = Arc::new(WcuLimiter::try_new(NonZeroU32::new(100).unwrap(), 0.2).unwrap());
+        let start = Instant::now();
+        let waiting = tokio::spawn({
+            let l = l.clone();
+            async move {
+                l.acquire(100).await;
+                start.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        l.hold(true);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!waiting.is_finished(), "the hold stops a waiting acquire");
+        l.set_budget(NonZeroU32::new(25).unwrap());
+        l.hold(false);
+        let took = waiting.await.unwrap();
+        // About 20 WCU went before the hold; the other ~80 at 25/s take ~3.2 s after the
+        // release at 1.7 s: ~4.9 s in all (at the old rate: ~2.5 s).
+        assert!(took >= Duration::from_millis(4000), "took {took:?}");
     }
 
     #[tokio::test]

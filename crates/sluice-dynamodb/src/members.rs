@@ -123,15 +123,24 @@ impl MembersTable {
         }
         // Wait for a table being created (here or by another instance) to become active.
         for _ in 0..120 {
-            let out = self
+            let described = self
                 .client
                 .describe_table()
                 .table_name(&self.table)
                 .send()
-                .await
-                .map_err(|e| CheckError::of(&format!("cannot describe {what}"), &e))?;
-            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                return Ok(());
+                .await;
+            match described {
+                Ok(out) => {
+                    if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                        return Ok(());
+                    }
+                }
+                // Just created (here or by another instance): DescribeTable may not know it
+                // for a moment yet.
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|se| se.is_resource_not_found_exception()) => {}
+                Err(e) => return Err(CheckError::of(&format!("cannot describe {what}"), &e)),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

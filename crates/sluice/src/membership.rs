@@ -49,6 +49,18 @@ pub struct Member {
     task: Option<JoinHandle<()>>,
     table: Arc<MembersTable>,
     id: String,
+    budgets: Arc<dyn Shared>,
+}
+
+/// Holds every budget when dropped: the heartbeat task ending for any reason (a panic
+/// included) must not leave this instance writing at a share nobody renews.
+struct HoldOnExit(Arc<dyn Shared>);
+
+impl Drop for HoldOnExit {
+    fn drop(&mut self) {
+        self.0.hold(true);
+        metrics::gauge!("sluice_fleet_share").set(0.0);
+    }
 }
 
 /// Joins the fleet: checks (or creates) the lease table, writes this instance's lease, holds
@@ -92,15 +104,15 @@ pub async fn join(
     })
     .await
     .map_err(|e| anyhow!(e))?;
-    state.renewed(sent);
+    state.renewed(sent, 0);
     tracing::info!(member = %id, group = %group, table = %m.table, "joined the fleet; writes wait until every member has made room");
     let stop = CancellationToken::new();
     let task = tokio::spawn(heartbeat(
         table.clone(),
         state,
         host,
-        m.heartbeat_interval,
-        budgets,
+        (m.heartbeat_interval, m.lease_duration),
+        budgets.clone(),
         stop.clone(),
     ));
     Ok(Member {
@@ -108,6 +120,7 @@ pub async fn join(
         task: Some(task),
         table,
         id,
+        budgets,
     })
 }
 
@@ -115,6 +128,9 @@ impl Member {
     /// Leaves the fleet once this instance writes no more: the others take its share at their
     /// next read.
     pub async fn leave(mut self) {
+        // Whatever is still in flight (a writer that did not stop in time) writes no more
+        // once the lease is gone.
+        self.budgets.hold(true);
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             let _ = task.await;
@@ -171,34 +187,42 @@ async fn heartbeat(
     table: Arc<MembersTable>,
     mut state: Membership,
     host: String,
-    beat: Duration,
+    (beat, lease): (Duration, Duration),
     budgets: Arc<dyn Shared>,
     stop: CancellationToken,
 ) {
+    let _hold_on_exit = HoldOnExit(budgets.clone());
     let mut last: Option<Share> = Some(Share::Hold);
     // No call and no wait may run past the moment the lease may lapse: the hold must come
     // before the others stop counting this instance.
-    let bounded = |state: &Membership| match state.lapse_at_ms() {
-        Some(t) if t > now_ms() => {
-            beat.min(Duration::from_millis(t - now_ms()).max(Duration::from_millis(1)))
+    let bounded = |state: &Membership| {
+        let now = now_ms();
+        match state.lapse_at_ms() {
+            Some(t) if t > now => beat
+                .min(Duration::from_millis(t.saturating_sub(now)))
+                .max(Duration::from_millis(1)),
+            _ => beat,
         }
-        _ => beat,
     };
+    // Reads failing this long: stop renewing, so the lease lapses and joiners are not held up
+    // by a count this member cannot update (it holds itself, and joins again once it reads).
+    let read_give_up = lease.saturating_sub(beat);
+    let mut last_read_ok = now_ms();
     loop {
         let now = now_ms();
         let share = state.share_at(now);
         apply(&*budgets, &mut last, share, state.live(), state.lapsed(now));
         let read = tokio::time::timeout(bounded(&state), table.members()).await;
         let now = now_ms();
+        let mut stale_leases = Vec::new();
         let share = match read {
             Ok(Ok(members)) => {
-                let share = state.on_read(&members, now);
-                for dead in stale(&members, now, FORGET_AFTER).take(5) {
-                    if let Err(error) = table.remove(&dead.id).await {
-                        tracing::debug!(%error, "could not delete a dead member's lease");
-                    }
-                }
-                share
+                last_read_ok = now;
+                stale_leases = stale(&members, now, FORGET_AFTER)
+                    .map(|m| m.id.clone())
+                    .take(1)
+                    .collect();
+                state.on_read(&members, now)
             }
             Ok(Err(error)) => {
                 metrics::counter!("sluice_fleet_errors_total", "op" => "read").increment(1);
@@ -212,29 +236,49 @@ async fn heartbeat(
             }
         };
         apply(&*budgets, &mut last, share, state.live(), state.lapsed(now));
-        let sent = now_ms();
-        let renewal = tokio::time::timeout(
-            bounded(&state),
-            table.renew(state.id(), &host, state.expiry(sent), state.seen()),
-        )
-        .await;
-        match renewal {
-            Ok(Ok(())) => state.renewed(sent),
-            Ok(Err(error)) => {
-                metrics::counter!("sluice_fleet_errors_total", "op" => "renew").increment(1);
-                tracing::warn!(%error, "cannot renew this instance's lease");
+        let reads_failing = Duration::from_millis(now.saturating_sub(last_read_ok));
+        if reads_failing < read_give_up {
+            let sent = now_ms();
+            let seen = state.seen();
+            let renewal = tokio::time::timeout(
+                bounded(&state),
+                table.renew(state.id(), &host, state.expiry(sent), seen),
+            )
+            .await;
+            match renewal {
+                Ok(Ok(())) => state.renewed(sent, seen),
+                Ok(Err(error)) => {
+                    state.renewal_unknown(seen);
+                    metrics::counter!("sluice_fleet_errors_total", "op" => "renew").increment(1);
+                    tracing::warn!(%error, "cannot renew this instance's lease");
+                }
+                Err(_) => {
+                    state.renewal_unknown(seen);
+                    metrics::counter!("sluice_fleet_errors_total", "op" => "renew").increment(1);
+                    tracing::warn!("renewing this instance's lease timed out");
+                }
             }
-            Err(_) => {
-                metrics::counter!("sluice_fleet_errors_total", "op" => "renew").increment(1);
-                tracing::warn!("renewing this instance's lease timed out");
+        } else {
+            tracing::warn!(
+                failing_for_s = reads_failing.as_secs(),
+                "the fleet's members cannot be read: not renewing, so the lease lapses and joiners are not held up by a count this instance cannot update"
+            );
+        }
+        // A dead member's lease, long expired: one per heartbeat, bounded like every call.
+        for dead in stale_leases {
+            match tokio::time::timeout(bounded(&state), table.remove(&dead)).await {
+                Ok(Ok(())) => tracing::debug!(member = %dead, "deleted a dead member's lease"),
+                Ok(Err(error)) => tracing::debug!(%error, "could not delete a dead member's lease"),
+                Err(_) => tracing::debug!("deleting a dead member's lease timed out"),
             }
         }
         let now = now_ms();
         let share = state.share_at(now);
         apply(&*budgets, &mut last, share, state.live(), state.lapsed(now));
-        // A member waiting to be counted looks four times a heartbeat: the others have
-        // already made room, and every moment it waits that room goes unused.
-        let wait = if last == Some(Share::Hold) && !state.lapsed(now) {
+        // A member waiting to be counted looks four times a heartbeat, and so does one that
+        // has reported a departure and may take the share at its next read: the room is there,
+        // and every moment it waits goes unused.
+        let wait = if (last == Some(Share::Hold) && !state.lapsed(now)) || state.raise_pending() {
             bounded(&state) / 4
         } else {
             bounded(&state)

@@ -569,9 +569,12 @@ impl Budgeted {
         self.apply();
     }
 
-    /// Moves every budget to what the capacities and the share give now.
+    /// Moves every budget to what the capacities and the share give now. The state stays
+    /// locked throughout: the refresh and the membership task apply one after the other, so
+    /// an older share can never be written over a newer one.
     fn apply(&self) {
-        let (limits, share) = self.lock().clone();
+        let state = self.lock();
+        let (limits, share) = state.clone();
         let settings = &self.settings;
         match budget_with_share(settings, limits.as_ref().map(|l| l.table), true, share) {
             Some((b, _)) => {

@@ -308,7 +308,7 @@ fn fleet_member(env: &TestEnv, url: &str) -> tokio::process::Child {
         .env("SLUICE__RATE__MODE", "membership")
         .env("SLUICE__RATE__MEMBERSHIP__TABLE", "sluice-members")
         .env("SLUICE__RATE__MEMBERSHIP__HEARTBEAT_INTERVAL", "1s")
-        .env("SLUICE__RATE__MEMBERSHIP__LEASE_DURATION", "4s")
+        .env("SLUICE__RATE__MEMBERSHIP__LEASE_DURATION", "3s")
         .env(
             "SLUICE__TELEMETRY__LISTEN",
             format!("127.0.0.1:{}", free_port()),
@@ -334,14 +334,14 @@ fn signal(child: &tokio::process::Child, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_membership_fleet_resplits_the_budget_as_instances_join_and_leave_mid_drain() {
     // rate.mode = "membership", no share configured anywhere: one instance starts alone on a
-    // 150 WCU table, a second and a third join mid-drain, one is killed with SIGKILL (its
+    // 150 WCU table (logs of about 900 B, one WCU each), a second and a third join mid-drain, one is killed with SIGKILL (its
     // lease lapses) and one leaves with SIGTERM (it deletes its lease), and the first drains
     // the rest. Each paces to budget ÷ live members throughout: the table is never throttled
     // and stays busy.
     let env = strict_sim().await;
     let url = env.create_queue("logs", 5).await.unwrap();
     create_table_with_gsi(&env, "fleet", 150, None).await;
-    let bodies = bodies("m", 3000, 2900);
+    let bodies = bodies("m", 9000, 900);
     SqsSender::new(env.sqs.clone(), &url)
         .send_all(&bodies)
         .await
@@ -358,7 +358,7 @@ async fn a_membership_fleet_resplits_the_budget_as_instances_join_and_leave_mid_
     for step in 0..4 {
         tokio::time::sleep(Duration::from_secs(8)).await;
         assert!(
-            items() < 3000,
+            items() < 9000,
             "drained before step {step}: make the load larger"
         );
         match step {
@@ -380,7 +380,7 @@ async fn a_membership_fleet_resplits_the_budget_as_instances_join_and_leave_mid_
     }
     let report = loop {
         let r = sim.capacity_report("fleet").unwrap();
-        if r["items"].as_u64().unwrap_or(0) >= 3000 {
+        if r["items"].as_u64().unwrap_or(0) >= 9000 {
             break r;
         }
         assert!(
@@ -405,6 +405,6 @@ async fn a_membership_fleet_resplits_the_budget_as_instances_join_and_leave_mid_
     assert!(avg >= 0.95 * 147.0, "under-used: {avg:.1} WCU/s");
     assert_eq!(
         env.scan_keys("fleet", "request_id").await.unwrap().len(),
-        3000
+        9000
     );
 }
