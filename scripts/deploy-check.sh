@@ -301,11 +301,18 @@ echo "$out"; note "$(tail -n1 <<<"$out" | sed 's/^dashboards: //'); JSON round-t
 # --- live: sluice sim + sluice run + Prometheus -----------------------------------------------
 section "live run: sluice sim + sluice run + Prometheus"
 mkdir -p "$WORK/live"
+# Starts `sluice sim` (extra arguments passed on), logging to LOG; prints its endpoint.
+start_sim() { # start_sim LOG [sim args...]
+  local log=$1
+  shift
+  "$SLUICE" sim --listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
+  PIDS+=($!)
+  wait_for "grep -q 'listening on http://127.0.0.1:' '$log'" 20 || { cat "$log" >&2; die "sluice sim did not start ($log)"; }
+  grep -o 'http://127.0.0.1:[0-9]*' "$log" | head -n1
+}
 # No burst credit, so lowering the table's capacity under sluice throttles at once.
-"$SLUICE" sim --listen 127.0.0.1:0 --burst-seconds 0 >"$WORK/live/sim.log" 2>&1 &
-PIDS+=($!)
-wait_for "grep -q 'listening on http://127.0.0.1:' '$WORK/live/sim.log'" 20 || { cat "$WORK/live/sim.log"; die "sluice sim did not start"; }
-EP=$(grep -o 'http://127.0.0.1:[0-9]*' "$WORK/live/sim.log" | head -n1)
+start_sim "$WORK/live/sim.log" --burst-seconds 0 >"$WORK/live/endpoint"
+EP=$(cat "$WORK/live/endpoint")
 NAME=sluice-deploy-check
 QUEUE=$(python3 deploy/check/live.py setup "$EP" "$NAME" 400) || die "cannot create the queue and table on the simulator"
 echo "  simulator $EP: queue $QUEUE (DLQ after 2 receives), table $NAME at 400 WCU/s"
@@ -369,10 +376,8 @@ echo "  sluice run (Kafka mode): noida-db on 127.0.0.1:$KAFKA_PORT, topic reques
 # Ingest beside them, on a simulator of its own so its SQS can go down without touching the
 # workers': sluice ingest fed by sluice load; the ingest dashboard is checked against it.
 mkdir -p "$WORK/ingest"
-"$SLUICE" sim --listen 127.0.0.1:0 >"$WORK/ingest/sim.log" 2>&1 &
-PIDS+=($!)
-wait_for "grep -q 'listening on http://127.0.0.1:' '$WORK/ingest/sim.log'" 20 || { cat "$WORK/ingest/sim.log"; die "the ingest run's simulator did not start"; }
-IEP=$(grep -o 'http://127.0.0.1:[0-9]*' "$WORK/ingest/sim.log" | head -n1)
+start_sim "$WORK/ingest/sim.log" >"$WORK/ingest/endpoint"
+IEP=$(cat "$WORK/ingest/endpoint")
 IQUEUE=$(python3 deploy/check/live.py setup "$IEP" sluice-deploy-check-ingest 100) || die "cannot create the ingest run's queue"
 INGEST_KEY=deploy-check-key
 INGEST_PORT=$(free_port)

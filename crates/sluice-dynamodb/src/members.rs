@@ -169,13 +169,7 @@ impl MembersTable {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| {
-                format!(
-                    "cannot renew the lease in `{}`: {}",
-                    self.table,
-                    aws_sdk_dynamodb::error::DisplayErrorContext(e)
-                )
-            })
+            .map_err(|e| self.failed("cannot renew the lease", e))
     }
 
     /// Every lease of the group (live or not), read strongly consistent.
@@ -194,13 +188,7 @@ impl MembersTable {
                 .set_exclusive_start_key(start)
                 .send()
                 .await
-                .map_err(|e| {
-                    format!(
-                        "cannot read the members in `{}`: {}",
-                        self.table,
-                        aws_sdk_dynamodb::error::DisplayErrorContext(e)
-                    )
-                })?;
+                .map_err(|e| self.failed("cannot read the members", e))?;
             for item in page.items() {
                 let Some(id) = item.get("member").and_then(|v| v.as_s().ok()) else {
                     continue;
@@ -228,13 +216,16 @@ impl MembersTable {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| {
-                format!(
-                    "cannot delete the lease of `{member}` in `{}`: {}",
-                    self.table,
-                    aws_sdk_dynamodb::error::DisplayErrorContext(e)
-                )
-            })
+            .map_err(|e| self.failed(&format!("cannot delete the lease of `{member}`"), e))
+    }
+
+    /// A failed call, said with the table it was for.
+    fn failed<E: std::error::Error>(&self, what: &str, e: E) -> String {
+        format!(
+            "{what} in `{}`: {}",
+            self.table,
+            aws_sdk_dynamodb::error::DisplayErrorContext(e)
+        )
     }
 }
 

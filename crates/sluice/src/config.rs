@@ -772,6 +772,14 @@ fn raw(path: Option<&Path>) -> Result<config::Config> {
         .map_err(|e| anyhow!("cannot read config: {e}"))
 }
 
+/// A DynamoDB table name: 3-255 of a-z A-Z 0-9 _ . -
+fn valid_table_name(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
 /// Deserializes, naming the key of a value that does not fit, and reads the files that hold
 /// more of the config (kafka.properties_file).
 fn parse(raw: config::Config) -> Result<Settings> {
@@ -995,11 +1003,7 @@ impl Settings {
             "dynamodb.table is required (set it in the file or SLUICE__DYNAMODB__TABLE)".into(),
         );
         check(
-            d.table.is_empty()
-                || ((3..=255).contains(&d.table.len())
-                    && d.table
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))),
+            d.table.is_empty() || valid_table_name(&d.table),
             format!(
                 "dynamodb.table `{}` is not a valid table name (3-255 of a-z A-Z 0-9 _ . -)",
                 d.table
@@ -1136,11 +1140,7 @@ impl Settings {
                     .into(),
             );
             check(
-                m.table.is_empty()
-                    || ((3..=255).contains(&m.table.len())
-                        && m.table
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))),
+                m.table.is_empty() || valid_table_name(&m.table),
                 format!(
                     "rate.membership.table `{}` is not a valid table name (3-255 of a-z A-Z 0-9 _ . -)",
                     m.table

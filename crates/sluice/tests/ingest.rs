@@ -165,6 +165,52 @@ impl Ingest {
     }
 }
 
+/// SQS stops taking messages: every SendMessage and SendMessageBatch answers 503.
+fn sqs_down(sim: &sluice_sim::SimServer) {
+    sim.set_faults(sluice_sim::Faults {
+        error_503_rate: 1.0,
+        only_ops: Some(vec!["SendMessageBatch".into(), "SendMessage".into()]),
+        ..Default::default()
+    })
+    .unwrap();
+}
+
+/// `count` logs of 300-700 B into ingest in requests of 50, two at a time, none retried (a
+/// 503 is final): the summary, with the keys accepted written to `keys_file`.
+async fn load_through_outage(
+    env: &TestEnv,
+    port: u16,
+    count: usize,
+    run_id: &str,
+    keys_file: &Path,
+) -> serde_json::Value {
+    let count = count.to_string();
+    load_into(
+        env,
+        port,
+        &[
+            "--count",
+            &count,
+            "--rate",
+            "0",
+            "--size",
+            "300-700",
+            "--batch",
+            "50",
+            "--concurrency",
+            "2",
+            "--retry-for",
+            "0s",
+            "--run-id",
+            run_id,
+            "--keys-out",
+            keys_file.to_str().unwrap(),
+        ],
+    )
+    .await
+    .1
+}
+
 async fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
     let (status, _, body) = request(port, "GET", path, &[], b"").await?;
     Some((status, body))
@@ -566,36 +612,9 @@ async fn an_sqs_outage_spools_sheds_with_503_and_a_kill_9_loses_nothing() {
         "max_backlog_bytes = 300000\nretry_after = \"1s\"",
     )
     .await;
-    sim.set_faults(sluice_sim::Faults {
-        error_503_rate: 1.0,
-        only_ops: Some(vec!["SendMessageBatch".into(), "SendMessage".into()]),
-        ..Default::default()
-    })
-    .unwrap();
+    sqs_down(sim);
     let keys_file = dir.path("keys");
-    let (_, s) = load_into(
-        &env,
-        ingest.port,
-        &[
-            "--count",
-            "3000",
-            "--rate",
-            "0",
-            "--size",
-            "300-700",
-            "--batch",
-            "50",
-            "--concurrency",
-            "2",
-            "--retry-for",
-            "0s",
-            "--run-id",
-            "outage",
-            "--keys-out",
-            keys_file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let s = load_through_outage(&env, ingest.port, 3000, "outage", &keys_file).await;
     let accepted = s["accepted"].as_u64().unwrap();
     assert!(
         accepted >= 200,
@@ -682,34 +701,9 @@ shutdown_timeout = "20s"
     )
     .unwrap();
     let ingest = restart_ingest(&env, &config).await;
-    sim.set_faults(sluice_sim::Faults {
-        error_503_rate: 1.0,
-        only_ops: Some(vec!["SendMessageBatch".into(), "SendMessage".into()]),
-        ..Default::default()
-    })
-    .unwrap();
+    sqs_down(sim);
     let keys_file = dir.path("keys");
-    let (_, s) = load_into(
-        &env,
-        ingest.port,
-        &[
-            "--count",
-            "500",
-            "--rate",
-            "0",
-            "--size",
-            "300-700",
-            "--batch",
-            "50",
-            "--retry-for",
-            "0s",
-            "--run-id",
-            "scale-in",
-            "--keys-out",
-            keys_file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let s = load_through_outage(&env, ingest.port, 500, "scale-in", &keys_file).await;
     let accepted = s["accepted"].as_u64().unwrap();
     assert!(accepted > 0, "{s}");
     let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;

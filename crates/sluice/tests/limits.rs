@@ -191,32 +191,39 @@ async fn a_fleet_on_one_redis_bucket_with_writes_above_its_burst_is_never_thrott
                 .unwrap(),
         );
     }
-    let started = Instant::now();
-    let report = loop {
-        let r = env.sim.as_ref().unwrap().capacity_report("fleet").unwrap();
-        if r["items"].as_u64().unwrap_or(0) >= 1200 {
-            break r;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "not drained: {}",
-            r["items"]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let report = drained(&env, "fleet", 1200, Duration::from_secs(120)).await;
     for c in &mut children {
         let _ = c.start_kill();
     }
-    let (avg, max5, secs) = utilization(&report);
+    fleet_paced_to_150_wcu("fleet case", &report);
+}
+
+/// Waits until table `name` holds `items` items and returns its capacity report.
+async fn drained(env: &TestEnv, name: &str, items: u64, within: Duration) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let r = env.sim.as_ref().unwrap().capacity_report(name).unwrap();
+        if r["items"].as_u64().unwrap_or(0) >= items {
+            return r;
+        }
+        assert!(started.elapsed() < within, "not drained: {}", r["items"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A fleet on a 150 WCU table (budget 0.98 × 150): never throttled, never above the capacity
+/// over 10 s, and at least 95% of the budget used on average.
+fn fleet_paced_to_150_wcu(case: &str, report: &serde_json::Value) {
+    let (avg, max10, secs) = utilization(report);
     eprintln!(
-        "fleet case: {secs} s, {avg:.1} WCU/s on average (150 provisioned), highest 10 s {max5:.1}; throttled requests {}, unprocessed items {}",
+        "{case}: {secs} s, {avg:.1} WCU/s on average (150 provisioned, budget 147), highest 10 s {max10:.1}; throttled requests {}, unprocessed items {}",
         report["throttled_requests"], report["unprocessed_items"]
     );
     assert_eq!(report["throttled_requests"], 0, "{report}");
     assert_eq!(report["unprocessed_items"], 0, "{report}");
     assert!(
-        max5 <= 150.0 * 1.05,
-        "over capacity: {max5:.1} WCU/s over 10 s"
+        max10 <= 150.0 * 1.05,
+        "over capacity: {max10:.1} WCU/s over 10 s"
     );
     assert!(avg >= 0.95 * 147.0, "under-used: {avg:.1} WCU/s");
 }
@@ -378,31 +385,15 @@ async fn a_membership_fleet_resplits_the_budget_as_instances_join_and_leave_mid_
             }
         }
     }
-    let report = loop {
-        let r = sim.capacity_report("fleet").unwrap();
-        if r["items"].as_u64().unwrap_or(0) >= 9000 {
-            break r;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(150),
-            "not drained: {}",
-            r["items"]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let report = drained(
+        &env,
+        "fleet",
+        9000,
+        Duration::from_secs(150) - started.elapsed(),
+    )
+    .await;
     let _ = first.start_kill();
-    let (avg, max10, secs) = utilization(&report);
-    eprintln!(
-        "membership fleet: {secs} s, {avg:.1} WCU/s on average (150 provisioned, budget 147), highest 10 s {max10:.1}; throttled requests {}, unprocessed items {}",
-        report["throttled_requests"], report["unprocessed_items"]
-    );
-    assert_eq!(report["throttled_requests"], 0, "{report}");
-    assert_eq!(report["unprocessed_items"], 0, "{report}");
-    assert!(
-        max10 <= 150.0 * 1.05,
-        "over capacity: {max10:.1} WCU/s over 10 s"
-    );
-    assert!(avg >= 0.95 * 147.0, "under-used: {avg:.1} WCU/s");
+    fleet_paced_to_150_wcu("membership fleet", &report);
     assert_eq!(
         env.scan_keys("fleet", "request_id").await.unwrap().len(),
         9000
