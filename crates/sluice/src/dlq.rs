@@ -450,3 +450,12 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
     }
     Ok(())
 }
+
+/// The command: its errors said on stderr, exit 1.
+pub async fn command(args: DlqArgs) -> crate::command::Outcome {
+    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "warn");
+    dlq(args)
+        .await
+        .map(|()| 0)
+        .map_err(crate::command::Failure::plain)
+}

@@ -42,6 +42,7 @@ use sluice_producer::{Log, ProduceError, Producer};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
+use crate::command::{ConfigArgs, Failure, INTERRUPTED, Outcome};
 use crate::config::{ApiKey, IngestSettings, Settings, read_api_keys_file};
 use crate::telemetry::{self, Probe};
 
@@ -574,29 +575,6 @@ async fn handle(st: &Ingest, headers: HeaderMap, body: Body) -> Response {
     }
 }
 
-/// The producer's packing, capped at the queue's own MaximumMessageSize (read now): a queue set
-/// below 1 MiB would refuse every message packed above it.
-pub async fn capped_by_queue(
-    mut config: sluice_producer::ProducerConfig,
-    transport: &SqsTransport,
-) -> sluice_producer::ProducerConfig {
-    match transport.max_message_bytes().await {
-        Ok(max) if max < config.max_message_bytes => {
-            tracing::info!(
-                queue_max = max,
-                configured = config.max_message_bytes,
-                "packing messages up to the queue's MaximumMessageSize"
-            );
-            config.max_message_bytes = max;
-        }
-        Ok(_) => {}
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the queue's MaximumMessageSize; packing to producer.max_message_bytes")
-        }
-    }
-    config
-}
-
 /// The contents' digest of the files a reload follows (a missing file digests as empty).
 fn digest_of(paths: &[&Path]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -696,7 +674,30 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
 
 /// Runs the ingest API until SIGTERM/SIGINT, then stops taking requests, lets those in flight
 /// finish, and closes the producer (what SQS did not take stays in the spool for the next start).
-pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
+#[derive(clap::Args, Debug)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Address to serve the API on; overrides ingest.listen.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+/// `sluice ingest`: load and check the config for ingest (exit 2 naming each bad key), then
+/// serve.
+pub async fn command(args: IngestArgs) -> Outcome {
+    let settings =
+        crate::config::load_for(args.config.config.as_deref(), crate::config::Mode::Ingest)
+            .map_err(Failure::Config)?;
+    telemetry::init_tracing(settings.telemetry.log_format, &settings.telemetry.log_level);
+    ingest(settings, args.listen)
+        .await
+        .map_err(Failure::logged("sluice ingest failed"))
+}
+
+/// Serves until the first SIGTERM or SIGINT, then drains (exit 0); a second signal exits 130
+/// at once.
+pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<u8> {
     let metrics = telemetry::install_metrics()?;
     describe_metrics();
     let keys = load_keys(&settings.ingest)?;
@@ -705,13 +706,16 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         .parse()
         .context("--listen / ingest.listen must be an address like 0.0.0.0:8080")?;
     let (producer, queue_url) = if settings.producer.kafka_topic.is_some() {
-        crate::load::kafka_producer(&settings, false)?
+        crate::producers::kafka_producer(&settings, false)?
     } else {
         let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
         let queue_url = settings.sqs.queue_url.clone();
         let transport = SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url);
-        let config =
-            capped_by_queue(settings.producer.producer_config(&queue_url), &transport).await;
+        let config = crate::producers::capped_by_queue(
+            settings.producer.producer_config(&queue_url),
+            &transport,
+        )
+        .await;
         let producer = Producer::start(config, transport).map_err(|e| anyhow!("producer: {e}"))?;
         (producer, queue_url)
     };
@@ -775,7 +779,7 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         .with_context(|| format!("cannot listen on {listen} (ingest.listen / --listen)"))?;
     let addr = tcp.local_addr()?;
     let signalled = CancellationToken::new();
-    tokio::spawn(crate::run::watch_signals(
+    let second_signal = tokio::spawn(crate::signals::first_and_second(
         signalled.clone(),
         "shutting down: not ready any more, serving for ingest.drain_delay, then finishing requests in flight and flushing to SQS",
         "second signal: exiting now; every log answered 202 is already in SQS or the spool",
@@ -824,10 +828,17 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
         header_read_timeout: ic.header_read_timeout,
         shutdown_timeout: ic.shutdown_timeout,
     };
-    crate::serve::serve(tcp, tls, app, limits, shutdown.clone())
-        .await
-        .context("the ingest server failed")?;
-    let report = producer.close().await;
+    let work = async {
+        crate::serve::serve(tcp, tls, app, limits, shutdown.clone())
+            .await
+            .context("the ingest server failed")?;
+        Ok::<_, anyhow::Error>(producer.close().await)
+    };
+    // A second signal ends it at once: every log answered 202 is already in SQS or the spool.
+    let report = tokio::select! {
+        report = work => report?,
+        _ = second_signal => return Ok(INTERRUPTED),
+    };
     server_stop.cancel();
     let s = producer.stats();
     let counts: Vec<String> = STATUSES
@@ -852,7 +863,7 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<()> {
             report.dropped_logs
         );
     }
-    Ok(())
+    Ok(0)
 }
 
 #[cfg(test)]

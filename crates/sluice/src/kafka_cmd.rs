@@ -237,3 +237,12 @@ pub async fn kafka(args: KafkaArgs) -> Result<()> {
         }
     }
 }
+
+/// The command: its errors said on stderr, exit 1.
+pub async fn command(args: KafkaArgs) -> crate::command::Outcome {
+    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "warn");
+    kafka(args)
+        .await
+        .map(|()| 0)
+        .map_err(crate::command::Failure::plain)
+}

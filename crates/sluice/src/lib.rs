@@ -1,19 +1,24 @@
 //! The `sluice` binary's library: config, wiring, telemetry and the commands, so the
 //! integration tests drive exactly what the binary runs.
+//!
+//! The daemon's path (`run`, `ingest` and what they stand on) imports nothing from [`tools`],
+//! the development commands (load generation, the demo, the pacing benchmark, the simulator).
 
-pub mod bench;
+pub mod command;
 pub mod config;
-pub mod demo;
 pub mod dlq;
 pub mod ingest;
 pub mod kafka_cmd;
-pub mod load;
 pub mod membership;
 pub mod notify;
 pub mod pipeline;
+pub mod producers;
 pub mod queue_metrics;
 pub mod run;
 pub mod serve;
-pub mod sim;
+pub mod signals;
 pub mod spot;
+pub mod startup;
 pub mod telemetry;
+pub mod tools;
+pub mod validate;

@@ -1,15 +1,21 @@
-use std::path::PathBuf;
+//! The `sluice` binary: parses the command line and hands it to the command's module. Each
+//! command returns its exit status ([`sluice::command::Outcome`]); this file turns it into the
+//! process's.
+
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sluice::bench::BenchArgs;
-use sluice::config;
-use sluice::demo::DemoArgs;
+use sluice::command::Outcome;
 use sluice::dlq::DlqArgs;
+use sluice::ingest::IngestArgs;
 use sluice::kafka_cmd::KafkaArgs;
-use sluice::load::LoadArgs;
-use sluice::sim::SimArgs;
-use sluice::telemetry;
+use sluice::run::RunArgs;
+use sluice::tools::bench::BenchArgs;
+use sluice::tools::demo::DemoArgs;
+use sluice::tools::load::LoadArgs;
+use sluice::tools::sim::SimArgs;
+use sluice::validate::ValidateArgs;
 
 /// mimalloc instead of glibc's malloc: sluice allocates per request and per message (the SDK's
 /// builders, JSON, bodies) from several threads, and glibc's allocator took about a quarter of
@@ -30,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the workers: long-poll the queue, write to the table, ack; until SIGTERM or SIGINT.
-    Run(ConfigArgs),
+    Run(RunArgs),
     /// Check a config (file plus SLUICE__… environment) and exit 0, or exit 2 naming each bad
     /// key.
     Validate(ValidateArgs),
@@ -58,35 +64,15 @@ enum Command {
     Kafka(KafkaArgs),
 }
 
-#[derive(clap::Args)]
-struct ValidateArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
-    /// What the config is for: `run` (the workers; needs dynamodb.table) or `ingest` (needs an
-    /// API key).
-    #[arg(long = "for", value_name = "COMMAND", default_value = "run", value_parser = ["run", "ingest"])]
-    for_command: String,
-}
-
-#[derive(clap::Args)]
-struct IngestArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
-    /// Address to serve the API on; overrides ingest.listen.
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<String>,
-}
-
-#[derive(clap::Args)]
-struct ConfigArgs {
-    /// TOML config file (see config/sluice.example.toml). Every key can also be set from the
-    /// environment as SLUICE__SECTION__KEY, e.g. SLUICE__SQS__QUEUE_URL.
-    #[arg(short, long, env = "SLUICE_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-}
+/// How long, after a command returns, tasks still running (a call in flight when a second
+/// signal came) may take before the process exits anyway.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Validate(args) = cli.command {
+        return exit(sluice::validate::command(args));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,160 +83,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Command::Validate(args) if args.for_command == "ingest" => {
-            match config::load_for(args.config.config.as_deref(), config::Mode::Ingest) {
-                Ok(s) => {
-                    println!(
-                        "config ok: ingest on {} → {} (spool: {})",
-                        s.ingest.listen,
-                        s.producer.kafka_topic.as_ref().map_or_else(
-                            || format!("queue {}", s.sqs.queue_url),
-                            |t| format!("kafka {} topic {t}", s.kafka.brokers)
-                        ),
-                        s.producer
-                            .spool_dir
-                            .as_ref()
-                            .map_or("none".into(), |d| d.display().to_string())
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(2)
-                }
-            }
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => sluice::run::command(args).await,
+            Command::Ingest(args) => sluice::ingest::command(args).await,
+            Command::Dlq(args) => sluice::dlq::command(args).await,
+            Command::Kafka(args) => sluice::kafka_cmd::command(args).await,
+            Command::Load(args) => sluice::tools::load::command(args).await,
+            Command::Demo(args) => sluice::tools::demo::command(args).await,
+            Command::Sim(args) => sluice::tools::sim::command(args).await,
+            Command::BenchPacing(args) => sluice::tools::bench::command(args).await,
+            Command::Validate(_) => unreachable!("validated above, without a runtime"),
         }
-        Command::Validate(args) => match config::load(args.config.config.as_deref()) {
-            Ok(s) => {
-                let buffer = if s.kafka.enabled {
-                    format!(
-                        "kafka {} topics {} group {}",
-                        s.kafka.brokers,
-                        s.kafka.topics.join(","),
-                        s.kafka.group_id
-                    )
-                } else {
-                    format!("queue {}", s.sqs.queue_url)
-                };
-                println!(
-                    "config ok: {buffer} → table {} (budgets: {})",
-                    s.dynamodb.table,
-                    sluice::pipeline::budget_rule(&s)
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Run(args) => {
-            let settings = match config::load(args.config.as_deref()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    return ExitCode::from(2);
-                }
-            };
-            telemetry::init_tracing(settings.telemetry.log_format, &settings.telemetry.log_level);
-            match runtime.block_on(sluice::run::run(settings)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "sluice failed");
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Ingest(args) => {
-            let settings =
-                match config::load_for(args.config.config.as_deref(), config::Mode::Ingest) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        return ExitCode::from(2);
-                    }
-                };
-            telemetry::init_tracing(settings.telemetry.log_format, &settings.telemetry.log_level);
-            match runtime.block_on(sluice::ingest::ingest(settings, args.listen)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "sluice ingest failed");
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Kafka(args) => {
-            telemetry::init_tracing(config::LogFormat::Pretty, "warn");
-            match runtime.block_on(sluice::kafka_cmd::kafka(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Dlq(args) => {
-            telemetry::init_tracing(config::LogFormat::Pretty, "warn");
-            match runtime.block_on(sluice::dlq::dlq(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::BenchPacing(args) => {
-            telemetry::init_tracing(config::LogFormat::Pretty, "error");
-            match runtime.block_on(sluice::bench::bench(args)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Sim(args) => {
-            telemetry::init_tracing(config::LogFormat::Pretty, "warn");
-            match runtime.block_on(sluice::sim::sim(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Load(args) => {
-            telemetry::init_tracing(config::LogFormat::Pretty, "warn");
-            let json = args.json;
-            match runtime.block_on(sluice::load::load(args)) {
-                Ok(summary) => {
-                    sluice::load::print_summary(&summary, json);
-                    if summary.failed == 0 {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Demo(args) => {
-            // Poison is expected in the demo and reported in the summary; RUST_LOG shows more.
-            telemetry::init_tracing(config::LogFormat::Pretty, "error");
-            match runtime.block_on(sluice::demo::demo(args)) {
-                Ok(summary) if summary.lost == 0 => ExitCode::SUCCESS,
-                Ok(_) => ExitCode::FAILURE,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+    });
+    runtime.shutdown_timeout(EXIT_GRACE);
+    exit(outcome)
+}
+
+fn exit(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => failure.exit_code(),
     }
 }

@@ -78,7 +78,7 @@ pub async fn join(
         .unwrap_or_else(|| settings.dynamodb.table.clone());
     let table = Arc::new(MembersTable::new(client, m.table.clone(), group.clone()));
     let retry_for = settings.dynamodb.startup_retry_for;
-    crate::pipeline::startup_retry("the membership table check", retry_for, || {
+    crate::startup::retry("the membership table check", retry_for, || {
         table.ensure(m.create_table)
     })
     .await
@@ -93,7 +93,7 @@ pub async fn join(
     budgets.hold(true);
     metrics::gauge!("sluice_fleet_share").set(0.0);
     let sent = now_ms();
-    crate::pipeline::startup_retry("joining the fleet", retry_for, || async {
+    crate::startup::retry("joining the fleet", retry_for, || async {
         table
             .renew(&id, &host, state.expiry(sent), 0)
             .await

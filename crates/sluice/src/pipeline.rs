@@ -281,14 +281,14 @@ impl Pipeline {
         );
         let retry_for = settings.dynamodb.startup_retry_for;
         if settings.dynamodb.check_table {
-            startup_retry("the table check", retry_for, || table_writer.check_table())
+            crate::startup::retry("the table check", retry_for, || table_writer.check_table())
                 .await
                 .map_err(|e| anyhow!(e))?;
         }
         let ddb = sluice_dynamodb::writer_client(dynamodb);
         let table = settings.dynamodb.table.clone();
         // The table and every index: each is a budget, the tightest binds.
-        let limits = match startup_retry("capacity discovery", retry_for, || {
+        let limits = match crate::startup::retry("capacity discovery", retry_for, || {
             sluice_dynamodb::describe_limits(&ddb, &table)
         })
         .await
@@ -500,50 +500,6 @@ impl Pipeline {
             member.leave().await;
         }
         snapshot
-    }
-}
-
-/// Runs a start-up check, retrying a transient failure (a throttle, a 5xx, a time-out: AWS having
-/// a bad minute) with backoff until `retry_for` has passed; a permanent one (a missing table, a
-/// wrong key schema, access denied) is returned at once. A fleet of instances restarted by
-/// systemd or Kubernetes thus rides out a blip instead of exhausting its restart limits.
-pub(crate) async fn startup_retry<T, F, Fut>(
-    what: &str,
-    retry_for: Duration,
-    mut check: F,
-) -> Result<T, sluice_dynamodb::CheckError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sluice_dynamodb::CheckError>>,
-{
-    let give_up = tokio::time::Instant::now() + retry_for;
-    let mut delay = Duration::from_millis(500);
-    let mut attempt = 1u32;
-    loop {
-        match check().await {
-            Ok(v) => {
-                if attempt > 1 {
-                    tracing::info!(check = what, attempt, "start-up check passed");
-                }
-                return Ok(v);
-            }
-            Err(e) if !e.permanent && tokio::time::Instant::now() + delay < give_up => {
-                metrics::counter!("sluice_startup_retries_total").increment(1);
-                tracing::warn!(check = what, attempt, error = %e, retry_in = ?delay, "start-up check failed on a transient error; retrying (dynamodb.startup_retry_for)");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-                attempt += 1;
-            }
-            Err(e) => {
-                let why = if e.permanent {
-                    "a permanent error"
-                } else {
-                    "still failing after dynamodb.startup_retry_for"
-                };
-                tracing::error!(check = what, attempt, error = %e, "start-up check failed: {why}");
-                return Err(e);
-            }
-        }
     }
 }
 

@@ -4,13 +4,30 @@ use anyhow::{Context, Result};
 use aws_config::BehaviorVersion;
 use tokio_util::sync::CancellationToken;
 
+use crate::command::{ConfigArgs, Failure, INTERRUPTED, Outcome};
 use crate::config::Settings;
 use crate::notify::Notifier;
 use crate::pipeline::Pipeline;
 use crate::queue_metrics;
 use crate::telemetry::{self, Health};
 
-pub async fn run(settings: Settings) -> Result<()> {
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `sluice run`: load and check the config (exit 2 naming each bad key), then run.
+pub async fn command(args: RunArgs) -> Outcome {
+    let settings = crate::config::load(args.config.config.as_deref()).map_err(Failure::Config)?;
+    telemetry::init_tracing(settings.telemetry.log_format, &settings.telemetry.log_level);
+    run(settings)
+        .await
+        .map_err(Failure::logged("sluice failed"))
+}
+
+/// Drains until the first SIGTERM or SIGINT (exit 0), or a second one (exit 130 at once).
+pub async fn run(settings: Settings) -> Result<u8> {
     let metrics = telemetry::install_metrics()?;
     queue_metrics::describe();
     // systemd (Type=notify): watchdog pings from the start, READY=1 once receiving, STOPPING=1
@@ -31,7 +48,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let health = Health::for_pipeline(&pipeline, shutdown.clone());
     let server_stop = CancellationToken::new();
     let addr = telemetry::serve(listen, metrics, health, server_stop.clone()).await?;
-    tokio::spawn(watch_signals(
+    let second_signal = tokio::spawn(crate::signals::first_and_second(
         shutdown.clone(),
         "shutting down: no more receives, draining in-flight messages",
         "second signal: exiting now; held messages return after their visibility timeout",
@@ -72,7 +89,10 @@ pub async fn run(settings: Settings) -> Result<()> {
         budget_wcu_per_s = settings.rate.wcu_per_second,
         "sluice started"
     );
-    let summary = pipeline.run(shutdown).await;
+    let summary = tokio::select! {
+        summary = pipeline.run(shutdown) => summary,
+        _ = second_signal => return Ok(INTERRUPTED),
+    };
     server_stop.cancel();
     background_stop.cancel();
     tracing::info!(
@@ -82,34 +102,5 @@ pub async fn run(settings: Settings) -> Result<()> {
         poison = summary.poison,
         "sluice stopped"
     );
-    Ok(())
-}
-
-/// Cancels `shutdown` on the first SIGTERM/SIGINT (logging `first`) and exits 130 on the second
-/// (logging `second`).
-pub(crate) async fn watch_signals(
-    shutdown: CancellationToken,
-    first: &'static str,
-    second: &'static str,
-) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(%error, "cannot watch SIGTERM");
-            return;
-        }
-    };
-    for n in 0..2 {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        };
-        if n == 0 {
-            tracing::info!(signal = name, "{first}");
-            shutdown.cancel();
-        } else {
-            tracing::warn!(signal = name, "{second}");
-            std::process::exit(130);
-        }
-    }
+    Ok(0)
 }

@@ -124,3 +124,12 @@ pub async fn sim(args: SimArgs) -> Result<()> {
     println!("sluice-sim stopped");
     Ok(())
 }
+
+/// `sluice sim`.
+pub async fn command(args: SimArgs) -> crate::command::Outcome {
+    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "warn");
+    sim(args)
+        .await
+        .map(|()| 0)
+        .map_err(crate::command::Failure::plain)
+}

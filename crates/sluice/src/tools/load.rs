@@ -465,37 +465,6 @@ fn human(n: u64) -> String {
     }
 }
 
-/// A producer publishing to `producer.kafka_topic` (brokers and properties from [kafka]). With
-/// `groups`, logs are keyed by their `tenant` FIFO group instead of their request id.
-pub(crate) fn kafka_producer(
-    s: &crate::config::Settings,
-    groups: bool,
-) -> Result<(Producer, String)> {
-    let topic = s
-        .producer
-        .kafka_topic
-        .clone()
-        .ok_or_else(|| anyhow!("producer.kafka_topic is not set"))?;
-    let mut config = s.producer.producer_config("");
-    if groups {
-        config.fifo = true;
-        config.group_field.get_or_insert_with(|| "tenant".into());
-    }
-    let transport = sluice_producer::kafka::KafkaTransport::new(
-        s.kafka.kafka_config().client_config(),
-        &topic,
-        &s.producer.kafka_key_field,
-    )
-    .with_context(|| {
-        format!(
-            "cannot create the Kafka producer (kafka.brokers `{}`)",
-            s.kafka.brokers
-        )
-    })?;
-    let producer = Producer::start(config, transport).map_err(|e| anyhow!("producer: {e}"))?;
-    Ok((producer, format!("kafka {} topic {topic}", s.kafka.brokers)))
-}
-
 /// Appends accepted request ids to --keys-out.
 struct KeysOut(Option<std::sync::Mutex<std::io::BufWriter<std::fs::File>>>);
 
@@ -589,7 +558,8 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
             (Sink::Http(tx), format!("ingest {url}"))
         }
         None if args.queue_url.is_none() && settings.producer.kafka_topic.is_some() => {
-            let (producer, target) = kafka_producer(&settings, args.fifo_groups > 0)?;
+            let (producer, target) =
+                crate::producers::kafka_producer(&settings, args.fifo_groups > 0)?;
             (Sink::Sqs(producer), target)
         }
         None => {
@@ -606,7 +576,7 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
             }
             let sdk = sdk_config(args.endpoint.as_deref()).await;
             let transport = SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url);
-            let config = crate::ingest::capped_by_queue(config, &transport).await;
+            let config = crate::producers::capped_by_queue(config, &transport).await;
             let producer =
                 Producer::start(config, transport).map_err(|e| anyhow!("producer: {e}"))?;
             (Sink::Sqs(producer), format!("sqs {queue_url}"))
@@ -1110,6 +1080,15 @@ impl HttpWorker {
             }
         }
     }
+}
+
+/// `sluice load`: the summary printed (JSON with --json); exit 1 when any log failed.
+pub async fn command(args: LoadArgs) -> crate::command::Outcome {
+    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "warn");
+    let json = args.json;
+    let summary = load(args).await.map_err(crate::command::Failure::plain)?;
+    print_summary(&summary, json);
+    Ok(if summary.failed == 0 { 0 } else { 1 })
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use sluice_sim::meter::PARTITION_WCU;
 use sluice_sim::{SimConfig, SimServer, TableSettings};
 use sluice_sqs::SqsSender;
 
-use crate::load::{LogGen, SizeDist};
+use crate::tools::load::{LogGen, SizeDist};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -488,4 +488,13 @@ pub async fn bench(args: BenchArgs) -> Result<Vec<BenchRow>> {
         }
     }
     Ok(rows)
+}
+
+/// `sluice bench-pacing`.
+pub async fn command(args: BenchArgs) -> crate::command::Outcome {
+    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "error");
+    bench(args)
+        .await
+        .map(|_| 0)
+        .map_err(crate::command::Failure::plain)
 }

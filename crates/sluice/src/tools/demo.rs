@@ -27,8 +27,8 @@ use sluice_sqs::SqsSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::load::{LogGen, SizeDist, progress};
 use crate::pipeline::Pipeline;
+use crate::tools::load::{LogGen, SizeDist, progress};
 
 const MAX_RECEIVE_COUNT: u32 = 3;
 
@@ -206,7 +206,7 @@ pub async fn demo(args: DemoArgs) -> Result<DemoSummary> {
     } else {
         endpoint.clone()
     };
-    let sdk = crate::load::sdk_config(Some(&endpoint)).await;
+    let sdk = crate::tools::load::sdk_config(Some(&endpoint)).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let run_id = format!(
@@ -511,4 +511,12 @@ fn print_summary(s: &DemoSummary, json: bool) {
             "LOGS MISSING or queue not drained: see the counts above"
         }
     );
+}
+
+/// `sluice demo`: exit 1 when a log was lost. Poison is expected and reported in the summary
+/// (RUST_LOG shows more).
+pub async fn command(args: DemoArgs) -> crate::command::Outcome {
+    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "error");
+    let summary = demo(args).await.map_err(crate::command::Failure::plain)?;
+    Ok(if summary.lost == 0 { 0 } else { 1 })
 }

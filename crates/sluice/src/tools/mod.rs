@@ -1,0 +1,11 @@
+//! Development commands: nothing on the daemon's or ingest's path imports them.
+//!
+//! - [`load`]: generate request logs into SQS, Kafka or `sluice ingest`.
+//! - [`demo`]: the whole pipeline once, with a summary.
+//! - [`bench`]: the pacing benchmark (`sluice bench-pacing`).
+//! - [`sim`]: `sluice sim`, the in-memory SQS + DynamoDB server.
+
+pub mod bench;
+pub mod demo;
+pub mod load;
+pub mod sim;
