@@ -168,11 +168,7 @@ impl EngineConfig {
     }
 }
 
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::time::epoch_ms;
 
 /// Live counters of one engine, for summaries, progress, readiness and liveness.
 #[derive(Debug, Default)]

@@ -23,6 +23,7 @@ pub mod pacer;
 pub mod rate;
 pub mod source;
 pub mod testing;
+pub mod time;
 pub mod writer;
 
 pub use aimd::{Aimd, AimdConfig, RateChange};

@@ -142,3 +142,21 @@ pub trait Source: Send + Sync + 'static {
         10
     }
 }
+
+/// The attributes (SQS) or headers (Kafka) a dead-lettered message carries, so `sluice dlq` and
+/// people reading the dead-letter queue see why it is there and where it came from.
+pub mod dead_letter {
+    /// Why it was dead-lettered: `not_json`, `schema`, `too_large`, `rejected`, …
+    pub const REASON: &str = "sluice_reason";
+    /// The error in words.
+    pub const ERROR: &str = "sluice_error";
+    /// How many times the buffer had delivered it.
+    pub const RECEIVE_COUNT: &str = "sluice_receive_count";
+    /// SQS: the message's id and queue in the source queue.
+    pub const SOURCE_MESSAGE_ID: &str = "sluice_source_message_id";
+    pub const SOURCE_QUEUE: &str = "sluice_source_queue";
+    /// Kafka: where the record was read.
+    pub const SOURCE_TOPIC: &str = "sluice_source_topic";
+    pub const SOURCE_PARTITION: &str = "sluice_source_partition";
+    pub const SOURCE_OFFSET: &str = "sluice_source_offset";
+}

@@ -949,10 +949,9 @@ fn send_batch<W: BatchWriter>(
                         .logs_written
                         .fetch_add(written_logs, Ordering::Relaxed);
                     if written_logs > 0 {
-                        let now_ms = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64);
-                        stats.last_write_ms.fetch_max(now_ms, Ordering::Relaxed);
+                        stats
+                            .last_write_ms
+                            .fetch_max(crate::time::epoch_ms(), Ordering::Relaxed);
                     }
                     stats
                         .wcu_consumed

@@ -14,6 +14,7 @@
 //!   `revoke_grace`, commits, and abandons the rest: the new owner reads them again.
 //! - Poison goes to the DLQ topic, with the reason in headers, before its offset counts as done.
 
+use sluice_core::source::dead_letter;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -674,27 +675,27 @@ impl Source for KafkaSource {
         );
         let headers = OwnedHeaders::new()
             .insert(Header {
-                key: "sluice_reason",
+                key: dead_letter::REASON,
                 value: Some(reason),
             })
             .insert(Header {
-                key: "sluice_error",
+                key: dead_letter::ERROR,
                 value: Some(error),
             })
             .insert(Header {
-                key: "sluice_source_topic",
+                key: dead_letter::SOURCE_TOPIC,
                 value: Some(&*h.topic),
             })
             .insert(Header {
-                key: "sluice_source_partition",
+                key: dead_letter::SOURCE_PARTITION,
                 value: Some(&partition),
             })
             .insert(Header {
-                key: "sluice_source_offset",
+                key: dead_letter::SOURCE_OFFSET,
                 value: Some(&offset),
             })
             .insert(Header {
-                key: "sluice_receive_count",
+                key: dead_letter::RECEIVE_COUNT,
                 value: Some(&count),
             });
         let mut record = FutureRecord::to(&self.config.dlq_topic)

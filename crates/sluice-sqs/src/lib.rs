@@ -12,7 +12,8 @@
 //! the long-poll wait on top of both. A server that accepts a call and never answers costs one
 //! deadline, never a hang.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use sluice_core::source::dead_letter;
+use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
@@ -393,11 +394,14 @@ impl Source for SqsSource {
             body.len(),
             max,
             [
-                ("sluice_reason", reason.to_string()),
-                ("sluice_error", error.to_string()),
-                ("sluice_source_message_id", message.message_id.clone()),
-                ("sluice_receive_count", message.receive_count.to_string()),
-                ("sluice_source_queue", self.config.queue_url.clone()),
+                (dead_letter::REASON, reason.to_string()),
+                (dead_letter::ERROR, error.to_string()),
+                (dead_letter::SOURCE_MESSAGE_ID, message.message_id.clone()),
+                (
+                    dead_letter::RECEIVE_COUNT,
+                    message.receive_count.to_string(),
+                ),
+                (dead_letter::SOURCE_QUEUE, self.config.queue_url.clone()),
             ],
         ) else {
             tracing::warn!(
@@ -546,14 +550,6 @@ impl SqsSender {
             pending.len()
         )))
     }
-}
-
-/// Milliseconds since the epoch, for logs the demo and tests produce.
-pub fn now_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
 }
 
 /// Queue administration used by `sluice demo` and the tests.
@@ -710,11 +706,11 @@ mod tests {
 
     fn ours(error: &str) -> [(&'static str, String); 5] {
         [
-            ("sluice_reason", "too_large".into()),
-            ("sluice_error", error.into()),
-            ("sluice_source_message_id", "m-1".into()),
-            ("sluice_receive_count", "2".into()),
-            ("sluice_source_queue", "https://q/logs".into()),
+            (dead_letter::REASON, "too_large".into()),
+            (dead_letter::ERROR, error.into()),
+            (dead_letter::SOURCE_MESSAGE_ID, "m-1".into()),
+            (dead_letter::RECEIVE_COUNT, "2".into()),
+            (dead_letter::SOURCE_QUEUE, "https://q/logs".into()),
         ]
     }
 
@@ -735,7 +731,7 @@ mod tests {
         let a = dead_letter_attributes(&m, body, max, ours(&"e".repeat(5000))).unwrap();
         let total = body + a.iter().map(MessageAttribute::size).sum::<usize>();
         assert!(total <= max, "{total}");
-        assert!(a.iter().any(|a| a.name == "sluice_reason"));
+        assert!(a.iter().any(|a| a.name == dead_letter::REASON));
         // Ten attributes of the producer's (SQS's most): they all stay; sluice's find no slot.
         let m = message(1000, 10);
         let a = dead_letter_attributes(&m, 1000, max, ours("x")).unwrap();
@@ -743,7 +739,7 @@ mod tests {
         // Characters SQS refuses in a value are escaped, so the send always validates.
         let m = message(1000, 0);
         let a = dead_letter_attributes(&m, 1000, max, ours("bad \u{0}\u{ffff} log")).unwrap();
-        let error = a.iter().find(|a| a.name == "sluice_error").unwrap();
+        let error = a.iter().find(|a| a.name == dead_letter::ERROR).unwrap();
         assert!(
             matches!(&error.value, AttributeBody::Text(t) if t == "bad \\u0000\\uffff log"),
             "{:?}",

@@ -3,6 +3,7 @@
 //! The dead-letter queue is `--dlq URL`, else `sqs.dead_letter_queue_url`, else the one the source
 //! queue's RedrivePolicy names.
 
+use sluice_core::source::dead_letter;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -172,13 +173,13 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
                         println!(
                             "{}",
                             json!({
-                                "message_id": m.message_id(), "reason": attr("sluice_reason"),
-                                "error": attr("sluice_error"), "source_message_id": attr("sluice_source_message_id"),
-                                "receive_count": attr("sluice_receive_count"), "body": preview,
+                                "message_id": m.message_id(), "reason": attr(dead_letter::REASON),
+                                "error": attr(dead_letter::ERROR), "source_message_id": attr(dead_letter::SOURCE_MESSAGE_ID),
+                                "receive_count": attr(dead_letter::RECEIVE_COUNT), "body": preview,
                             })
                         );
                     } else {
-                        let reason = attr("sluice_reason");
+                        let reason = attr(dead_letter::REASON);
                         println!(
                             "{}  reason={}  {}\n    {}{}",
                             m.message_id().unwrap_or_default(),
@@ -187,7 +188,7 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
                             } else {
                                 reason.as_str()
                             },
-                            attr("sluice_error"),
+                            attr(dead_letter::ERROR),
                             preview,
                             if body.len() > preview.len() {
                                 " …"

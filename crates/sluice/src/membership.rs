@@ -3,7 +3,7 @@
 //! budget ÷ live members. The rule is [`sluice_core::membership`]'s; this is its I/O.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use sluice_core::membership::{Membership, Share, stale};
@@ -26,11 +26,7 @@ const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
 /// Leases long expired (dead instances) are deleted after this, so the reads stay small.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use sluice_core::time::epoch_ms as now_ms;
 
 fn host() -> String {
     std::env::var("HOSTNAME")

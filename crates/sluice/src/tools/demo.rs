@@ -359,9 +359,7 @@ async fn drive(
     let writer = pipeline.writer_stats();
     let shutdown = CancellationToken::new();
     let drain_started = Instant::now();
-    let drain_started_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let drain_started_ms = sluice_core::time::epoch_ms();
     let running = tokio::spawn(pipeline.run(shutdown.clone()));
 
     let mut drained = false;

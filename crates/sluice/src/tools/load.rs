@@ -244,9 +244,7 @@ impl LogGen {
             key_space,
             groups,
             next_key: 0,
-            now_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            now_ms: sluice_core::time::epoch_ms(),
             recent: VecDeque::with_capacity(RECENT),
             seen: vec![0; words],
             distinct: 0,
