@@ -579,6 +579,65 @@ pub mod admin {
             .ok_or_else(|| format!("CreateQueue {name} returned no URL"))
     }
 
+    /// `deadLetterTargetArn` of a RedrivePolicy JSON document.
+    pub fn dead_letter_target_arn(redrive_policy: &str) -> Option<String> {
+        let policy: serde_json::Value = serde_json::from_str(redrive_policy).ok()?;
+        policy
+            .get("deadLetterTargetArn")?
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    }
+
+    /// `arn:PARTITION:sqs:REGION:ACCOUNT:NAME` → (ACCOUNT, NAME).
+    pub fn queue_name_from_arn(arn: &str) -> Option<(String, String)> {
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        match parts.as_slice() {
+            ["arn", _, "sqs", _, account, name] if !name.is_empty() => {
+                Some((account.to_string(), name.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The URL of the queue an ARN names (GetQueueUrl with the owner's account).
+    pub async fn queue_url_of_arn(client: &Client, arn: &str) -> Result<String, String> {
+        let (account, name) = queue_name_from_arn(arn)
+            .ok_or_else(|| format!("`{arn}` is not the ARN of an SQS queue"))?;
+        let out = client
+            .get_queue_url()
+            .queue_name(&name)
+            .queue_owner_aws_account_id(account)
+            .send()
+            .await
+            .map_err(|e| format!("GetQueueUrl {name}: {}", DisplayErrorContext(&e)))?;
+        out.queue_url()
+            .map(String::from)
+            .ok_or_else(|| format!("GetQueueUrl {name} returned no URL"))
+    }
+
+    /// The dead-letter queue a queue's RedrivePolicy names, if it has one.
+    pub async fn redrive_dead_letter_url(
+        client: &Client,
+        url: &str,
+    ) -> Result<Option<String>, String> {
+        let out = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| format!("GetQueueAttributes: {}", DisplayErrorContext(&e)))?;
+        let Some(arn) = out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+            .and_then(|p| dead_letter_target_arn(p))
+        else {
+            return Ok(None);
+        };
+        queue_url_of_arn(client, &arn).await.map(Some)
+    }
+
     /// The queue's ARN (what a RedrivePolicy names as its dead-letter target).
     pub async fn queue_arn(client: &Client, url: &str) -> Result<String, String> {
         let out = client
@@ -677,6 +736,42 @@ pub mod admin {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_dlq_is_named_by_the_redrive_policy_arn() {
+            let policy = r#"{"deadLetterTargetArn":"arn:aws:sqs:eu-west-1:123456789012:logs-dlq","maxReceiveCount":3}"#;
+            let arn = dead_letter_target_arn(policy).unwrap();
+            assert_eq!(
+                queue_name_from_arn(&arn),
+                Some(("123456789012".into(), "logs-dlq".into()))
+            );
+            // maxReceiveCount as a string, as older SQS APIs return it.
+            assert!(
+                dead_letter_target_arn(
+                    r#"{"deadLetterTargetArn":"arn:aws-us-gov:sqs:us-gov-west-1:1:q.fifo","maxReceiveCount":"5"}"#
+                )
+                .is_some()
+            );
+            assert_eq!(
+                queue_name_from_arn("arn:aws-cn:sqs:cn-north-1:1:q.fifo"),
+                Some(("1".into(), "q.fifo".into()))
+            );
+        }
+
+        #[test]
+        fn anything_else_is_no_dlq() {
+            assert_eq!(dead_letter_target_arn(""), None);
+            assert_eq!(dead_letter_target_arn("not json"), None);
+            assert_eq!(dead_letter_target_arn(r#"{"maxReceiveCount":3}"#), None);
+            assert_eq!(queue_name_from_arn("arn:aws:sns:us-east-1:1:topic"), None);
+            assert_eq!(queue_name_from_arn("arn:aws:sqs:us-east-1:1:"), None);
+            assert_eq!(queue_name_from_arn("logs-dlq"), None);
         }
     }
 }

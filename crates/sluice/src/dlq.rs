@@ -7,7 +7,7 @@ use sluice_core::source::dead_letter;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use aws_config::BehaviorVersion;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
@@ -57,46 +57,6 @@ pub enum DlqCommand {
     },
 }
 
-/// The source queue's dead-letter queue, from its RedrivePolicy.
-async fn dlq_from_redrive(sqs: &Client, source: &str) -> Result<Option<String>> {
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(source)
-        .attribute_names(QueueAttributeName::RedrivePolicy)
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "GetQueueAttributes on sqs.queue_url: {}",
-                DisplayErrorContext(&e)
-            )
-        })?;
-    let Some(policy) = out
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-    else {
-        return Ok(None);
-    };
-    let policy: serde_json::Value =
-        serde_json::from_str(policy).context("RedrivePolicy is not JSON")?;
-    let Some(arn) = policy["deadLetterTargetArn"].as_str() else {
-        return Ok(None);
-    };
-    let parts: Vec<&str> = arn.split(':').collect();
-    let (account, name) = match parts.as_slice() {
-        [.., account, name] => (*account, *name),
-        _ => bail!("cannot read deadLetterTargetArn `{arn}`"),
-    };
-    let url = sqs
-        .get_queue_url()
-        .queue_name(name)
-        .queue_owner_aws_account_id(account)
-        .send()
-        .await
-        .map_err(|e| anyhow!("GetQueueUrl {name}: {}", DisplayErrorContext(&e)))?;
-    Ok(url.queue_url().map(String::from))
-}
-
 fn count(out: &HashMap<QueueAttributeName, String>, n: QueueAttributeName) -> u64 {
     out.get(&n).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
@@ -108,8 +68,9 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
     let source = settings.sqs.queue_url.clone();
     let dlq = match (args.dlq.clone(), settings.sqs.dead_letter_queue_url.clone()) {
         (Some(u), _) | (None, Some(u)) => u,
-        (None, None) if !source.is_empty() => dlq_from_redrive(&sqs, &source)
-            .await?
+        (None, None) if !source.is_empty() => sluice_sqs::admin::redrive_dead_letter_url(&sqs, &source)
+            .await
+            .map_err(|e| anyhow!("the dead-letter queue of sqs.queue_url: {e}"))?
             .ok_or_else(|| anyhow!("no dead-letter queue: pass --dlq, set sqs.dead_letter_queue_url, or give sqs.queue_url a RedrivePolicy"))?,
         _ => bail!("no dead-letter queue: pass --dlq or set sqs.dead_letter_queue_url (or sqs.queue_url with a RedrivePolicy)"),
     };

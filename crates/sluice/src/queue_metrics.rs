@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::QueueAttributeName;
+use sluice_sqs::admin;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -131,43 +132,24 @@ impl QueuePoller {
     }
 
     async fn follow_redrive(&mut self, redrive: Option<&str>) {
-        let Some(arn) = redrive.and_then(dead_letter_target_arn) else {
+        let Some(arn) = redrive.and_then(admin::dead_letter_target_arn) else {
             self.dlq = None; // no DLQ configured (or it was removed)
             return;
         };
         if self.dlq.as_ref().is_some_and(|(known, _)| *known == arn) {
             return;
         }
-        let Some((account, name)) = queue_name_from_arn(&arn) else {
-            tracing::warn!(
-                arn,
-                "the queue's RedrivePolicy names an ARN that is not an SQS queue"
-            );
-            return;
-        };
-        match self
-            .client
-            .get_queue_url()
-            .queue_name(name)
-            .queue_owner_aws_account_id(account)
-            .send()
-            .await
-        {
-            Ok(out) => match out.queue_url() {
-                Some(url) => {
-                    tracing::info!(
-                        dlq_url = url,
-                        "found the dead-letter queue through the redrive policy"
-                    );
-                    self.dlq = Some((arn, url.to_string()));
-                }
-                None => {
-                    tracing::warn!(arn, "GetQueueUrl returned no URL for the dead-letter queue")
-                }
-            },
+        match admin::queue_url_of_arn(&self.client, &arn).await {
+            Ok(url) => {
+                tracing::info!(
+                    dlq_url = %url,
+                    "found the dead-letter queue through the redrive policy"
+                );
+                self.dlq = Some((arn, url));
+            }
             Err(error) => {
                 metrics::counter!(QUEUE_ATTRIBUTE_ERRORS, "queue" => "dlq").increment(1);
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), arn, "cannot find the dead-letter queue");
+                tracing::warn!(error, arn, "cannot find the dead-letter queue");
             }
         }
     }
@@ -210,61 +192,9 @@ impl QueuePoller {
     }
 }
 
-/// `deadLetterTargetArn` of a RedrivePolicy JSON document.
-fn dead_letter_target_arn(redrive_policy: &str) -> Option<String> {
-    let policy: serde_json::Value = serde_json::from_str(redrive_policy).ok()?;
-    policy
-        .get("deadLetterTargetArn")?
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
-/// `arn:PARTITION:sqs:REGION:ACCOUNT:NAME` → (ACCOUNT, NAME).
-fn queue_name_from_arn(arn: &str) -> Option<(String, String)> {
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    match parts.as_slice() {
-        ["arn", _, "sqs", _, account, name] if !name.is_empty() => {
-            Some((account.to_string(), name.to_string()))
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_dlq_is_named_by_the_redrive_policy_arn() {
-        let policy = r#"{"deadLetterTargetArn":"arn:aws:sqs:eu-west-1:123456789012:logs-dlq","maxReceiveCount":3}"#;
-        let arn = dead_letter_target_arn(policy).unwrap();
-        assert_eq!(
-            queue_name_from_arn(&arn),
-            Some(("123456789012".into(), "logs-dlq".into()))
-        );
-        // maxReceiveCount as a string, as older SQS APIs return it.
-        assert!(
-            dead_letter_target_arn(
-                r#"{"deadLetterTargetArn":"arn:aws-us-gov:sqs:us-gov-west-1:1:q.fifo","maxReceiveCount":"5"}"#
-            )
-            .is_some()
-        );
-        assert_eq!(
-            queue_name_from_arn("arn:aws-cn:sqs:cn-north-1:1:q.fifo"),
-            Some(("1".into(), "q.fifo".into()))
-        );
-    }
-
-    #[test]
-    fn anything_else_is_no_dlq() {
-        assert_eq!(dead_letter_target_arn(""), None);
-        assert_eq!(dead_letter_target_arn("not json"), None);
-        assert_eq!(dead_letter_target_arn(r#"{"maxReceiveCount":3}"#), None);
-        assert_eq!(queue_name_from_arn("arn:aws:sns:us-east-1:1:topic"), None);
-        assert_eq!(queue_name_from_arn("arn:aws:sqs:us-east-1:1:"), None);
-        assert_eq!(queue_name_from_arn("logs-dlq"), None);
-    }
 
     /// Against sluice-sim, through the real SDK: the source's counts, then the DLQ found
     /// through its RedrivePolicy.
