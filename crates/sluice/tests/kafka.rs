@@ -4,7 +4,7 @@
 //! while it runs: a commit never passes an unwritten record.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -18,20 +18,21 @@ const TOPIC: &str = "logs";
 const DLQ: &str = "logs-dlq";
 const TABLE: &str = "request-logs";
 
-struct TempDir(PathBuf);
+/// A scratch directory, removed on drop.
+struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("sluice-kafka-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
+        TempDir(
+            tempfile::Builder::new()
+                .prefix(&format!("sluice-kafka-{tag}-"))
+                .tempdir()
+                .unwrap(),
+        )
     }
-}
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 
@@ -69,7 +70,7 @@ struct Setup {
 
 async fn setup(broker: Broker, tag: &str) -> Setup {
     let dir = TempDir::new(tag);
-    let server = start_kafka(broker, &dir.0).await.unwrap();
+    let server = start_kafka(broker, dir.path()).await.unwrap();
     let brokers = server.endpoint.clone();
     let kafka = KafkaConfig::new(&brokers, "sluice-test", &[TOPIC], DLQ);
     admin::create_topics(&kafka, &[(TOPIC, 4), (DLQ, 1)])
@@ -93,7 +94,7 @@ fn run(s: &Setup, wcu: u32, name: &str) -> Child {
 
 /// `instance`: a static member (kafka.group_instance_id).
 fn run_as(s: &Setup, wcu: u32, name: &str, instance: Option<&str>) -> Child {
-    let log = std::fs::File::create(s._dir.0.join(format!("{name}.log"))).unwrap();
+    let log = std::fs::File::create(s._dir.path().join(format!("{name}.log"))).unwrap();
     let mut cmd = Command::new(BIN);
     if let Some(id) = instance {
         cmd.env("SLUICE__KAFKA__GROUP_INSTANCE_ID", id);
@@ -126,7 +127,7 @@ fn run_as(s: &Setup, wcu: u32, name: &str, instance: Option<&str>) -> Child {
 }
 
 fn output(s: &Setup, name: &str) -> String {
-    std::fs::read_to_string(s._dir.0.join(format!("{name}.log"))).unwrap_or_default()
+    std::fs::read_to_string(s._dir.path().join(format!("{name}.log"))).unwrap_or_default()
 }
 
 fn tail(text: &str) -> String {
@@ -346,7 +347,7 @@ async fn lag_and_replay_move_the_group_back_and_the_range_is_read_again() {
     }
     sigterm(&s, worker, "w1").await;
 
-    let config = s._dir.0.join("kafka.toml");
+    let config = s._dir.path().join("kafka.toml");
     std::fs::write(
         &config,
         format!(
@@ -447,7 +448,7 @@ async fn lag_and_replay_move_the_group_back_and_the_range_is_read_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_producer_publishes_to_kafka_by_config_and_every_log_lands() {
     let s = setup(Broker::NoidaDb, "produce").await;
-    let config = s._dir.0.join("producer.toml");
+    let config = s._dir.path().join("producer.toml");
     std::fs::write(
         &config,
         format!(
@@ -456,7 +457,7 @@ async fn the_producer_publishes_to_kafka_by_config_and_every_log_lands() {
         ),
     )
     .unwrap();
-    let keys = s._dir.0.join("keys");
+    let keys = s._dir.path().join("keys");
     let out = Command::new(BIN)
         .args([
             "load",
