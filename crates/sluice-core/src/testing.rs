@@ -5,6 +5,14 @@
 //! matters for delivery semantics: visibility timeouts, redelivery with a growing receive count,
 //! receipt handles that go stale on redelivery, and long polls.
 
+/// One valid request log, keyed `id`, as every test sends it (the required fields of the
+/// default schema, a fixed timestamp).
+pub fn log_line(id: &str) -> String {
+    format!(
+        r#"{{"request_id":"{id}","ts":1795341600000,"method":"GET","path":"/p","status":200,"latency_ms":3}}"#
+    )
+}
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

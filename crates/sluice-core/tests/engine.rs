@@ -1,5 +1,6 @@
 //! The engine and writer against the in-memory queue and table, on tokio's paused clock.
 
+use sluice_core::testing::log_line as log;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,12 +12,6 @@ use sluice_core::{
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-fn log(id: &str) -> String {
-    format!(
-        r#"{{"request_id":"{id}","ts":"2026-11-22T10:00:00Z","method":"GET","path":"/p","status":200,"latency_ms":3}}"#
-    )
-}
 
 struct Harness {
     queue: Arc<InMemoryQueueForTests>,

@@ -2,6 +2,7 @@
 //! completion, injected broker errors, poison to the DLQ topic, and a rebalance between two
 //! consumers. The real-broker runs (noida-db, Tansu, kill -9) are in crates/sluice/tests/kafka.rs.
 
+use sluice_core::testing::log_line as log;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,12 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 const TOPIC: &str = "logs";
 const DLQ: &str = "logs-dlq";
-
-fn log(id: &str) -> String {
-    format!(
-        r#"{{"request_id":"{id}","ts":1795341600000,"method":"GET","path":"/p","status":200,"latency_ms":3}}"#
-    )
-}
 
 fn engine_config() -> EngineConfig {
     EngineConfig {

@@ -531,3 +531,13 @@ impl Drop for FakeImds {
         self.task.abort();
     }
 }
+
+/// A sample's value in a Prometheus text scrape: the first line for `name` (which may carry
+/// labels, `name{a="b"}` to pick one series).
+pub fn metric(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

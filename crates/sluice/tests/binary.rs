@@ -1,6 +1,7 @@
 //! The real `sluice` binary: `validate` on good and bad configs, and `run` against MiniStack —
 //! drains a queue, serves /metrics, /healthz and /readyz, and exits 0 on SIGTERM.
 
+use sluice_testkit::metric;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -204,14 +205,6 @@ async fn try_http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default()
         .to_string();
     Some((status, body))
-}
-
-fn metric(scrape: &str, name: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,8 @@
 //! pushing into it, `sluice run` draining into the table. On sluice-sim (which can fail SQS on
 //! demand) and on MiniStack.
 
+use sluice_core::testing::log_line;
+use sluice_testkit::metric;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -242,20 +244,6 @@ async fn post_logs(port: u16, headers: &[(&str, &str)], body: &[u8]) -> (u16, St
     request(port, "POST", "/v1/logs", headers, body)
         .await
         .expect("ingest answers")
-}
-
-fn metric(scrape: &str, name: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn log_line(id: &str) -> String {
-    format!(
-        r#"{{"request_id":"{id}","ts":1795341600000,"method":"GET","path":"/v1/x","status":200,"latency_ms":1.5}}"#
-    )
 }
 
 /// Runs `sluice load ... --json`; returns (exit code, summary).
@@ -999,8 +987,7 @@ async fn what_broke_before_now_lands_a_two_member_gzip_body_and_a_character_sqs_
     .await;
     assert_eq!(status, 400, "{text}");
 
-    let odd =
-        log_line("odd-ffff").replace(r#""path":"/v1/x""#, "\"path\":\"/v1/x\u{ffff}y\u{fffe}\"");
+    let odd = log_line("odd-ffff").replace(r#""path":"/p""#, "\"path\":\"/v1/x\u{ffff}y\u{fffe}\"");
     let body = format!("{odd}\n{}\n", log_line("odd-neighbour"));
     let (status, _, text) =
         post_logs(ingest.port, &[("Authorization", &auth)], body.as_bytes()).await;

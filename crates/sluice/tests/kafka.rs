@@ -3,6 +3,7 @@
 //! rebalance between two `sluice run` processes. Committed offsets are checked against the table
 //! while it runs: a commit never passes an unwritten record.
 
+use sluice_core::testing::log_line as log;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::Stdio;
@@ -34,12 +35,6 @@ impl TempDir {
     fn path(&self) -> &Path {
         self.0.path()
     }
-}
-
-fn log(id: &str) -> String {
-    format!(
-        r#"{{"request_id":"{id}","ts":1795341600000,"method":"GET","path":"/k","status":200,"latency_ms":2}}"#
-    )
 }
 
 /// Produces `n` logs keyed by request id (plus 3 poison records); returns (partition, offset) → request id of the valid ones.
