@@ -7,6 +7,7 @@
 //!
 //! Pure state with explicit instants, like [`crate::aimd`].
 
+use crate::sync::Recover;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -69,7 +70,7 @@ impl Breaker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.locked()
     }
 
     pub fn state(&self, now: Instant) -> BreakerState {

@@ -36,6 +36,7 @@
 //!   buffer stops answering (what could not be acked or nacked comes back after its visibility
 //!   timeout and is rewritten to the same rows).
 
+use crate::sync::Recover;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -218,10 +219,7 @@ impl EngineStats {
     }
 
     fn progress(&self, poller: usize) {
-        let mut p = self
-            .poller_progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut p = self.poller_progress.locked();
         if p.len() <= poller {
             p.resize(poller + 1, 0);
         }
@@ -230,10 +228,7 @@ impl EngineStats {
 
     /// The longest time any poller has gone without progress (zero before polling starts).
     pub fn stalest_poller(&self) -> Duration {
-        let p = self
-            .poller_progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let p = self.poller_progress.locked();
         let now = epoch_ms();
         p.iter()
             .map(|&t| Duration::from_millis(now.saturating_sub(t)))
@@ -283,7 +278,7 @@ struct HeldGuard<H> {
 
 impl<H> Held<H> {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HeldEntry<H>>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        self.entries.locked()
     }
 }
 
@@ -403,7 +398,7 @@ fn ewma(m: &Mutex<f64>, x: f64) {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 impl<S: Source> Engine<S> {

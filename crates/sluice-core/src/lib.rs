@@ -22,6 +22,7 @@ pub mod number;
 pub mod pacer;
 pub mod rate;
 pub mod source;
+pub mod sync;
 pub mod testing;
 pub mod time;
 pub mod writer;

@@ -15,6 +15,7 @@
 //! cuts every budget the batch charged. What DynamoDB reports a call consumed settles the
 //! difference with the estimate ([`Pacer::on_consumed`]).
 
+use crate::sync::Recover;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -186,7 +187,7 @@ impl From<WcuLimiter> for Pacer {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 impl Pacer {

@@ -13,6 +13,7 @@
 //!   instance falls back to its local share at once and tries the fleet again later: it never
 //!   stalls and never exceeds its share.
 
+use crate::sync::{Recover, RecoverRw};
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
@@ -107,7 +108,7 @@ pub enum RateConfigError {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 fn make_bucket(budget: NonZeroU32, burst_seconds: f64) -> Bucket {
@@ -289,8 +290,7 @@ impl WcuLimiter {
         );
         aimd.set_budget(budget.get() as f64, Instant::now());
         publish(p.index.as_deref(), Some(budget.get() as f64), aimd.rate());
-        *p.bucket.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(make_bucket(budget, p.burst_seconds));
+        *p.bucket.write_locked() = Arc::new(make_bucket(budget, p.burst_seconds));
     }
 
     /// Holds (`true`) or releases the budget: while held, every acquire waits, so this instance
@@ -381,11 +381,7 @@ impl Paced {
                 let mut open = self.open.subscribe();
                 let _ = open.wait_for(|o| *o).await;
             }
-            let bucket = self
-                .bucket
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let bucket = self.bucket.read_locked().clone();
             let n = left.min(bucket.burst.get());
             let slice = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             // `n` never exceeds the burst, the only way this can fail.

@@ -13,6 +13,7 @@ pub fn log_line(id: &str) -> String {
     )
 }
 
+use crate::sync::Recover;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,7 +74,7 @@ impl InMemoryQueueForTests {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Gives the queue a dead-letter path (what [`Source::dead_letter`] hands over lands there).
@@ -335,7 +336,7 @@ struct TableState {
 
 impl MemoryTableForTests {
     fn lock(&self) -> std::sync::MutexGuard<'_, TableState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Every call fails with this error kind until cleared.

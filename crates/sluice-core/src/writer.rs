@@ -31,6 +31,7 @@
 //! If the batcher stops (every [`Writer`] dropped, or the task dies), every message still waiting
 //! is answered [`WriteFailure::Stopped`]: a write never hangs on a writer that is gone.
 
+use crate::sync::Recover;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -237,16 +238,16 @@ struct Tracker {
 
 impl Tracker {
     fn touch(&self) {
-        *self.alive_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *self.alive_at.locked() = Instant::now();
     }
 
     fn alive_at(&self) -> Instant {
-        *self.alive_at.lock().unwrap_or_else(|e| e.into_inner())
+        *self.alive_at.locked()
     }
 
     /// Moves the clock forward to `at` (never back); returns where it stands.
     fn advance_to(&self, at: Instant) -> Instant {
-        let mut a = self.alive_at.lock().unwrap_or_else(|e| e.into_inner());
+        let mut a = self.alive_at.locked();
         *a = (*a).max(at);
         *a
     }
@@ -259,7 +260,7 @@ impl Tracker {
     }
 
     fn finish(&self, result: Result<(), WriteFailure>) {
-        let sender = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let sender = self.done.locked().take();
         if let Some(tx) = sender {
             let _ = tx.send(result);
         }
@@ -269,8 +270,7 @@ impl Tracker {
     /// gave up dropped its receiver: its remaining items are not sent).
     fn is_waiting(&self) -> bool {
         self.done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .as_ref()
             .is_some_and(|tx| !tx.is_closed())
     }
@@ -382,15 +382,15 @@ struct Queue {
 
 impl Queue {
     fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+        self.jobs.locked()
     }
 
     fn touch(&self) {
-        *self.alive_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *self.alive_at.locked() = Instant::now();
     }
 
     fn alive_at(&self) -> Instant {
-        *self.alive_at.lock().unwrap_or_else(|e| e.into_inner())
+        *self.alive_at.locked()
     }
 
     fn remove(&self, id: u64, order: u64) {

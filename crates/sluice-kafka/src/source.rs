@@ -15,6 +15,7 @@
 //! - Poison goes to the DLQ topic, with the reason in headers, before its offset counts as done.
 
 use sluice_core::source::dead_letter;
+use sluice_core::sync::Recover;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -191,11 +192,11 @@ struct Shared {
 
 impl Shared {
     fn wm(&self) -> std::sync::MutexGuard<'_, Watermarks> {
-        self.watermarks.lock().unwrap_or_else(|e| e.into_inner())
+        self.watermarks.locked()
     }
 
     fn held_in(&self, tps: &[Tp]) -> usize {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.held.locked();
         held.iter()
             .filter(|((tp, _), _)| tps.contains(tp))
             .map(|(_, n)| *n)
@@ -203,12 +204,12 @@ impl Shared {
     }
 
     fn hold(&self, h: &KafkaHandle) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.locked();
         *held.entry((h.tp(), h.generation)).or_default() += 1;
     }
 
     fn release(&self, h: &KafkaHandle) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.locked();
         let key = (h.tp(), h.generation);
         if let Some(n) = held.get_mut(&key) {
             *n = n.saturating_sub(1);
@@ -288,7 +289,7 @@ impl ConsumerContext for Ctx {
             }
         }
         {
-            let mut held = self.shared.held.lock().unwrap_or_else(|e| e.into_inner());
+            let mut held = self.shared.held.locked();
             held.retain(|(tp, _), _| !tps.contains(tp));
         }
         if abandoned > 0 {
@@ -512,7 +513,7 @@ impl KafkaSource {
     /// `close_timeout` (librdkafka's close can hang on a dead broker; then it is left behind).
     pub async fn close(&self) -> bool {
         self.stop.store(true, Ordering::Release);
-        let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(thread) = self.thread.locked().take() else {
             return true;
         };
         let join = tokio::task::spawn_blocking(move || thread.join().is_ok());
@@ -549,19 +550,12 @@ impl KafkaSource {
             // The DLQ topic keeps the record's key and payload; headers are sluice's own.
             attributes: Vec::new(),
         };
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(r.handle.clone(), r);
+        self.held.locked().insert(r.handle.clone(), r);
         received
     }
 
     fn take_held(&self, h: &KafkaHandle) -> Option<Record> {
-        let r = self
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(h);
+        let r = self.held.locked().remove(h);
         if r.is_some() {
             self.shared.release(h);
         }
@@ -569,7 +563,7 @@ impl KafkaSource {
     }
 
     fn due_retries(&self, max: usize) -> (Vec<Record>, Option<Instant>) {
-        let mut heap = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut heap = self.retries.locked();
         let now = Instant::now();
         let mut out = Vec::new();
         while out.len() < max {
@@ -633,14 +627,11 @@ impl Source for KafkaSource {
         if let Some(mut record) = self.take_held(handle) {
             record.receive_count += 1;
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            self.retries
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Retry {
-                    due: Instant::now() + delay,
-                    seq,
-                    record,
-                });
+            self.retries.locked().push(Retry {
+                due: Instant::now() + delay,
+                seq,
+                record,
+            });
         }
         Ok(())
     }
@@ -662,12 +653,7 @@ impl Source for KafkaSource {
         error: &str,
     ) -> Result<bool, SourceError> {
         let h = &message.handle;
-        let key = self
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(h)
-            .and_then(|r| r.key.clone());
+        let key = self.held.locked().get(h).and_then(|r| r.key.clone());
         let (partition, offset, count) = (
             h.partition.to_string(),
             h.offset.to_string(),

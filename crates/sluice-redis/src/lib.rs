@@ -8,6 +8,7 @@
 //! wait. When Redis cannot be reached the caller ([`sluice_core::WcuLimiter`]) falls back to its
 //! local share; this type only reports the failure and reconnects on the next call.
 
+use sluice_core::sync::Recover;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -50,7 +51,7 @@ pub struct RedisBucket {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 impl RedisBucket {

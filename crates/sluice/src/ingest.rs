@@ -16,6 +16,7 @@
 //! | 429 + Retry-After | the key is over `ingest.rate_per_key` logs/s (governor's keyed token bucket) |
 //! | 202 | every log is in the queue or in the spool (durable: a kill -9 after this loses nothing) |
 
+use sluice_core::sync::RecoverRw;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -112,7 +113,7 @@ impl Ingest {
             .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))?
             .trim();
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let keys = self.keys.read_locked().clone();
         let mut found = None;
         for k in keys.iter() {
             if bool::from(k.digest.ct_eq(&digest)) {
@@ -606,7 +607,7 @@ async fn reload(
             if now != tls_seen {
                 match tls_acceptor(cert, key) {
                     Ok(acceptor) => {
-                        *shared.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
+                        *shared.write_locked() = acceptor;
                         tls_seen = now;
                         metrics::counter!("sluice_ingest_reloads_total", "what" => "tls")
                             .increment(1);
@@ -626,7 +627,7 @@ async fn reload(
                 match load_keys(&ic) {
                     Ok(keys) => {
                         let n = keys.len();
-                        *state.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                        *state.keys.write_locked() = Arc::new(keys);
                         keys_seen = now;
                         metrics::counter!("sluice_ingest_reloads_total", "what" => "api_keys")
                             .increment(1);

@@ -1,5 +1,6 @@
 //! Wiring: settings and SDK configs into a running engine (SQS source → writer → DynamoDB).
 
+use sluice_core::sync::Recover;
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
@@ -517,7 +518,7 @@ struct Budgeted {
 
 impl Budgeted {
     fn lock(&self) -> std::sync::MutexGuard<'_, (Option<TableLimits>, f64)> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     fn set_limits(&self, limits: TableLimits) {

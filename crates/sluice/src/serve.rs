@@ -12,6 +12,7 @@
 //!   told to finish its request in flight and close; after `shutdown_timeout` what is left is
 //!   closed. [`serve`] returns by then, whatever the clients do.
 
+use sluice_core::sync::RecoverRw;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,7 +88,7 @@ fn spawn_acceptor(
                     }
                 }
                 Some(shared) => {
-                    let acceptor = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    let acceptor = shared.read_locked().clone();
                     let tx = tx.clone();
                     let handshake = limits.header_read_timeout;
                     tokio::spawn(async move {
