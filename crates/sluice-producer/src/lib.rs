@@ -39,11 +39,20 @@
 //! ```
 
 #[cfg(feature = "kafka")]
+mod config;
 pub mod kafka;
 pub mod layer;
 pub mod spool;
 pub mod sqs;
 pub mod testing;
+mod text;
+mod transport;
+
+pub use config::{DedupMode, FullPolicy, ProducerConfig};
+pub use text::{sqs_allows, sqs_group_id, sqs_safe_json};
+pub use transport::{
+    EntryOutcome, OutMessage, SendFuture, Transport, TransportError, TransportErrorKind,
+};
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -59,215 +68,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::spool::{Position, Spool, SpoolConfig, SpoolError};
-
-/// One message as it goes to the queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutMessage {
-    pub body: String,
-    pub group_id: Option<String>,
-    pub dedup_id: Option<String>,
-    pub delay_seconds: Option<u32>,
-}
-
-/// What the queue said of one entry of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EntryOutcome {
-    Sent,
-    /// A transient failure (throttled, internal error): try again.
-    Retry(String),
-    /// The queue will never take this message (the sender's fault).
-    Rejected(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportErrorKind {
-    /// The queue says slow down.
-    Throttled,
-    /// No answer, a 5xx, a timeout: the queue is not reachable now.
-    Unavailable,
-    /// The queue refuses the whole call for what it carries (a body it cannot take, a batch too
-    /// long): retrying the same call cannot help, its entries are tried one by one.
-    Refused,
-}
-
-impl TransportErrorKind {
-    fn label(self) -> &'static str {
-        match self {
-            TransportErrorKind::Throttled => "throttled",
-            TransportErrorKind::Unavailable => "unavailable",
-            TransportErrorKind::Refused => "refused",
-        }
-    }
-}
-
-/// The whole call failed; every entry may be retried.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct TransportError {
-    pub kind: TransportErrorKind,
-    pub message: String,
-}
-
-pub type SendFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Vec<EntryOutcome>, TransportError>> + Send + 'a>>;
-
-/// Where messages go: SQS ([`sqs::SqsTransport`]), or a fake in tests.
-pub trait Transport: Send + Sync + 'static {
-    /// Sends one batch; on `Ok`, one outcome per message, in order.
-    fn send<'a>(&'a self, batch: &'a [OutMessage]) -> SendFuture<'a>;
-}
-
-/// What a full buffer does to a caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FullPolicy {
-    /// `send` waits for room (backpressure into the caller); `try_send` still never waits.
-    Block,
-    /// The log is dropped and counted in `sluice_producer_logs_total{outcome="shed"}`.
-    Shed,
-}
-
-/// How a FIFO message's MessageDeduplicationId is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DedupMode {
-    /// SHA-256 of the message body: a resend of the same bytes is a duplicate.
-    ContentHash,
-    /// SHA-256 of the caller-provided keys ([`Log::with_dedup_key`]) of the logs in the message,
-    /// falling back to the log's bytes for a log without one.
-    CallerKeys,
-}
-
-#[derive(Debug, Clone)]
-pub struct ProducerConfig {
-    /// Largest message body; logs are packed (NDJSON) until the next would pass it. SQS takes up
-    /// to 1 MiB.
-    pub max_message_bytes: usize,
-    /// Largest SendMessageBatch payload (the sum of its bodies). SQS: 1 MiB.
-    pub max_batch_bytes: usize,
-    /// Messages per SendMessageBatch, 1..=10.
-    pub max_batch_entries: usize,
-    /// Longest a log waits for its message to fill before the message is sent anyway.
-    pub linger: Duration,
-    /// Bytes of logs held in memory (packed, in flight, waiting for a retry); beyond it
-    /// `full_policy` applies.
-    pub buffer_bytes: usize,
-    pub full_policy: FullPolicy,
-    /// SendMessageBatch calls in flight at once (a FIFO queue always uses 1, to keep order).
-    pub max_in_flight: usize,
-    /// FIFO queue: set MessageGroupId and MessageDeduplicationId. [`ProducerConfig::for_queue`]
-    /// sets it from the `.fifo` suffix.
-    pub fifo: bool,
-    /// FIFO: the log field whose value is the message group (logs without it, and all logs when
-    /// unset, go to `default_group`).
-    pub group_field: Option<String>,
-    pub default_group: String,
-    pub dedup: DedupMode,
-    /// DelaySeconds for every message (standard queues; 0..=900).
-    pub delay_seconds: Option<u32>,
-    /// Attempts per batch (the first send plus retries of failed entries) before its messages
-    /// are spooled or, without a spool, wait in memory for the next try.
-    pub send_attempts: u32,
-    /// First retry delay; doubles per attempt up to `retry_max`, with jitter.
-    pub retry_base: Duration,
-    pub retry_max: Duration,
-    /// The durable spool; `None` keeps undeliverable messages in memory only.
-    pub spool: Option<SpoolConfig>,
-    /// Where a log the queue refuses for good is written (NDJSON, one `{"reason", "group",
-    /// "log"}` per line, fsynced). `None`: `rejected.ndjson` in the spool's directory, or, with no
-    /// spool either, the log's text goes into the ERROR log line.
-    pub reject_file: Option<std::path::PathBuf>,
-    /// How long [`Producer::close`] keeps sending (what is buffered, and what the spool holds,
-    /// while the queue takes it) before it spools (or, without a spool, drops and counts) what is
-    /// left.
-    pub shutdown_timeout: Duration,
-}
-
-impl Default for ProducerConfig {
-    fn default() -> Self {
-        ProducerConfig {
-            max_message_bytes: 256 * 1024,
-            max_batch_bytes: 1024 * 1024,
-            max_batch_entries: 10,
-            linger: Duration::from_millis(50),
-            buffer_bytes: 16 * 1024 * 1024,
-            full_policy: FullPolicy::Block,
-            max_in_flight: 4,
-            fifo: false,
-            group_field: None,
-            default_group: "sluice".into(),
-            dedup: DedupMode::ContentHash,
-            delay_seconds: None,
-            send_attempts: 3,
-            retry_base: Duration::from_millis(100),
-            retry_max: Duration::from_secs(5),
-            spool: None,
-            reject_file: None,
-            shutdown_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl ProducerConfig {
-    /// Defaults, FIFO when the URL ends in `.fifo`.
-    pub fn for_queue(queue_url: &str) -> Self {
-        ProducerConfig {
-            fifo: queue_url.ends_with(".fifo"),
-            ..Default::default()
-        }
-    }
-
-    /// Every problem, naming the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut problems = Vec::new();
-        if !(1024..=1024 * 1024).contains(&self.max_message_bytes) {
-            problems.push(format!(
-                "max_message_bytes must be 1 KiB..=1 MiB (SQS's limit), got {}",
-                self.max_message_bytes
-            ));
-        }
-        if self.max_batch_bytes < self.max_message_bytes {
-            problems.push(format!(
-                "max_batch_bytes ({}) must be at least max_message_bytes ({})",
-                self.max_batch_bytes, self.max_message_bytes
-            ));
-        }
-        if !(1..=10).contains(&self.max_batch_entries) {
-            problems.push(format!(
-                "max_batch_entries must be 1..=10, got {}",
-                self.max_batch_entries
-            ));
-        }
-        if self.buffer_bytes < self.max_message_bytes {
-            problems.push(format!(
-                "buffer_bytes ({}) must hold at least one message (max_message_bytes {})",
-                self.buffer_bytes, self.max_message_bytes
-            ));
-        }
-        if self.max_in_flight == 0 {
-            problems.push("max_in_flight must be at least 1".into());
-        }
-        if self.send_attempts == 0 {
-            problems.push("send_attempts must be at least 1".into());
-        }
-        if self.delay_seconds.is_some_and(|d| d > 900) {
-            problems.push("delay_seconds must be 0..=900".into());
-        }
-        if self.fifo && self.delay_seconds.is_some_and(|d| d > 0) {
-            problems.push("delay_seconds is per queue on FIFO queues; leave it unset".into());
-        }
-        if sqs_group_id(&self.default_group) != self.default_group {
-            problems.push(
-                "default_group must be 1..=128 letters, digits or ASCII punctuation (SQS's MessageGroupId)"
-                    .into(),
-            );
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
-    }
-}
+use crate::spool::{Position, Spool, SpoolError};
 
 /// One log, serialized, with its optional FIFO group and dedup key.
 #[derive(Debug, Clone)]
@@ -343,46 +144,6 @@ pub enum ProduceError {
     /// file): `index` is its place in the send.
     #[error("the queue refused log {index}: {reason}")]
     LogRejected { index: usize, reason: String },
-}
-
-/// Whether SQS takes this character in a message body: #x9, #xA, #xD, #x20-#xD7FF,
-/// #xE000-#xFFFD, #x10000-#x10FFFF.
-pub fn sqs_allows(c: char) -> bool {
-    matches!(c, '\u{9}' | '\u{a}' | '\u{d}' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
-}
-
-/// JSON text with every character SQS refuses written as a `\uXXXX` escape. In valid JSON such
-/// characters can only stand inside strings (control characters are escaped already by any
-/// serializer), where the escape means the same character: the content is kept.
-pub fn sqs_safe_json(json: String) -> String {
-    if json.chars().all(sqs_allows) {
-        return json;
-    }
-    let mut out = String::with_capacity(json.len() + 16);
-    for c in json.chars() {
-        if sqs_allows(c) {
-            out.push(c);
-        } else {
-            use std::fmt::Write as _;
-            let _ = write!(out, "\\u{:04x}", c as u32);
-        }
-    }
-    out
-}
-
-/// A FIFO MessageGroupId SQS takes: the group itself when it is 1-128 characters of SQS's
-/// alphabet (letters, digits and ASCII punctuation), else `h-` and a SHA-256 of it, so every log
-/// of one group still shares one (valid) group.
-pub fn sqs_group_id(group: &str) -> String {
-    let valid = (1..=128).contains(&group.len())
-        && group
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c.is_ascii_punctuation());
-    if valid {
-        group.to_owned()
-    } else {
-        format!("h-{}", &hex(&Sha256::digest(group.as_bytes()))[..40])
-    }
 }
 
 /// Counters a caller can read (the same figures go to the `metrics` facade).
@@ -1718,6 +1479,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::SpoolConfig;
     use crate::testing::FakeQueue;
     use serde_json::json;
 

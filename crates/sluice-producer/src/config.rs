@@ -1,0 +1,157 @@
+//! How a producer packs, batches, retries and spools.
+
+use std::time::Duration;
+
+use crate::spool::SpoolConfig;
+use crate::text::sqs_group_id;
+
+/// What a full buffer does to a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// `send` waits for room (backpressure into the caller); `try_send` still never waits.
+    Block,
+    /// The log is dropped and counted in `sluice_producer_logs_total{outcome="shed"}`.
+    Shed,
+}
+
+/// How a FIFO message's MessageDeduplicationId is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupMode {
+    /// SHA-256 of the message body: a resend of the same bytes is a duplicate.
+    ContentHash,
+    /// SHA-256 of the caller-provided keys ([`Log::with_dedup_key`]) of the logs in the message,
+    /// falling back to the log's bytes for a log without one.
+    CallerKeys,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Largest message body; logs are packed (NDJSON) until the next would pass it. SQS takes up
+    /// to 1 MiB.
+    pub max_message_bytes: usize,
+    /// Largest SendMessageBatch payload (the sum of its bodies). SQS: 1 MiB.
+    pub max_batch_bytes: usize,
+    /// Messages per SendMessageBatch, 1..=10.
+    pub max_batch_entries: usize,
+    /// Longest a log waits for its message to fill before the message is sent anyway.
+    pub linger: Duration,
+    /// Bytes of logs held in memory (packed, in flight, waiting for a retry); beyond it
+    /// `full_policy` applies.
+    pub buffer_bytes: usize,
+    pub full_policy: FullPolicy,
+    /// SendMessageBatch calls in flight at once (a FIFO queue always uses 1, to keep order).
+    pub max_in_flight: usize,
+    /// FIFO queue: set MessageGroupId and MessageDeduplicationId. [`ProducerConfig::for_queue`]
+    /// sets it from the `.fifo` suffix.
+    pub fifo: bool,
+    /// FIFO: the log field whose value is the message group (logs without it, and all logs when
+    /// unset, go to `default_group`).
+    pub group_field: Option<String>,
+    pub default_group: String,
+    pub dedup: DedupMode,
+    /// DelaySeconds for every message (standard queues; 0..=900).
+    pub delay_seconds: Option<u32>,
+    /// Attempts per batch (the first send plus retries of failed entries) before its messages
+    /// are spooled or, without a spool, wait in memory for the next try.
+    pub send_attempts: u32,
+    /// First retry delay; doubles per attempt up to `retry_max`, with jitter.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// The durable spool; `None` keeps undeliverable messages in memory only.
+    pub spool: Option<SpoolConfig>,
+    /// Where a log the queue refuses for good is written (NDJSON, one `{"reason", "group",
+    /// "log"}` per line, fsynced). `None`: `rejected.ndjson` in the spool's directory, or, with no
+    /// spool either, the log's text goes into the ERROR log line.
+    pub reject_file: Option<std::path::PathBuf>,
+    /// How long [`Producer::close`] keeps sending (what is buffered, and what the spool holds,
+    /// while the queue takes it) before it spools (or, without a spool, drops and counts) what is
+    /// left.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            max_message_bytes: 256 * 1024,
+            max_batch_bytes: 1024 * 1024,
+            max_batch_entries: 10,
+            linger: Duration::from_millis(50),
+            buffer_bytes: 16 * 1024 * 1024,
+            full_policy: FullPolicy::Block,
+            max_in_flight: 4,
+            fifo: false,
+            group_field: None,
+            default_group: "sluice".into(),
+            dedup: DedupMode::ContentHash,
+            delay_seconds: None,
+            send_attempts: 3,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+            spool: None,
+            reject_file: None,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ProducerConfig {
+    /// Defaults, FIFO when the URL ends in `.fifo`.
+    pub fn for_queue(queue_url: &str) -> Self {
+        ProducerConfig {
+            fifo: queue_url.ends_with(".fifo"),
+            ..Default::default()
+        }
+    }
+
+    /// Every problem, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if !(1024..=1024 * 1024).contains(&self.max_message_bytes) {
+            problems.push(format!(
+                "max_message_bytes must be 1 KiB..=1 MiB (SQS's limit), got {}",
+                self.max_message_bytes
+            ));
+        }
+        if self.max_batch_bytes < self.max_message_bytes {
+            problems.push(format!(
+                "max_batch_bytes ({}) must be at least max_message_bytes ({})",
+                self.max_batch_bytes, self.max_message_bytes
+            ));
+        }
+        if !(1..=10).contains(&self.max_batch_entries) {
+            problems.push(format!(
+                "max_batch_entries must be 1..=10, got {}",
+                self.max_batch_entries
+            ));
+        }
+        if self.buffer_bytes < self.max_message_bytes {
+            problems.push(format!(
+                "buffer_bytes ({}) must hold at least one message (max_message_bytes {})",
+                self.buffer_bytes, self.max_message_bytes
+            ));
+        }
+        if self.max_in_flight == 0 {
+            problems.push("max_in_flight must be at least 1".into());
+        }
+        if self.send_attempts == 0 {
+            problems.push("send_attempts must be at least 1".into());
+        }
+        if self.delay_seconds.is_some_and(|d| d > 900) {
+            problems.push("delay_seconds must be 0..=900".into());
+        }
+        if self.fifo && self.delay_seconds.is_some_and(|d| d > 0) {
+            problems.push("delay_seconds is per queue on FIFO queues; leave it unset".into());
+        }
+        if sqs_group_id(&self.default_group) != self.default_group {
+            problems.push(
+                "default_group must be 1..=128 letters, digits or ASCII punctuation (SQS's MessageGroupId)"
+                    .into(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
