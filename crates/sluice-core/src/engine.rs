@@ -1203,9 +1203,7 @@ fn note_write_seconds(seconds: f64, wcu: u64) {
         return;
     }
     static LAST_WARNED_S: AtomicU64 = AtomicU64::new(0);
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now_s = epoch_ms() / 1000;
     let last = LAST_WARNED_S.load(Ordering::Relaxed);
     if now_s >= last + 60
         && LAST_WARNED_S

@@ -301,21 +301,12 @@ impl WcuLimiter {
         }
     }
 
-    /// Whether the budget is held ([`WcuLimiter::hold`]).
-    pub fn is_held(&self) -> bool {
-        self.paced.as_ref().is_some_and(|p| !*p.open.borrow())
-    }
-
     /// Waits until `wcu` tokens are available and takes them. A cost above the burst is taken in
     /// burst-sized slices, so a large batch waits its fair time instead of failing.
     pub async fn acquire(&self, wcu: u32) {
         let Some(p) = &self.paced else { return };
         let started = Instant::now();
-        if !*p.open.borrow() {
-            let mut open = p.open.subscribe();
-            // The sender lives as long as `p`: this returns once the budget is released.
-            let _ = open.wait_for(|o| *o).await;
-        }
+        p.wait_open().await;
         // Below the budget, each WCU costs budget/rate cells.
         let cells = {
             let mut aimd = lock(&p.aimd);
@@ -371,16 +362,22 @@ impl WcuLimiter {
 }
 
 impl Paced {
+    /// Returns at once unless the budget is held ([`WcuLimiter::hold`]); then when released.
+    async fn wait_open(&self) {
+        if !*self.open.borrow() {
+            let mut open = self.open.subscribe();
+            // The sender lives as long as `self`: this returns once the budget is released.
+            let _ = open.wait_for(|o| *o).await;
+        }
+    }
+
     async fn local(&self, cells: u32) {
         let mut left = cells;
         while left > 0 {
             // Each slice (at most burst_seconds of budget) takes the budget as it is now: a hold
             // or a lower share (a fleet member joining) reaches an acquire already waiting
             // within one slice, not after a whole packed message at the old rate.
-            if !*self.open.borrow() {
-                let mut open = self.open.subscribe();
-                let _ = open.wait_for(|o| *o).await;
-            }
+            self.wait_open().await;
             let bucket = self.bucket.read_locked().clone();
             let n = left.min(bucket.burst.get());
             let slice = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);

@@ -65,9 +65,7 @@ impl MembersTable {
         let table = match described {
             Ok(out) => out.table,
             Err(e) => {
-                let missing = e
-                    .as_service_error()
-                    .is_some_and(|se| se.is_resource_not_found_exception());
+                let missing = not_found(&e);
                 if !(missing && create) {
                     let mut err = CheckError::of(&format!("cannot describe {what}"), &e);
                     if missing {
@@ -120,6 +118,9 @@ impl MembersTable {
                     permanent: true,
                 });
             }
+            if t.table_status() == Some(&TableStatus::Active) {
+                return Ok(());
+            }
         }
         // Wait for a table being created (here or by another instance) to become active.
         for _ in 0..120 {
@@ -137,9 +138,7 @@ impl MembersTable {
                 }
                 // Just created (here or by another instance): DescribeTable may not know it
                 // for a moment yet.
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|se| se.is_resource_not_found_exception()) => {}
+                Err(e) if not_found(&e) => {}
                 Err(e) => return Err(CheckError::of(&format!("cannot describe {what}"), &e)),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -227,6 +226,17 @@ impl MembersTable {
             aws_sdk_dynamodb::error::DisplayErrorContext(e)
         )
     }
+}
+
+/// DescribeTable's answer for a table it does not know (or, just after CreateTable, not yet).
+fn not_found(
+    e: &aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::describe_table::DescribeTableError,
+        aws_smithy_runtime_api::http::Response,
+    >,
+) -> bool {
+    e.as_service_error()
+        .is_some_and(|se| se.is_resource_not_found_exception())
 }
 
 fn attribute(name: &str) -> Result<AttributeDefinition, CheckError> {

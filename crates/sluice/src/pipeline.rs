@@ -591,7 +591,6 @@ async fn refresh_budget(
     stop: CancellationToken,
 ) {
     let table = settings.dynamodb.table.clone();
-    let mut last: Option<TableLimits> = budgets.lock().0.clone();
     let mut warned = std::collections::HashSet::new();
     loop {
         tokio::select! {
@@ -606,7 +605,7 @@ async fn refresh_budget(
                 continue;
             }
         };
-        if last.as_ref() == Some(&limits) {
+        if budgets.lock().0.as_ref() == Some(&limits) {
             continue;
         }
         if let Capacity::Provisioned(w) = limits.table {
@@ -623,7 +622,6 @@ async fn refresh_budget(
                 tracing::warn!(index = %spec.name, "an index sluice does not pace on its own (created since the start, or on demand without a known limit): it is paced from the next start of sluice, and throttles naming it slow every budget meanwhile");
             }
         }
-        last = Some(limits);
     }
 }
 
