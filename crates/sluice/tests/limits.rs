@@ -170,26 +170,15 @@ async fn a_fleet_on_one_redis_bucket_with_writes_above_its_burst_is_never_thrott
         .unwrap();
     let mut children = Vec::new();
     for _ in 0..2 {
-        children.push(
-            tokio::process::Command::new(BIN)
-                .arg("run")
-                .envs(env.child_env())
-                .env("SLUICE__SQS__QUEUE_URL", &url)
-                .env("SLUICE__SQS__WAIT_TIME_SECONDS", "1")
-                .env("SLUICE__DYNAMODB__TABLE", "fleet")
-                .env("SLUICE__RATE__MODE", "redis")
-                .env("SLUICE__RATE__REDIS__URL", &redis.endpoint)
-                .env("SLUICE__RATE__EXPECTED_REPLICAS", "2")
-                .env(
-                    "SLUICE__TELEMETRY__LISTEN",
-                    format!("127.0.0.1:{}", free_port()),
-                )
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap(),
-        );
+        children.push(fleet_run(
+            &env,
+            &url,
+            &[
+                ("SLUICE__RATE__MODE", "redis"),
+                ("SLUICE__RATE__REDIS__URL", &redis.endpoint),
+                ("SLUICE__RATE__EXPECTED_REPLICAS", "2"),
+            ],
+        ));
     }
     let report = drained(&env, "fleet", 1200, Duration::from_secs(120)).await;
     for c in &mut children {
@@ -304,18 +293,15 @@ async fn a_hot_index_key_is_paced_on_its_own_instead_of_slowing_the_table() {
     );
 }
 
-/// One `sluice run` of a membership fleet writing table `fleet`.
-fn fleet_member(env: &TestEnv, url: &str) -> tokio::process::Child {
+/// One `sluice run` of a fleet writing table `fleet` from `url`, with how it shares the budget.
+fn fleet_run(env: &TestEnv, url: &str, sharing: &[(&str, &str)]) -> tokio::process::Child {
     tokio::process::Command::new(BIN)
         .arg("run")
         .envs(env.child_env())
         .env("SLUICE__SQS__QUEUE_URL", url)
         .env("SLUICE__SQS__WAIT_TIME_SECONDS", "1")
         .env("SLUICE__DYNAMODB__TABLE", "fleet")
-        .env("SLUICE__RATE__MODE", "membership")
-        .env("SLUICE__RATE__MEMBERSHIP__TABLE", "sluice-members")
-        .env("SLUICE__RATE__MEMBERSHIP__HEARTBEAT_INTERVAL", "1s")
-        .env("SLUICE__RATE__MEMBERSHIP__LEASE_DURATION", "3s")
+        .envs(sharing.iter().copied())
         .env(
             "SLUICE__TELEMETRY__LISTEN",
             format!("127.0.0.1:{}", free_port()),
@@ -325,6 +311,20 @@ fn fleet_member(env: &TestEnv, url: &str) -> tokio::process::Child {
         .kill_on_drop(true)
         .spawn()
         .unwrap()
+}
+
+/// One `sluice run` of a membership fleet writing table `fleet`.
+fn fleet_member(env: &TestEnv, url: &str) -> tokio::process::Child {
+    fleet_run(
+        env,
+        url,
+        &[
+            ("SLUICE__RATE__MODE", "membership"),
+            ("SLUICE__RATE__MEMBERSHIP__TABLE", "sluice-members"),
+            ("SLUICE__RATE__MEMBERSHIP__HEARTBEAT_INTERVAL", "1s"),
+            ("SLUICE__RATE__MEMBERSHIP__LEASE_DURATION", "3s"),
+        ],
+    )
 }
 
 fn signal(child: &tokio::process::Child, sig: &str) {
