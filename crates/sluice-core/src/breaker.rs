@@ -7,6 +7,7 @@
 //!
 //! Pure state with explicit instants, like [`crate::aimd`].
 
+use crate::retry::Backoff;
 use crate::sync::Recover;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,8 +16,20 @@ use std::time::{Duration, Instant};
 pub struct BreakerConfig {
     /// Failed batch writes in a row that open the breaker.
     pub threshold: u32,
+    /// How long the first open lasts; each open in a row doubles it.
     pub first_cooldown: Duration,
+    /// The longest an open lasts.
     pub max_cooldown: Duration,
+}
+
+impl BreakerConfig {
+    /// The cooldowns as the shared retry policy: open `n` lasts `ceiling(n)`.
+    pub fn cooldowns(&self) -> Backoff {
+        Backoff {
+            base: self.first_cooldown,
+            cap: self.max_cooldown,
+        }
+    }
 }
 
 impl Default for BreakerConfig {
@@ -40,7 +53,9 @@ pub enum BreakerState {
 struct Inner {
     state: BreakerState,
     failures: u32,
-    cooldown: Duration,
+    /// Times the breaker opened since it last closed: the next open lasts
+    /// `cooldowns().ceiling(trips)` (no jitter: one breaker per process).
+    trips: u32,
 }
 
 #[derive(Debug)]
@@ -57,7 +72,7 @@ impl Breaker {
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
                 failures: 0,
-                cooldown: config.first_cooldown,
+                trips: 0,
             }),
             config,
             opened: tokio::sync::Notify::new(),
@@ -101,7 +116,7 @@ impl Breaker {
         }
         i.state = BreakerState::Closed;
         i.failures = 0;
-        i.cooldown = self.config.first_cooldown;
+        i.trips = 0;
         metrics::gauge!("sluice_circuit_open").set(0.0);
     }
 
@@ -114,11 +129,11 @@ impl Breaker {
             BreakerState::Open { .. } => false,
         };
         if trip {
-            let cooldown = i.cooldown;
+            let cooldown = self.config.cooldowns().ceiling(i.trips);
+            i.trips = i.trips.saturating_add(1);
             i.state = BreakerState::Open {
                 until: now + cooldown,
             };
-            i.cooldown = (cooldown * 2).min(self.config.max_cooldown);
             metrics::counter!("sluice_circuit_opened_total").increment(1);
             self.opened.notify_waiters();
             metrics::gauge!("sluice_circuit_open").set(1.0);

@@ -22,10 +22,10 @@ pub mod number;
 pub mod pacer;
 pub mod rate;
 pub mod source;
-pub mod sync;
 pub mod testing;
-pub mod time;
 pub mod writer;
+
+pub use sluice_common::{retry, sync, time};
 
 pub use aimd::{Aimd, AimdConfig, RateChange};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};

@@ -14,6 +14,7 @@
 //!   stalls and never exceeds its share.
 
 use crate::sync::{Recover, RecoverRw};
+pub use sluice_common::Backoff;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
@@ -440,29 +441,6 @@ impl Fleet {
     }
 }
 
-/// Exponential backoff with jitter: attempt `n` (0-based) waits a random time in
-/// `[d/2, d]` with `d = min(cap, base × 2^n)`. Half the delay is kept so retries never collapse
-/// to zero; the random half spreads workers that failed together.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub base: Duration,
-    pub cap: Duration,
-}
-
-impl Backoff {
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let d = self.ceiling(attempt);
-        let half = d / 2;
-        half + half.mul_f64(rand::random::<f64>())
-    }
-
-    /// The longest delay attempt `n` can wait.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.min(31));
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,23 +456,6 @@ mod tests {
         assert_eq!(*lock(&p.debt), -100.0);
         l.correct(250.0);
         assert_eq!(*lock(&p.debt), 150.0, "a debt is kept whole");
-    }
-
-    #[test]
-    fn backoff_grows_exponentially_with_jitter_and_stops_at_the_cap() {
-        let b = Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_secs(2),
-        };
-        for attempt in 0..40 {
-            let ceiling = b.ceiling(attempt);
-            assert_eq!(
-                ceiling,
-                Duration::from_millis(50 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(2))
-            );
-            let d = b.delay(attempt);
-            assert!(d >= ceiling / 2 && d <= ceiling, "{d:?} vs {ceiling:?}");
-        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use sluice_common::Backoff;
+
 use crate::spool::SpoolConfig;
 use crate::text::sqs_group_id;
 
@@ -54,8 +56,10 @@ pub struct ProducerConfig {
     /// Attempts per batch (the first send plus retries of failed entries) before its messages
     /// are spooled or, without a spool, wait in memory for the next try.
     pub send_attempts: u32,
-    /// First retry delay; doubles per attempt up to `retry_max`, with jitter.
+    /// First retry delay; doubles per attempt up to `retry_max`, with jitter
+    /// ([`ProducerConfig::backoff`]).
     pub retry_base: Duration,
+    /// The longest wait between retries.
     pub retry_max: Duration,
     /// The durable spool; `None` keeps undeliverable messages in memory only.
     pub spool: Option<SpoolConfig>,
@@ -95,6 +99,14 @@ impl Default for ProducerConfig {
 }
 
 impl ProducerConfig {
+    /// The retry policy of every send and replay: `retry_base` doubling to `retry_max`.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.retry_base,
+            cap: self.retry_max,
+        }
+    }
+
     /// Defaults, FIFO when the URL ends in `.fifo`.
     pub fn for_queue(queue_url: &str) -> Self {
         ProducerConfig {

@@ -18,11 +18,12 @@
 //! `status`, `latency_ms`, and `user_id` when the hook or a [`UserId`] response extension gives
 //! one.
 
+use sluice_common::time::epoch_ms;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use http::header::HeaderName;
 use http::{HeaderValue, Request, Response};
@@ -90,24 +91,9 @@ pub struct RequestLog<S> {
 
 /// A random UUID v4.
 pub fn new_request_id() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = crate::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    uuid::Builder::from_random_bytes(rand::rng().random())
+        .into_uuid()
+        .to_string()
 }
 
 impl<S, B, RB> Service<Request<B>> for RequestLog<S>

@@ -38,10 +38,12 @@
 //! # Ok(()) }
 //! ```
 
-#[cfg(feature = "kafka")]
 mod config;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod layer;
+mod reject;
+pub mod send;
 pub mod spool;
 pub mod sqs;
 pub mod testing;
@@ -49,25 +51,26 @@ mod text;
 mod transport;
 
 pub use config::{DedupMode, FullPolicy, ProducerConfig};
+pub use send::{BatchLimits, SendAllError, send_all};
 pub use text::{sqs_allows, sqs_group_id, sqs_safe_json};
 pub use transport::{
     EntryOutcome, OutMessage, SendFuture, Transport, TransportError, TransportErrorKind,
 };
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use sluice_common::sync::Recover;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::reject::RejectFile;
+use crate::send::{Final, Refused, deliver};
 use crate::spool::{Position, Spool, SpoolError};
 
 /// One log, serialized, with its optional FIFO group and dedup key.
@@ -191,7 +194,7 @@ impl Ticket {
     /// that says "the other logs were accepted" must be true when it is given.
     fn reject(&self, index: u32, reason: &str) {
         {
-            let mut r = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = self.rejected.locked();
             if r.as_ref().is_none_or(|(i, _)| index < *i) {
                 *r = Some((index, reason.to_owned()));
             }
@@ -201,7 +204,7 @@ impl Ticket {
 
     fn done(&self, n: usize, result: &Result<(), ProduceError>) {
         if result.is_err() {
-            if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Some(tx) = self.tx.locked().take() {
                 let _ = tx.send(result.clone());
             }
             return;
@@ -212,13 +215,9 @@ impl Ticket {
     /// `n` more logs are settled (delivered or rejected); the last one answers.
     fn settled(&self, n: usize) {
         if self.remaining.fetch_sub(n, Ordering::AcqRel) == n
-            && let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take()
+            && let Some(tx) = self.tx.locked().take()
         {
-            let rejected = self
-                .rejected
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            let rejected = self.rejected.locked().take();
             let _ = tx.send(match rejected {
                 Some((index, reason)) => Err(ProduceError::LogRejected {
                     index: index as usize,
@@ -358,9 +357,9 @@ impl Producer {
             spool,
             spooling,
             replay: None,
-            replay_backoff: config.retry_base,
+            replay_failures: 0,
             next_replay: Instant::now(),
-            direct_backoff: config.retry_base,
+            direct_failures: 0,
             direct_paused_until: None,
             flushers: Vec::new(),
             draining: false,
@@ -603,32 +602,6 @@ enum BatchKind {
     Replay { upto: Position, count: u64 },
 }
 
-/// What the queue made of one message, once the transport is done with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    Sent,
-    Rejected(String),
-    Failed(String),
-}
-
-/// A log the queue refuses for good.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Refused {
-    /// Its place in the message body.
-    at: usize,
-    reason: String,
-    text: String,
-}
-
-/// What became of one message: sent, or sent but for the logs the queue refused (a refused
-/// message is split and its logs sent one by one), or not delivered now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Final {
-    Sent,
-    Partly(Vec<Refused>),
-    Failed(String),
-}
-
 struct Done {
     id: u64,
     finals: Vec<Final>,
@@ -650,269 +623,16 @@ struct Dispatcher<T: Transport> {
     /// Messages go to the spool instead of the queue until it is drained.
     spooling: bool,
     replay: Option<u64>,
-    replay_backoff: Duration,
+    /// Replays from the spool that failed in a row: the next waits `backoff().delay(n)`.
+    replay_failures: u32,
     next_replay: Instant,
-    direct_backoff: Duration,
+    /// Direct sends that failed in a row (no spool): the next waits `backoff().delay(n)`.
+    direct_failures: u32,
     direct_paused_until: Option<Instant>,
     flushers: Vec<oneshot::Sender<()>>,
     /// A flush or close is waiting: send partial batches at once.
     draining: bool,
     rejects: RejectFile,
-}
-
-fn jittered(d: Duration) -> Duration {
-    let f: f64 = rand::rng().random_range(0.5..1.0);
-    d.mul_f64(f)
-}
-
-fn send_with_retries<T: Transport>(
-    transport: Arc<T>,
-    msgs: Vec<OutMessage>,
-    attempts: u32,
-    base: Duration,
-    max: Duration,
-) -> Pin<Box<dyn Future<Output = Vec<Outcome>> + Send>> {
-    Box::pin(async move {
-        let mut finals: Vec<Option<Outcome>> = vec![None; msgs.len()];
-        let mut pending: Vec<usize> = (0..msgs.len()).collect();
-        let mut last = String::new();
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                let d = base.saturating_mul(1 << (attempt - 1).min(16)).min(max);
-                tokio::time::sleep(jittered(d)).await;
-            }
-            let batch: Vec<OutMessage> = pending.iter().map(|&i| msgs[i].clone()).collect();
-            metrics::counter!("sluice_producer_batches_total").increment(1);
-            match transport.send(&batch).await {
-                Err(e) if e.kind == TransportErrorKind::Refused => {
-                    metrics::counter!("sluice_producer_send_errors_total", "kind" => e.kind.label())
-                        .increment(1);
-                    if let [i] = pending[..] {
-                        finals[i] = Some(Outcome::Rejected(e.message));
-                    } else {
-                        // Which entry is it? Each alone, with the attempts left.
-                        tracing::warn!(error = %e, messages = batch.len(), "SendMessageBatch refused; sending its messages one by one");
-                        for &i in &pending {
-                            let one = send_with_retries(
-                                transport.clone(),
-                                vec![msgs[i].clone()],
-                                attempts - attempt,
-                                base,
-                                max,
-                            )
-                            .await;
-                            finals[i] = one.into_iter().next();
-                        }
-                    }
-                    pending.clear();
-                    break;
-                }
-                Err(e) => {
-                    metrics::counter!("sluice_producer_send_errors_total", "kind" => e.kind.label())
-                        .increment(1);
-                    tracing::warn!(error = %e, attempt = attempt + 1, messages = batch.len(), "SendMessageBatch failed");
-                    last = e.message;
-                }
-                Ok(outcomes) => {
-                    let mut still = Vec::new();
-                    for (k, &i) in pending.iter().enumerate() {
-                        match outcomes.get(k) {
-                            Some(EntryOutcome::Sent) => finals[i] = Some(Outcome::Sent),
-                            Some(EntryOutcome::Rejected(why)) => {
-                                finals[i] = Some(Outcome::Rejected(why.clone()))
-                            }
-                            Some(EntryOutcome::Retry(why)) => {
-                                metrics::counter!("sluice_producer_send_errors_total", "kind" => "entry")
-                                    .increment(1);
-                                last = why.clone();
-                                still.push(i);
-                            }
-                            None => {
-                                last = "the queue answered fewer entries than it was sent".into();
-                                still.push(i);
-                            }
-                        }
-                    }
-                    pending = still;
-                    if pending.is_empty() {
-                        break;
-                    }
-                }
-            }
-        }
-        finals
-            .into_iter()
-            .map(|f| f.unwrap_or_else(|| Outcome::Failed(last.clone())))
-            .collect()
-    })
-}
-
-/// The text of each log in a message body (NDJSON, or any whitespace-separated JSON values).
-fn log_spans(body: &str) -> Vec<&str> {
-    let mut spans = Vec::new();
-    let mut stream = serde_json::Deserializer::from_str(body).into_iter::<serde::de::IgnoredAny>();
-    let mut start = 0;
-    while let Some(Ok(_)) = stream.next() {
-        let end = stream.byte_offset();
-        spans.push(body[start..end].trim());
-        start = end;
-    }
-    if spans.is_empty() {
-        spans.push(body);
-    }
-    spans
-}
-
-/// Sends messages, and splits any the queue refuses: its logs go one by one, so only a log the
-/// queue itself refuses is left out (and reported), never its neighbours.
-/// How the logs of a split message are batched again: SendMessageBatch's limits.
-#[derive(Clone, Copy)]
-struct BatchLimits {
-    entries: usize,
-    bytes: usize,
-}
-
-async fn deliver<T: Transport>(
-    transport: Arc<T>,
-    msgs: Vec<OutMessage>,
-    attempts: u32,
-    (base, max): (Duration, Duration),
-    limits: BatchLimits,
-) -> Vec<Final> {
-    let outcomes = send_with_retries(transport.clone(), msgs.clone(), attempts, base, max).await;
-    let mut finals = Vec::with_capacity(outcomes.len());
-    for (msg, outcome) in msgs.into_iter().zip(outcomes) {
-        finals.push(match outcome {
-            Outcome::Sent => Final::Sent,
-            Outcome::Failed(why) => Final::Failed(why),
-            Outcome::Rejected(why) => {
-                let spans = log_spans(&msg.body);
-                if spans.len() <= 1 {
-                    Final::Partly(vec![Refused {
-                        at: 0,
-                        reason: why,
-                        text: msg.body.clone(),
-                    }])
-                } else {
-                    tracing::warn!(reason = %why, logs = spans.len(), "the queue refused a packed message; sending its logs one by one");
-                    let singles: Vec<OutMessage> = spans
-                        .iter()
-                        .map(|t| OutMessage {
-                            body: (*t).to_owned(),
-                            group_id: msg.group_id.clone(),
-                            dedup_id: msg
-                                .dedup_id
-                                .as_ref()
-                                .map(|_| hex(&Sha256::digest(t.as_bytes()))),
-                            delay_seconds: msg.delay_seconds,
-                        })
-                        .collect();
-                    let mut each = Vec::with_capacity(singles.len());
-                    let mut rest = singles.as_slice();
-                    while !rest.is_empty() {
-                        let mut n = 0;
-                        let mut bytes = 0;
-                        while n < rest.len()
-                            && n < limits.entries
-                            && (n == 0 || bytes + rest[n].body.len() <= limits.bytes)
-                        {
-                            bytes += rest[n].body.len();
-                            n += 1;
-                        }
-                        let (chunk, tail) = rest.split_at(n);
-                        each.extend(
-                            send_with_retries(transport.clone(), chunk.to_vec(), attempts, base, max)
-                                .await,
-                        );
-                        rest = tail;
-                    }
-                    let mut refused = Vec::new();
-                    let mut failed = None;
-                    for (at, (o, t)) in each.into_iter().zip(&spans).enumerate() {
-                        match o {
-                            Outcome::Sent => {}
-                            Outcome::Rejected(reason) => refused.push(Refused {
-                                at,
-                                reason,
-                                text: (*t).to_owned(),
-                            }),
-                            Outcome::Failed(why) => failed = Some(why),
-                        }
-                    }
-                    // Not all through now: the whole message is tried again later (its logs
-                    // already sent are rewritten to the same rows).
-                    match failed {
-                        Some(why) => Final::Failed(why),
-                        None => Final::Partly(refused),
-                    }
-                }
-            }
-        });
-    }
-    finals
-}
-
-/// Where logs the queue refuses for good are kept.
-struct RejectFile {
-    path: Option<std::path::PathBuf>,
-}
-
-impl RejectFile {
-    /// Keeps a refused log (fsynced, with the directory entry of a new file) and says so at
-    /// ERROR; never loses it silently. Returns where it is, for the answer to the sender.
-    fn keep(&self, r: &Refused, group: Option<&str>) -> String {
-        metrics::counter!("sluice_producer_logs_total", "outcome" => "rejected").increment(1);
-        let Some(path) = &self.path else {
-            tracing::error!(reason = %r.reason, log = %r.text, "the queue refused a log for good; set producer.reject_file (or a spool) to keep such logs in a file");
-            return "it is written only to sluice's ERROR log (set producer.reject_file to keep such logs in a file)".into();
-        };
-        let mut line = serde_json::json!({
-            "at_ms": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            "reason": r.reason,
-            "group": group,
-            "log": r.text,
-        })
-        .to_string();
-        line.push('\n');
-        let written = (|| -> std::io::Result<()> {
-            use std::io::Write as _;
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            if let Some(dir) = dir {
-                std::fs::create_dir_all(dir)?;
-            }
-            let new = !path.exists();
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            let before = f.metadata()?.len();
-            // One write of the whole line; on failure (a full disk) the file is cut back, so
-            // a half line never glues itself to the next record.
-            if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.sync_data()) {
-                let _ = f.set_len(before);
-                return Err(e);
-            }
-            if new && let Some(dir) = dir {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
-        match written {
-            Ok(()) => {
-                tracing::error!(reason = %r.reason, bytes = r.text.len(), file = %path.display(), "the queue refused a log for good; it is kept in the reject file");
-                format!("it is kept in the reject file {}", path.display())
-            }
-            Err(e) => {
-                tracing::error!(reason = %r.reason, error = %e, file = %path.display(), log = %r.text, "the queue refused a log for good and the reject file cannot be written");
-                format!(
-                    "the reject file {} could not be written ({e}): the log is only in sluice's ERROR log",
-                    path.display()
-                )
-            }
-        }
-    }
 }
 
 impl<T: Transport> Dispatcher<T> {
@@ -1168,7 +888,7 @@ impl<T: Transport> Dispatcher<T> {
         };
         self.batches.insert(id, (kind, sealed));
         let transport = self.transport.clone();
-        let backoff = (self.config.retry_base, self.config.retry_max);
+        let backoff = self.config.backoff();
         let limits = BatchLimits {
             entries: self.config.max_batch_entries,
             bytes: self.config.max_batch_bytes,
@@ -1333,14 +1053,15 @@ impl<T: Transport> Dispatcher<T> {
                     {
                         tracing::error!(error = %e, "cannot move the spool cursor; messages may be sent twice");
                     }
-                    self.replay_backoff = self.config.retry_base;
+                    self.replay_failures = 0;
                     self.next_replay = Instant::now();
                     self.publish_spool();
                 } else {
                     self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                    self.next_replay = Instant::now() + jittered(self.replay_backoff);
-                    tracing::debug!(error = %failed[0], backoff = ?self.replay_backoff, "replay from the spool failed; retrying");
-                    self.replay_backoff = (self.replay_backoff * 2).min(self.config.retry_max);
+                    let wait = self.config.backoff().delay(self.replay_failures);
+                    self.replay_failures = self.replay_failures.saturating_add(1);
+                    self.next_replay = Instant::now() + wait;
+                    tracing::debug!(error = %failed[0], backoff = ?wait, "replay from the spool failed; retrying");
                 }
             }
             BatchKind::Direct => {
@@ -1374,7 +1095,7 @@ impl<T: Transport> Dispatcher<T> {
                     }
                 }
                 if failed.is_empty() {
-                    self.direct_backoff = self.config.retry_base;
+                    self.direct_failures = 0;
                     return;
                 }
                 self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -1387,12 +1108,14 @@ impl<T: Transport> Dispatcher<T> {
                         tracing::warn!(error = %why, "the queue does not take messages; spooling to disk until it does");
                     }
                     self.spooling = true;
-                    self.next_replay = Instant::now() + jittered(self.replay_backoff);
+                    self.next_replay =
+                        Instant::now() + self.config.backoff().delay(self.replay_failures);
                     self.publish_spool();
                 } else {
-                    tracing::warn!(error = %why, backoff = ?self.direct_backoff, "the queue does not take messages; they wait in memory");
-                    self.direct_paused_until = Some(Instant::now() + jittered(self.direct_backoff));
-                    self.direct_backoff = (self.direct_backoff * 2).min(self.config.retry_max);
+                    let wait = self.config.backoff().delay(self.direct_failures);
+                    self.direct_failures = self.direct_failures.saturating_add(1);
+                    tracing::warn!(error = %why, backoff = ?wait, "the queue does not take messages; they wait in memory");
+                    self.direct_paused_until = Some(Instant::now() + wait);
                 }
             }
         }
@@ -1479,6 +1202,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::send::log_spans;
     use crate::spool::SpoolConfig;
     use crate::testing::FakeQueue;
     use serde_json::json;

@@ -1,6 +1,7 @@
 //! An in-memory queue for unit tests of code that uses the producer. The integration tests use
 //! the real SQS path ([`crate::sqs::SqsTransport`]) against MiniStack and sluice-sim.
 
+use sluice_common::sync::Recover;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -43,7 +44,7 @@ impl FakeQueue {
     /// Refuse every entry whose body contains `needle` (None: refuse nothing); with `whole_call`
     /// the whole SendMessageBatch carrying one is refused instead.
     pub fn refuse_containing(&self, needle: Option<&str>, whole_call: bool) {
-        *self.inner.refuse.lock().unwrap_or_else(|e| e.into_inner()) = needle.map(String::from);
+        *self.inner.refuse.locked() = needle.map(String::from);
         self.inner
             .refuse_whole_call
             .store(whole_call, Ordering::SeqCst);
@@ -51,11 +52,7 @@ impl FakeQueue {
 
     /// Messages taken, in the order taken.
     pub fn messages(&self) -> Vec<OutMessage> {
-        self.inner
-            .messages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.messages.locked().clone()
     }
 
     pub fn calls(&self) -> usize {
@@ -77,12 +74,7 @@ impl Transport for FakeQueue {
                     message: "fake queue is down".into(),
                 });
             }
-            let refuse = self
-                .inner
-                .refuse
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let refuse = self.inner.refuse.locked().clone();
             let refused = |m: &OutMessage| refuse.as_deref().is_some_and(|n| m.body.contains(n));
             if self.inner.refuse_whole_call.load(Ordering::SeqCst) && batch.iter().any(refused) {
                 return Err(TransportError {
@@ -93,11 +85,7 @@ impl Transport for FakeQueue {
             }
             let every = self.inner.fail_every.load(Ordering::SeqCst) as u64;
             let mut out = Vec::with_capacity(batch.len());
-            let mut taken = self
-                .inner
-                .messages
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut taken = self.inner.messages.locked();
             for m in batch {
                 let n = self.inner.entries_seen.fetch_add(1, Ordering::SeqCst) + 1;
                 if refused(m) {

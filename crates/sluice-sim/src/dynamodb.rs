@@ -1,6 +1,7 @@
 //! The DynamoDB half: tables with a partition key (and optional sort key), items as the wire's
 //! AttributeValue JSON, and write capacity enforced per table (see [`crate::capacity`]).
 
+use sluice_common::sync::Recover;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
@@ -958,7 +959,7 @@ impl DynamoDb {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Table>> {
-        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+        self.tables.locked()
     }
 
     fn with_table<T>(

@@ -22,6 +22,7 @@ pub mod faults;
 pub mod meter;
 pub mod sqs;
 
+use sluice_common::sync::{Recover, RecoverRw};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -130,7 +131,7 @@ impl SimServer {
 
     pub fn set_faults(&self, faults: Faults) -> Result<(), String> {
         faults.validate()?;
-        *self.state.faults.write().unwrap_or_else(|e| e.into_inner()) = faults;
+        *self.state.faults.write_locked() = faults;
         Ok(())
     }
 
@@ -145,11 +146,7 @@ impl SimServer {
 
     /// Requests served per operation.
     pub fn requests_report(&self) -> BTreeMap<String, u64> {
-        self.state
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.state.requests.locked().clone()
     }
 
     /// Stops accepting and closes open connections.
@@ -242,18 +239,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
             }
         }
     };
-    *state
-        .requests
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(op.clone())
-        .or_insert(0) += 1;
+    *state.requests.locked().entry(op.clone()).or_insert(0) += 1;
 
-    let faults = state
-        .faults
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let faults = state.faults.read_locked().clone();
     let delay = faults.delay(&op);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -263,11 +251,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
         // the call is never carried out.
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            let still = state
-                .faults
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .hangs(&op);
+            let still = state.faults.read_locked().hangs(&op);
             if !still {
                 return Err(Reset);
             }
@@ -316,11 +300,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
     }
     let result = match service {
         "AmazonSQS" => {
-            let entry_faults = state
-                .faults
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry_server_fault_rate;
+            let entry_faults = state.faults.read_locked().entry_server_fault_rate;
             state.sqs.handle(&op, &input, entry_faults).await
         }
         "DynamoDB_20120810" => state.dynamodb.handle(&op, &input),
@@ -343,11 +323,7 @@ async fn admin(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (method, path.trim_end_matches('/')) {
         (Method::GET, "/_sim/health") => reply(200, json!({"ok": true})),
         (Method::GET, "/_sim/faults") => {
-            let f = state
-                .faults
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let f = state.faults.read_locked().clone();
             reply(200, serde_json::to_value(f).unwrap_or_default())
         }
         (Method::POST | Method::PUT, "/_sim/faults") => {
@@ -362,7 +338,7 @@ async fn admin(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .and_then(|f| f.validate().map(|()| f))
             {
                 Ok(f) => {
-                    *state.faults.write().unwrap_or_else(|e| e.into_inner()) = f.clone();
+                    *state.faults.write_locked() = f.clone();
                     reply(200, serde_json::to_value(f).unwrap_or_default())
                 }
                 Err(e) => reply(400, json!({"error": e})),
@@ -370,11 +346,7 @@ async fn admin(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         (Method::GET, "/_sim/queues") => reply(200, state.sqs.report()),
         (Method::GET, "/_sim/requests") => {
-            let r = state
-                .requests
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let r = state.requests.locked().clone();
             reply(200, serde_json::to_value(r).unwrap_or_default())
         }
         (Method::GET, p) if p.starts_with("/_sim/tables/") && p.ends_with("/capacity") => {

@@ -11,10 +11,12 @@
 //! SendMessageBatch counts attributes against its 1 MiB. Short polls can sample (seeded) the way
 //! SQS's distributed short poll does, and batch entries can fail on the server's side.
 
+use sluice_common::sync::{Recover, RecoverRw};
+use sluice_common::time::epoch_ms;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use md5::{Digest as _, Md5};
 use serde_json::{Map, Value, json};
@@ -47,13 +49,6 @@ const QUEUE_ATTRIBUTES: &[&str] = &[
     "DeduplicationScope",
     "FifoThroughputLimit",
 ];
-
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn md5_hex(data: &[u8]) -> String {
     Md5::digest(data)
@@ -121,7 +116,7 @@ pub struct QueueCell {
 
 impl QueueCell {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 }
 
@@ -613,11 +608,7 @@ impl Sqs {
     }
 
     fn cell_by_name(&self, name: &str) -> Option<Arc<QueueCell>> {
-        self.queues
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.queues.read_locked().get(name).cloned()
     }
 
     fn cell(&self, req: &Value) -> ApiResult<Arc<QueueCell>> {
@@ -659,7 +650,7 @@ impl Sqs {
                     .get("QueueNamePrefix")
                     .and_then(Value::as_str)
                     .unwrap_or("");
-                let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+                let queues = self.queues.read_locked();
                 let mut urls: Vec<String> = queues
                     .iter()
                     .filter(|(n, _)| n.starts_with(prefix))
@@ -671,10 +662,7 @@ impl Sqs {
             "DeleteQueue" => {
                 let cell = self.cell(req)?;
                 let name = cell.lock().name.clone();
-                self.queues
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&name);
+                self.queues.write_locked().remove(&name);
                 Ok(json!({}))
             }
             "PurgeQueue" => {
@@ -843,11 +831,7 @@ impl Sqs {
             state: Mutex::new(queue),
             arrivals: Notify::new(),
         });
-        self.queues
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name)
-            .or_insert(cell);
+        self.queues.write_locked().entry(name).or_insert(cell);
         Ok(json!({"QueueUrl": url}))
     }
 
@@ -1135,9 +1119,7 @@ impl Sqs {
         let max = match (&self.sampling, wait) {
             (Some(rng), 0) => {
                 use rand::Rng as _;
-                rng.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .random_range(0..=max)
+                rng.locked().random_range(0..=max)
             }
             _ => max,
         };
@@ -1191,7 +1173,7 @@ impl Sqs {
     /// Message counts per queue, for the admin endpoint.
     pub fn report(&self) -> Value {
         let now = Instant::now();
-        let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        let queues = self.queues.read_locked();
         let mut out = Map::new();
         for (name, cell) in queues.iter() {
             let q = cell.lock();

@@ -1,5 +1,6 @@
-//! SQS for sluice: the [`SqsSource`] the engine polls, and [`SqsSender`], a small batch sender
-//! used by the demo and the tests (the full producer library is its own crate).
+//! SQS for sluice: the [`SqsSource`] the engine polls, and [`admin`], the queue administration
+//! the tools share (dead-letter discovery, counts). Sending is the producer crate's
+//! (`sluice_producer::send`): there is one SendMessageBatch loop.
 //!
 //! Receives are long polls (WaitTimeSeconds up to 20) asking for ApproximateReceiveCount; acks
 //! are DeleteMessageBatch calls of up to 10 entries whose per-entry failures are reported back;
@@ -20,7 +21,7 @@ use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageAttributeValue, MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName,
 };
 use bytes::Bytes;
 use sluice_core::{AckFailure, AttributeBody, MessageAttribute, Received, Source, SourceError};
@@ -459,96 +460,6 @@ impl Source for SqsSource {
             .await
             .map_err(|e| source_error("ChangeMessageVisibility", e))?;
         Ok(())
-    }
-}
-
-/// SQS's limits on one SendMessageBatch call.
-pub const MAX_SEND_BATCH_ENTRIES: usize = 10;
-pub const MAX_SEND_BATCH_BYTES: usize = 256 * 1024;
-
-/// Sends message bodies in SendMessageBatch calls (10 entries, 256 KiB at most), retrying the
-/// entries SQS reports as failed.
-#[derive(Clone)]
-pub struct SqsSender {
-    client: Client,
-    queue_url: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SendError(String);
-
-impl SqsSender {
-    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
-        SqsSender {
-            client,
-            queue_url: queue_url.into(),
-        }
-    }
-
-    /// Sends every body; returns once SQS has accepted all of them.
-    pub async fn send_all(&self, bodies: &[String]) -> Result<(), SendError> {
-        let mut start = 0;
-        while start < bodies.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < bodies.len()
-                && end - start < MAX_SEND_BATCH_ENTRIES
-                && (end == start || bytes + bodies[end].len() <= MAX_SEND_BATCH_BYTES)
-            {
-                bytes += bodies[end].len();
-                end += 1;
-            }
-            self.send_batch(&bodies[start..end]).await?;
-            start = end;
-        }
-        Ok(())
-    }
-
-    async fn send_batch(&self, bodies: &[String]) -> Result<(), SendError> {
-        let mut pending: Vec<usize> = (0..bodies.len()).collect();
-        for attempt in 0..8u32 {
-            let entries: Vec<_> = pending
-                .iter()
-                .filter_map(|&i| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(&bodies[i])
-                        .build()
-                        .ok()
-                })
-                .collect();
-            let out = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| {
-                    SendError(format!(
-                        "SendMessageBatch failed: {}",
-                        DisplayErrorContext(&e)
-                    ))
-                })?;
-            let failed: Vec<_> = out.failed().to_vec();
-            if failed.is_empty() {
-                return Ok(());
-            }
-            if let Some(f) = failed.iter().find(|f| f.sender_fault()) {
-                return Err(SendError(format!(
-                    "SQS refused a message: {} {}",
-                    f.code(),
-                    f.message().unwrap_or_default()
-                )));
-            }
-            pending = failed.iter().filter_map(|f| f.id().parse().ok()).collect();
-            tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
-        }
-        Err(SendError(format!(
-            "{} messages still failing after retries",
-            pending.len()
-        )))
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use sluice_core::Backoff;
+
 /// Runs a start-up check, retrying a transient failure (a throttle, a 5xx, a time-out: AWS having
 /// a bad minute) with backoff until `retry_for` has passed; a permanent one (a missing table, a
 /// wrong key schema, access denied) is returned at once. A fleet of instances restarted by
@@ -16,7 +18,10 @@ where
     Fut: std::future::Future<Output = Result<T, sluice_dynamodb::CheckError>>,
 {
     let give_up = tokio::time::Instant::now() + retry_for;
-    let mut delay = Duration::from_millis(500);
+    let backoff = Backoff {
+        base: Duration::from_millis(500),
+        cap: Duration::from_secs(10),
+    };
     let mut attempt = 1u32;
     loop {
         match check().await {
@@ -26,11 +31,14 @@ where
                 }
                 return Ok(v);
             }
-            Err(e) if !e.permanent && tokio::time::Instant::now() + delay < give_up => {
+            Err(e)
+                if !e.permanent
+                    && tokio::time::Instant::now() + backoff.ceiling(attempt - 1) < give_up =>
+            {
+                let delay = backoff.delay(attempt - 1);
                 metrics::counter!("sluice_startup_retries_total").increment(1);
                 tracing::warn!(check = what, attempt, error = %e, retry_in = ?delay, "start-up check failed on a transient error; retrying (dynamodb.startup_retry_for)");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
                 attempt += 1;
             }
             Err(e) => {

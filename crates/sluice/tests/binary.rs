@@ -5,7 +5,7 @@ use sluice_testkit::metric;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_sqs::SqsSender;
+use sluice_producer::sqs::SqsTransport;
 use sluice_testkit::{Backend, TestEnv, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -217,12 +217,12 @@ async fn run_drains_the_queue_serves_telemetry_and_exits_zero_on_sigterm() {
     let bodies: Vec<String> = (0..200)
         .map(|i| format!(r#"{{"request_id":"bin-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
         .collect();
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&bodies)
         .await
         .unwrap();
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&["not json".to_string()])
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&["not json".to_string()])
         .await
         .unwrap();
 
@@ -409,8 +409,8 @@ async fn sim_serves_sdk_clients_and_stops_on_sigterm() {
     let url = sluice_sqs::admin::create_queue(&sqs, "q", &[])
         .await
         .unwrap();
-    SqsSender::new(sqs.clone(), &url)
-        .send_all(&["hello".to_string()])
+    SqsTransport::new(sqs.clone(), &url)
+        .send_bodies(&["hello".to_string()])
         .await
         .unwrap();
     assert_eq!(
@@ -533,8 +533,8 @@ async fn a_spot_interruption_notice_drains_and_exits_zero_losing_nothing() {
     let bodies: Vec<String> = (0..2000)
         .map(|i| format!(r#"{{"request_id":"spot-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
         .collect();
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&bodies)
         .await
         .unwrap();
     let port = free_port();
@@ -614,8 +614,8 @@ async fn chaos_sigterm_with_many_in_flight_exits_zero_in_time_and_loses_nothing(
         .unwrap()
         .set_faults(slow_writes(400, 200, Vec::new()))
         .unwrap();
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&one_log_bodies("term", 3000))
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&one_log_bodies("term", 3000))
         .await
         .unwrap();
     let grace = 2;
@@ -735,8 +735,8 @@ async fn kill_9_chaos(endpoint: &str, default_messages: usize) {
     bodies.extend(duplicates);
     let poison = ["not json", "[1]", "{\"request_id\":\"p\"}"];
     bodies.extend(poison.iter().map(|s| s.to_string()));
-    SqsSender::new(sqs.clone(), &url)
-        .send_all(&bodies)
+    SqsTransport::new(sqs.clone(), &url)
+        .send_bodies(&bodies)
         .await
         .unwrap();
 
@@ -938,8 +938,8 @@ async fn shutdown_is_bounded_when_sqs_stops_answering_and_nothing_is_lost() {
         .unwrap();
     let sim = env.sim.as_ref().unwrap();
     sim.set_faults(slow_writes(300, 100, Vec::new())).unwrap();
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&one_log_bodies("hang", 1500))
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&one_log_bodies("hang", 1500))
         .await
         .unwrap();
     let grace = 2u64;

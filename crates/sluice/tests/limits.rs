@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sluice::config::Settings;
 use sluice::pipeline::Pipeline;
-use sluice_sqs::SqsSender;
+use sluice_producer::sqs::SqsTransport;
 use sluice_testkit::{TestEnv, free_port, start_redis};
 use tokio_util::sync::CancellationToken;
 
@@ -103,8 +103,8 @@ async fn a_gsi_tighter_than_its_table_is_paced_to_and_never_throttled() {
     let url = env.create_queue("logs", 60).await.unwrap();
     create_table_with_gsi(&env, "indexed", 300, Some(60)).await;
     let bodies = bodies("g", 1500, 400);
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&bodies)
         .await
         .unwrap();
     let mut s = Settings::default();
@@ -164,8 +164,8 @@ async fn a_fleet_on_one_redis_bucket_with_writes_above_its_burst_is_never_thrott
     let url = env.create_queue("logs", 60).await.unwrap();
     create_table_with_gsi(&env, "fleet", 150, None).await;
     let bodies = bodies("f", 1200, 2900);
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&bodies)
         .await
         .unwrap();
     let mut children = Vec::new();
@@ -235,8 +235,8 @@ async fn a_hot_index_key_is_paced_on_its_own_instead_of_slowing_the_table() {
         })
         .collect();
     let bodies: Vec<String> = logs.chunks(25).map(|c| c.join("\n")).collect();
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&bodies)
         .await
         .unwrap();
     let mut s = Settings::default();
@@ -349,8 +349,8 @@ async fn a_membership_fleet_resplits_the_budget_as_instances_join_and_leave_mid_
     let url = env.create_queue("logs", 5).await.unwrap();
     create_table_with_gsi(&env, "fleet", 150, None).await;
     let bodies = bodies("m", 9000, 900);
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&bodies)
         .await
         .unwrap();
     let sim = env.sim.as_ref().unwrap();

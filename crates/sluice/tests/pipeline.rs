@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use sluice::config::Settings;
 use sluice::pipeline::Pipeline;
-use sluice_sqs::SqsSender;
+use sluice_producer::sqs::SqsTransport;
 use sluice_testkit::{Backend, TestEnv};
 use tokio_util::sync::CancellationToken;
 
@@ -67,8 +67,8 @@ async fn duplicates_and_multi_log_messages_end_as_one_row_per_request_id(backend
     let duplicates: Vec<String> = bodies.iter().step_by(9).take(100).cloned().collect();
     bodies.extend(duplicates);
     assert_eq!(bodies.len(), 1000);
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&bodies)
         .await
         .unwrap();
 
@@ -133,8 +133,8 @@ async fn duplicates_and_multi_log_messages_end_as_one_row_per_request_id(backend
 async fn a_message_whose_write_fails_is_not_deleted_and_comes_back(backend: Backend) {
     let env = TestEnv::start(backend).await.unwrap();
     let url = env.create_queue("logs", 30).await.unwrap();
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&[log("comes-back", 1)])
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&[log("comes-back", 1)])
         .await
         .unwrap();
 
@@ -256,8 +256,8 @@ async fn drain_into_provisioned_table(
                 .join("\n")
         })
         .collect();
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&bodies)
         .await
         .unwrap();
     let mut s = settings(&url, "paced");
@@ -393,8 +393,8 @@ async fn poison_goes_to_the_dead_letter_queue_with_its_reason(backend: Backend) 
     bodies.push("not json".into());
     bodies.push(log("no-method", 1).replace("\"method\":\"GET\",", ""));
     bodies.push("[1,2]".into());
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&bodies)
         .await
         .unwrap();
 
@@ -497,8 +497,8 @@ async fn sim_fault_storms_lose_nothing_and_an_outage_is_not_hammered() {
                 .join("\n")
         })
         .collect();
-    SqsSender::new(env.sqs.clone(), &url)
-        .send_all(&bodies)
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&bodies)
         .await
         .unwrap();
     let storm = Faults {

@@ -17,9 +17,9 @@ use anyhow::{Context, Result, bail};
 use aws_config::{BehaviorVersion, Region};
 use serde::Serialize;
 use sluice_dynamodb::admin::{IndexSpec, TableSpec, create_table_from};
+use sluice_producer::sqs::SqsTransport;
 use sluice_sim::meter::PARTITION_WCU;
 use sluice_sim::{SimConfig, SimServer, TableSettings};
-use sluice_sqs::SqsSender;
 
 use crate::tools::load::{LogGen, SizeDist};
 
@@ -352,11 +352,11 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
     // The spike arrives: the backlog is sent far faster than it can be written.
     let drain_started = Instant::now();
     let first_second = now_s();
-    let sender = SqsSender::new(sqs.clone(), &queue);
+    let sender = SqsTransport::new(sqs.clone(), &queue);
     let mut sends = tokio::task::JoinSet::new();
     for part in bodies.chunks(bodies.len().div_ceil(8).max(1)) {
         let (sender, part) = (sender.clone(), part.to_vec());
-        sends.spawn(async move { sender.send_all(&part).await });
+        sends.spawn(async move { sender.send_bodies(&part).await });
     }
     while let Some(r) = sends.join_next().await {
         r??;

@@ -22,8 +22,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::json;
+use sluice_producer::sqs::SqsTransport;
 use sluice_sim::{SimConfig, SimServer};
-use sluice_sqs::SqsSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -299,7 +299,7 @@ async fn drive(
     let started = Instant::now();
 
     // The spike: eight senders in parallel, as a fleet of API servers would.
-    let sender = SqsSender::new(sqs.clone(), queues.main);
+    let sender = SqsTransport::new(sqs.clone(), queues.main);
     let bodies = Arc::new(spike.bodies);
     let sent = Arc::new(AtomicUsize::new(0));
     let mut senders = tokio::task::JoinSet::new();
@@ -309,10 +309,10 @@ async fn drive(
         senders.spawn(async move {
             let slice = &bodies[part * chunk..((part + 1) * chunk).min(bodies.len())];
             for batch in slice.chunks(10) {
-                sender.send_all(batch).await?;
+                sender.send_bodies(batch).await?;
                 sent.fetch_add(batch.len(), Ordering::Relaxed);
             }
-            Ok::<_, sluice_sqs::SendError>(())
+            Ok::<_, sluice_producer::SendAllError>(())
         });
     }
     let mut last = Instant::now();

@@ -6,9 +6,11 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// `lock`, `read` and `write` that take the value even if an earlier holder panicked.
 pub trait Recover<T: ?Sized> {
+    /// What holding the lock gives.
     type Guard<'a>
     where
         Self: 'a;
+    /// Locks, taking the value even if an earlier holder panicked.
     fn locked(&self) -> Self::Guard<'_>;
 }
 
@@ -24,7 +26,9 @@ impl<T: ?Sized> Recover<T> for Mutex<T> {
 
 /// [`Recover`] for the two sides of a `RwLock`.
 pub trait RecoverRw<T: ?Sized> {
+    /// A read lock, even if an earlier writer panicked.
     fn read_locked(&self) -> RwLockReadGuard<'_, T>;
+    /// The write lock, even if an earlier holder panicked.
     fn write_locked(&self) -> RwLockWriteGuard<'_, T>;
 }
 
