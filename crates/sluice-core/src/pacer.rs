@@ -19,9 +19,11 @@ use crate::sync::Recover;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::time::Instant;
+
+use crate::rate::Bucket;
 
 use crate::item::{AttrValue, Item, wcu_for_bytes};
 use crate::rate::WcuLimiter;
@@ -164,7 +166,7 @@ pub struct Costs {
 
 /// A hot key's own bucket, until when it is kept, and whether DynamoDB named its key range
 /// (`KeyRangeThroughputExceeded`) or sluice only suspects it (unprocessed items sharing it).
-type HotKey = (Arc<DefaultDirectRateLimiter>, Instant, bool);
+type HotKey = (Arc<Bucket>, Instant, bool);
 
 /// The table's budget, its indexes' budgets, and hot keys.
 pub struct Pacer {
@@ -288,7 +290,7 @@ impl Pacer {
                     .await;
             }
         }
-        let hot: Vec<(Arc<DefaultDirectRateLimiter>, u32)> = {
+        let hot: Vec<(Arc<Bucket>, u32)> = {
             let mut hot = lock(&self.hot);
             if hot.is_empty() {
                 return;
@@ -311,7 +313,7 @@ impl Pacer {
             while left > 0 {
                 let n = left.min(HOT_KEY_WCU);
                 let slice = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-                if bucket.until_n_ready(slice).await.is_err() {
+                if !bucket.take(slice).await {
                     break;
                 }
                 left -= n;
@@ -483,8 +485,8 @@ impl Pacer {
                     continue;
                 }
             }
-            let q = Quota::per_second(NonZeroU32::new(HOT_KEY_WCU).unwrap_or(NonZeroU32::MIN));
-            hot.insert(key, (Arc::new(RateLimiter::direct(q)), until, named));
+            let rate = NonZeroU32::new(HOT_KEY_WCU).unwrap_or(NonZeroU32::MIN);
+            hot.insert(key, (Arc::new(Bucket::new(rate, rate)), until, named));
             new += 1;
         }
         if new > 0 {
@@ -644,7 +646,7 @@ mod pacing_tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_hot_key_range_paces_its_keys_not_the_table() {
         let p = pacer();
         let hot = costs(&p, Some("hot"));
@@ -660,8 +662,8 @@ mod pacing_tests {
         assert_eq!(p.table().rate(), Some(1000.0));
         assert_eq!(p.indexes()[0].1.rate(), Some(1000.0), "no budget is cut");
         assert_eq!(lock(&p.hot).len(), 1);
-        // The hot key now goes at its own bucket's 900 WCU/s: 1,800 WCU of it take ~1 s more
-        // than the budgets alone would need (they allow it in under 2 s).
+        // The hot key now goes at its own bucket's 900 WCU/s (a full burst of 900): 1,800 WCU
+        // of it take exactly 1 s on tokio's paused clock; the budgets charge nothing here.
         let big = Costs {
             wcu: vec![0, 0],
             keys: hot.keys.clone(),
@@ -670,19 +672,12 @@ mod pacing_tests {
         wide.wcu = vec![0, 1800];
         let started = Instant::now();
         p.acquire(&[0, 0], &[&wide]).await;
-        assert!(
-            started.elapsed() >= Duration::from_millis(900),
-            "{:?}",
-            started.elapsed()
-        );
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
         let started = Instant::now();
         let mut cold_wide = cold.clone();
         cold_wide.wcu = vec![0, 1800];
         p.acquire(&[0, 0], &[&cold_wide]).await;
-        assert!(
-            started.elapsed() < Duration::from_millis(100),
-            "a cold key is not held"
-        );
+        assert_eq!(started.elapsed(), Duration::ZERO, "a cold key is not held");
     }
 
     #[test]
@@ -756,11 +751,11 @@ mod pacing_tests {
         {
             let mut map = lock(&p.hot);
             let until = Instant::now() + HOT_FOR;
-            let q = Quota::per_second(NonZeroU32::MIN);
+            let one = NonZeroU32::MIN;
             for i in 0..MAX_HOT_KEYS {
                 map.insert(
                     (0, format!("k{i}")),
-                    (Arc::new(RateLimiter::direct(q)), until, true),
+                    (Arc::new(Bucket::new(one, one)), until, true),
                 );
             }
             map.get_mut(&(1, "hot".to_string())).unwrap().1 = Instant::now();
@@ -772,7 +767,7 @@ mod pacing_tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn what_the_table_reports_consumed_settles_the_estimate() {
         // Estimated 10, consumed 110 (an overwrite of a much larger item): the next acquire of
         // 10 at 1,000 WCU/s waits for 110 more, about 0.1 s.
@@ -787,10 +782,7 @@ mod pacing_tests {
         );
         let started = Instant::now();
         p.table().acquire(10).await;
-        assert!(
-            started.elapsed() >= Duration::from_millis(90),
-            "{:?}",
-            started.elapsed()
-        );
+        // On tokio's paused clock: exactly the 110 WCU at 1,000 WCU/s.
+        assert_eq!(started.elapsed(), Duration::from_millis(110));
     }
 }

@@ -19,9 +19,12 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
 
 use crate::aimd::{Aimd, AimdConfig, RateChange};
 
@@ -72,9 +75,59 @@ pub struct WcuLimiter {
     paced: Option<Paced>,
 }
 
-struct Bucket {
-    limiter: DefaultDirectRateLimiter,
+/// The buckets' clock: tokio's. In production that is the monotonic clock; on a test runtime
+/// with paused time, pacing runs on virtual time, so the rate tests assert exact waits instead
+/// of wall-clock ranges.
+#[derive(Clone, Debug)]
+struct TokioClock {
+    origin: Instant,
+}
+
+impl governor::clock::Clock for TokioClock {
+    type Instant = Duration;
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
+/// A GCRA token bucket on tokio's clock: the budgets' buckets here and the pacer's hot-key
+/// buckets.
+pub(crate) struct Bucket {
+    limiter: Limiter,
+    clock: TokioClock,
     burst: NonZeroU32,
+}
+
+impl Bucket {
+    /// `per_second` cells a second, up to `burst` at once; it starts full.
+    pub(crate) fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Bucket {
+        let clock = TokioClock {
+            origin: Instant::now(),
+        };
+        let quota = Quota::per_second(per_second).allow_burst(burst);
+        Bucket {
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
+            clock,
+            burst,
+        }
+    }
+
+    /// Waits until `n` cells (at most the burst) are free and takes them; false if `n` exceeds
+    /// the burst (it never can: callers slice by it).
+    pub(crate) async fn take(&self, n: NonZeroU32) -> bool {
+        use governor::clock::Clock as _;
+        loop {
+            match self.limiter.check_n(n) {
+                Ok(Ok(())) => return true,
+                Ok(Err(not_until)) => {
+                    tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await
+                }
+                Err(_) => return false,
+            }
+        }
+    }
 }
 
 struct Paced {
@@ -115,11 +168,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn make_bucket(budget: NonZeroU32, burst_seconds: f64) -> Bucket {
     let burst = ((budget.get() as f64 * burst_seconds).floor() as u32).max(1);
     let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-    let limiter = RateLimiter::direct(Quota::per_second(budget).allow_burst(burst));
+    let bucket = Bucket::new(budget, burst);
     // Start empty: a (re)started instance ramps up at the budget instead of spending a burst on
     // top of it, so a crash-looping fleet cannot push a table over at every start.
-    let _ = limiter.check_n(burst);
-    Bucket { limiter, burst }
+    let _ = bucket.limiter.check_n(burst);
+    bucket
 }
 
 /// The budget and paced-rate gauges: the table's unlabelled (as ever), an index's labelled
@@ -228,7 +281,11 @@ impl WcuLimiter {
             paced: Some(Paced {
                 bucket: RwLock::new(Arc::new(make_bucket(budget, burst_seconds))),
                 burst_seconds,
-                aimd: Mutex::new(Aimd::new(budget.get() as f64, aimd, Instant::now())),
+                aimd: Mutex::new(Aimd::new(
+                    budget.get() as f64,
+                    aimd,
+                    Instant::now().into_std(),
+                )),
                 carry: Mutex::new(0.0),
                 debt: Mutex::new(0.0),
                 fleet: None,
@@ -271,7 +328,7 @@ impl WcuLimiter {
     pub fn rate(&self) -> Option<f64> {
         self.paced.as_ref().map(|p| {
             let mut aimd = lock(&p.aimd);
-            report(p.index.as_deref(), aimd.recover(Instant::now()));
+            report(p.index.as_deref(), aimd.recover(Instant::now().into_std()));
             aimd.rate()
         })
     }
@@ -289,7 +346,7 @@ impl WcuLimiter {
             to_wcu_per_s = budget.get(),
             "write budget changed"
         );
-        aimd.set_budget(budget.get() as f64, Instant::now());
+        aimd.set_budget(budget.get() as f64, Instant::now().into_std());
         publish(p.index.as_deref(), Some(budget.get() as f64), aimd.rate());
         *p.bucket.write_locked() = Arc::new(make_bucket(budget, p.burst_seconds));
     }
@@ -311,7 +368,7 @@ impl WcuLimiter {
         // Below the budget, each WCU costs budget/rate cells.
         let cells = {
             let mut aimd = lock(&p.aimd);
-            report(p.index.as_deref(), aimd.recover(started));
+            report(p.index.as_deref(), aimd.recover(started.into_std()));
             let factor = aimd.budget() / aimd.rate().max(f64::MIN_POSITIVE);
             let mut carry = lock(&p.carry);
             let mut debt = lock(&p.debt);
@@ -346,7 +403,7 @@ impl WcuLimiter {
         if let Some(p) = &self.paced {
             report(
                 p.index.as_deref(),
-                lock(&p.aimd).on_throttle(Instant::now()),
+                lock(&p.aimd).on_throttle(Instant::now().into_std()),
             );
         }
     }
@@ -383,7 +440,7 @@ impl Paced {
             let n = left.min(bucket.burst.get());
             let slice = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             // `n` never exceeds the burst, the only way this can fail.
-            if bucket.limiter.until_n_ready(slice).await.is_err() {
+            if !bucket.take(slice).await {
                 break;
             }
             left -= n;
@@ -468,31 +525,35 @@ mod tests {
         assert_eq!(p.bucket.read().unwrap().burst.get(), 20);
     }
 
-    #[tokio::test]
+    /// The rate tests run on tokio's paused clock: the buckets read it, so every wait below is
+    /// exact virtual time, whatever the machine is doing. `near` allows the timer wheel's 1 ms.
+    fn near(took: Duration, want_ms: u64) -> bool {
+        took.as_millis().abs_diff(u128::from(want_ms)) <= 2
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn paced_acquires_hold_the_budget() {
-        // 200 WCU/s with a 0.1 s burst: 20 now, then 60 more take ~0.3 s.
+        // 200 WCU/s (5 ms a cell) with a 0.1 s burst of 20, starting empty: the first 20 come
+        // after 0.1 s, and every 10 after that 50 ms later.
         let l = WcuLimiter::try_new(NonZeroU32::new(200).unwrap(), 0.1).unwrap();
         let start = Instant::now();
         l.acquire(20).await;
-        assert!(
-            start.elapsed() < Duration::from_millis(250),
-            "the burst is there at once"
-        );
+        assert!(near(start.elapsed(), 100), "{:?}", start.elapsed());
         for _ in 0..6 {
             l.acquire(10).await;
         }
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(280), "took {took:?}");
-        // A cost larger than the burst is taken in slices rather than rejected.
+        assert!(near(start.elapsed(), 400), "{:?}", start.elapsed());
+        // A cost larger than the burst is taken in slices (20, 20, 5) rather than refused.
         l.acquire(45).await;
-        assert!(start.elapsed() >= Duration::from_millis(500));
+        assert!(near(start.elapsed(), 625), "{:?}", start.elapsed());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_hold_and_a_lower_budget_reach_an_acquire_already_waiting() {
-        // A packed message of 100 WCU at 100 WCU/s takes 1 s. Held 0.2 s in, it stops; when
-        // released with the budget cut to 25 WCU/s (three more members), what is left is
-        // paced at the new rate, not the old.
+        // A packed message of 100 WCU at 100 WCU/s (burst 20) takes 1.2 s from empty. Held
+        // 0.25 s in, it stops after the slice it is waiting for (40 WCU by 0.4 s); released at
+        // 1.75 s with the budget cut to 25 WCU/s (three more members; burst 5, starting empty),
+        // the other 60 WCU take 12 slices of 0.2 s: done at 4.15 s, not 1.2 s.
         let l = Arc::new(WcuLimiter::try_new(NonZeroU32::new(100).unwrap(), 0.2).unwrap());
         let start = Instant::now();
         let waiting = tokio::spawn({
@@ -502,50 +563,43 @@ mod tests {
                 start.elapsed()
             }
         });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
         l.hold(true);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(!waiting.is_finished(), "the hold stops a waiting acquire");
         l.set_budget(NonZeroU32::new(25).unwrap());
         l.hold(false);
         let took = waiting.await.unwrap();
-        // About 20 WCU went before the hold; the other ~80 at 25/s take ~3.2 s after the
-        // release at 1.7 s: ~4.9 s in all (at the old rate: ~2.5 s).
-        assert!(took >= Duration::from_millis(4000), "took {took:?}");
+        assert!(near(took, 4150), "took {took:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_throttle_slows_pacing_below_the_budget() {
         let l = WcuLimiter::try_new(NonZeroU32::new(1000).unwrap(), 0.01).unwrap();
         l.on_throttle();
         assert_eq!(l.rate(), Some(800.0));
         assert_eq!(l.budget(), Some(1000.0));
-        // 400 WCU at 800 WCU/s take 0.5 s (at the full budget they would take 0.4 s).
+        // 400 WCU at 800 WCU/s (1.25 cells each at 1,000 cells/s) take 0.5 s; at the full
+        // budget they would take 0.4 s.
         let start = Instant::now();
         for _ in 0..40 {
             l.acquire(10).await;
         }
-        assert!(
-            start.elapsed() >= Duration::from_millis(480),
-            "{:?}",
-            start.elapsed()
-        );
+        assert!(near(start.elapsed(), 500), "{:?}", start.elapsed());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_budget_change_takes_effect_and_keeps_the_aimd_share() {
         let l = WcuLimiter::try_new(NonZeroU32::new(1000).unwrap(), 0.01).unwrap();
         l.on_throttle();
         l.set_budget(NonZeroU32::new(100).unwrap());
         assert_eq!((l.budget(), l.rate()), (Some(100.0), Some(80.0)));
+        // 40 WCU at 80 WCU/s: 0.5 s.
         let start = Instant::now();
         for _ in 0..4 {
             l.acquire(10).await;
         }
-        assert!(
-            start.elapsed() >= Duration::from_millis(450),
-            "40 WCU at 80 WCU/s: 0.5 s"
-        );
+        assert!(near(start.elapsed(), 500), "{:?}", start.elapsed());
     }
 
     /// A fleet bucket that grants everything, or fails, as told.
@@ -571,7 +625,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_fleet_bucket_pays_when_up_and_the_local_share_when_down() {
         let fleet = Arc::new(FakeFleet {
             up: true.into(),
@@ -589,9 +643,10 @@ mod tests {
         for _ in 0..20 {
             l.acquire(10).await;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "paid by the fleet, not the 10 WCU/s share"
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "paid by the fleet at once, not by the 10 WCU/s share (20 s)"
         );
         assert_eq!(
             fleet.granted.load(std::sync::atomic::Ordering::Relaxed),
@@ -604,11 +659,8 @@ mod tests {
         for _ in 0..3 {
             l.acquire(1).await;
         }
+        // 3 WCU at 10 WCU/s from a bucket that started empty: 0.1 s each, no stall.
         let took = start.elapsed();
-        assert!(
-            took >= Duration::from_millis(190),
-            "3 WCU at 10 WCU/s: {took:?}"
-        );
-        assert!(took < Duration::from_secs(3), "never stalls: {took:?}");
+        assert!(near(took, 300), "3 WCU at 10 WCU/s: {took:?}");
     }
 }
