@@ -48,10 +48,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::breaker::Breaker;
 use crate::codec::{DecodeError, Schema, decode_message};
 use crate::item::Item;
 use crate::rate::Backoff;
-use crate::source::{Received, Source};
+use crate::source::{Received, Source, SourceError};
 use crate::writer::{WriteError, WriteFailure, Writer};
 
 #[derive(Debug, Clone)]
@@ -426,27 +427,7 @@ impl<S: Source> Engine<S> {
             self.config.max_concurrent_acks,
             self.stats.clone(),
         ));
-        let shared = Arc::new(Shared {
-            permits: Arc::new(Semaphore::new(self.config.max_in_flight)),
-            bytes: Arc::new(Semaphore::new(
-                budget_kib(self.config.max_in_flight_bytes) as usize
-            )),
-            hard_stop: CancellationToken::new(),
-            acks: ack_tx,
-            tasks: TaskTracker::new(),
-            held: Arc::new(Held {
-                entries: Mutex::new(HashMap::new()),
-                next: AtomicU64::new(0),
-            }),
-            order: AtomicU64::new(0),
-            seconds_per_message: Mutex::new(0.0),
-            kib_per_message: Mutex::new(0.0),
-            source: self.source,
-            writer: self.writer,
-            schema: self.schema,
-            config: self.config,
-            stats: self.stats,
-        });
+        let shared = self.into_shared(ack_tx);
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = shared.config.visibility_timeout.map(|visibility| {
             tokio::spawn(run_heartbeat(
@@ -467,45 +448,8 @@ impl<S: Source> Engine<S> {
         // buffer does (a poller handing back what it holds waits on it too).
         let grace_over = Instant::now() + shared.config.shutdown_grace;
         let give_up = grace_over + SHUTDOWN_MARGIN;
-        if tokio::time::timeout_at(give_up, async {
-            while pollers.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
-        {
-            tracing::error!(
-                "pollers could not hand back what they hold in time (the buffer does not answer); those messages come back after their visibility timeout"
-            );
-            pollers.abort_all();
-        }
-
-        let in_flight = shared.stats.in_flight.load(Ordering::Relaxed);
-        tracing::info!(
-            in_flight,
-            grace_s = shared.config.shutdown_grace.as_secs_f64(),
-            "stopped receiving; draining in-flight messages"
-        );
-        shared.tasks.close();
-        if tokio::time::timeout_at(grace_over, shared.tasks.wait())
-            .await
-            .is_err()
-        {
-            let left = shared.stats.in_flight.load(Ordering::Relaxed);
-            tracing::warn!(
-                left,
-                "grace period over; returning unfinished messages to the queue"
-            );
-            shared.hard_stop.cancel();
-            if tokio::time::timeout_at(give_up, shared.tasks.wait())
-                .await
-                .is_err()
-            {
-                tracing::error!(
-                    left = shared.stats.in_flight.load(Ordering::Relaxed),
-                    "messages could not be returned in time (the buffer does not answer); they come back after their visibility timeout"
-                );
-            }
-        }
+        stop_pollers(pollers, give_up).await;
+        drain_tasks(&shared, grace_over, give_up).await;
         heartbeat_stop.cancel();
         if let Some(h) = heartbeat {
             let _ = tokio::time::timeout_at(give_up, h).await;
@@ -527,6 +471,31 @@ impl<S: Source> Engine<S> {
             "engine stopped"
         );
         snapshot
+    }
+
+    /// The state every poller and message task shares.
+    fn into_shared(self, acks: mpsc::Sender<S::Handle>) -> Arc<Shared<S>> {
+        Arc::new(Shared {
+            permits: Arc::new(Semaphore::new(self.config.max_in_flight)),
+            bytes: Arc::new(Semaphore::new(
+                budget_kib(self.config.max_in_flight_bytes) as usize
+            )),
+            hard_stop: CancellationToken::new(),
+            acks,
+            tasks: TaskTracker::new(),
+            held: Arc::new(Held {
+                entries: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(0),
+            }),
+            order: AtomicU64::new(0),
+            seconds_per_message: Mutex::new(0.0),
+            kib_per_message: Mutex::new(0.0),
+            source: self.source,
+            writer: self.writer,
+            schema: self.schema,
+            config: self.config,
+            stats: self.stats,
+        })
     }
 }
 
@@ -726,6 +695,56 @@ struct Claimed<H> {
     bytes: Option<OwnedSemaphorePermit>,
 }
 
+/// Waits for the pollers to hand back what they hold, until `give_up`; then aborts them.
+async fn stop_pollers(mut pollers: JoinSet<()>, give_up: Instant) {
+    if tokio::time::timeout_at(give_up, async {
+        while pollers.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::error!(
+            "pollers could not hand back what they hold in time (the buffer does not answer); those messages come back after their visibility timeout"
+        );
+        pollers.abort_all();
+    }
+}
+
+/// Lets the messages in flight finish until `grace_over`; then stops them (they go back to the
+/// queue) and waits for that until `give_up`.
+async fn drain_tasks<S: Source>(shared: &Shared<S>, grace_over: Instant, give_up: Instant) {
+    let in_flight = shared.stats.in_flight.load(Ordering::Relaxed);
+    tracing::info!(
+        in_flight,
+        grace_s = shared.config.shutdown_grace.as_secs_f64(),
+        "stopped receiving; draining in-flight messages"
+    );
+    shared.tasks.close();
+    if tokio::time::timeout_at(grace_over, shared.tasks.wait())
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    let left = shared.stats.in_flight.load(Ordering::Relaxed);
+    tracing::warn!(
+        left,
+        "grace period over; returning unfinished messages to the queue"
+    );
+    shared.hard_stop.cancel();
+    if tokio::time::timeout_at(give_up, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            left = shared.stats.in_flight.load(Ordering::Relaxed),
+            "messages could not be returned in time (the buffer does not answer); they come back after their visibility timeout"
+        );
+    }
+}
+
+/// One poller: waits for room (in-flight slots, the intake horizon, the body-bytes budget, a
+/// closed breaker), receives, claims what came and hands each message (or FIFO group) to a task.
 async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: CancellationToken) {
     let max = shared.config.max_messages;
     let backoff = Backoff {
@@ -736,7 +755,7 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
     let mut errors: u32 = 0;
     loop {
         shared.stats.progress(poller);
-        let mut reserved = tokio::select! {
+        let reserved = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             permit = shared.permits.clone().acquire_many_owned(max as u32) => match permit {
@@ -744,198 +763,289 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
                 Err(_) => break,
             },
         };
-        // The breaker is open: the table keeps failing, so the messages wait in the queue.
-        // Intake pacing: nothing more while what is held takes longer than the horizon to write,
-        // and no more messages than fit in what is left of it.
-        let ask = loop {
-            let open = breaker.is_open(Instant::now().into_std());
-            let size = shared.receive_size(max);
-            metrics::gauge!("sluice_write_backlog_wcu")
-                .set(shared.stats.held_wcu.load(Ordering::Relaxed) as f64);
-            // The body-bytes budget is used up: what is held already waits for room, so do not
-            // fetch more yet.
-            let full = shared.bytes.available_permits() == 0;
-            if let (false, false, Some(n)) = (open, full, size) {
-                break n;
-            }
-            shared.stats.progress(poller);
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(if open { 200 } else { 20 })) => {}
-            }
+        let Some(ask) = wait_for_intake(&shared, poller, &breaker, &shutdown).await else {
+            return;
         };
         // Reserve the byte budget the receive is likely to need before making it, so pollers
         // racing each other cannot bring in several budgets' worth of bodies at once.
         let (reserve_kib, ask) = shared.byte_reservation(ask);
-        let Some(mut bytes) = wait_for_bytes(&shared, poller, reserve_kib, &shutdown).await else {
+        let Some(bytes) = wait_for_bytes(&shared, poller, reserve_kib, &shutdown).await else {
             break;
         };
-        // Dropping the receive future is how a parked long poll is cancelled: on shutdown, and
-        // when the breaker opens (whatever it brought in would only fail). A receive that is
-        // answering just then would strand its messages in flight until their visibility
-        // timeout: let it land, and hand them straight back.
-        let receive = shared.source.receive(ask);
-        tokio::pin!(receive);
-        let received = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                if let Ok(Ok(messages)) = tokio::time::timeout(RECEIVE_LANDING, &mut receive).await {
-                    hand_back(&shared, messages, Vec::new(), "shutdown", false).await;
-                }
-                break;
-            }
-            _ = breaker.opened() => {
-                if let Ok(Ok(messages)) = tokio::time::timeout(RECEIVE_LANDING, &mut receive).await {
-                    hand_back(&shared, messages, Vec::new(), "breaker_open", false).await;
-                }
-                continue;
-            }
-            r = &mut receive => r,
-        };
-        shared.stats.progress(poller);
-        let messages = match received {
-            Ok(messages) => messages,
-            Err(error) => {
+        let messages = match receive(&shared, ask, &breaker, &shutdown).await {
+            Polled::Shutdown => break,
+            Polled::BreakerOpened => continue,
+            Polled::Failed(error) => {
                 errors = errors.saturating_add(1);
-                shared
-                    .stats
-                    .receive_errors_in_a_row
-                    .store(errors, Ordering::Relaxed);
-                metrics::counter!("sluice_receive_errors_total").increment(1);
-                tracing::warn!(poller, %error, retryable = error.retryable, errors_in_a_row = errors, "receive failed; polling again after a pause");
-                drop(reserved);
+                note_receive_failed(&shared, poller, &error, errors);
+                // Nothing is held while pausing: the slots and the bytes go back to the others.
+                drop((reserved, bytes));
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff.delay(errors.min(16) - 1)) => continue,
                 }
             }
+            Polled::Messages(messages) => messages,
         };
+        shared.stats.progress(poller);
         errors = 0;
-        shared
-            .stats
-            .receive_errors_in_a_row
-            .store(0, Ordering::Relaxed);
-        shared
-            .stats
-            .successful_polls
-            .fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("sluice_receive_requests_total").increment(1);
+        note_receive_ok(&shared);
         if messages.is_empty() {
             continue;
         }
-        // Held from this moment: whatever each message waits for, its visibility is kept.
-        let guards: Vec<HeldGuard<S::Handle>> = messages.iter().map(|m| shared.hold(m)).collect();
-        let n = messages.len() as u64;
-        shared.stats.received.fetch_add(n, Ordering::Relaxed);
-        shared.stats.in_flight.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!("sluice_messages_received_total").increment(n);
-        metrics::gauge!("sluice_messages_in_flight").increment(n as f64);
-        // The body-bytes budget: what was reserved, adjusted to the bodies that came (waiting for
-        // room when they are larger; the writes in progress free it).
-        let capacity = budget_kib(shared.config.max_in_flight_bytes);
-        let kib: Vec<u32> = messages
-            .iter()
-            .map(|m| (m.body.len().div_ceil(1024).max(1) as u64).min(u64::from(capacity)) as u32)
-            .collect();
-        for &k in &kib {
-            ewma(&shared.kib_per_message, f64::from(k));
+        match claim(&shared, poller, messages, reserved, bytes, &shutdown).await {
+            Some(claimed) => dispatch(&shared, claimed),
+            None => break,
         }
-        let total = kib
-            .iter()
-            .map(|&k| u64::from(k))
-            .sum::<u64>()
-            .min(u64::from(capacity)) as u32;
-        let have = bytes.num_permits() as u32;
-        if total < have {
-            drop(bytes.split((have - total) as usize));
-        } else if total > have {
-            // More came than was reserved. Take the rest at once if it is free; else give back
-            // what this poller holds and wait for the whole amount: never wait while holding part
-            // of the budget, or two pollers doing so could wait on each other forever.
-            let more = total - have;
-            let extra = match shared.bytes.clone().try_acquire_many_owned(more) {
-                Ok(p) => {
-                    bytes.merge(p);
-                    Some(bytes)
-                }
-                Err(_) => {
-                    drop(bytes);
-                    wait_for_bytes(&shared, poller, total, &shutdown).await
-                }
-            };
-            match extra {
-                Some(p) => bytes = p,
-                None => {
-                    shared.stats.in_flight.fetch_sub(n, Ordering::Relaxed);
-                    metrics::gauge!("sluice_messages_in_flight").decrement(n as f64);
-                    hand_back(&shared, messages, guards, "shutdown", true).await;
-                    break;
-                }
+    }
+}
+
+/// Intake pacing: waits while the breaker is open (the table keeps failing, so the messages wait
+/// in the queue), while what is held takes longer than the horizon to write, or while the
+/// body-bytes budget is used up. Returns how many messages to ask for (no more than fit in what
+/// is left of the horizon); None on shutdown.
+async fn wait_for_intake<S: Source>(
+    shared: &Shared<S>,
+    poller: usize,
+    breaker: &Breaker,
+    shutdown: &CancellationToken,
+) -> Option<usize> {
+    let max = shared.config.max_messages;
+    loop {
+        let open = breaker.is_open(Instant::now().into_std());
+        let size = shared.receive_size(max);
+        metrics::gauge!("sluice_write_backlog_wcu")
+            .set(shared.stats.held_wcu.load(Ordering::Relaxed) as f64);
+        // The body-bytes budget is used up: what is held already waits for room, so do not
+        // fetch more yet.
+        let full = shared.bytes.available_permits() == 0;
+        if let (false, false, Some(n)) = (open, full, size) {
+            return Some(n);
+        }
+        shared.stats.progress(poller);
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_millis(if open { 200 } else { 20 })) => {}
+        }
+    }
+}
+
+/// What one receive came to.
+enum Polled<H> {
+    Messages(Vec<Received<H>>),
+    Failed(SourceError),
+    /// Shutdown began while the receive was parked.
+    Shutdown,
+    /// The breaker opened while the receive was parked.
+    BreakerOpened,
+}
+
+/// One receive of up to `ask` messages. Dropping the receive future is how a parked long poll is
+/// cancelled: on shutdown, and when the breaker opens (whatever it brought in would only fail).
+/// A receive that is answering just then would strand its messages in flight until their
+/// visibility timeout: it may land, and they are handed straight back.
+async fn receive<S: Source>(
+    shared: &Shared<S>,
+    ask: usize,
+    breaker: &Breaker,
+    shutdown: &CancellationToken,
+) -> Polled<S::Handle> {
+    let receive = shared.source.receive(ask);
+    tokio::pin!(receive);
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {
+            if let Ok(Ok(messages)) = tokio::time::timeout(RECEIVE_LANDING, &mut receive).await {
+                hand_back(shared, messages, Vec::new(), "shutdown", false).await;
             }
+            Polled::Shutdown
         }
-        let now_ms = epoch_ms();
-        let mut claimed = Vec::with_capacity(messages.len());
-        for ((message, guard), kib) in messages.into_iter().zip(guards).zip(kib) {
-            if let Some(sent) = message.sent_at_ms {
-                metrics::histogram!("sluice_message_age_seconds")
-                    .record(now_ms.saturating_sub(sent) as f64 / 1000.0);
+        _ = breaker.opened() => {
+            if let Ok(Ok(messages)) = tokio::time::timeout(RECEIVE_LANDING, &mut receive).await {
+                hand_back(shared, messages, Vec::new(), "breaker_open", false).await;
             }
-            // `reserved` holds `max` permits and a receive returns at most `max` messages.
-            let Some(permit) = reserved.split(1) else {
-                break;
-            };
-            let decoded = decode_message(&message.body, &shared.schema);
-            let wcu = decoded
-                .as_ref()
-                .map_or(0, |items| items.iter().map(|i| u64::from(i.wcu())).sum());
-            let seconds = decoded
-                .as_ref()
-                .map_or(0.0, |items| shared.writer.seconds_for(items));
-            let micros = (seconds * 1e6) as u64;
-            shared.stats.held_wcu.fetch_add(wcu, Ordering::Relaxed);
-            shared
-                .stats
-                .held_micros
-                .fetch_add(micros, Ordering::Relaxed);
-            if wcu > 0 {
-                shared.observe_seconds(seconds);
-                note_write_seconds(seconds, wcu);
+            Polled::BreakerOpened
+        }
+        r = &mut receive => match r {
+            Ok(messages) => Polled::Messages(messages),
+            Err(error) => Polled::Failed(error),
+        },
+    }
+}
+
+fn note_receive_failed<S: Source>(
+    shared: &Shared<S>,
+    poller: usize,
+    error: &SourceError,
+    errors: u32,
+) {
+    shared
+        .stats
+        .receive_errors_in_a_row
+        .store(errors, Ordering::Relaxed);
+    metrics::counter!("sluice_receive_errors_total").increment(1);
+    tracing::warn!(poller, %error, retryable = error.retryable, errors_in_a_row = errors, "receive failed; polling again after a pause");
+}
+
+fn note_receive_ok<S: Source>(shared: &Shared<S>) {
+    shared
+        .stats
+        .receive_errors_in_a_row
+        .store(0, Ordering::Relaxed);
+    shared
+        .stats
+        .successful_polls
+        .fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("sluice_receive_requests_total").increment(1);
+}
+
+/// Holds what a receive brought in (from this moment each message's visibility is kept), fits
+/// the byte reservation to the bodies that came, and decodes each message into a [`Claimed`].
+/// None on shutdown while waiting for bytes (the messages are handed back).
+async fn claim<S: Source>(
+    shared: &Arc<Shared<S>>,
+    poller: usize,
+    messages: Vec<Received<S::Handle>>,
+    mut reserved: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
+    shutdown: &CancellationToken,
+) -> Option<Vec<Claimed<S::Handle>>> {
+    let guards: Vec<HeldGuard<S::Handle>> = messages.iter().map(|m| shared.hold(m)).collect();
+    let n = messages.len() as u64;
+    shared.stats.received.fetch_add(n, Ordering::Relaxed);
+    shared.stats.in_flight.fetch_add(n, Ordering::Relaxed);
+    metrics::counter!("sluice_messages_received_total").increment(n);
+    metrics::gauge!("sluice_messages_in_flight").increment(n as f64);
+    let capacity = budget_kib(shared.config.max_in_flight_bytes);
+    let kib: Vec<u32> = messages
+        .iter()
+        .map(|m| (m.body.len().div_ceil(1024).max(1) as u64).min(u64::from(capacity)) as u32)
+        .collect();
+    for &k in &kib {
+        ewma(&shared.kib_per_message, f64::from(k));
+    }
+    let total = kib
+        .iter()
+        .map(|&k| u64::from(k))
+        .sum::<u64>()
+        .min(u64::from(capacity)) as u32;
+    let Some(mut bytes) = fit_bytes(shared, poller, bytes, total, shutdown).await else {
+        shared.stats.in_flight.fetch_sub(n, Ordering::Relaxed);
+        metrics::gauge!("sluice_messages_in_flight").decrement(n as f64);
+        hand_back(shared, messages, guards, "shutdown", true).await;
+        return None;
+    };
+    let now_ms = epoch_ms();
+    let mut claimed = Vec::with_capacity(messages.len());
+    for ((message, guard), kib) in messages.into_iter().zip(guards).zip(kib) {
+        if let Some(sent) = message.sent_at_ms {
+            metrics::histogram!("sluice_message_age_seconds")
+                .record(now_ms.saturating_sub(sent) as f64 / 1000.0);
+        }
+        // `reserved` holds `max` permits and a receive returns at most `max` messages.
+        let Some(permit) = reserved.split(1) else {
+            break;
+        };
+        // A receive larger than the whole budget was charged the whole budget: its last
+        // messages find nothing left to split and ride on the others' share.
+        let bytes = bytes.split(kib as usize);
+        claimed.push(decode_claimed(shared, message, permit, guard, bytes));
+    }
+    Some(claimed)
+}
+
+/// The body-bytes budget: what was reserved, adjusted to the `total` KiB of the bodies that came
+/// (waiting for room when they are larger; the writes in progress free it). None on shutdown.
+async fn fit_bytes<S: Source>(
+    shared: &Shared<S>,
+    poller: usize,
+    mut bytes: OwnedSemaphorePermit,
+    total: u32,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    let have = bytes.num_permits() as u32;
+    if total < have {
+        drop(bytes.split((have - total) as usize));
+        return Some(bytes);
+    }
+    if total == have {
+        return Some(bytes);
+    }
+    // More came than was reserved. Take the rest at once if it is free; else give back what
+    // this poller holds and wait for the whole amount: never wait while holding part of the
+    // budget, or two pollers doing so could wait on each other forever.
+    match shared.bytes.clone().try_acquire_many_owned(total - have) {
+        Ok(p) => {
+            bytes.merge(p);
+            Some(bytes)
+        }
+        Err(_) => {
+            drop(bytes);
+            wait_for_bytes(shared, poller, total, shutdown).await
+        }
+    }
+}
+
+/// Decodes one held message and counts what writing it will hold (WCU, writing time).
+fn decode_claimed<S: Source>(
+    shared: &Shared<S>,
+    message: Received<S::Handle>,
+    permit: OwnedSemaphorePermit,
+    guard: HeldGuard<S::Handle>,
+    bytes: Option<OwnedSemaphorePermit>,
+) -> Claimed<S::Handle> {
+    let decoded = decode_message(&message.body, &shared.schema);
+    let wcu = decoded
+        .as_ref()
+        .map_or(0, |items| items.iter().map(|i| u64::from(i.wcu())).sum());
+    let seconds = decoded
+        .as_ref()
+        .map_or(0.0, |items| shared.writer.seconds_for(items));
+    let micros = (seconds * 1e6) as u64;
+    shared.stats.held_wcu.fetch_add(wcu, Ordering::Relaxed);
+    shared
+        .stats
+        .held_micros
+        .fetch_add(micros, Ordering::Relaxed);
+    if wcu > 0 {
+        shared.observe_seconds(seconds);
+        note_write_seconds(seconds, wcu);
+    }
+    Claimed {
+        order: shared.order.fetch_add(1, Ordering::Relaxed),
+        bytes,
+        message,
+        permit,
+        guard,
+        decoded,
+        wcu,
+        micros,
+    }
+}
+
+/// Hands each claimed message to a task of its own, and each FIFO group (in the order received)
+/// to one task that handles its messages one by one.
+fn dispatch<S: Source>(shared: &Arc<Shared<S>>, claimed: Vec<Claimed<S::Handle>>) {
+    let mut groups: Vec<(String, Vec<Claimed<S::Handle>>)> = Vec::new();
+    for c in claimed {
+        match c.message.group_id.clone() {
+            None => {
+                let task_shared = shared.clone();
+                shared.tasks.spawn(async move {
+                    settle(&task_shared, c).await;
+                });
             }
-            claimed.push(Claimed {
-                order: shared.order.fetch_add(1, Ordering::Relaxed),
-                // A receive larger than the whole budget was charged the whole budget: its last
-                // messages find nothing left to split and ride on the others' share.
-                bytes: bytes.split(kib as usize),
-                message,
-                permit,
-                guard,
-                decoded,
-                wcu,
-                micros,
-            });
+            Some(g) => match groups.iter_mut().find(|(name, _)| *name == g) {
+                Some((_, list)) => list.push(c),
+                None => groups.push((g, vec![c])),
+            },
         }
-        // FIFO groups in the order received: each group's messages are handled one by one.
-        let mut groups: Vec<(String, Vec<Claimed<S::Handle>>)> = Vec::new();
-        for c in claimed {
-            match c.message.group_id.clone() {
-                None => {
-                    let task_shared = shared.clone();
-                    shared.tasks.spawn(async move {
-                        settle(&task_shared, c).await;
-                    });
-                }
-                Some(g) => match groups.iter_mut().find(|(name, _)| *name == g) {
-                    Some((_, list)) => list.push(c),
-                    None => groups.push((g, vec![c])),
-                },
-            }
-        }
-        for (_, list) in groups {
-            let task_shared = shared.clone();
-            shared.tasks.spawn(async move {
-                run_group(task_shared, list).await;
-            });
-        }
+    }
+    for (_, list) in groups {
+        let task_shared = shared.clone();
+        shared.tasks.spawn(async move {
+            run_group(task_shared, list).await;
+        });
     }
 }
 
