@@ -861,136 +861,39 @@ impl<W> Clone for Ctx<W> {
     }
 }
 
+/// Writes `pending` as one BatchWriteItem, then again for what is left (unprocessed items, a
+/// throttle, a transient error) after [`WriterConfig::backoff`], paced again before each retry,
+/// until every item is written or has failed. A batch DynamoDB rejects for one invalid item is
+/// written item by item, so only that item's messages fail.
 fn send_batch<W: BatchWriter>(
     ctx: Ctx<W>,
     mut pending: Vec<Pending>,
     permit: Option<OwnedSemaphorePermit>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
-        let Ctx {
-            client,
-            pacer,
-            config,
-            stats,
-            breaker,
-            queue,
-        } = &ctx;
         let _permit = permit;
         let mut attempt: u32 = 0;
         loop {
-            pending.retain_mut(|p| {
-                let waiting = p.is_waiting();
-                if !waiting {
-                    p.settled = true; // every message waiting on it gave up
-                }
-                waiting
-            });
+            drop_abandoned(&mut pending);
             if pending.is_empty() {
                 return;
             }
             if attempt > 0 {
                 let _waiting = CapacityWait::new(&pending, None);
                 let costs: Vec<&Costs> = pending.iter().map(|p| &p.costs).collect();
+                let pacer = &ctx.pacer;
                 pacer
                     .acquire(&per_budget(&pending, pacer.len()), &costs)
                     .await;
             }
-            let refs: Vec<&Item> = pending.iter().map(|p| &p.item).collect();
-            let budget = config.request_timeout.max(Duration::from_millis(1));
-            stats.requests.fetch_add(1, Ordering::Relaxed);
-            let outcome = match tokio::time::timeout(budget, client.write_batch(&refs)).await {
-                Ok(r) => r,
-                Err(_) => Err(WriteError::new(
-                    WriteErrorKind::Transient,
-                    format!(
-                        "BatchWriteItem took longer than {budget:?} (dynamodb.request_timeout)"
-                    ),
-                )),
-            };
-            drop(refs);
-            match outcome {
+            match call(&ctx, &pending).await {
                 Ok(result) => {
-                    breaker.record_success();
-                    metrics::counter!("sluice_batch_write_requests_total", "outcome" => "ok")
-                        .increment(1);
-                    let unprocessed: HashSet<usize> = result.unprocessed.into_iter().collect();
-                    let (mut written_logs, mut written_wcu) = (0u64, 0u32);
-                    let mut estimated = vec![0u64; pacer.len()];
-                    let mut rest = Vec::with_capacity(unprocessed.len());
-                    for (i, p) in pending.into_iter().enumerate() {
-                        if unprocessed.contains(&i) {
-                            rest.push(p);
-                        } else {
-                            written_logs += p.trackers.len() as u64;
-                            written_wcu += p.item.wcu();
-                            for (e, c) in estimated.iter_mut().zip(&p.costs.wcu) {
-                                *e += u64::from(*c);
-                            }
-                            p.written();
-                        }
-                    }
-                    // What DynamoDB says it consumed settles the estimate, so overwrites of
-                    // larger items, index writes and size mistakes cannot drift into throttles.
-                    // (Items left unprocessed consumed nothing.)
-                    if let Some(c) = &result.consumed {
-                        pacer.on_consumed(&estimated, c);
-                    }
-                    if written_logs > 0 {
-                        queue.touch();
-                    }
-                    metrics::counter!("sluice_logs_written_total").increment(written_logs);
-                    // The table's own share: index writes are paced and reported on their
-                    // own budgets, and the counter is compared with the table's budget.
-                    let consumed = result
-                        .consumed
-                        .as_ref()
-                        .map_or(written_wcu as f64, |c| c.table);
-                    stats
-                        .logs_written
-                        .fetch_add(written_logs, Ordering::Relaxed);
-                    if written_logs > 0 {
-                        stats
-                            .last_write_ms
-                            .fetch_max(crate::time::epoch_ms(), Ordering::Relaxed);
-                    }
-                    stats
-                        .wcu_consumed
-                        .fetch_add(consumed.round() as u64, Ordering::Relaxed);
-                    pacer.table().on_written(consumed);
-                    if rest.is_empty() {
+                    pending = settle_written(&ctx, pending, result, attempt);
+                    if pending.is_empty() {
                         return;
                     }
-                    metrics::counter!("sluice_unprocessed_items_retried_total")
-                        .increment(rest.len() as u64);
-                    stats
-                        .unprocessed_retried
-                        .fetch_add(rest.len() as u64, Ordering::Relaxed);
-                    tracing::debug!(
-                        unprocessed = rest.len(),
-                        attempt,
-                        "retrying unprocessed items"
-                    );
-                    // UnprocessedItems say nothing of why: a key they all share is hot, else
-                    // every budget they charge slows.
-                    let costs: Vec<&Costs> = rest.iter().map(|p| &p.costs).collect();
-                    pacer.on_unprocessed(&per_budget(&rest, pacer.len()), &costs);
-                    pending = rest;
                 }
-                Err(e) if e.is_retryable() => {
-                    let label = if e.kind == WriteErrorKind::Throttled {
-                        metrics::counter!("sluice_throttled_requests_total").increment(1);
-                        stats.throttled_requests.fetch_add(1, Ordering::Relaxed);
-                        let costs: Vec<&Costs> = pending.iter().map(|p| &p.costs).collect();
-                        pacer.on_throttle(&e.causes, &per_budget(&pending, pacer.len()), &costs);
-                        "throttled"
-                    } else {
-                        breaker.record_failure(Instant::now().into_std(), &e.message);
-                        "transient_error"
-                    };
-                    metrics::counter!("sluice_batch_write_requests_total", "outcome" => label)
-                        .increment(1);
-                    tracing::warn!(error = %e, items = pending.len(), attempt, outcome = label, "batch write failed; retrying");
-                }
+                Err(e) if e.is_retryable() => note_retryable(&ctx, &pending, &e, attempt),
                 Err(e) if e.kind == WriteErrorKind::InvalidItem && pending.len() > 1 => {
                     metrics::counter!("sluice_batch_write_requests_total", "outcome" => "invalid_item")
                         .increment(1);
@@ -1000,35 +903,162 @@ fn send_batch<W: BatchWriter>(
                     }
                     return;
                 }
-                Err(e) => {
-                    let failure = if e.kind == WriteErrorKind::InvalidItem {
-                        let key = pending.first().map(|p| p.item.key().to_string());
-                        WriteFailure::Rejected(WriteError::new(
-                            e.kind,
-                            format!(
-                                "item with key `{}`: {}",
-                                key.as_deref().map_or(String::new(), truncate_key),
-                                e.message
-                            ),
-                        ))
-                    } else {
-                        breaker.record_failure(Instant::now().into_std(), &e.message);
-                        WriteFailure::Failed(e)
-                    };
-                    metrics::counter!("sluice_batch_write_requests_total", "outcome" => failure.reason())
-                        .increment(1);
-                    tracing::warn!(error = %failure, items = pending.len(), "batch write failed; its messages fail");
-                    for p in pending {
-                        p.fail(&failure);
-                    }
-                    return;
-                }
+                Err(e) => return fail_all(&ctx, pending, e),
             }
-            let wake = Instant::now() + config.backoff.delay(attempt);
+            let wake = Instant::now() + ctx.config.backoff.delay(attempt);
             attempt = attempt.saturating_add(1);
             tokio::time::sleep_until(wake).await;
         }
     })
+}
+
+/// Drops the items no message waits for any more (every message waiting on one gave up).
+fn drop_abandoned(pending: &mut Vec<Pending>) {
+    pending.retain_mut(|p| {
+        let waiting = p.is_waiting();
+        if !waiting {
+            p.settled = true;
+        }
+        waiting
+    });
+}
+
+/// One BatchWriteItem call, within `dynamodb.request_timeout`.
+async fn call<W: BatchWriter>(
+    ctx: &Ctx<W>,
+    pending: &[Pending],
+) -> Result<BatchResult, WriteError> {
+    let refs: Vec<&Item> = pending.iter().map(|p| &p.item).collect();
+    let budget = ctx.config.request_timeout.max(Duration::from_millis(1));
+    ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+    match tokio::time::timeout(budget, ctx.client.write_batch(&refs)).await {
+        Ok(r) => r,
+        Err(_) => Err(WriteError::new(
+            WriteErrorKind::Transient,
+            format!("BatchWriteItem took longer than {budget:?} (dynamodb.request_timeout)"),
+        )),
+    }
+}
+
+/// Settles what a call wrote and counts it; returns the items left unprocessed (to retry),
+/// having slowed the budgets they charge.
+fn settle_written<W: BatchWriter>(
+    ctx: &Ctx<W>,
+    pending: Vec<Pending>,
+    result: BatchResult,
+    attempt: u32,
+) -> Vec<Pending> {
+    let Ctx {
+        pacer,
+        stats,
+        breaker,
+        queue,
+        ..
+    } = ctx;
+    breaker.record_success();
+    metrics::counter!("sluice_batch_write_requests_total", "outcome" => "ok").increment(1);
+    let unprocessed: HashSet<usize> = result.unprocessed.into_iter().collect();
+    let (mut written_logs, mut written_wcu) = (0u64, 0u32);
+    let mut estimated = vec![0u64; pacer.len()];
+    let mut rest = Vec::with_capacity(unprocessed.len());
+    for (i, p) in pending.into_iter().enumerate() {
+        if unprocessed.contains(&i) {
+            rest.push(p);
+        } else {
+            written_logs += p.trackers.len() as u64;
+            written_wcu += p.item.wcu();
+            for (e, c) in estimated.iter_mut().zip(&p.costs.wcu) {
+                *e += u64::from(*c);
+            }
+            p.written();
+        }
+    }
+    // What DynamoDB says it consumed settles the estimate, so overwrites of larger items, index
+    // writes and size mistakes cannot drift into throttles. (Items left unprocessed consumed
+    // nothing.)
+    if let Some(c) = &result.consumed {
+        pacer.on_consumed(&estimated, c);
+    }
+    if written_logs > 0 {
+        queue.touch();
+        stats
+            .last_write_ms
+            .fetch_max(crate::time::epoch_ms(), Ordering::Relaxed);
+    }
+    metrics::counter!("sluice_logs_written_total").increment(written_logs);
+    // The table's own share: index writes are paced and reported on their own budgets, and the
+    // counter is compared with the table's budget.
+    let consumed = result
+        .consumed
+        .as_ref()
+        .map_or(written_wcu as f64, |c| c.table);
+    stats
+        .logs_written
+        .fetch_add(written_logs, Ordering::Relaxed);
+    stats
+        .wcu_consumed
+        .fetch_add(consumed.round() as u64, Ordering::Relaxed);
+    pacer.table().on_written(consumed);
+    if !rest.is_empty() {
+        metrics::counter!("sluice_unprocessed_items_retried_total").increment(rest.len() as u64);
+        stats
+            .unprocessed_retried
+            .fetch_add(rest.len() as u64, Ordering::Relaxed);
+        tracing::debug!(
+            unprocessed = rest.len(),
+            attempt,
+            "retrying unprocessed items"
+        );
+        // UnprocessedItems say nothing of why: a key they all share is hot, else every budget
+        // they charge slows.
+        let costs: Vec<&Costs> = rest.iter().map(|p| &p.costs).collect();
+        pacer.on_unprocessed(&per_budget(&rest, pacer.len()), &costs);
+    }
+    rest
+}
+
+/// A throttle slows what it names (AIMD); a transient error counts towards the breaker.
+fn note_retryable<W: BatchWriter>(ctx: &Ctx<W>, pending: &[Pending], e: &WriteError, attempt: u32) {
+    let label = if e.kind == WriteErrorKind::Throttled {
+        metrics::counter!("sluice_throttled_requests_total").increment(1);
+        ctx.stats.throttled_requests.fetch_add(1, Ordering::Relaxed);
+        let costs: Vec<&Costs> = pending.iter().map(|p| &p.costs).collect();
+        ctx.pacer
+            .on_throttle(&e.causes, &per_budget(pending, ctx.pacer.len()), &costs);
+        "throttled"
+    } else {
+        ctx.breaker
+            .record_failure(Instant::now().into_std(), &e.message);
+        "transient_error"
+    };
+    metrics::counter!("sluice_batch_write_requests_total", "outcome" => label).increment(1);
+    tracing::warn!(error = %e, items = pending.len(), attempt, outcome = label, "batch write failed; retrying");
+}
+
+/// A failure no retry can mend: the item is rejected (its key named), or the call failed for
+/// good; every message waiting on these items fails.
+fn fail_all<W: BatchWriter>(ctx: &Ctx<W>, pending: Vec<Pending>, e: WriteError) {
+    let failure = if e.kind == WriteErrorKind::InvalidItem {
+        let key = pending.first().map(|p| p.item.key().to_string());
+        WriteFailure::Rejected(WriteError::new(
+            e.kind,
+            format!(
+                "item with key `{}`: {}",
+                key.as_deref().map_or(String::new(), truncate_key),
+                e.message
+            ),
+        ))
+    } else {
+        ctx.breaker
+            .record_failure(Instant::now().into_std(), &e.message);
+        WriteFailure::Failed(e)
+    };
+    metrics::counter!("sluice_batch_write_requests_total", "outcome" => failure.reason())
+        .increment(1);
+    tracing::warn!(error = %failure, items = pending.len(), "batch write failed; its messages fail");
+    for p in pending {
+        p.fail(&failure);
+    }
 }
 
 /// A key short enough to print.
