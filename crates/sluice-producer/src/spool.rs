@@ -139,6 +139,151 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("spool-{n:016x}.seg"))
 }
 
+/// One process per spool: two writers would interleave records and fight over the cursor. The
+/// lock is the kernel's (flock), so it goes with the process, kill -9 included.
+fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
+    let lock_path = dir.join("LOCK");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(SpoolError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(&lock_path)(e)),
+    }
+}
+
+/// Where replay resumes: the cursor file, or the start when there is none (or it is unreadable:
+/// duplicates are safe, losses are not).
+fn read_cursor(dir: &Path) -> Result<Position, SpoolError> {
+    let start = Position {
+        segment: 0,
+        offset: MAGIC.len() as u64,
+    };
+    let cursor_path = dir.join("cursor");
+    match fs::read_to_string(&cursor_path) {
+        Ok(text) => {
+            let mut parts = text.split_whitespace().map(str::parse::<u64>);
+            match (parts.next(), parts.next()) {
+                (Some(Ok(segment)), Some(Ok(offset))) => Ok(Position { segment, offset }),
+                _ => {
+                    tracing::error!(path = %cursor_path.display(), "spool cursor file is unreadable; replaying every segment (duplicates are safe, losses are not)");
+                    Ok(start)
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(start),
+        Err(e) => Err(io_err(&cursor_path)(e)),
+    }
+}
+
+/// Removes segments wholly before the cursor (delivered: leftovers of an interrupted cleanup).
+/// Returns the segments left and the cursor, moved to the first of them if its own is gone.
+fn drop_delivered(dir: &Path, cursor: Position) -> Result<(Vec<u64>, Position), SpoolError> {
+    let mut segments = list_segments(dir)?;
+    for &s in segments.iter().filter(|&&s| s < cursor.segment) {
+        let p = segment_path(dir, s);
+        fs::remove_file(&p).map_err(io_err(&p))?;
+    }
+    segments.retain(|&s| s >= cursor.segment);
+    let cursor = match segments.first() {
+        Some(&first) if first > cursor.segment => Position {
+            segment: first,
+            offset: MAGIC.len() as u64,
+        },
+        _ => cursor,
+    };
+    Ok((segments, cursor))
+}
+
+/// Counts the records of segment `s` from `from` into `recovery`. A torn tail of the newest
+/// segment (`newest`: a crash mid-write, never acknowledged) is cut, as is a newest segment
+/// whose header never reached the disk. Returns where damage the reader must skip begins
+/// (a bad header: 0; a bad checksum in an older segment: its offset), if any.
+fn scan_segment(
+    dir: &Path,
+    s: u64,
+    newest: bool,
+    from: u64,
+    recovery: &mut Recovery,
+) -> Result<Option<u64>, SpoolError> {
+    let p = segment_path(dir, s);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .map_err(io_err(&p))?;
+    let file_len = f.metadata().map_err(io_err(&p))?.len();
+    let mut magic = [0u8; 8];
+    let header_ok = f.read_exact(&mut magic).is_ok() && &magic == MAGIC;
+    if !header_ok {
+        let zeros = magic.iter().all(|&b| b == 0);
+        if newest && (file_len <= MAGIC.len() as u64 || zeros) {
+            // Created but its header never reached the disk (torn, or left zero-filled by a
+            // power cut): nothing in it was ever fsynced. Start it again.
+            f.set_len(0).map_err(io_err(&p))?;
+            f.seek(SeekFrom::Start(0)).map_err(io_err(&p))?;
+            f.write_all(MAGIC).map_err(io_err(&p))?;
+            f.sync_data().map_err(io_err(&p))?;
+            return Ok(None);
+        }
+        tracing::error!(path = %p.display(), "spool segment has no valid header (not a sluice spool, or a newer format); skipped");
+        metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
+        recovery.corrupt_segments += 1;
+        return Ok(Some(0));
+    }
+    f.seek(SeekFrom::Start(from)).map_err(io_err(&p))?;
+    let mut r = BufReader::new(&mut f);
+    let mut pos = from;
+    loop {
+        match read_record(&mut r).map_err(io_err(&p))? {
+            Ok(Some(payload)) => {
+                pos += RECORD_HEADER + payload.len() as u64;
+                recovery.records += 1;
+                recovery.bytes += RECORD_HEADER + payload.len() as u64;
+            }
+            Ok(None) => return Ok(None),
+            Err(()) if newest => {
+                drop(r);
+                recovery.torn_bytes = file_len - pos;
+                tracing::warn!(path = %p.display(), offset = pos, bytes = file_len - pos, "spool: cutting a torn record at the tail (a crash mid-write; the caller was never told it was accepted)");
+                f.set_len(pos).map_err(io_err(&p))?;
+                return Ok(None);
+            }
+            Err(()) => {
+                tracing::error!(path = %p.display(), offset = pos, "spool record fails its checksum; the rest of this segment is skipped");
+                metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
+                recovery.corrupt_segments += 1;
+                return Ok(Some(pos));
+            }
+        }
+    }
+}
+
+/// Opens segment `segment` for appending (writing and syncing its header if it is new) and
+/// says where the next record goes.
+fn open_writer(dir: &Path, segment: u64) -> Result<(File, Position), SpoolError> {
+    let wp = segment_path(dir, segment);
+    let mut writer = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&wp)
+        .map_err(io_err(&wp))?;
+    let mut offset = writer.metadata().map_err(io_err(&wp))?.len();
+    if offset == 0 {
+        writer.write_all(MAGIC).map_err(io_err(&wp))?;
+        writer.sync_data().map_err(io_err(&wp))?;
+        sync_dir(dir)?;
+        offset = MAGIC.len() as u64;
+    }
+    Ok((writer, Position { segment, offset }))
+}
+
 fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -258,116 +403,19 @@ impl Spool {
     pub fn open(config: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
         let dir = config.dir.clone();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        // One process per spool: two writers would interleave records and fight over the cursor.
-        // The lock is the kernel's (flock), so it goes with the process, kill -9 included.
-        let lock_path = dir.join("LOCK");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { dir }),
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
-        }
-        let cursor_path = dir.join("cursor");
-        let mut cursor = match fs::read_to_string(&cursor_path) {
-            Ok(text) => {
-                let mut parts = text.split_whitespace().map(str::parse::<u64>);
-                match (parts.next(), parts.next()) {
-                    (Some(Ok(segment)), Some(Ok(offset))) => Position { segment, offset },
-                    _ => {
-                        tracing::error!(path = %cursor_path.display(), "spool cursor file is unreadable; replaying every segment (duplicates are safe, losses are not)");
-                        Position {
-                            segment: 0,
-                            offset: MAGIC.len() as u64,
-                        }
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Position {
-                segment: 0,
-                offset: MAGIC.len() as u64,
-            },
-            Err(e) => return Err(io_err(&cursor_path)(e)),
-        };
-        let mut segments = list_segments(&dir)?;
-        // Segments wholly before the cursor were delivered: remove leftovers of an interrupted
-        // cleanup.
-        for &s in segments.iter().filter(|&&s| s < cursor.segment) {
-            let p = segment_path(&dir, s);
-            fs::remove_file(&p).map_err(io_err(&p))?;
-        }
-        segments.retain(|&s| s >= cursor.segment);
-        if segments.first().is_some_and(|&s| s > cursor.segment) {
-            cursor = Position {
-                segment: segments[0],
-                offset: MAGIC.len() as u64,
-            };
-        }
+        let lock = lock_dir(&dir)?;
+        let (segments, mut cursor) = drop_delivered(&dir, read_cursor(&dir)?)?;
         let mut recovery = Recovery::default();
         let mut segment_ends = Vec::new();
         let last = segments.last().copied();
         for &s in &segments {
-            let p = segment_path(&dir, s);
-            let mut f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&p)
-                .map_err(io_err(&p))?;
-            let file_len = f.metadata().map_err(io_err(&p))?.len();
-            let mut magic = [0u8; 8];
-            let header_ok = f.read_exact(&mut magic).is_ok() && &magic == MAGIC;
-            if !header_ok {
-                let zeros = magic.iter().all(|&b| b == 0);
-                if Some(s) == last && (file_len <= MAGIC.len() as u64 || zeros) {
-                    // Created but its header never reached the disk (torn, or left zero-filled by
-                    // a power cut): nothing in it was ever fsynced. Start it again.
-                    f.set_len(0).map_err(io_err(&p))?;
-                    f.seek(SeekFrom::Start(0)).map_err(io_err(&p))?;
-                    f.write_all(MAGIC).map_err(io_err(&p))?;
-                    f.sync_data().map_err(io_err(&p))?;
-                    continue;
-                }
-                tracing::error!(path = %p.display(), "spool segment has no valid header (not a sluice spool, or a newer format); skipped");
-                metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
-                recovery.corrupt_segments += 1;
-                segment_ends.push((s, 0));
-                continue;
-            }
-            let start = if s == cursor.segment {
+            let from = if s == cursor.segment {
                 cursor.offset
             } else {
                 MAGIC.len() as u64
             };
-            f.seek(SeekFrom::Start(start)).map_err(io_err(&p))?;
-            let mut r = BufReader::new(&mut f);
-            let mut pos = start;
-            loop {
-                match read_record(&mut r).map_err(io_err(&p))? {
-                    Ok(Some(payload)) => {
-                        pos += RECORD_HEADER + payload.len() as u64;
-                        recovery.records += 1;
-                        recovery.bytes += RECORD_HEADER + payload.len() as u64;
-                    }
-                    Ok(None) => break,
-                    Err(()) => {
-                        drop(r);
-                        if Some(s) == last {
-                            recovery.torn_bytes = file_len - pos;
-                            tracing::warn!(path = %p.display(), offset = pos, bytes = file_len - pos, "spool: cutting a torn record at the tail (a crash mid-write; the caller was never told it was accepted)");
-                            f.set_len(pos).map_err(io_err(&p))?;
-                        } else {
-                            tracing::error!(path = %p.display(), offset = pos, "spool record fails its checksum; the rest of this segment is skipped");
-                            metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
-                            recovery.corrupt_segments += 1;
-                            segment_ends.push((s, pos));
-                        }
-                        break;
-                    }
-                }
+            if let Some(end) = scan_segment(&dir, s, Some(s) == last, from, &mut recovery)? {
+                segment_ends.push((s, end));
             }
         }
         // New records never go behind damage the reader will skip: a damaged newest segment is
@@ -376,37 +424,18 @@ impl Spool {
         if segment_ends.iter().any(|&(s, _)| s == write_segment) {
             write_segment += 1;
         }
-        let wp = segment_path(&dir, write_segment);
-        let mut writer = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&wp)
-            .map_err(io_err(&wp))?;
-        let mut write_offset = writer.metadata().map_err(io_err(&wp))?.len();
-        if write_offset == 0 {
-            writer.write_all(MAGIC).map_err(io_err(&wp))?;
-            writer.sync_data().map_err(io_err(&wp))?;
-            sync_dir(&dir)?;
-            write_offset = MAGIC.len() as u64;
-        }
+        let (writer, write) = open_writer(&dir, write_segment)?;
         // A cursor past the end of what survived (a power cut took the tail it pointed into, or
         // the segment itself): everything before it was delivered, so it moves back to the end;
         // otherwise new records would be written behind it and never replayed.
-        let end = Position {
-            segment: write_segment,
-            offset: write_offset,
-        };
-        if cursor > end {
-            tracing::warn!(cursor = ?cursor, end = ?end, "spool cursor points past the end of the spool (a power cut took the tail); moving it to the end");
-            cursor = end;
+        if cursor > write {
+            tracing::warn!(cursor = ?cursor, end = ?write, "spool cursor points past the end of the spool (a power cut took the tail); moving it to the end");
+            cursor = write;
         }
         let spool = Spool {
             config,
             cursor,
-            write: Position {
-                segment: write_segment,
-                offset: write_offset,
-            },
+            write,
             writer,
             records: recovery.records,
             bytes: recovery.bytes,
