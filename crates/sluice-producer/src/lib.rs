@@ -48,7 +48,7 @@ pub mod testing;
 mod text;
 mod transport;
 
-pub use config::{DedupMode, FullPolicy, ProducerConfig};
+pub use config::{ConfigProblem, DedupMode, FullPolicy, InvalidConfig, ProducerConfig};
 pub use text::{sqs_allows, sqs_group_id, sqs_safe_json};
 pub use transport::{
     EntryOutcome, OutMessage, SendFuture, Transport, TransportError, TransportErrorKind,
@@ -314,7 +314,7 @@ impl Producer {
     /// background task on the current Tokio runtime.
     pub fn start<T: Transport>(config: ProducerConfig, transport: T) -> Result<Producer, String> {
         let mut config = config;
-        config.validate()?;
+        config.validate().map_err(|e| e.to_string())?;
         if config.fifo {
             config.max_in_flight = 1;
         }
@@ -1819,7 +1819,7 @@ mod tests {
             }
             .validate()
             .unwrap_err()
-            .contains("max_batch_entries")
+            .names("max_batch_entries")
         );
     }
 
@@ -1860,7 +1860,7 @@ mod tests {
             }
             .validate()
             .unwrap_err()
-            .contains("default_group")
+            .names("default_group")
         );
     }
 
