@@ -5,7 +5,7 @@ pub mod admin;
 pub mod source;
 pub mod watermark;
 
-pub use source::{KafkaConfig, KafkaHandle, KafkaSource};
+pub use source::{KafkaConfig, KafkaHandle, KafkaSource, OffsetReset};
 
 /// Creates every Kafka counter at zero, each label value included, so a dashboard or an alert
 /// sees `0` rather than no series before the first event (an error that never happened yet is

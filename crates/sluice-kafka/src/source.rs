@@ -38,6 +38,28 @@ use tokio::time::Instant;
 
 use crate::watermark::{Tp, Watermarks};
 
+/// auto.offset.reset: where a group without a committed offset starts. In a config file:
+/// `earliest` or `latest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    /// The oldest record the topic still holds.
+    #[default]
+    Earliest,
+    /// Only records produced after the group first joins.
+    Latest,
+}
+
+impl OffsetReset {
+    /// librdkafka's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
 /// How sluice consumes a Kafka topic.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -55,8 +77,8 @@ pub struct KafkaConfig {
     pub revoke_grace: Duration,
     /// Records fetched and not yet taken by the engine, at most (then partitions pause).
     pub buffer_records: usize,
-    /// `earliest` or `latest`: where a group with no committed offset starts.
-    pub auto_offset_reset: String,
+    /// Where a group with no committed offset starts.
+    pub auto_offset_reset: OffsetReset,
     /// session.timeout.ms: a member silent this long is dropped from the group.
     pub session_timeout: Duration,
     /// max.poll.interval.ms: also how long the group waits for members to rejoin a rebalance.
@@ -81,7 +103,7 @@ impl KafkaConfig {
             commit_interval: Duration::from_secs(1),
             revoke_grace: Duration::from_secs(5),
             buffer_records: 2000,
-            auto_offset_reset: "earliest".into(),
+            auto_offset_reset: OffsetReset::Earliest,
             session_timeout: Duration::from_secs(10),
             max_poll_interval: Duration::from_secs(300),
             close_timeout: Duration::from_secs(10),
@@ -114,7 +136,7 @@ impl KafkaConfig {
         c.set("group.id", &self.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", &self.auto_offset_reset)
+            .set("auto.offset.reset", self.auto_offset_reset.as_str())
             .set(
                 "session.timeout.ms",
                 self.session_timeout.as_millis().to_string(),

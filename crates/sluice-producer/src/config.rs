@@ -7,8 +7,9 @@ use sluice_common::Backoff;
 use crate::spool::SpoolConfig;
 use crate::text::sqs_group_id;
 
-/// What a full buffer does to a caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a full buffer does to a caller. In a config file: `block` or `shed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FullPolicy {
     /// `send` waits for room (backpressure into the caller); `try_send` still never waits.
     Block,
@@ -25,6 +26,47 @@ pub enum DedupMode {
     /// falling back to the log's bytes for a log without one.
     CallerKeys,
 }
+
+/// One thing wrong with a [`ProducerConfig`]: the field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The field's name, e.g. `max_message_bytes`.
+    pub field: &'static str,
+    /// What is wrong, said after the field's name: `must be at least 1`.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.field, self.message)
+    }
+}
+
+/// Every problem [`ProducerConfig::validate`] found, each naming its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidConfig(pub Vec<ConfigProblem>);
+
+impl InvalidConfig {
+    /// Whether a problem names `field`.
+    pub fn names(&self, field: &str) -> bool {
+        self.0.iter().any(|p| p.field == field)
+    }
+}
+
+/// The problems on one line, `; ` between them (for an error that is said once).
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
 
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -115,55 +157,72 @@ impl ProducerConfig {
         }
     }
 
-    /// Every problem, naming the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Every problem, each naming its field.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         let mut problems = Vec::new();
-        if !(1024..=1024 * 1024).contains(&self.max_message_bytes) {
-            problems.push(format!(
-                "max_message_bytes must be 1 KiB..=1 MiB (SQS's limit), got {}",
+        let mut check = |ok: bool, field: &'static str, message: String| {
+            if !ok {
+                problems.push(ConfigProblem { field, message });
+            }
+        };
+        check(
+            (1024..=1024 * 1024).contains(&self.max_message_bytes),
+            "max_message_bytes",
+            format!(
+                "must be 1 KiB..=1 MiB (SQS's limit), got {}",
                 self.max_message_bytes
-            ));
-        }
-        if self.max_batch_bytes < self.max_message_bytes {
-            problems.push(format!(
-                "max_batch_bytes ({}) must be at least max_message_bytes ({})",
+            ),
+        );
+        check(
+            self.max_batch_bytes >= self.max_message_bytes,
+            "max_batch_bytes",
+            format!(
+                "({}) must be at least max_message_bytes ({})",
                 self.max_batch_bytes, self.max_message_bytes
-            ));
-        }
-        if !(1..=10).contains(&self.max_batch_entries) {
-            problems.push(format!(
-                "max_batch_entries must be 1..=10, got {}",
-                self.max_batch_entries
-            ));
-        }
-        if self.buffer_bytes < self.max_message_bytes {
-            problems.push(format!(
-                "buffer_bytes ({}) must hold at least one message (max_message_bytes {})",
+            ),
+        );
+        check(
+            (1..=10).contains(&self.max_batch_entries),
+            "max_batch_entries",
+            format!("must be 1..=10, got {}", self.max_batch_entries),
+        );
+        check(
+            self.buffer_bytes >= self.max_message_bytes,
+            "buffer_bytes",
+            format!(
+                "({}) must hold at least one message (max_message_bytes {})",
                 self.buffer_bytes, self.max_message_bytes
-            ));
-        }
-        if self.max_in_flight == 0 {
-            problems.push("max_in_flight must be at least 1".into());
-        }
-        if self.send_attempts == 0 {
-            problems.push("send_attempts must be at least 1".into());
-        }
-        if self.delay_seconds.is_some_and(|d| d > 900) {
-            problems.push("delay_seconds must be 0..=900".into());
-        }
-        if self.fifo && self.delay_seconds.is_some_and(|d| d > 0) {
-            problems.push("delay_seconds is per queue on FIFO queues; leave it unset".into());
-        }
-        if sqs_group_id(&self.default_group) != self.default_group {
-            problems.push(
-                "default_group must be 1..=128 letters, digits or ASCII punctuation (SQS's MessageGroupId)"
-                    .into(),
-            );
-        }
+            ),
+        );
+        check(
+            self.max_in_flight >= 1,
+            "max_in_flight",
+            "must be at least 1".into(),
+        );
+        check(
+            self.send_attempts >= 1,
+            "send_attempts",
+            "must be at least 1".into(),
+        );
+        check(
+            self.delay_seconds.is_none_or(|d| d <= 900),
+            "delay_seconds",
+            "must be 0..=900".into(),
+        );
+        check(
+            !(self.fifo && self.delay_seconds.is_some_and(|d| d > 0)),
+            "delay_seconds",
+            "is per queue on FIFO queues; leave it unset".into(),
+        );
+        check(
+            sqs_group_id(&self.default_group) == self.default_group,
+            "default_group",
+            "must be 1..=128 letters, digits or ASCII punctuation (SQS's MessageGroupId)".into(),
+        );
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("; "))
+            Err(InvalidConfig(problems))
         }
     }
 }

@@ -51,7 +51,7 @@ pub mod testing;
 mod text;
 mod transport;
 
-pub use config::{DedupMode, FullPolicy, ProducerConfig};
+pub use config::{ConfigProblem, DedupMode, FullPolicy, InvalidConfig, ProducerConfig};
 pub use send::{BatchLimits, SendAllError, send_all};
 pub use text::{sqs_allows, sqs_group_id, sqs_safe_json};
 pub use transport::{
@@ -307,7 +307,7 @@ impl Producer {
     /// background task on the current Tokio runtime.
     pub fn start<T: Transport>(config: ProducerConfig, transport: T) -> Result<Producer, String> {
         let mut config = config;
-        config.validate()?;
+        config.validate().map_err(|e| e.to_string())?;
         if config.fifo {
             config.max_in_flight = 1;
         }
@@ -895,7 +895,7 @@ mod tests {
             }
             .validate()
             .unwrap_err()
-            .contains("max_batch_entries")
+            .names("max_batch_entries")
         );
     }
 
@@ -936,7 +936,7 @@ mod tests {
             }
             .validate()
             .unwrap_err()
-            .contains("default_group")
+            .names("default_group")
         );
     }
 

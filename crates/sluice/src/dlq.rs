@@ -65,8 +65,8 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
     let settings = config::load_partial(args.config.as_deref())?;
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let sqs = sluice_sqs::client_with_deadlines(&sdk, settings.sqs.request_timeout);
-    let source = settings.sqs.queue_url.clone();
-    let dlq = match (args.dlq.clone(), settings.sqs.dead_letter_queue_url.clone()) {
+    let source = settings.sqs.queue_url_str().to_owned();
+    let dlq = match (args.dlq.clone(), settings.sqs.dead_letter_queue_url_string()) {
         (Some(u), _) | (None, Some(u)) => u,
         (None, None) if !source.is_empty() => sluice_sqs::admin::redrive_dead_letter_url(&sqs, &source)
             .await

@@ -155,27 +155,13 @@ fn load_keys(config: &IngestSettings) -> Result<Vec<Key>> {
     if all.is_empty() {
         bail!("ingest.api_keys (or ingest.api_keys_file) holds no key; sluice ingest needs one");
     }
-    all.into_iter()
-        .map(|k| {
-            let bytes = decode_hex(&k.sha256).ok_or_else(|| {
-                anyhow!(
-                    "API key `{}`: sha256 must be 64 hex digits, got `{}`",
-                    k.name,
-                    k.sha256
-                )
-            })?;
-            Ok(Key {
-                name: k.name,
-                digest: bytes,
-            })
+    Ok(all
+        .into_iter()
+        .map(|k| Key {
+            name: k.name,
+            digest: k.sha256,
         })
-        .collect()
-}
-
-fn decode_hex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out).ok()?;
-    Some(out)
+        .collect())
 }
 
 fn error(status: StatusCode, message: impl Into<String>, extra: Value) -> Response {
@@ -695,15 +681,17 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<u8> {
     let metrics = telemetry::install_metrics()?;
     describe_metrics();
     let keys = load_keys(&settings.ingest)?;
-    let listen: SocketAddr = listen
-        .unwrap_or_else(|| settings.ingest.listen.clone())
-        .parse()
-        .context("--listen / ingest.listen must be an address like 0.0.0.0:8080")?;
+    let listen: SocketAddr = match listen {
+        Some(text) => text
+            .parse()
+            .context("--listen must be an address like 0.0.0.0:8080")?,
+        None => settings.ingest.listen,
+    };
     let (producer, queue_url) = if settings.producer.kafka_topic.is_some() {
         crate::producers::kafka_producer(&settings, false)?
     } else {
         let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-        let queue_url = settings.sqs.queue_url.clone();
+        let queue_url = settings.sqs.queue_url_str().to_owned();
         let transport = SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url);
         let config = crate::producers::capped_by_queue(
             settings.producer.producer_config(&queue_url),
@@ -714,15 +702,14 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<u8> {
         (producer, queue_url)
     };
     let ic = settings.ingest.clone();
-    let quota = Quota::per_second(NonZeroU32::new(ic.rate_per_key).unwrap_or(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(ic.burst_per_key).unwrap_or(NonZeroU32::MIN));
+    let quota = Quota::per_second(ic.rate_per_key).allow_burst(ic.burst_per_key);
     let state = Arc::new(Ingest {
         producer: producer.clone(),
         keys: std::sync::RwLock::new(Arc::new(keys)),
         limiter: RateLimiter::keyed(quota),
         schema: settings.schema(),
         rules: BodyRules {
-            max_logs: ic.max_logs_per_request,
+            max_logs: ic.max_logs_per_request.get(),
             max_log_bytes: producer.config().max_message_bytes,
             group_field: producer
                 .config()
@@ -740,11 +727,7 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<u8> {
     let shutdown = CancellationToken::new();
     let server_stop = CancellationToken::new();
     let telemetry_addr = telemetry::serve(
-        settings
-            .telemetry
-            .listen
-            .parse()
-            .context("telemetry.listen")?,
+        settings.telemetry.listen,
         metrics,
         IngestProbe(state.clone()),
         server_stop.clone(),
@@ -818,7 +801,7 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<u8> {
         ));
     }
     let limits = crate::serve::ServeLimits {
-        max_connections: ic.max_connections,
+        max_connections: ic.max_connections.get(),
         header_read_timeout: ic.header_read_timeout,
         shutdown_timeout: ic.shutdown_timeout,
     };
@@ -990,7 +973,10 @@ mod tests {
     fn hex_digests_decode() {
         let d = Sha256::digest(b"k");
         let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(decode_hex(&hex).unwrap(), <[u8; 32]>::from(d));
-        assert!(decode_hex("zz").is_none());
+        assert_eq!(
+            crate::config::parse_sha256(&hex).unwrap(),
+            <[u8; 32]>::from(d)
+        );
+        assert!(crate::config::parse_sha256("zz").is_err());
     }
 }

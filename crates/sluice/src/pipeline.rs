@@ -127,7 +127,7 @@ fn budget_with_share(
         None => None,
     };
     let (fleet, why) = match (r.wcu_per_second.filter(|_| table), capacity) {
-        (Some(w), _) if hard.is_some_and(|h| u64::from(w) > h) => {
+        (Some(w), _) if hard.is_some_and(|h| u64::from(w.get()) > h) => {
             let h = hard.unwrap_or_default();
             (
                 h as f64,
@@ -136,14 +136,14 @@ fn budget_with_share(
                 ),
             )
         }
-        (Some(w), _) => (f64::from(w), "rate.wcu_per_second".to_string()),
+        (Some(w), _) => (f64::from(w.get()), "rate.wcu_per_second".to_string()),
         (None, Some(Capacity::Provisioned(w))) => {
             (w as f64 * u, format!("{u} × {w} WCU provisioned"))
         }
         (None, Some(Capacity::OnDemand(l))) => {
             match (l.max_write, r.on_demand_wcu_per_second, l.warm_write) {
-                (Some(m), Some(c), _) if u64::from(c) < m => (
-                    f64::from(c) * u,
+                (Some(m), Some(c), _) if u64::from(c.get()) < m => (
+                    f64::from(c.get()) * u,
                     format!(
                         "{u} × rate.on_demand_wcu_per_second {c} (under MaxWriteRequestUnits {m})"
                     ),
@@ -153,7 +153,7 @@ fn budget_with_share(
                     format!("{u} × on-demand MaxWriteRequestUnits {m}"),
                 ),
                 (None, Some(c), _) => (
-                    f64::from(c) * u,
+                    f64::from(c.get()) * u,
                     format!("{u} × rate.on_demand_wcu_per_second {c}"),
                 ),
                 (None, None, Some(w)) => (
@@ -216,7 +216,7 @@ fn limiter_for(
     let r = &settings.rate.redis;
     let shared = Arc::new(
         RedisBucket::new(
-            &r.url,
+            r.url_str(),
             bucket_key(settings, index),
             bucket_rate(settings, b),
         )
@@ -248,12 +248,12 @@ fn bucket_rate(settings: &Settings, b: Budgets) -> BucketRate {
 /// The queue must exist; its visibility timeout (or sqs.visibility_timeout) is what the
 /// heartbeat renews while a message is held.
 async fn queue_visibility(settings: &Settings, sqs: &aws_sdk_sqs::Client) -> Result<Duration> {
-    let queue = sluice_sqs::admin::visibility_timeout(sqs, &settings.sqs.queue_url)
+    let queue = sluice_sqs::admin::visibility_timeout(sqs, settings.sqs.queue_url_str())
         .await
         .map_err(|e| {
             anyhow!(
                 "cannot read queue `{}` (sqs.queue_url): {e}",
-                settings.sqs.queue_url
+                settings.sqs.queue_url_str()
             )
         })?;
     let effective = settings.sqs.visibility_timeout.unwrap_or(queue);
@@ -403,10 +403,10 @@ impl Pipeline {
             let source = SqsSource::new(
                 sqs_client,
                 SqsSourceConfig {
-                    queue_url: settings.sqs.queue_url.clone(),
+                    queue_url: settings.sqs.queue_url_str().to_owned(),
                     wait_time_seconds: settings.sqs.wait_time_seconds,
                     visibility_timeout: settings.sqs.visibility_timeout,
-                    dead_letter_queue_url: settings.sqs.dead_letter_queue_url.clone(),
+                    dead_letter_queue_url: settings.sqs.dead_letter_queue_url_string(),
                     request_timeout: settings.sqs.request_timeout,
                 },
             );
@@ -631,7 +631,7 @@ mod tests {
 
     fn settings() -> Settings {
         let mut s = Settings::default();
-        s.sqs.queue_url = "https://q/x".into();
+        s.sqs.queue_url = Some("https://q/x".parse().unwrap());
         s.dynamodb.table = "tbl".into();
         s
     }
@@ -646,7 +646,7 @@ mod tests {
     #[test]
     fn an_explicit_budget_wins_over_discovery() {
         let mut s = settings();
-        s.rate.wcu_per_second = Some(300);
+        s.rate.wcu_per_second = std::num::NonZeroU32::new(300);
         let b = budgets(&s, Some(TableCapacity::Provisioned(1000))).unwrap();
         assert_eq!(b.table, 300.0);
         assert_eq!(budgets(&s, None).unwrap().table, 300.0);
@@ -656,7 +656,7 @@ mod tests {
     fn on_demand_tables_pace_to_the_configured_ceiling_or_not_at_all() {
         let mut s = settings();
         assert_eq!(budgets(&s, Some(TableCapacity::OnDemand)), None);
-        s.rate.on_demand_wcu_per_second = Some(4000);
+        s.rate.on_demand_wcu_per_second = std::num::NonZeroU32::new(4000);
         assert_eq!(
             budgets(&s, Some(TableCapacity::OnDemand)).unwrap().table,
             3920.0
@@ -666,7 +666,7 @@ mod tests {
     #[test]
     fn each_instance_takes_its_share_of_the_table_budget() {
         let mut s = settings();
-        s.rate.expected_replicas = Some(4);
+        s.rate.expected_replicas = std::num::NonZeroU32::new(4);
         let b = budgets(&s, Some(TableCapacity::Provisioned(1000))).unwrap();
         assert_eq!((b.table, b.local), (980.0, 245.0));
         s.rate.expected_replicas = None;
@@ -700,7 +700,7 @@ mod tests {
             "nothing known: unpaced"
         );
         let mut s = settings();
-        s.rate.on_demand_wcu_per_second = Some(200);
+        s.rate.on_demand_wcu_per_second = std::num::NonZeroU32::new(200);
         let (b, why) = budget_for(&s, od(Some(500), Some(4000)), true).unwrap();
         assert_eq!(b.table, 196.0, "the setting, under the maximum");
         assert!(why.contains("rate.on_demand_wcu_per_second 200"), "{why}");
@@ -708,7 +708,7 @@ mod tests {
         assert_eq!(b.table, 196.0, "the setting over the warm throughput");
         // An explicit budget is the table's only: an index keeps its own.
         let mut s = settings();
-        s.rate.wcu_per_second = Some(1000);
+        s.rate.wcu_per_second = std::num::NonZeroU32::new(1000);
         assert_eq!(
             budget_for(&s, Some(Capacity::Provisioned(60)), false)
                 .unwrap()
@@ -722,7 +722,7 @@ mod tests {
     fn an_explicit_budget_never_exceeds_what_dynamodb_refuses_above() {
         use sluice_dynamodb::OnDemandLimits;
         let mut s = settings();
-        s.rate.wcu_per_second = Some(1000);
+        s.rate.wcu_per_second = std::num::NonZeroU32::new(1000);
         let max = Some(Capacity::OnDemand(OnDemandLimits {
             max_write: Some(500),
             warm_write: Some(4000),
@@ -732,7 +732,7 @@ mod tests {
         assert!(why.contains("capped at the table's limit 500"), "{why}");
         let (b, _) = budget_for(&s, Some(Capacity::Provisioned(200)), true).unwrap();
         assert_eq!(b.table, 200.0);
-        s.rate.wcu_per_second = Some(150);
+        s.rate.wcu_per_second = std::num::NonZeroU32::new(150);
         let (b, _) = budget_for(&s, Some(Capacity::Provisioned(200)), true).unwrap();
         assert_eq!(b.table, 150.0, "below the limit, the setting stands");
     }

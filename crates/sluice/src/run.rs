@@ -1,6 +1,8 @@
 //! `sluice run`: drain the queue into the table until SIGTERM or SIGINT.
 
-use anyhow::{Context, Result};
+use std::num::NonZeroU32;
+
+use anyhow::Result;
 use aws_config::BehaviorVersion;
 use tokio_util::sync::CancellationToken;
 
@@ -40,11 +42,7 @@ pub async fn run(settings: Settings) -> Result<u8> {
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let pipeline = Pipeline::build(&settings, &sdk, &sdk).await?;
     let shutdown = CancellationToken::new();
-    let listen = settings
-        .telemetry
-        .listen
-        .parse()
-        .context("telemetry.listen")?;
+    let listen = settings.telemetry.listen;
     let health = Health::for_pipeline(&pipeline, shutdown.clone());
     let server_stop = CancellationToken::new();
     let addr = telemetry::serve(listen, metrics, health, server_stop.clone()).await?;
@@ -62,7 +60,7 @@ pub async fn run(settings: Settings) -> Result<u8> {
     if !settings.kafka.enabled {
         queue_metrics::spawn(
             sluice_sqs::client_with_deadlines(&sdk, settings.sqs.request_timeout),
-            settings.sqs.queue_url.clone(),
+            settings.sqs.queue_url_str().to_owned(),
             background_stop.clone(),
         );
     }
@@ -80,13 +78,13 @@ pub async fn run(settings: Settings) -> Result<u8> {
             settings.kafka.brokers, settings.kafka.topics, settings.kafka.group_id
         )
     } else {
-        settings.sqs.queue_url.clone()
+        settings.sqs.queue_url_str().to_owned()
     };
     tracing::info!(
         buffer = %buffer,
         table = %settings.dynamodb.table,
         telemetry = %addr,
-        budget_wcu_per_s = settings.rate.wcu_per_second,
+        budget_wcu_per_s = settings.rate.wcu_per_second.map(NonZeroU32::get),
         "sluice started"
     );
     let summary = tokio::select! {

@@ -30,7 +30,7 @@ fn ingest_line(s: &Settings) -> String {
         "config ok: ingest on {} → {} (spool: {})",
         s.ingest.listen,
         s.producer.kafka_topic.as_ref().map_or_else(
-            || format!("queue {}", s.sqs.queue_url),
+            || format!("queue {}", s.sqs.queue_url_str()),
             |t| format!("kafka {} topic {t}", s.kafka.brokers)
         ),
         s.producer
@@ -49,7 +49,7 @@ fn run_line(s: &Settings) -> String {
             s.kafka.group_id
         )
     } else {
-        format!("queue {}", s.sqs.queue_url)
+        format!("queue {}", s.sqs.queue_url_str())
     };
     format!(
         "config ok: {buffer} → table {} (budgets: {})",

@@ -108,7 +108,7 @@ async fn a_gsi_tighter_than_its_table_is_paced_to_and_never_throttled() {
         .await
         .unwrap();
     let mut s = Settings::default();
-    s.sqs.queue_url = url.clone();
+    s.sqs.queue_url = Some(url.parse().unwrap());
     s.sqs.wait_time_seconds = 1;
     s.dynamodb.table = "indexed".into();
     s.validate().unwrap();
@@ -240,7 +240,7 @@ async fn a_hot_index_key_is_paced_on_its_own_instead_of_slowing_the_table() {
         .await
         .unwrap();
     let mut s = Settings::default();
-    s.sqs.queue_url = url.clone();
+    s.sqs.queue_url = Some(url.parse().unwrap());
     s.sqs.wait_time_seconds = 1;
     s.dynamodb.table = "hot".into();
     s.validate().unwrap();

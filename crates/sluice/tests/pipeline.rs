@@ -24,7 +24,7 @@ fn log(id: &str, i: usize) -> String {
 
 fn settings(queue_url: &str, table: &str) -> Settings {
     let mut s = Settings::default();
-    s.sqs.queue_url = queue_url.to_string();
+    s.sqs.queue_url = Some(queue_url.parse().unwrap());
     s.sqs.wait_time_seconds = 2;
     s.sqs.visibility_timeout = Some(Duration::from_secs(60));
     s.dynamodb.table = table.to_string();
@@ -261,7 +261,7 @@ async fn drain_into_provisioned_table(
         .await
         .unwrap();
     let mut s = settings(&url, "paced");
-    s.rate.wcu_per_second = budget;
+    s.rate.wcu_per_second = budget.and_then(std::num::NonZeroU32::new);
     s.rate.refresh_interval = Duration::from_secs(3600);
     s.dynamodb.retry_max_delay = Duration::from_millis(500);
     let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
@@ -342,7 +342,7 @@ async fn sim_the_budget_follows_an_update_table_at_the_next_refresh() {
         .unwrap();
     let mut s = settings(&url, "growing");
     s.rate.refresh_interval = Duration::from_secs(1);
-    s.rate.expected_replicas = Some(2);
+    s.rate.expected_replicas = std::num::NonZeroU32::new(2);
     let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
         .await
         .unwrap();
@@ -399,7 +399,7 @@ async fn poison_goes_to_the_dead_letter_queue_with_its_reason(backend: Backend) 
         .unwrap();
 
     let mut s = settings(&url, "request-logs");
-    s.sqs.dead_letter_queue_url = Some(dlq.clone());
+    s.sqs.dead_letter_queue_url = Some(dlq.parse().unwrap());
     let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
         .await
         .unwrap();
@@ -695,7 +695,7 @@ async fn sim_poison_near_the_dead_letter_queues_size_limit_fits_or_goes_to_the_r
             .unwrap();
     }
     let mut s = settings(&url, "request-logs");
-    s.sqs.dead_letter_queue_url = Some(dlq.clone());
+    s.sqs.dead_letter_queue_url = Some(dlq.parse().unwrap());
     s.sqs.poison_nack_delay = Duration::from_secs(60);
     let pipeline = Pipeline::build(&s, &env.sqs_config().await, &env.dynamodb_config().await)
         .await

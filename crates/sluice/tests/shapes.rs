@@ -36,7 +36,7 @@ struct Drain {
 fn example_settings(queue_url: &str, table: &str) -> Settings {
     let mut s = sluice::config::from_toml(include_str!("../../../config/sluice.example.toml"))
         .expect("the example config loads");
-    s.sqs.queue_url = queue_url.to_string();
+    s.sqs.queue_url = Some(queue_url.parse().unwrap());
     s.dynamodb.table = table.to_string();
     s.sqs.dead_letter_queue_url = None;
     s.rate.mode = sluice::config::RateMode::Local;

@@ -842,7 +842,7 @@ async fn a_late_fifo_ack_that_sqs_refuses_is_rewritten_to_the_same_row_and_acked
     })
     .unwrap();
     let mut s = sluice::config::Settings::default();
-    s.sqs.queue_url = url.clone();
+    s.sqs.queue_url = Some(url.parse().unwrap());
     s.sqs.wait_time_seconds = 1;
     s.dynamodb.table = "late".into();
     s.validate().unwrap();

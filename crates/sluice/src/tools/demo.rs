@@ -344,13 +344,13 @@ async fn drive(
     }
 
     let mut settings = Settings::default();
-    settings.sqs.queue_url = queues.main.to_string();
-    settings.sqs.pollers = 8;
+    settings.sqs.queue_url = Some(queues.main.parse().context("the demo queue's URL")?);
+    settings.sqs.pollers = std::num::NonZeroUsize::new(8).expect("8 > 0");
     settings.sqs.visibility_timeout = Some(Duration::from_secs(60));
     // Poison returns at once so the queue's redrive moves it to the DLQ within the demo.
     settings.sqs.poison_nack_delay = Duration::ZERO;
     settings.dynamodb.table = table.to_string();
-    settings.rate.wcu_per_second = args.wcu;
+    settings.rate.wcu_per_second = args.wcu.and_then(std::num::NonZeroU32::new);
     settings.worker.max_in_flight = 2000;
     settings.validate()?;
     let pipeline = Pipeline::build(&settings, sdk, sdk).await?;

@@ -564,7 +564,7 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
             let queue_url = args
                 .queue_url
                 .clone()
-                .unwrap_or_else(|| settings.sqs.queue_url.clone());
+                .unwrap_or_else(|| settings.sqs.queue_url_str().to_owned());
             if queue_url.is_empty() {
                 bail!("give --ingest URL, or --queue-url URL (or --config with sqs.queue_url)");
             }
