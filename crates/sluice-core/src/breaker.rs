@@ -9,6 +9,7 @@
 
 use crate::retry::Backoff;
 use crate::sync::Recover;
+use sluice_common::catalog;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -94,7 +95,7 @@ impl Breaker {
             && now >= until
         {
             i.state = BreakerState::HalfOpen;
-            metrics::gauge!("sluice_circuit_open").set(0.0);
+            metrics::gauge!(catalog::CIRCUIT_OPEN).set(0.0);
             tracing::info!("circuit half open: probing the table with one round of receives");
         }
         i.state
@@ -117,7 +118,7 @@ impl Breaker {
         i.state = BreakerState::Closed;
         i.failures = 0;
         i.trips = 0;
-        metrics::gauge!("sluice_circuit_open").set(0.0);
+        metrics::gauge!(catalog::CIRCUIT_OPEN).set(0.0);
     }
 
     pub fn record_failure(&self, now: Instant, error: &str) {
@@ -134,9 +135,9 @@ impl Breaker {
             i.state = BreakerState::Open {
                 until: now + cooldown,
             };
-            metrics::counter!("sluice_circuit_opened_total").increment(1);
+            metrics::counter!(catalog::CIRCUIT_OPENED_TOTAL).increment(1);
             self.opened.notify_waiters();
-            metrics::gauge!("sluice_circuit_open").set(1.0);
+            metrics::gauge!(catalog::CIRCUIT_OPEN).set(1.0);
             tracing::warn!(
                 failures = i.failures,
                 cooldown_s = cooldown.as_secs_f64(),

@@ -37,6 +37,7 @@
 //!   timeout and is rewritten to the same rows).
 
 use crate::sync::Recover;
+use sluice_common::catalog;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -579,12 +580,12 @@ async fn run_heartbeat<S: Source>(
                 }
                 drop(entries);
                 drop(in_flight);
-                metrics::counter!("sluice_visibility_extensions_total")
+                metrics::counter!(catalog::VISIBILITY_EXTENSIONS_TOTAL)
                     .increment((chunk.len() - failed.len()) as u64);
                 for f in failures {
                     // Usually a message acked or nacked meanwhile; otherwise it may be delivered
                     // again when its visibility lapses (and rewritten idempotently).
-                    metrics::counter!("sluice_visibility_extension_failures_total").increment(1);
+                    metrics::counter!(catalog::VISIBILITY_EXTENSION_FAILURES_TOTAL).increment(1);
                     tracing::debug!(error = %f.error, "visibility extension failed");
                 }
             });
@@ -627,17 +628,17 @@ async fn hand_back<S: Source>(
     let n = messages.len() as u64;
     if !counted {
         shared.stats.received.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!("sluice_messages_received_total").increment(n);
+        metrics::counter!(catalog::MESSAGES_RECEIVED_TOTAL).increment(n);
     }
     shared.stats.nacked.fetch_add(n, Ordering::Relaxed);
-    metrics::counter!("sluice_messages_nacked_total", "reason" => reason).increment(n);
+    metrics::counter!(catalog::MESSAGES_NACKED_TOTAL, "reason" => reason).increment(n);
     let handles: Vec<S::Handle> = messages.into_iter().map(|m| m.handle).collect();
     let mut failed = 0;
     for chunk in handles.chunks(shared.source.max_ack_batch().max(1)) {
         failed += shared.source.extend(chunk, Duration::ZERO).await.len();
     }
     if failed > 0 {
-        metrics::counter!("sluice_nack_failures_total").increment(failed as u64);
+        metrics::counter!(catalog::NACK_FAILURES_TOTAL).increment(failed as u64);
         tracing::warn!(
             failed,
             reason,
@@ -814,7 +815,7 @@ async fn wait_for_intake<S: Source>(
     loop {
         let open = breaker.is_open(Instant::now().into_std());
         let size = shared.receive_size(max);
-        metrics::gauge!("sluice_write_backlog_wcu")
+        metrics::gauge!(catalog::WRITE_BACKLOG_WCU)
             .set(shared.stats.held_wcu.load(Ordering::Relaxed) as f64);
         // The body-bytes budget is used up: what is held already waits for room, so do not
         // fetch more yet.
@@ -883,7 +884,7 @@ fn note_receive_failed<S: Source>(
         .stats
         .receive_errors_in_a_row
         .store(errors, Ordering::Relaxed);
-    metrics::counter!("sluice_receive_errors_total").increment(1);
+    metrics::counter!(catalog::RECEIVE_ERRORS_TOTAL).increment(1);
     tracing::warn!(poller, %error, retryable = error.retryable, errors_in_a_row = errors, "receive failed; polling again after a pause");
 }
 
@@ -896,7 +897,7 @@ fn note_receive_ok<S: Source>(shared: &Shared<S>) {
         .stats
         .successful_polls
         .fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("sluice_receive_requests_total").increment(1);
+    metrics::counter!(catalog::RECEIVE_REQUESTS_TOTAL).increment(1);
 }
 
 /// Holds what a receive brought in (from this moment each message's visibility is kept), fits
@@ -914,8 +915,8 @@ async fn claim<S: Source>(
     let n = messages.len() as u64;
     shared.stats.received.fetch_add(n, Ordering::Relaxed);
     shared.stats.in_flight.fetch_add(n, Ordering::Relaxed);
-    metrics::counter!("sluice_messages_received_total").increment(n);
-    metrics::gauge!("sluice_messages_in_flight").increment(n as f64);
+    metrics::counter!(catalog::MESSAGES_RECEIVED_TOTAL).increment(n);
+    metrics::gauge!(catalog::MESSAGES_IN_FLIGHT).increment(n as f64);
     let capacity = budget_kib(shared.config.max_in_flight_bytes);
     let kib: Vec<u32> = messages
         .iter()
@@ -931,7 +932,7 @@ async fn claim<S: Source>(
         .min(u64::from(capacity)) as u32;
     let Some(mut bytes) = fit_bytes(shared, poller, bytes, total, shutdown).await else {
         shared.stats.in_flight.fetch_sub(n, Ordering::Relaxed);
-        metrics::gauge!("sluice_messages_in_flight").decrement(n as f64);
+        metrics::gauge!(catalog::MESSAGES_IN_FLIGHT).decrement(n as f64);
         hand_back(shared, messages, guards, "shutdown", true).await;
         return None;
     };
@@ -939,7 +940,7 @@ async fn claim<S: Source>(
     let mut claimed = Vec::with_capacity(messages.len());
     for ((message, guard), kib) in messages.into_iter().zip(guards).zip(kib) {
         if let Some(sent) = message.sent_at_ms {
-            metrics::histogram!("sluice_message_age_seconds")
+            metrics::histogram!(catalog::MESSAGE_AGE_SECONDS)
                 .record(now_ms.saturating_sub(sent) as f64 / 1000.0);
         }
         // `reserved` holds `max` permits and a receive returns at most `max` messages.
@@ -1170,11 +1171,11 @@ async fn dead_letter<S: Source>(
     let id = message.message_id.as_str();
     let receive_count = message.receive_count;
     shared.stats.poison.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("sluice_poison_messages_total", "reason" => reason).increment(1);
+    metrics::counter!(catalog::POISON_MESSAGES_TOTAL, "reason" => reason).increment(1);
     match shared.source.dead_letter(message, reason, detail).await {
         Ok(true) => {
             shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("sluice_dead_lettered_total", "reason" => reason).increment(1);
+            metrics::counter!(catalog::DEAD_LETTERED_TOTAL, "reason" => reason).increment(1);
             tracing::warn!(message_id = id, receive_count, reason, error = %detail, "poison message sent to the dead-letter queue");
             let _ = shared.acks.send(message.handle.clone()).await;
             None
@@ -1209,13 +1210,13 @@ async fn finish<S: Source>(
             .saturating_sub(Duration::from_secs(1));
         let delay = delay.min(room);
         shared.stats.nacked.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("sluice_messages_nacked_total", "reason" => reason).increment(1);
+        metrics::counter!(catalog::MESSAGES_NACKED_TOTAL, "reason" => reason).increment(1);
         if let Err(error) = shared.source.nack(&message.handle, delay).await {
-            metrics::counter!("sluice_nack_failures_total").increment(1);
+            metrics::counter!(catalog::NACK_FAILURES_TOTAL).increment(1);
             tracing::warn!(message_id = %message.message_id, %error, "nack failed; the message returns when its visibility timeout ends");
         }
     }
-    metrics::histogram!("sluice_message_processing_seconds")
+    metrics::histogram!(catalog::MESSAGE_PROCESSING_SECONDS)
         .record(message.received_at.elapsed().as_secs_f64());
     shared.stats.held_wcu.fetch_sub(wcu, Ordering::Relaxed);
     shared
@@ -1223,7 +1224,7 @@ async fn finish<S: Source>(
         .held_micros
         .fetch_sub(micros, Ordering::Relaxed);
     shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-    metrics::gauge!("sluice_messages_in_flight").decrement(1.0);
+    metrics::gauge!(catalog::MESSAGES_IN_FLIGHT).decrement(1.0);
     drop(permit);
 }
 
@@ -1275,7 +1276,7 @@ async fn ack_batch<S: Source>(
         let failures = source.ack(&batch).await;
         let acked = (batch.len() - failures.len()) as u64;
         stats.acked.fetch_add(acked, Ordering::Relaxed);
-        metrics::counter!("sluice_messages_acked_total").increment(acked);
+        metrics::counter!(catalog::MESSAGES_ACKED_TOTAL).increment(acked);
         if failures.is_empty() {
             return;
         }
@@ -1286,7 +1287,7 @@ async fn ack_batch<S: Source>(
                 retry.push(batch[failure.index].clone());
             } else {
                 stats.ack_failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("sluice_ack_failures_total").increment(1);
+                metrics::counter!(catalog::ACK_FAILURES_TOTAL).increment(1);
                 tracing::warn!(error = %failure.error, "could not delete a written message; it will be delivered again and rewritten to the same row");
             }
         }
@@ -1308,7 +1309,7 @@ const SLOW_MESSAGE_SECONDS: f64 = 60.0;
 /// a minute: nothing fails (waiting for capacity is progress), but its logs land late and the
 /// instance holds it all that time.
 fn note_write_seconds(seconds: f64, wcu: u64) {
-    metrics::histogram!("sluice_message_write_seconds").record(seconds);
+    metrics::histogram!(catalog::MESSAGE_WRITE_SECONDS).record(seconds);
     if seconds <= SLOW_MESSAGE_SECONDS {
         return;
     }

@@ -17,7 +17,6 @@ pub mod codec;
 pub mod engine;
 pub mod item;
 pub mod membership;
-pub mod metrics_catalog;
 pub mod number;
 pub mod pacer;
 pub mod rate;
@@ -25,7 +24,7 @@ pub mod source;
 pub mod testing;
 pub mod writer;
 
-pub use sluice_common::{retry, sync, time};
+pub use sluice_common::{catalog, retry, sync, time};
 
 pub use aimd::{Aimd, AimdConfig, RateChange};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};

@@ -16,6 +16,7 @@
 //! difference with the estimate ([`Pacer::on_consumed`]).
 
 use crate::sync::Recover;
+use sluice_common::catalog;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -327,7 +328,7 @@ impl Pacer {
         if causes.is_empty() {
             for (b, &w) in per_budget.iter().enumerate() {
                 if w > 0 {
-                    metrics::counter!("sluice_throttles_total", "resource" => self.label(b), "reason" => "unknown")
+                    metrics::counter!(catalog::THROTTLES_TOTAL, "resource" => self.label(b), "reason" => "unknown")
                         .increment(1);
                     self.limiter(b).on_throttle();
                 }
@@ -347,7 +348,7 @@ impl Pacer {
                 Resource::Table => "table".to_owned(),
                 Resource::Index(n) => format!("index:{n}"),
             };
-            metrics::counter!("sluice_throttles_total", "resource" => label.clone(), "reason" => cause.limit.label())
+            metrics::counter!(catalog::THROTTLES_TOTAL, "resource" => label.clone(), "reason" => cause.limit.label())
                 .increment(1);
             match (&cause.limit, b) {
                 // One key value over its partition's limit: pace that key on its own. Several
@@ -410,7 +411,7 @@ impl Pacer {
         };
         if !named.is_empty() {
             for (b, on_b) in named {
-                metrics::counter!("sluice_throttles_total", "resource" => self.label(b), "reason" => "key_range")
+                metrics::counter!(catalog::THROTTLES_TOTAL, "resource" => self.label(b), "reason" => "key_range")
                     .increment(1);
                 self.heat(b, &on_b, true);
             }
@@ -454,7 +455,7 @@ impl Pacer {
                 "other",
                 "unknown",
             ] {
-                metrics::counter!("sluice_throttles_total", "resource" => self.label(b), "reason" => reason)
+                metrics::counter!(catalog::THROTTLES_TOTAL, "resource" => self.label(b), "reason" => reason)
                     .increment(0);
             }
         }

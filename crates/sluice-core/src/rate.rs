@@ -15,6 +15,7 @@
 
 use crate::sync::{Recover, RecoverRw};
 pub use sluice_common::Backoff;
+use sluice_common::catalog;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
@@ -181,17 +182,17 @@ fn publish(index: Option<&str>, budget: Option<f64>, rate: f64) {
     match index {
         None => {
             if let Some(b) = budget {
-                metrics::gauge!("sluice_write_budget_wcu_per_second").set(b);
+                metrics::gauge!(catalog::WRITE_BUDGET_WCU_PER_SECOND).set(b);
             }
-            metrics::gauge!("sluice_paced_rate_wcu_per_second").set(rate);
+            metrics::gauge!(catalog::PACED_RATE_WCU_PER_SECOND).set(rate);
         }
         Some(i) => {
             let i = i.to_owned();
             if let Some(b) = budget {
-                metrics::gauge!("sluice_index_write_budget_wcu_per_second", "index" => i.clone())
+                metrics::gauge!(catalog::INDEX_WRITE_BUDGET_WCU_PER_SECOND, "index" => i.clone())
                     .set(b);
             }
-            metrics::gauge!("sluice_index_paced_rate_wcu_per_second", "index" => i).set(rate);
+            metrics::gauge!(catalog::INDEX_PACED_RATE_WCU_PER_SECOND, "index" => i).set(rate);
         }
     }
 }
@@ -201,9 +202,9 @@ fn report(index: Option<&str>, change: Option<RateChange>) {
     match change {
         Some(RateChange::Decreased { from, to }) => {
             match index {
-                None => metrics::counter!("sluice_aimd_decreases_total").increment(1),
+                None => metrics::counter!(catalog::AIMD_DECREASES_TOTAL).increment(1),
                 Some(i) => {
-                    metrics::counter!("sluice_aimd_decreases_total", "index" => i.to_owned())
+                    metrics::counter!(catalog::AIMD_DECREASES_TOTAL, "index" => i.to_owned())
                         .increment(1)
                 }
             }
@@ -217,9 +218,9 @@ fn report(index: Option<&str>, change: Option<RateChange>) {
         }
         Some(RateChange::Increased { from, to }) => {
             match index {
-                None => metrics::counter!("sluice_aimd_increases_total").increment(1),
+                None => metrics::counter!(catalog::AIMD_INCREASES_TOTAL).increment(1),
                 Some(i) => {
-                    metrics::counter!("sluice_aimd_increases_total", "index" => i.to_owned())
+                    metrics::counter!(catalog::AIMD_INCREASES_TOTAL, "index" => i.to_owned())
                         .increment(1)
                 }
             }
@@ -394,7 +395,7 @@ impl WcuLimiter {
                 p.local(cells).await;
             }
         }
-        metrics::histogram!("sluice_rate_limiter_wait_seconds")
+        metrics::histogram!(catalog::RATE_LIMITER_WAIT_SECONDS)
             .record(started.elapsed().as_secs_f64());
     }
 
@@ -415,7 +416,7 @@ impl WcuLimiter {
 
     /// `wcu` units were written.
     pub fn on_written(&self, wcu: f64) {
-        metrics::counter!("sluice_wcu_consumed_total").increment(wcu.round() as u64);
+        metrics::counter!(catalog::WCU_CONSUMED_TOTAL).increment(wcu.round() as u64);
     }
 }
 
@@ -487,7 +488,7 @@ impl Fleet {
     }
 
     fn fail(&self, error: &str) -> bool {
-        metrics::counter!("sluice_redis_lease_failures_total").increment(1);
+        metrics::counter!(catalog::REDIS_LEASE_FAILURES_TOTAL).increment(1);
         tracing::warn!(
             error,
             retry_in_s = self.config.retry_after.as_secs_f64(),

@@ -32,6 +32,7 @@
 //! is answered [`WriteFailure::Stopped`]: a write never hangs on a writer that is gone.
 
 use crate::sync::Recover;
+use sluice_common::catalog;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -734,7 +735,7 @@ impl<'a> BatchBuilder<'a> {
             }
             slot.trackers.append(&mut p.trackers);
             p.settled = true;
-            metrics::counter!("sluice_duplicates_collapsed_total").increment(1);
+            metrics::counter!(catalog::DUPLICATES_COLLAPSED_TOTAL).increment(1);
             self.stats
                 .duplicates_collapsed
                 .fetch_add(1, Ordering::Relaxed);
@@ -895,7 +896,7 @@ fn send_batch<W: BatchWriter>(
                 }
                 Err(e) if e.is_retryable() => note_retryable(&ctx, &pending, &e, attempt),
                 Err(e) if e.kind == WriteErrorKind::InvalidItem && pending.len() > 1 => {
-                    metrics::counter!("sluice_batch_write_requests_total", "outcome" => "invalid_item")
+                    metrics::counter!(catalog::BATCH_WRITE_REQUESTS_TOTAL, "outcome" => "invalid_item")
                         .increment(1);
                     tracing::warn!(error = %e, items = pending.len(), "batch rejected; writing its items one by one to find the bad one");
                     for p in pending {
@@ -956,7 +957,7 @@ fn settle_written<W: BatchWriter>(
         ..
     } = ctx;
     breaker.record_success();
-    metrics::counter!("sluice_batch_write_requests_total", "outcome" => "ok").increment(1);
+    metrics::counter!(catalog::BATCH_WRITE_REQUESTS_TOTAL, "outcome" => "ok").increment(1);
     let unprocessed: HashSet<usize> = result.unprocessed.into_iter().collect();
     let (mut written_logs, mut written_wcu) = (0u64, 0u32);
     let mut estimated = vec![0u64; pacer.len()];
@@ -985,7 +986,7 @@ fn settle_written<W: BatchWriter>(
             .last_write_ms
             .fetch_max(crate::time::epoch_ms(), Ordering::Relaxed);
     }
-    metrics::counter!("sluice_logs_written_total").increment(written_logs);
+    metrics::counter!(catalog::LOGS_WRITTEN_TOTAL).increment(written_logs);
     // The table's own share: index writes are paced and reported on their own budgets, and the
     // counter is compared with the table's budget.
     let consumed = result
@@ -1000,7 +1001,7 @@ fn settle_written<W: BatchWriter>(
         .fetch_add(consumed.round() as u64, Ordering::Relaxed);
     pacer.table().on_written(consumed);
     if !rest.is_empty() {
-        metrics::counter!("sluice_unprocessed_items_retried_total").increment(rest.len() as u64);
+        metrics::counter!(catalog::UNPROCESSED_ITEMS_RETRIED_TOTAL).increment(rest.len() as u64);
         stats
             .unprocessed_retried
             .fetch_add(rest.len() as u64, Ordering::Relaxed);
@@ -1020,7 +1021,7 @@ fn settle_written<W: BatchWriter>(
 /// A throttle slows what it names (AIMD); a transient error counts towards the breaker.
 fn note_retryable<W: BatchWriter>(ctx: &Ctx<W>, pending: &[Pending], e: &WriteError, attempt: u32) {
     let label = if e.kind == WriteErrorKind::Throttled {
-        metrics::counter!("sluice_throttled_requests_total").increment(1);
+        metrics::counter!(catalog::THROTTLED_REQUESTS_TOTAL).increment(1);
         ctx.stats.throttled_requests.fetch_add(1, Ordering::Relaxed);
         let costs: Vec<&Costs> = pending.iter().map(|p| &p.costs).collect();
         ctx.pacer
@@ -1031,7 +1032,7 @@ fn note_retryable<W: BatchWriter>(ctx: &Ctx<W>, pending: &[Pending], e: &WriteEr
             .record_failure(Instant::now().into_std(), &e.message);
         "transient_error"
     };
-    metrics::counter!("sluice_batch_write_requests_total", "outcome" => label).increment(1);
+    metrics::counter!(catalog::BATCH_WRITE_REQUESTS_TOTAL, "outcome" => label).increment(1);
     tracing::warn!(error = %e, items = pending.len(), attempt, outcome = label, "batch write failed; retrying");
 }
 
@@ -1053,7 +1054,7 @@ fn fail_all<W: BatchWriter>(ctx: &Ctx<W>, pending: Vec<Pending>, e: WriteError) 
             .record_failure(Instant::now().into_std(), &e.message);
         WriteFailure::Failed(e)
     };
-    metrics::counter!("sluice_batch_write_requests_total", "outcome" => failure.reason())
+    metrics::counter!(catalog::BATCH_WRITE_REQUESTS_TOTAL, "outcome" => failure.reason())
         .increment(1);
     tracing::warn!(error = %failure, items = pending.len(), "batch write failed; its messages fail");
     for p in pending {

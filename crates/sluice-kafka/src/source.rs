@@ -14,6 +14,7 @@
 //!   `revoke_grace`, commits, and abandons the rest: the new owner reads them again.
 //! - Poison goes to the DLQ topic, with the reason in headers, before its offset counts as done.
 
+use sluice_common::catalog;
 use sluice_core::source::dead_letter;
 use sluice_core::sync::Recover;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -267,14 +268,14 @@ impl ClientContext for Ctx {
                     (true, lag) if lag >= 0 => lag,
                     (true, _) => continue,
                 };
-                metrics::gauge!("sluice_kafka_consumer_lag", "topic" => topic.clone(), "partition" => id.to_string())
+                metrics::gauge!(catalog::KAFKA_CONSUMER_LAG, "topic" => topic.clone(), "partition" => id.to_string())
                     .set(lag as f64);
             }
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        metrics::counter!("sluice_kafka_client_errors_total").increment(1);
+        metrics::counter!(catalog::KAFKA_CLIENT_ERRORS_TOTAL).increment(1);
         tracing::warn!(%error, reason, "kafka client error");
     }
 }
@@ -292,7 +293,7 @@ impl ConsumerContext for Ctx {
             return;
         };
         let tps = tps_of(tpl);
-        metrics::counter!("sluice_kafka_rebalances_total", "kind" => "revoke").increment(1);
+        metrics::counter!(catalog::KAFKA_REBALANCES_TOTAL, "kind" => "revoke").increment(1);
         // Let what the engine holds of these partitions finish (bounded), then commit and let go.
         let started = std::time::Instant::now();
         while self.shared.held_in(&tps) > 0 && started.elapsed() < self.revoke_grace {
@@ -315,7 +316,7 @@ impl ConsumerContext for Ctx {
             held.retain(|(tp, _), _| !tps.contains(tp));
         }
         if abandoned > 0 {
-            metrics::counter!("sluice_kafka_abandoned_total").increment(abandoned as u64);
+            metrics::counter!(catalog::KAFKA_ABANDONED_TOTAL).increment(abandoned as u64);
         }
         if commit.count() > 0 {
             let outcome = match consumer.commit(&commit, CommitMode::Sync) {
@@ -325,7 +326,7 @@ impl ConsumerContext for Ctx {
                     "error"
                 }
             };
-            metrics::counter!("sluice_kafka_commits_total", "outcome" => outcome).increment(1);
+            metrics::counter!(catalog::KAFKA_COMMITS_TOTAL, "outcome" => outcome).increment(1);
         }
         tracing::info!(partitions = ?tps, abandoned, committed = commit.count(), "partitions revoked");
     }
@@ -334,7 +335,7 @@ impl ConsumerContext for Ctx {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let tps = tps_of(tpl);
-                metrics::counter!("sluice_kafka_rebalances_total", "kind" => "assign").increment(1);
+                metrics::counter!(catalog::KAFKA_REBALANCES_TOTAL, "kind" => "assign").increment(1);
                 let mut w = self.shared.wm();
                 for tp in &tps {
                     w.assign(tp.clone());
@@ -342,7 +343,7 @@ impl ConsumerContext for Ctx {
                 tracing::info!(partitions = ?tps, "partitions assigned");
             }
             Rebalance::Error(error) => {
-                metrics::counter!("sluice_kafka_rebalances_total", "kind" => "error").increment(1);
+                metrics::counter!(catalog::KAFKA_REBALANCES_TOTAL, "kind" => "error").increment(1);
                 tracing::warn!(%error, "rebalance error");
             }
             Rebalance::Revoke(_) => {}
@@ -363,10 +364,10 @@ fn commit_done(consumer: &BaseConsumer<Ctx>, shared: &Shared) {
     match consumer.commit(&tpl, CommitMode::Sync) {
         Ok(()) => {
             shared.wm().committed(&points);
-            metrics::counter!("sluice_kafka_commits_total", "outcome" => "ok").increment(1);
+            metrics::counter!(catalog::KAFKA_COMMITS_TOTAL, "outcome" => "ok").increment(1);
         }
         Err(error) => {
-            metrics::counter!("sluice_kafka_commits_total", "outcome" => "error").increment(1);
+            metrics::counter!(catalog::KAFKA_COMMITS_TOTAL, "outcome" => "error").increment(1);
             tracing::warn!(%error, "offset commit failed; retrying on the next tick");
         }
     }
@@ -462,7 +463,7 @@ fn consume(
                 });
             }
             Some(Err(error)) => {
-                metrics::counter!("sluice_kafka_client_errors_total").increment(1);
+                metrics::counter!(catalog::KAFKA_CLIENT_ERRORS_TOTAL).increment(1);
                 tracing::warn!(%error, "kafka poll error");
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -2,6 +2,7 @@
 //! sends them in batches (through [`crate::send`]), spools what the queue does not take and
 //! replays it in order, and answers durable sends once their logs are in the queue.
 
+use sluice_common::catalog;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -305,7 +306,7 @@ impl<T: Transport> Dispatcher<T> {
             .buffer_bytes
             .fetch_sub(s.bytes as u64, Ordering::Relaxed)
             .saturating_sub(s.bytes as u64);
-        metrics::gauge!("sluice_producer_buffer_bytes").set(now as f64);
+        metrics::gauge!(catalog::PRODUCER_BUFFER_BYTES).set(now as f64);
         for (t, _) in s.waiters.iter().flatten() {
             t.done(1, &result);
         }
@@ -327,7 +328,7 @@ impl<T: Transport> Dispatcher<T> {
             .buffer_bytes
             .fetch_sub(s.bytes as u64, Ordering::Relaxed)
             .saturating_sub(s.bytes as u64);
-        metrics::gauge!("sluice_producer_buffer_bytes").set(now as f64);
+        metrics::gauge!(catalog::PRODUCER_BUFFER_BYTES).set(now as f64);
         for (at, w) in s.waiters.iter().enumerate() {
             if let Some((t, index)) = w {
                 match rejected_at.get(&at) {
@@ -346,7 +347,7 @@ impl<T: Transport> Dispatcher<T> {
             self.stats.spool_messages.store(s.len(), Ordering::Relaxed);
         }
         self.stats.spooling.store(self.spooling, Ordering::Relaxed);
-        metrics::gauge!("sluice_producer_spooling").set(if self.spooling { 1.0 } else { 0.0 });
+        metrics::gauge!(catalog::PRODUCER_SPOOLING).set(if self.spooling { 1.0 } else { 0.0 });
     }
 
     fn take_batch(&mut self) -> Vec<Sealed> {
@@ -457,7 +458,7 @@ impl<T: Transport> Dispatcher<T> {
             }
         }
         if !spooled.is_empty() {
-            metrics::counter!("sluice_producer_spooled_messages_total")
+            metrics::counter!(catalog::PRODUCER_SPOOLED_MESSAGES_TOTAL)
                 .increment(spooled.len() as u64);
             self.stats
                 .messages_spooled
@@ -534,7 +535,7 @@ impl<T: Transport> Dispatcher<T> {
                     }
                 }
             }
-            metrics::counter!("sluice_producer_messages_total", "path" => "replay").increment(sent);
+            metrics::counter!(catalog::PRODUCER_MESSAGES_TOTAL, "path" => "replay").increment(sent);
             self.stats
                 .messages_replayed
                 .fetch_add(sent, Ordering::Relaxed);
@@ -564,7 +565,7 @@ impl<T: Transport> Dispatcher<T> {
         for (s, f) in sealed.into_iter().zip(finals) {
             match f {
                 Final::Sent => {
-                    metrics::counter!("sluice_producer_messages_total", "path" => "direct")
+                    metrics::counter!(catalog::PRODUCER_MESSAGES_TOTAL, "path" => "direct")
                         .increment(1);
                     self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
                     self.stats
@@ -573,7 +574,7 @@ impl<T: Transport> Dispatcher<T> {
                     self.settle(s, Ok(()));
                 }
                 Final::Partly(refused) => {
-                    metrics::counter!("sluice_producer_messages_total", "path" => "direct")
+                    metrics::counter!(catalog::PRODUCER_MESSAGES_TOTAL, "path" => "direct")
                         .increment(1);
                     self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
                     self.stats
@@ -665,7 +666,7 @@ impl<T: Transport> Dispatcher<T> {
                 logs = dropped,
                 "shutdown: the queue did not take these logs in time and there is no spool; they are lost"
             );
-            metrics::counter!("sluice_producer_logs_total", "outcome" => "dropped")
+            metrics::counter!(catalog::PRODUCER_LOGS_TOTAL, "outcome" => "dropped")
                 .increment(dropped);
             self.stats
                 .logs_dropped

@@ -58,6 +58,7 @@ pub use transport::{
     EntryOutcome, OutMessage, SendFuture, Transport, TransportError, TransportErrorKind,
 };
 
+use sluice_common::catalog;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -259,47 +260,7 @@ pub struct Producer {
 
 /// Names and help of the producer's metrics, for a Prometheus exporter.
 pub fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge};
-    describe_counter!(
-        "sluice_producer_logs_total",
-        "Logs handed to the producer, by outcome: accepted, shed (buffer full, Shed policy), refused (buffer full, caller told), rejected (the queue refused the message), dropped (closed with no spool)."
-    );
-    describe_counter!(
-        "sluice_producer_messages_total",
-        "SQS messages the producer delivered, by path: direct, or replay (from the spool)."
-    );
-    describe_counter!(
-        "sluice_producer_batches_total",
-        "SendMessageBatch calls the producer made."
-    );
-    describe_counter!(
-        "sluice_producer_send_errors_total",
-        "Failed sends, by kind: throttled, unavailable (whole call), entry (one entry of a batch)."
-    );
-    describe_counter!(
-        "sluice_producer_spooled_messages_total",
-        "Messages written to the disk spool because the queue did not take them."
-    );
-    describe_counter!(
-        "sluice_producer_spool_corrupt_total",
-        "Spool records or segments that failed their checksum on replay (data loss on disk)."
-    );
-    describe_gauge!(
-        "sluice_producer_buffer_bytes",
-        "Bytes of logs held in the producer's memory."
-    );
-    describe_gauge!(
-        "sluice_producer_spool_bytes",
-        "Bytes of undelivered messages in the disk spool; above 0 the queue is not keeping up."
-    );
-    describe_gauge!(
-        "sluice_producer_spool_messages",
-        "Undelivered messages in the disk spool."
-    );
-    describe_gauge!(
-        "sluice_producer_spooling",
-        "1 while the producer writes to its spool instead of the queue."
-    );
+    catalog::describe(catalog::Exporter::Producer);
 }
 
 impl Producer {
@@ -408,7 +369,7 @@ impl Producer {
                 max,
                 "a log is larger than producer.max_message_bytes; refused"
             );
-            metrics::counter!("sluice_producer_logs_total", "outcome" => "rejected").increment(1);
+            metrics::counter!(catalog::PRODUCER_LOGS_TOTAL, "outcome" => "rejected").increment(1);
             self.shared
                 .stats
                 .logs_rejected
@@ -423,7 +384,7 @@ impl Producer {
             .tx
             .send(Cmd::Log(Entry { log, ticket }))
             .map_err(|_| ProduceError::Closed)?;
-        metrics::counter!("sluice_producer_logs_total", "outcome" => "accepted").increment(1);
+        metrics::counter!(catalog::PRODUCER_LOGS_TOTAL, "outcome" => "accepted").increment(1);
         self.shared
             .stats
             .logs_accepted
@@ -432,7 +393,7 @@ impl Producer {
     }
 
     fn shed(&self) -> ProduceError {
-        metrics::counter!("sluice_producer_logs_total", "outcome" => "shed").increment(1);
+        metrics::counter!(catalog::PRODUCER_LOGS_TOTAL, "outcome" => "shed").increment(1);
         self.shared.stats.logs_shed.fetch_add(1, Ordering::Relaxed);
         ProduceError::Full
     }
@@ -444,7 +405,7 @@ impl Producer {
             .buffer_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed)
             + bytes as u64;
-        metrics::gauge!("sluice_producer_buffer_bytes").set(now as f64);
+        metrics::gauge!(catalog::PRODUCER_BUFFER_BYTES).set(now as f64);
     }
 
     /// Queues one log (a JSON object). With [`FullPolicy::Block`] this waits while the buffer
@@ -515,7 +476,7 @@ impl Producer {
         match self.shared.budget.try_acquire_many(total) {
             Ok(p) => p.forget(),
             Err(_) => {
-                metrics::counter!("sluice_producer_logs_total", "outcome" => "refused")
+                metrics::counter!(catalog::PRODUCER_LOGS_TOTAL, "outcome" => "refused")
                     .increment(logs.len() as u64);
                 return Err(ProduceError::Full);
             }

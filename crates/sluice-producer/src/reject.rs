@@ -1,5 +1,6 @@
 //! The reject file: where a log the queue refuses for good is kept, fsynced, with the reason.
 
+use sluice_common::catalog;
 use sluice_common::time::epoch_ms;
 
 use crate::send::Refused;
@@ -13,7 +14,7 @@ impl RejectFile {
     /// Keeps a refused log (fsynced, with the directory entry of a new file) and says so at
     /// ERROR; never loses it silently. Returns where it is, for the answer to the sender.
     pub(crate) fn keep(&self, r: &Refused, group: Option<&str>) -> String {
-        metrics::counter!("sluice_producer_logs_total", "outcome" => "rejected").increment(1);
+        metrics::counter!(catalog::PRODUCER_LOGS_TOTAL, "outcome" => "rejected").increment(1);
         let Some(path) = &self.path else {
             tracing::error!(reason = %r.reason, log = %r.text, "the queue refused a log for good; set producer.reject_file (or a spool) to keep such logs in a file");
             return "it is written only to sluice's ERROR log (set producer.reject_file to keep such logs in a file)".into();

@@ -2,6 +2,7 @@
 //! message the queue refuses into its logs, and [`send_all`] for callers that hold ready-made
 //! bodies (the demo, benchmarks, tests). The only SendMessageBatch loop in sluice.
 
+use sluice_common::catalog;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -56,10 +57,10 @@ fn send_with_retries<T: Transport>(
                 tokio::time::sleep(backoff.delay(attempt - 1)).await;
             }
             let batch: Vec<OutMessage> = pending.iter().map(|&i| msgs[i].clone()).collect();
-            metrics::counter!("sluice_producer_batches_total").increment(1);
+            metrics::counter!(catalog::PRODUCER_BATCHES_TOTAL).increment(1);
             match transport.send(&batch).await {
                 Err(e) if e.kind == TransportErrorKind::Refused => {
-                    metrics::counter!("sluice_producer_send_errors_total", "kind" => e.kind.label())
+                    metrics::counter!(catalog::PRODUCER_SEND_ERRORS_TOTAL, "kind" => e.kind.label())
                         .increment(1);
                     if let [i] = pending[..] {
                         finals[i] = Some(Outcome::Rejected(e.message));
@@ -81,7 +82,7 @@ fn send_with_retries<T: Transport>(
                     break;
                 }
                 Err(e) => {
-                    metrics::counter!("sluice_producer_send_errors_total", "kind" => e.kind.label())
+                    metrics::counter!(catalog::PRODUCER_SEND_ERRORS_TOTAL, "kind" => e.kind.label())
                         .increment(1);
                     tracing::warn!(error = %e, attempt = attempt + 1, messages = batch.len(), "SendMessageBatch failed");
                     last = e.message;
@@ -95,7 +96,7 @@ fn send_with_retries<T: Transport>(
                                 finals[i] = Some(Outcome::Rejected(why.clone()))
                             }
                             Some(EntryOutcome::Retry(why)) => {
-                                metrics::counter!("sluice_producer_send_errors_total", "kind" => "entry")
+                                metrics::counter!(catalog::PRODUCER_SEND_ERRORS_TOTAL, "kind" => "entry")
                                     .increment(1);
                                 last = why.clone();
                                 still.push(i);

@@ -22,6 +22,7 @@
 //! renamed, so neither vanishes; and a cursor past the end of what survived is moved back to it,
 //! so new records are never written behind it.
 
+use sluice_common::catalog;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -233,7 +234,7 @@ fn scan_segment(
             return Ok(None);
         }
         tracing::error!(path = %p.display(), "spool segment has no valid header (not a sluice spool, or a newer format); skipped");
-        metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
+        metrics::counter!(catalog::PRODUCER_SPOOL_CORRUPT_TOTAL).increment(1);
         recovery.corrupt_segments += 1;
         return Ok(Some(0));
     }
@@ -257,7 +258,7 @@ fn scan_segment(
             }
             Err(()) => {
                 tracing::error!(path = %p.display(), offset = pos, "spool record fails its checksum; the rest of this segment is skipped");
-                metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
+                metrics::counter!(catalog::PRODUCER_SPOOL_CORRUPT_TOTAL).increment(1);
                 recovery.corrupt_segments += 1;
                 return Ok(Some(pos));
             }
@@ -449,8 +450,8 @@ impl Spool {
     }
 
     fn publish(&self) {
-        metrics::gauge!("sluice_producer_spool_bytes").set(self.bytes as f64);
-        metrics::gauge!("sluice_producer_spool_messages").set(self.records as f64);
+        metrics::gauge!(catalog::PRODUCER_SPOOL_BYTES).set(self.bytes as f64);
+        metrics::gauge!(catalog::PRODUCER_SPOOL_MESSAGES).set(self.records as f64);
     }
 
     /// Undelivered messages.
@@ -597,7 +598,7 @@ impl Spool {
                     Ok(Some(payload)) => {
                         let Some(m) = decode(&payload) else {
                             tracing::error!(path = %path.display(), offset = pos.offset, "spool record has a valid checksum but does not decode; skipped");
-                            metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
+                            metrics::counter!(catalog::PRODUCER_SPOOL_CORRUPT_TOTAL).increment(1);
                             pos.offset += RECORD_HEADER + payload.len() as u64;
                             continue;
                         };
@@ -612,7 +613,7 @@ impl Spool {
                     Ok(None) => break,
                     Err(()) => {
                         tracing::error!(path = %path.display(), offset = pos.offset, "spool record fails its checksum; the rest of this segment is skipped");
-                        metrics::counter!("sluice_producer_spool_corrupt_total").increment(1);
+                        metrics::counter!(catalog::PRODUCER_SPOOL_CORRUPT_TOTAL).increment(1);
                         self.segment_ends.push((pos.segment, pos.offset));
                         if pos.segment == self.write.segment {
                             // New appends must not land behind the damage.

@@ -16,6 +16,7 @@
 //! | 429 + Retry-After | the key is over `ingest.rate_per_key` logs/s (governor's keyed token bucket) |
 //! | 202 | every log is in the queue or in the spool (durable: a kill -9 after this loses nothing) |
 
+use sluice_common::catalog;
 use sluice_core::sync::RecoverRw;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -47,23 +48,10 @@ use crate::command::{ConfigArgs, Failure, INTERRUPTED, Outcome};
 use crate::config::{ApiKey, IngestSettings, Settings, read_api_keys_file};
 use crate::telemetry::{self, Probe};
 
+/// Registers the help text of the ingest API's metrics and the producer's inside it.
 pub fn describe_metrics() {
-    metrics::describe_counter!(
-        "sluice_ingest_requests_total",
-        "Requests to POST /v1/logs, by HTTP status code."
-    );
-    metrics::describe_counter!(
-        "sluice_ingest_logs_total",
-        "Logs the ingest API accepted (202: in the queue or the spool)."
-    );
-    metrics::describe_counter!(
-        "sluice_ingest_reloads_total",
-        "Changed files swapped in while serving (ingest.reload_interval), by what: tls (ingest.tls_cert and tls_key), api_keys (ingest.api_keys_file)."
-    );
-    metrics::describe_counter!(
-        "sluice_ingest_reload_errors_total",
-        "Changed files that did not load, by what (tls, api_keys): the previous certificate or keys stay in use."
-    );
+    catalog::describe(catalog::Exporter::Ingest);
+    catalog::describe(catalog::Exporter::Producer);
 }
 
 struct Key {
@@ -92,7 +80,7 @@ const STATUSES: [u16; 10] = [202, 400, 401, 408, 413, 415, 422, 429, 503, 500];
 
 impl Ingest {
     fn count(&self, status: StatusCode) {
-        metrics::counter!("sluice_ingest_requests_total", "code" => status.as_str().to_owned())
+        metrics::counter!(catalog::INGEST_REQUESTS_TOTAL, "code" => status.as_str().to_owned())
             .increment(1);
         self.requests.fetch_add(1, Ordering::Relaxed);
         if let Some(i) = STATUSES.iter().position(|&s| s == status.as_u16()) {
@@ -500,7 +488,7 @@ async fn handle(st: &Ingest, headers: HeaderMap, body: Body) -> Response {
     .await
     {
         Ok(Ok(())) => {
-            metrics::counter!("sluice_ingest_logs_total").increment(n as u64);
+            metrics::counter!(catalog::INGEST_LOGS_TOTAL).increment(n as u64);
             st.accepted_logs.fetch_add(n as u64, Ordering::Relaxed);
             (StatusCode::ACCEPTED, axum::Json(json!({"accepted": n}))).into_response()
         }
@@ -595,12 +583,12 @@ async fn reload(
                     Ok(acceptor) => {
                         *shared.write_locked() = acceptor;
                         tls_seen = now;
-                        metrics::counter!("sluice_ingest_reloads_total", "what" => "tls")
+                        metrics::counter!(catalog::INGEST_RELOADS_TOTAL, "what" => "tls")
                             .increment(1);
                         tracing::info!(cert = %cert.display(), "TLS certificate reloaded: new connections get it");
                     }
                     Err(error) => {
-                        metrics::counter!("sluice_ingest_reload_errors_total", "what" => "tls")
+                        metrics::counter!(catalog::INGEST_RELOAD_ERRORS_TOTAL, "what" => "tls")
                             .increment(1);
                         tracing::error!(error = %format!("{error:#}"), "the changed TLS certificate or key does not load: still serving the previous one");
                     }
@@ -615,12 +603,12 @@ async fn reload(
                         let n = keys.len();
                         *state.keys.write_locked() = Arc::new(keys);
                         keys_seen = now;
-                        metrics::counter!("sluice_ingest_reloads_total", "what" => "api_keys")
+                        metrics::counter!(catalog::INGEST_RELOADS_TOTAL, "what" => "api_keys")
                             .increment(1);
                         tracing::info!(file = %path.display(), keys = n, "API keys reloaded");
                     }
                     Err(error) => {
-                        metrics::counter!("sluice_ingest_reload_errors_total", "what" => "api_keys").increment(1);
+                        metrics::counter!(catalog::INGEST_RELOAD_ERRORS_TOTAL, "what" => "api_keys").increment(1);
                         tracing::error!(error = %format!("{error:#}"), "the changed API key file does not load: the previous keys stay");
                     }
                 }

@@ -2,6 +2,7 @@
 //! every heartbeat, and its share of every budget (the table's and each index's) moved to
 //! budget ÷ live members. The rule is [`sluice_core::membership`]'s; this is its I/O.
 
+use sluice_common::catalog;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +56,7 @@ struct HoldOnExit(Arc<dyn Shared>);
 impl Drop for HoldOnExit {
     fn drop(&mut self) {
         self.0.hold(true);
-        metrics::gauge!("sluice_fleet_share").set(0.0);
+        metrics::gauge!(catalog::FLEET_SHARE).set(0.0);
     }
 }
 
@@ -87,7 +88,7 @@ pub async fn join(
     );
     let mut state = Membership::new(id.clone(), m.lease_duration, m.heartbeat_interval);
     budgets.hold(true);
-    metrics::gauge!("sluice_fleet_share").set(0.0);
+    metrics::gauge!(catalog::FLEET_SHARE).set(0.0);
     let sent = now_ms();
     crate::startup::retry("joining the fleet", retry_for, || async {
         table
@@ -152,16 +153,16 @@ impl Drop for Member {
 
 /// Applies a share: held, or budget ÷ members. Says so when it changes.
 fn apply(budgets: &dyn Shared, last: &mut Option<Share>, share: Share, live: u32, lapsed: bool) {
-    metrics::gauge!("sluice_fleet_members").set(f64::from(live));
+    metrics::gauge!(catalog::FLEET_MEMBERS).set(f64::from(live));
     if *last == Some(share) {
         return;
     }
     match share {
         Share::Hold => {
             budgets.hold(true);
-            metrics::gauge!("sluice_fleet_share").set(0.0);
+            metrics::gauge!(catalog::FLEET_SHARE).set(0.0);
             if lapsed {
-                metrics::counter!("sluice_fleet_lease_lapses_total").increment(1);
+                metrics::counter!(catalog::FLEET_LEASE_LAPSES_TOTAL).increment(1);
                 tracing::warn!(
                     "this instance's lease could not be renewed in time: writes are held (the others may already have taken its share) until it is counted again"
                 );
@@ -172,7 +173,7 @@ fn apply(budgets: &dyn Shared, last: &mut Option<Share>, share: Share, live: u32
         Share::OneOf(n) => {
             budgets.set_share(share.fraction());
             budgets.hold(false);
-            metrics::gauge!("sluice_fleet_share").set(share.fraction());
+            metrics::gauge!(catalog::FLEET_SHARE).set(share.fraction());
             tracing::info!(members = n, share = share.fraction(), "fleet budget split");
         }
     }
@@ -221,12 +222,12 @@ async fn heartbeat(
                 state.on_read(&members, now)
             }
             Ok(Err(error)) => {
-                metrics::counter!("sluice_fleet_errors_total", "op" => "read").increment(1);
+                metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "read").increment(1);
                 tracing::warn!(%error, "cannot read the fleet's members: keeping the last share");
                 state.share_at(now)
             }
             Err(_) => {
-                metrics::counter!("sluice_fleet_errors_total", "op" => "read").increment(1);
+                metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "read").increment(1);
                 tracing::warn!("reading the fleet's members timed out: keeping the last share");
                 state.share_at(now)
             }
@@ -245,12 +246,12 @@ async fn heartbeat(
                 Ok(Ok(())) => state.renewed(sent, seen),
                 Ok(Err(error)) => {
                     state.renewal_unknown(seen);
-                    metrics::counter!("sluice_fleet_errors_total", "op" => "renew").increment(1);
+                    metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "renew").increment(1);
                     tracing::warn!(%error, "cannot renew this instance's lease");
                 }
                 Err(_) => {
                     state.renewal_unknown(seen);
-                    metrics::counter!("sluice_fleet_errors_total", "op" => "renew").increment(1);
+                    metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "renew").increment(1);
                     tracing::warn!("renewing this instance's lease timed out");
                 }
             }

@@ -1,5 +1,6 @@
 //! Wiring: settings and SDK configs into a running engine (SQS source → writer → DynamoDB).
 
+use sluice_common::catalog;
 use sluice_core::sync::Recover;
 use std::sync::Arc;
 
@@ -306,7 +307,7 @@ impl Pipeline {
             }
         };
         if let Some(Capacity::Provisioned(w)) = limits.as_ref().map(|l| l.table) {
-            metrics::gauge!("sluice_table_capacity_wcu").set(w as f64);
+            metrics::gauge!(catalog::TABLE_CAPACITY_WCU).set(w as f64);
         }
         let capacity = limits.as_ref().map(|l| l.table.kind());
         let table_budget = budget_for(settings, limits.as_ref().map(|l| l.table), true);
@@ -314,7 +315,7 @@ impl Pipeline {
         let mut bucket = None;
         let limiter = match &table_budget {
             Some((b, why)) => {
-                metrics::gauge!("sluice_fleet_write_budget_wcu_per_second").set(b.table);
+                metrics::gauge!(catalog::FLEET_WRITE_BUDGET_WCU_PER_SECOND).set(b.table);
                 tracing::info!(table_budget_wcu_per_s = b.table.round(), local_budget_wcu_per_s = b.local.round(), mode = ?settings.rate.mode, capacity = ?capacity, why = %why, "write budget: table");
                 let (limiter, shared) = limiter_for(settings, *b, None)?;
                 bucket = shared;
@@ -535,7 +536,7 @@ impl Budgeted {
         let settings = &self.settings;
         match budget_with_share(settings, limits.as_ref().map(|l| l.table), true, share) {
             Some((b, _)) => {
-                metrics::gauge!("sluice_fleet_write_budget_wcu_per_second").set(b.table);
+                metrics::gauge!(catalog::FLEET_WRITE_BUDGET_WCU_PER_SECOND).set(b.table);
                 self.table.set_budget(nonzero(b.local));
                 if let Some(bucket) = &self.bucket {
                     bucket.set_rate(bucket_rate(settings, b));
@@ -600,7 +601,7 @@ async fn refresh_budget(
         let limits = match sluice_dynamodb::describe_limits(&ddb, &table).await {
             Ok(l) => l,
             Err(error) => {
-                metrics::counter!("sluice_capacity_refresh_errors_total").increment(1);
+                metrics::counter!(catalog::CAPACITY_REFRESH_ERRORS_TOTAL).increment(1);
                 tracing::warn!(%error, "capacity refresh failed; keeping the current budgets");
                 continue;
             }
@@ -609,7 +610,7 @@ async fn refresh_budget(
             continue;
         }
         if let Capacity::Provisioned(w) = limits.table {
-            metrics::gauge!("sluice_table_capacity_wcu").set(w as f64);
+            metrics::gauge!(catalog::TABLE_CAPACITY_WCU).set(w as f64);
         }
         budgets.set_limits(limits.clone());
         // Indexes are paced from the budgets made at the start; one created since is said once

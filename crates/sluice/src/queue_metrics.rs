@@ -25,22 +25,9 @@ use tokio_util::sync::CancellationToken;
 /// a minute, so polling faster would show nothing new.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(15);
 
-pub const QUEUE_MESSAGES: &str = "sluice_queue_messages";
-pub const QUEUE_ATTRIBUTE_ERRORS: &str = "sluice_queue_attribute_errors_total";
-
-/// Registers the help texts of the metrics this module exports.
-pub fn describe() {
-    metrics::describe_gauge!(
-        QUEUE_MESSAGES,
-        "Messages in the source queue and its dead-letter queue (queue=source|dlq), by state: \
-         visible (ApproximateNumberOfMessages), in_flight (…NotVisible), delayed (…Delayed). \
-         Read every 15 s with GetQueueAttributes; the same for every instance of a fleet."
-    );
-    metrics::describe_counter!(
-        QUEUE_ATTRIBUTE_ERRORS,
-        "Failed reads of a queue's attributes for sluice_queue_messages, by queue (source|dlq)."
-    );
-}
+pub use sluice_common::catalog::{
+    QUEUE_ATTRIBUTE_ERRORS_TOTAL as QUEUE_ATTRIBUTE_ERRORS, QUEUE_MESSAGES,
+};
 
 /// Counts of one queue, as GetQueueAttributes reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

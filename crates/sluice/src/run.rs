@@ -31,7 +31,6 @@ pub async fn command(args: RunArgs) -> Outcome {
 /// Drains until the first SIGTERM or SIGINT (exit 0), or a second one (exit 130 at once).
 pub async fn run(settings: Settings) -> Result<u8> {
     let metrics = telemetry::install_metrics()?;
-    queue_metrics::describe();
     // systemd (Type=notify): watchdog pings from the start, READY=1 once receiving, STOPPING=1
     // on the first signal. All no-ops without NOTIFY_SOCKET.
     let notifier = std::sync::Arc::new(Notifier::from_env());

@@ -5,6 +5,7 @@
 //! drains exactly as on SIGTERM: stop receiving, finish within worker.shutdown_grace (which the
 //! config keeps well under the two minutes), return the rest to the queue, flush acks, exit 0.
 
+use sluice_common::catalog;
 use std::time::Duration;
 
 use aws_config::imds::client::error::ImdsError;
@@ -32,7 +33,7 @@ pub async fn watch(poll_interval: Duration, shutdown: CancellationToken) {
             Ok(notice) => {
                 let notice = notice.as_ref().to_string();
                 let parsed: serde_json::Value = serde_json::from_str(&notice).unwrap_or_default();
-                metrics::counter!("sluice_spot_notices_total").increment(1);
+                metrics::counter!(catalog::SPOT_NOTICES_TOTAL).increment(1);
                 tracing::warn!(
                     action = parsed["action"].as_str().unwrap_or("?"),
                     time = parsed["time"].as_str().unwrap_or("?"),
@@ -46,7 +47,7 @@ pub async fn watch(poll_interval: Duration, shutdown: CancellationToken) {
             }
             Err(error) => {
                 failures += 1;
-                metrics::counter!("sluice_spot_poll_errors_total").increment(1);
+                metrics::counter!(catalog::SPOT_POLL_ERRORS_TOTAL).increment(1);
                 // Once, then every 60th failure: off EC2 this would say the same thing forever.
                 if failures == 1 || failures.is_multiple_of(60) {
                     tracing::warn!(%error, failures, "cannot read the spot interruption notice from IMDS");

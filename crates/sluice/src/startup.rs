@@ -1,5 +1,6 @@
 //! Start-up checks that ride out AWS having a bad minute.
 
+use sluice_common::catalog;
 use std::time::Duration;
 
 use sluice_core::Backoff;
@@ -36,7 +37,7 @@ where
                     && tokio::time::Instant::now() + backoff.ceiling(attempt - 1) < give_up =>
             {
                 let delay = backoff.delay(attempt - 1);
-                metrics::counter!("sluice_startup_retries_total").increment(1);
+                metrics::counter!(catalog::STARTUP_RETRIES_TOTAL).increment(1);
                 tracing::warn!(check = what, attempt, error = %e, retry_in = ?delay, "start-up check failed on a transient error; retrying (dynamodb.startup_retry_for)");
                 tokio::time::sleep(delay).await;
                 attempt += 1;

@@ -79,9 +79,10 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
         .map_err(|e| anyhow!("metrics buckets: {e}"))?
         .install_recorder()
         .map_err(|e| anyhow!("cannot install the metrics recorder: {e}"))?;
-    sluice_core::metrics_catalog::describe();
-    sluice_producer::describe_metrics();
-    sluice_kafka::describe_metrics();
+    use sluice_common::catalog::{Exporter, describe};
+    for exporter in [Exporter::Daemon, Exporter::Kafka, Exporter::Producer] {
+        describe(exporter);
+    }
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
