@@ -7,6 +7,7 @@
 //!
 //! Pure state with explicit instants, like [`crate::aimd`].
 
+use crate::events::{CircuitEased, CircuitOpened};
 use crate::retry::Backoff;
 use crate::sync::Recover;
 use sluice_common::catalog;
@@ -95,8 +96,7 @@ impl Breaker {
             && now >= until
         {
             i.state = BreakerState::HalfOpen;
-            metrics::gauge!(catalog::CIRCUIT_OPEN).set(0.0);
-            tracing::info!("circuit half open: probing the table with one round of receives");
+            CircuitEased { half_open: true }.emit();
         }
         i.state
     }
@@ -113,12 +113,13 @@ impl Breaker {
     pub fn record_success(&self) {
         let mut i = self.lock();
         if i.state != BreakerState::Closed {
-            tracing::info!("circuit closed: the table accepts writes again");
+            CircuitEased { half_open: false }.emit();
+        } else {
+            metrics::gauge!(catalog::CIRCUIT_OPEN).set(0.0);
         }
         i.state = BreakerState::Closed;
         i.failures = 0;
         i.trips = 0;
-        metrics::gauge!(catalog::CIRCUIT_OPEN).set(0.0);
     }
 
     pub fn record_failure(&self, now: Instant, error: &str) {
@@ -135,15 +136,13 @@ impl Breaker {
             i.state = BreakerState::Open {
                 until: now + cooldown,
             };
-            metrics::counter!(catalog::CIRCUIT_OPENED_TOTAL).increment(1);
             self.opened.notify_waiters();
-            metrics::gauge!(catalog::CIRCUIT_OPEN).set(1.0);
-            tracing::warn!(
-                failures = i.failures,
-                cooldown_s = cooldown.as_secs_f64(),
+            CircuitOpened {
+                failures: i.failures,
+                cooldown,
                 error,
-                "circuit open: the table keeps failing; receiving stops, messages wait in the queue"
-            );
+            }
+            .emit();
         }
     }
 }

@@ -51,6 +51,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::breaker::Breaker;
 use crate::codec::{DecodeError, Schema, decode_message};
+use crate::events::{
+    AckFailed, HandedBack, Nacked, Poison, PoisonOutcome, ReceiveFailed, VisibilityExtensionFailed,
+};
 use crate::item::Item;
 use crate::rate::Backoff;
 use crate::source::{Received, Source, SourceError};
@@ -585,8 +588,7 @@ async fn run_heartbeat<S: Source>(
                 for f in failures {
                     // Usually a message acked or nacked meanwhile; otherwise it may be delivered
                     // again when its visibility lapses (and rewritten idempotently).
-                    metrics::counter!(catalog::VISIBILITY_EXTENSION_FAILURES_TOTAL).increment(1);
-                    tracing::debug!(error = %f.error, "visibility extension failed");
+                    VisibilityExtensionFailed { error: &f.error }.emit();
                 }
             });
         }
@@ -631,21 +633,17 @@ async fn hand_back<S: Source>(
         metrics::counter!(catalog::MESSAGES_RECEIVED_TOTAL).increment(n);
     }
     shared.stats.nacked.fetch_add(n, Ordering::Relaxed);
-    metrics::counter!(catalog::MESSAGES_NACKED_TOTAL, "reason" => reason).increment(n);
     let handles: Vec<S::Handle> = messages.into_iter().map(|m| m.handle).collect();
     let mut failed = 0;
     for chunk in handles.chunks(shared.source.max_ack_batch().max(1)) {
         failed += shared.source.extend(chunk, Duration::ZERO).await.len();
     }
-    if failed > 0 {
-        metrics::counter!(catalog::NACK_FAILURES_TOTAL).increment(failed as u64);
-        tracing::warn!(
-            failed,
-            reason,
-            "could not hand back received messages; they return when their visibility timeout ends"
-        );
+    HandedBack {
+        messages: n,
+        reason,
+        failed,
     }
-    tracing::info!(messages = n, reason, "handed back received messages");
+    .emit();
 }
 
 /// Takes `kib` of the body-bytes budget, waiting for room (a wait on purpose: the poller counts
@@ -884,8 +882,12 @@ fn note_receive_failed<S: Source>(
         .stats
         .receive_errors_in_a_row
         .store(errors, Ordering::Relaxed);
-    metrics::counter!(catalog::RECEIVE_ERRORS_TOTAL).increment(1);
-    tracing::warn!(poller, %error, retryable = error.retryable, errors_in_a_row = errors, "receive failed; polling again after a pause");
+    ReceiveFailed {
+        poller,
+        error,
+        errors_in_a_row: errors,
+    }
+    .emit();
 }
 
 fn note_receive_ok<S: Source>(shared: &Shared<S>) {
@@ -1171,21 +1173,26 @@ async fn dead_letter<S: Source>(
     let id = message.message_id.as_str();
     let receive_count = message.receive_count;
     shared.stats.poison.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!(catalog::POISON_MESSAGES_TOTAL, "reason" => reason).increment(1);
+    let poison = |outcome| Poison {
+        message_id: id,
+        receive_count,
+        reason,
+        detail,
+        outcome,
+    };
     match shared.source.dead_letter(message, reason, detail).await {
         Ok(true) => {
             shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(catalog::DEAD_LETTERED_TOTAL, "reason" => reason).increment(1);
-            tracing::warn!(message_id = id, receive_count, reason, error = %detail, "poison message sent to the dead-letter queue");
+            poison(PoisonOutcome::DeadLettered).emit();
             let _ = shared.acks.send(message.handle.clone()).await;
             None
         }
         Ok(false) => {
-            tracing::warn!(message_id = id, receive_count, reason, error = %detail, "poison message; leaving it to the queue's redrive policy");
+            poison(PoisonOutcome::LeftToRedrive).emit();
             Some((shared.config.poison_nack_delay, "poison"))
         }
         Err(e) => {
-            tracing::warn!(message_id = id, reason, error = %e, "could not dead-letter a poison message; it comes back later");
+            poison(PoisonOutcome::DeadLetterFailed(&e)).emit();
             Some((
                 shared.config.nack_delay(receive_count),
                 "dead_letter_failed",
@@ -1210,11 +1217,13 @@ async fn finish<S: Source>(
             .saturating_sub(Duration::from_secs(1));
         let delay = delay.min(room);
         shared.stats.nacked.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(catalog::MESSAGES_NACKED_TOTAL, "reason" => reason).increment(1);
-        if let Err(error) = shared.source.nack(&message.handle, delay).await {
-            metrics::counter!(catalog::NACK_FAILURES_TOTAL).increment(1);
-            tracing::warn!(message_id = %message.message_id, %error, "nack failed; the message returns when its visibility timeout ends");
+        let result = shared.source.nack(&message.handle, delay).await;
+        Nacked {
+            message_id: &message.message_id,
+            reason,
+            failed: result.as_ref().err(),
         }
+        .emit();
     }
     metrics::histogram!(catalog::MESSAGE_PROCESSING_SECONDS)
         .record(message.received_at.elapsed().as_secs_f64());
@@ -1287,8 +1296,10 @@ async fn ack_batch<S: Source>(
                 retry.push(batch[failure.index].clone());
             } else {
                 stats.ack_failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(catalog::ACK_FAILURES_TOTAL).increment(1);
-                tracing::warn!(error = %failure.error, "could not delete a written message; it will be delivered again and rewritten to the same row");
+                AckFailed {
+                    error: &failure.error,
+                }
+                .emit();
             }
         }
         if retry.is_empty() {

@@ -15,6 +15,7 @@ pub mod aimd;
 pub mod breaker;
 pub mod codec;
 pub mod engine;
+pub mod events;
 pub mod item;
 pub mod membership;
 pub mod number;

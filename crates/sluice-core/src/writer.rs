@@ -45,6 +45,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::breaker::{Breaker, BreakerConfig};
+use crate::events::{BatchSplit, BatchWriteFailed, BatchWriteRetried, UnprocessedRetried};
 use crate::item::Item;
 use crate::pacer::{Consumed, Costs, Pacer, ThrottleCause};
 use crate::rate::Backoff;
@@ -896,9 +897,11 @@ fn send_batch<W: BatchWriter>(
                 }
                 Err(e) if e.is_retryable() => note_retryable(&ctx, &pending, &e, attempt),
                 Err(e) if e.kind == WriteErrorKind::InvalidItem && pending.len() > 1 => {
-                    metrics::counter!(catalog::BATCH_WRITE_REQUESTS_TOTAL, "outcome" => "invalid_item")
-                        .increment(1);
-                    tracing::warn!(error = %e, items = pending.len(), "batch rejected; writing its items one by one to find the bad one");
+                    BatchSplit {
+                        error: &e,
+                        items: pending.len(),
+                    }
+                    .emit();
                     for p in pending {
                         send_batch(ctx.clone(), vec![p], None).await;
                     }
@@ -1001,15 +1004,14 @@ fn settle_written<W: BatchWriter>(
         .fetch_add(consumed.round() as u64, Ordering::Relaxed);
     pacer.table().on_written(consumed);
     if !rest.is_empty() {
-        metrics::counter!(catalog::UNPROCESSED_ITEMS_RETRIED_TOTAL).increment(rest.len() as u64);
         stats
             .unprocessed_retried
             .fetch_add(rest.len() as u64, Ordering::Relaxed);
-        tracing::debug!(
-            unprocessed = rest.len(),
+        UnprocessedRetried {
+            items: rest.len(),
             attempt,
-            "retrying unprocessed items"
-        );
+        }
+        .emit();
         // UnprocessedItems say nothing of why: a key they all share is hot, else every budget
         // they charge slows.
         let costs: Vec<&Costs> = rest.iter().map(|p| &p.costs).collect();
@@ -1020,20 +1022,21 @@ fn settle_written<W: BatchWriter>(
 
 /// A throttle slows what it names (AIMD); a transient error counts towards the breaker.
 fn note_retryable<W: BatchWriter>(ctx: &Ctx<W>, pending: &[Pending], e: &WriteError, attempt: u32) {
-    let label = if e.kind == WriteErrorKind::Throttled {
-        metrics::counter!(catalog::THROTTLED_REQUESTS_TOTAL).increment(1);
+    if e.kind == WriteErrorKind::Throttled {
         ctx.stats.throttled_requests.fetch_add(1, Ordering::Relaxed);
         let costs: Vec<&Costs> = pending.iter().map(|p| &p.costs).collect();
         ctx.pacer
             .on_throttle(&e.causes, &per_budget(pending, ctx.pacer.len()), &costs);
-        "throttled"
     } else {
         ctx.breaker
             .record_failure(Instant::now().into_std(), &e.message);
-        "transient_error"
-    };
-    metrics::counter!(catalog::BATCH_WRITE_REQUESTS_TOTAL, "outcome" => label).increment(1);
-    tracing::warn!(error = %e, items = pending.len(), attempt, outcome = label, "batch write failed; retrying");
+    }
+    BatchWriteRetried {
+        error: e,
+        items: pending.len(),
+        attempt,
+    }
+    .emit();
 }
 
 /// A failure no retry can mend: the item is rejected (its key named), or the call failed for
@@ -1054,9 +1057,11 @@ fn fail_all<W: BatchWriter>(ctx: &Ctx<W>, pending: Vec<Pending>, e: WriteError) 
             .record_failure(Instant::now().into_std(), &e.message);
         WriteFailure::Failed(e)
     };
-    metrics::counter!(catalog::BATCH_WRITE_REQUESTS_TOTAL, "outcome" => failure.reason())
-        .increment(1);
-    tracing::warn!(error = %failure, items = pending.len(), "batch write failed; its messages fail");
+    BatchWriteFailed {
+        failure: &failure,
+        items: pending.len(),
+    }
+    .emit();
     for p in pending {
         p.fail(&failure);
     }
