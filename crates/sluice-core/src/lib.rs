@@ -22,6 +22,7 @@ pub mod number;
 pub mod pacer;
 pub mod rate;
 pub mod source;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod writer;
 

@@ -47,6 +47,7 @@ mod reject;
 pub mod send;
 pub mod spool;
 pub mod sqs;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod text;
 mod transport;
