@@ -764,6 +764,13 @@ impl Table {
         e
     }
 
+    /// Deletes the row `key`, if there is one.
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.items.remove(key) {
+            self.bytes -= item_size(&old).unwrap_or(0);
+        }
+    }
+
     fn put(&mut self, key: String, item: Map<String, Value>, size: usize) {
         if let Some(old) = self.items.insert(key, item) {
             self.bytes -= item_size(&old).unwrap_or(0);
@@ -805,7 +812,6 @@ fn parse_billing(on_demand: bool, pt: Option<&Value>, what: &str) -> ApiResult<B
     })
 }
 
-/// OnDemandThroughput.MaxWriteRequestUnits, when set (-1 means none).
 /// OnDemandThroughput.MaxWriteRequestUnits and WarmThroughput.WriteUnitsPerSecond as DynamoDB
 /// validates them: a maximum of -1 (none) or at least 1, a warm throughput of at least 1.
 fn check_throughput_settings(v: &Value) -> ApiResult<()> {
@@ -827,20 +833,10 @@ fn check_throughput_settings(v: &Value) -> ApiResult<()> {
             "1 validation error detected: Value '{w}' at 'warmThroughput.writeUnitsPerSecond' failed to satisfy constraint: Member must have value greater than or equal to 1"
         )));
     }
-    for g in v
-        .get("GlobalSecondaryIndexes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for g in array_field(v, "GlobalSecondaryIndexes") {
         check_throughput_settings(g)?;
     }
-    for u in v
-        .get("GlobalSecondaryIndexUpdates")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for u in array_field(v, "GlobalSecondaryIndexUpdates") {
         if let Some(update) = u.get("Update").or_else(|| u.get("Create")) {
             check_throughput_settings(update)?;
         }
@@ -848,6 +844,7 @@ fn check_throughput_settings(v: &Value) -> ApiResult<()> {
     Ok(())
 }
 
+/// OnDemandThroughput.MaxWriteRequestUnits, when set (-1 means none).
 fn max_on_demand(v: &Value) -> Option<u64> {
     v.get("OnDemandThroughput")
         .and_then(|o| o.get("MaxWriteRequestUnits"))
@@ -950,6 +947,448 @@ fn not_found(name: &str) -> ApiError {
     ))
 }
 
+/// The items of an array member (none when it is absent or not an array).
+fn array_field<'a>(v: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
+    v.get(name).and_then(Value::as_array).into_iter().flatten()
+}
+
+/// The HASH and RANGE attribute names of a KeySchema.
+fn schema_keys(key_schema: &Value) -> (Option<String>, Option<String>) {
+    let named = |kind: &str| {
+        key_schema
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|k| k["KeyType"] == kind)
+            .and_then(|k| k["AttributeName"].as_str())
+            .map(String::from)
+    };
+    (named("HASH"), named("RANGE"))
+}
+
+/// The first of the key attributes that AttributeDefinitions does not define.
+fn undefined_key<'a>(
+    definitions: &Value,
+    hash_key: &'a String,
+    range_key: &'a Option<String>,
+) -> Option<&'a String> {
+    std::iter::once(hash_key)
+        .chain(range_key.iter())
+        .find(|attr| {
+            !definitions
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["AttributeName"] == attr.as_str()))
+        })
+}
+
+/// The table-wide parts of a CreateTable request, checked in DynamoDB's order before the
+/// table list is looked at: name, key schema, definitions, billing mode, class, throughput.
+struct NewTable {
+    name: String,
+    key_schema: Value,
+    attribute_definitions: Value,
+    hash_key: String,
+    range_key: Option<String>,
+    on_demand: bool,
+    table_class: String,
+    billing: Billing,
+}
+
+impl NewTable {
+    fn parse(req: &Value) -> ApiResult<NewTable> {
+        check_throughput_settings(req)?;
+        let name = str_field(req, "TableName")?.to_string();
+        if !(3..=255).contains(&name.len()) {
+            return Err(ApiError::validation(
+                "TableName must be 3 to 255 characters",
+            ));
+        }
+        let key_schema = req.get("KeySchema").cloned().unwrap_or(Value::Null);
+        let attribute_definitions = req
+            .get("AttributeDefinitions")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let (hash_key, range_key) = schema_keys(&key_schema);
+        let hash_key =
+            hash_key.ok_or_else(|| ApiError::validation("KeySchema needs one HASH key"))?;
+        if let Some(attr) = undefined_key(&attribute_definitions, &hash_key, &range_key) {
+            return Err(ApiError::validation(format!(
+                "One or more parameter values were invalid: key attribute {attr} has no AttributeDefinition"
+            )));
+        }
+        let on_demand = enum_field(req, "BillingMode", "billingMode", BILLING_MODES)?
+            == Some("PAY_PER_REQUEST");
+        let table_class = enum_field(req, "TableClass", "tableClass", TABLE_CLASSES)?
+            .unwrap_or("STANDARD")
+            .to_string();
+        if on_demand && req.get("ProvisionedThroughput").is_some() {
+            return Err(ApiError::validation(refusals::PAY_PER_REQUEST_THROUGHPUT));
+        }
+        let billing = parse_billing(on_demand, req.get("ProvisionedThroughput"), "the table")?;
+        let spec = NewTable {
+            name,
+            key_schema,
+            attribute_definitions,
+            hash_key,
+            range_key,
+            on_demand,
+            table_class,
+            billing,
+        };
+        spec.check_definitions_used(req)?;
+        Ok(spec)
+    }
+
+    /// The key attributes of the table and of its indexes, table keys first, each once.
+    fn keys_used(&self, req: &Value) -> Vec<String> {
+        let mut used: Vec<String> = vec![self.hash_key.clone()];
+        used.extend(self.range_key.iter().cloned());
+        for kind in ["GlobalSecondaryIndexes", "LocalSecondaryIndexes"] {
+            for index in array_field(req, kind) {
+                for k in array_field(index, "KeySchema") {
+                    if let Some(a) = k["AttributeName"].as_str()
+                        && !used.iter().any(|u| u == a)
+                    {
+                        used.push(a.to_string());
+                    }
+                }
+            }
+        }
+        used
+    }
+
+    /// Every attribute definition must be a key of the table or of an index.
+    fn check_definitions_used(&self, req: &Value) -> ApiResult<()> {
+        let used = self.keys_used(req);
+        let defined: Vec<String> = self
+            .attribute_definitions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["AttributeName"].as_str().map(String::from))
+            .collect();
+        if !defined.iter().any(|d| !used.contains(d)) {
+            return Ok(());
+        }
+        let indexed = req.get("GlobalSecondaryIndexes").is_some()
+            || req.get("LocalSecondaryIndexes").is_some();
+        Err(ApiError::validation(if indexed {
+            format!(
+                "One or more parameter values were invalid: Some AttributeDefinitions are not used. AttributeDefinitions: [{}], keys used: [{}]",
+                defined.join(", "),
+                used.join(", ")
+            )
+        } else {
+            refusals::UNUSED_DEFINITIONS.to_string()
+        }))
+    }
+
+    /// The new table, CREATING for its `sluice-sim:creating-ms` tag when it has one.
+    fn into_table(self, req: &Value, meter: Meter, gsis: Vec<Gsi>, now: Instant) -> Table {
+        let creating = tag_ms(req, CREATING_MS_TAG).unwrap_or(DEFAULT_CREATING);
+        Table {
+            name: self.name,
+            created: now_secs(),
+            busy: (!creating.is_zero()).then(|| (Busy::Creating, now + creating)),
+            updating_for: tag_ms(req, UPDATING_MS_TAG).unwrap_or(DEFAULT_UPDATING),
+            deletion_protection: req
+                .get("DeletionProtectionEnabled")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            table_class: self.table_class,
+            key_schema: self.key_schema,
+            attribute_definitions: self.attribute_definitions,
+            hash_key: self.hash_key,
+            range_key: self.range_key,
+            meter,
+            gsis,
+            items: BTreeMap::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// The UpdateTable members that change capacity (and make the table UPDATING).
+const CAPACITY_FIELDS: &[&str] = &[
+    "ProvisionedThroughput",
+    "BillingMode",
+    "OnDemandThroughput",
+    "WarmThroughput",
+    "GlobalSecondaryIndexUpdates",
+];
+
+fn index_not_found(name: &str) -> ApiError {
+    ApiError::resource_not_found(format!(
+        "Requested resource not found: Index: {name} not found"
+    ))
+}
+
+/// An UpdateTable request checked against the table, before anything changes.
+struct TableUpdate<'a> {
+    class: Option<&'a str>,
+    protection: Option<bool>,
+    changes_capacity: bool,
+    /// The billing mode the table ends with.
+    on_demand: bool,
+    billing: Billing,
+}
+
+impl<'a> TableUpdate<'a> {
+    /// Refuses an update that changes nothing, throughput with on-demand billing, unchanged
+    /// throughput, an unknown index, and a switch to provisioned without throughput.
+    fn check(req: &'a Value, t: &Table) -> ApiResult<TableUpdate<'a>> {
+        let mode = enum_field(req, "BillingMode", "billingMode", BILLING_MODES)?;
+        let class = enum_field(req, "TableClass", "tableClass", TABLE_CLASSES)?;
+        let protection = req
+            .get("DeletionProtectionEnabled")
+            .and_then(Value::as_bool);
+        let changes_capacity = CAPACITY_FIELDS.iter().any(|f| req.get(*f).is_some());
+        if !changes_capacity && class.is_none() && protection.is_none() {
+            return Err(ApiError::validation(refusals::NOTHING_TO_UPDATE));
+        }
+        let on_demand = match mode {
+            Some(m) => m == "PAY_PER_REQUEST",
+            None => t.meter.billing == Billing::OnDemand,
+        };
+        if on_demand && req.get("ProvisionedThroughput").is_some() {
+            // Also when BillingMode is left out on an on-demand table: a capacity update
+            // never switches it to provisioned by itself.
+            return Err(ApiError::validation(refusals::PAY_PER_REQUEST_THROUGHPUT));
+        }
+        check_throughput_changes(req, t)?;
+        check_index_updates(req, t, on_demand)?;
+        let billing = match (on_demand, req.get("ProvisionedThroughput")) {
+            (true, _) => Billing::OnDemand,
+            (false, Some(pt)) => parse_billing(false, Some(pt), "the table")?,
+            (false, None) => match t.meter.billing {
+                Billing::Provisioned { .. } => t.meter.billing,
+                Billing::OnDemand => {
+                    return Err(ApiError::validation(
+                        "ProvisionedThroughput is required when switching to PROVISIONED",
+                    ));
+                }
+            },
+        };
+        Ok(TableUpdate {
+            class,
+            protection,
+            changes_capacity,
+            on_demand,
+            billing,
+        })
+    }
+
+    /// Deletion protection and table class; UPDATING for a while when capacity or class
+    /// changes.
+    fn apply_settings(&self, t: &mut Table, now: Instant) {
+        if let Some(p) = self.protection {
+            t.deletion_protection = p;
+        }
+        if let Some(c) = self.class {
+            t.table_class = c.to_string();
+        }
+        if self.changes_capacity || self.class.is_some() {
+            t.busy = (!t.updating_for.is_zero()).then(|| (Busy::Updating, now + t.updating_for));
+        }
+    }
+}
+
+/// A provisioned table's ProvisionedThroughput that equals the current one is refused when it
+/// is all the update changes.
+fn check_throughput_changes(req: &Value, t: &Table) -> ApiResult<()> {
+    let (Some(pt), Billing::Provisioned { rcu, wcu }) =
+        (req.get("ProvisionedThroughput"), t.meter.billing)
+    else {
+        return Ok(());
+    };
+    let asked = parse_billing(false, Some(pt), "the table")?;
+    let only_capacity = ![
+        "OnDemandThroughput",
+        "WarmThroughput",
+        "GlobalSecondaryIndexUpdates",
+    ]
+    .iter()
+    .any(|f| req.get(*f).is_some());
+    if asked == t.meter.billing && only_capacity {
+        return Err(ApiError::validation(format!(
+            "The provisioned throughput for the table will not change. The requested value equals the current value. Current ReadCapacityUnits provisioned for the table: {rcu}. Requested ReadCapacityUnits: {rcu}. Current WriteCapacityUnits provisioned for the table: {wcu}. Requested WriteCapacityUnits: {wcu}. Refer to the Amazon DynamoDB Developer Guide for current limits and how to request higher limits."
+        )));
+    }
+    Ok(())
+}
+
+/// Each Update in GlobalSecondaryIndexUpdates names an index of the table, and its throughput
+/// (none when the table ends on-demand) is valid.
+fn check_index_updates(req: &Value, t: &Table, on_demand: bool) -> ApiResult<()> {
+    for u in array_field(req, "GlobalSecondaryIndexUpdates") {
+        let name = u
+            .get("Update")
+            .and_then(|u| u.get("IndexName"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if u.get("Update").is_some() && !t.gsis.iter().any(|g| g.name == name) {
+            return Err(index_not_found(name));
+        }
+        if let Some(pt) = u.get("Update").and_then(|u| u.get("ProvisionedThroughput")) {
+            if on_demand {
+                return Err(ApiError::validation(refusals::PAY_PER_REQUEST_THROUGHPUT));
+            }
+            parse_billing(false, Some(pt), name)?;
+        }
+    }
+    Ok(())
+}
+
+/// A BatchWriteItem's RequestItems, refused whole when the request is over 16 MB or holds
+/// no writes or more than 25.
+fn batch_requests(req: &Value) -> ApiResult<&Map<String, Value>> {
+    // The request as the SDK sent it (compact JSON, the same escapes) is at most 16 MB.
+    if serde_json::to_string(req).map_or(0, |b| b.len()) > MAX_BATCH_WRITE_REQUEST_BYTES {
+        return Err(ApiError::dynamodb(
+            413,
+            "RequestEntityTooLarge",
+            refusals::REQUEST_TOO_LARGE,
+        ));
+    }
+    let Some(requests) = req.get("RequestItems").and_then(Value::as_object) else {
+        return Err(ApiError::validation("RequestItems is required"));
+    };
+    let total: usize = requests
+        .values()
+        .map(|v| v.as_array().map_or(0, Vec::len))
+        .sum();
+    if total == 0 || total > MAX_BATCH_WRITE {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value at 'requestItems' failed to satisfy constraint: Member must have length less than or equal to {MAX_BATCH_WRITE} (got {total})"
+        )));
+    }
+    Ok(requests)
+}
+
+/// One write of a BatchWriteItem, checked: a put (row key, item, size) or a delete (row key).
+enum Write {
+    Put(String, Map<String, Value>, usize),
+    Delete(String),
+}
+
+/// A table's writes in a BatchWriteItem, each with the request as sent (handed back when
+/// unprocessed).
+type TableWrites = (String, Vec<(Write, Value)>);
+
+/// Checks one table's writes before anything is written: the table is there and ACTIVE, each
+/// write is valid, and no key is written twice.
+fn plan_table_writes(
+    tables: &HashMap<String, Table>,
+    name: &str,
+    writes: &Value,
+) -> ApiResult<TableWrites> {
+    let table = tables
+        .get(name)
+        .filter(|t| t.status(Instant::now()) != Some(Busy::Creating))
+        .ok_or_else(|| not_found(name))?;
+    let mut seen = HashSet::new();
+    let mut list = Vec::new();
+    for w in writes.as_array().into_iter().flatten() {
+        let write = plan_write(table, w)?;
+        let key = match &write {
+            Write::Put(key, ..) | Write::Delete(key) => key.clone(),
+        };
+        if !seen.insert(key) {
+            return Err(ApiError::validation(refusals::DUPLICATE_KEYS));
+        }
+        list.push((write, w.clone()));
+    }
+    Ok((name.to_string(), list))
+}
+
+/// One PutRequest or DeleteRequest, checked against its table.
+fn plan_write(table: &Table, w: &Value) -> ApiResult<Write> {
+    if let Some(put) = w.get("PutRequest") {
+        let item = parse_item(put.get("Item"), "PutRequest.Item")?;
+        let key = table.key_of(&item)?;
+        let size = checked_size(&item)?;
+        // Index key types are checked with the rest, before anything is written.
+        table.put_charges(&key, &item, size)?;
+        Ok(Write::Put(key, item, size))
+    } else if let Some(del) = w.get("DeleteRequest") {
+        let key_map = parse_item(del.get("Key"), "DeleteRequest.Key")?;
+        Ok(Write::Delete(table.key_of_key(&key_map)?))
+    } else {
+        Err(ApiError::validation(
+            "each write needs a PutRequest or a DeleteRequest",
+        ))
+    }
+}
+
+/// What a BatchWriteItem did so far: the writes handed back per table, the capacity consumed,
+/// and the refusals (to undo their counts when the whole request is refused).
+#[derive(Default)]
+struct BatchOutcome {
+    unprocessed: Map<String, Value>,
+    consumed: Vec<Value>,
+    done: usize,
+    left: usize,
+    first_refusal: Option<(String, Refusal)>,
+    refused_on: Vec<(String, Option<usize>)>,
+}
+
+impl BatchOutcome {
+    /// Writes what fits of one table's writes; the rest is kept as unprocessed.
+    fn write_table(
+        &mut self,
+        req: &Value,
+        name: String,
+        table: &mut Table,
+        list: Vec<(Write, Value)>,
+    ) -> ApiResult<()> {
+        let mut spent: Vec<Charge> = Vec::new();
+        let mut rest = Vec::new();
+        for (write, raw) in list {
+            let charges = match &write {
+                Write::Put(key, item, size) => table.put_charges(key, item, *size)?,
+                Write::Delete(key) => table.delete_charges(key),
+            };
+            if let Err(r) = table.charge(&charges) {
+                table.meter_mut(r.on).log.unprocessed_items += 1;
+                self.refused_on.push((name.clone(), r.on));
+                if self.first_refusal.is_none() {
+                    self.first_refusal = Some((name.clone(), r));
+                }
+                rest.push(raw);
+                continue;
+            }
+            spent.extend(charges);
+            self.done += 1;
+            match write {
+                Write::Put(key, item, size) => table.put(key, item, size),
+                Write::Delete(key) => table.remove(&key),
+            }
+        }
+        if let Some(c) = consumed(req, table, &spent) {
+            self.consumed.push(c);
+        }
+        if !rest.is_empty() {
+            self.left += rest.len();
+            self.unprocessed.insert(name, Value::Array(rest));
+        }
+        Ok(())
+    }
+
+    /// Nothing fit: the whole request is refused rather than handed back, with the first
+    /// refusal's error.
+    fn refuse_whole(self, tables: &mut HashMap<String, Table>) -> ApiError {
+        // Counted as unprocessed above: a refused request counts as throttled instead.
+        for (name, on) in self.refused_on {
+            let table = tables.get_mut(&name).expect("exists");
+            let log = &mut table.meter_mut(on).log;
+            log.unprocessed_items = log.unprocessed_items.saturating_sub(1);
+        }
+        let (name, r) = self.first_refusal.expect("a refusal when nothing fit");
+        let table = tables.get_mut(&name).expect("exists");
+        table.throttle_error(r)
+    }
+}
+
 impl DynamoDb {
     pub fn new(settings: TableSettings) -> Self {
         DynamoDb {
@@ -968,11 +1407,7 @@ impl DynamoDb {
         f: impl FnOnce(&mut Table) -> ApiResult<T>,
     ) -> ApiResult<T> {
         let mut tables = self.lock();
-        let table = tables.get_mut(name).ok_or_else(|| {
-            ApiError::resource_not_found(format!(
-                "Requested resource not found: Table: {name} not found"
-            ))
-        })?;
+        let table = tables.get_mut(name).ok_or_else(|| not_found(name))?;
         f(table)
     }
 
@@ -1031,325 +1466,164 @@ impl DynamoDb {
     }
 
     fn create_table(&self, req: &Value) -> ApiResult {
-        check_throughput_settings(req)?;
-        let name = str_field(req, "TableName")?.to_string();
-        if !(3..=255).contains(&name.len()) {
-            return Err(ApiError::validation(
-                "TableName must be 3 to 255 characters",
-            ));
-        }
-        let key_schema = req.get("KeySchema").cloned().unwrap_or(Value::Null);
-        let attribute_definitions = req
-            .get("AttributeDefinitions")
-            .cloned()
-            .unwrap_or(Value::Null);
-        let keys = key_schema.as_array().cloned().unwrap_or_default();
-        let key_named = |kind: &str| {
-            keys.iter()
-                .find(|k| k["KeyType"] == kind)
-                .and_then(|k| k["AttributeName"].as_str())
-                .map(String::from)
-        };
-        let hash_key = key_named("HASH")
-            .ok_or_else(|| ApiError::validation("KeySchema needs one HASH key"))?;
-        let range_key = key_named("RANGE");
-        for attr in std::iter::once(&hash_key).chain(range_key.iter()) {
-            let defined = attribute_definitions
-                .as_array()
-                .is_some_and(|d| d.iter().any(|d| d["AttributeName"] == attr.as_str()));
-            if !defined {
-                return Err(ApiError::validation(format!(
-                    "One or more parameter values were invalid: key attribute {attr} has no AttributeDefinition"
-                )));
-            }
-        }
-        let on_demand = enum_field(req, "BillingMode", "billingMode", BILLING_MODES)?
-            == Some("PAY_PER_REQUEST");
-        let table_class = enum_field(req, "TableClass", "tableClass", TABLE_CLASSES)?
-            .unwrap_or("STANDARD")
-            .to_string();
-        if on_demand && req.get("ProvisionedThroughput").is_some() {
-            return Err(ApiError::validation(refusals::PAY_PER_REQUEST_THROUGHPUT));
-        }
-        let billing = parse_billing(on_demand, req.get("ProvisionedThroughput"), "the table")?;
-        // Every attribute definition must be a key of the table or of an index.
-        let mut used: Vec<String> = vec![hash_key.clone()];
-        used.extend(range_key.iter().cloned());
-        for kind in ["GlobalSecondaryIndexes", "LocalSecondaryIndexes"] {
-            for index in req
-                .get(kind)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                for k in index["KeySchema"].as_array().into_iter().flatten() {
-                    if let Some(a) = k["AttributeName"].as_str()
-                        && !used.iter().any(|u| u == a)
-                    {
-                        used.push(a.to_string());
-                    }
-                }
-            }
-        }
-        let defined: Vec<String> = attribute_definitions
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d["AttributeName"].as_str().map(String::from))
-            .collect();
-        if defined.iter().any(|d| !used.contains(d)) {
-            let indexed = req.get("GlobalSecondaryIndexes").is_some()
-                || req.get("LocalSecondaryIndexes").is_some();
-            return Err(ApiError::validation(if indexed {
-                format!(
-                    "One or more parameter values were invalid: Some AttributeDefinitions are not used. AttributeDefinitions: [{}], keys used: [{}]",
-                    defined.join(", "),
-                    used.join(", ")
-                )
-            } else {
-                refusals::UNUSED_DEFINITIONS.to_string()
-            }));
-        }
+        let spec = NewTable::parse(req)?;
         let mut tables = self.lock();
-        if tables.contains_key(&name) {
+        if tables.contains_key(&spec.name) {
             return Err(ApiError::dynamodb(
                 400,
                 "ResourceInUseException",
-                format!("Table already exists: {name}"),
+                format!("Table already exists: {}", spec.name),
             ));
         }
         let now = Instant::now();
-        let (burst, ceiling) = (
-            self.settings.burst_seconds,
-            self.settings.on_demand_ceiling_wcu,
-        );
-        let meter = Meter::new(
-            billing,
-            max_on_demand(req),
-            warm_wcu(req),
-            burst,
-            ceiling,
-            now,
-        );
-        let mut gsis = Vec::new();
-        for g in req
-            .get("GlobalSecondaryIndexes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let index_name = g
-                .get("IndexName")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::validation("IndexName is required"))?
-                .to_string();
-            let ks = g.get("KeySchema").cloned().unwrap_or(Value::Null);
-            let kk = ks.as_array().cloned().unwrap_or_default();
-            let named = |kind: &str| {
-                kk.iter()
-                    .find(|k| k["KeyType"] == kind)
-                    .and_then(|k| k["AttributeName"].as_str())
-                    .map(String::from)
-            };
-            let ghash = named("HASH").ok_or_else(|| {
-                ApiError::validation(format!("index {index_name}: KeySchema needs one HASH key"))
-            })?;
-            let grange = named("RANGE");
-            for attr in std::iter::once(&ghash).chain(grange.iter()) {
-                let defined = attribute_definitions
-                    .as_array()
-                    .is_some_and(|d| d.iter().any(|d| d["AttributeName"] == attr.as_str()));
-                if !defined {
-                    return Err(ApiError::validation(format!(
-                        "One or more parameter values were invalid: Some index key attributes are not defined in AttributeDefinitions. Keys: [{attr}], AttributeDefinitions: []"
-                    )));
-                }
-            }
-            if on_demand && g.get("ProvisionedThroughput").is_some() {
-                return Err(ApiError::validation(format!(
-                    "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {index_name} when BillingMode is PAY_PER_REQUEST"
-                )));
-            }
-            let gbilling = parse_billing(on_demand, g.get("ProvisionedThroughput"), &index_name)?;
-            gsis.push(Gsi {
-                name: index_name,
-                key_schema: ks,
-                hash_key: ghash,
-                range_key: grange,
-                projection: Projection::parse(g.get("Projection")),
-                meter: Meter::new(gbilling, max_on_demand(g), warm_wcu(g), burst, ceiling, now),
-            });
-        }
-        let creating = tag_ms(req, CREATING_MS_TAG).unwrap_or(DEFAULT_CREATING);
-        let table = Table {
-            name: name.clone(),
-            created: now_secs(),
-            busy: (!creating.is_zero()).then(|| (Busy::Creating, now + creating)),
-            updating_for: tag_ms(req, UPDATING_MS_TAG).unwrap_or(DEFAULT_UPDATING),
-            deletion_protection: req
-                .get("DeletionProtectionEnabled")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            table_class,
-            key_schema,
-            attribute_definitions,
-            hash_key,
-            range_key,
-            meter,
-            gsis,
-            items: BTreeMap::new(),
-            bytes: 0,
-        };
+        let meter = self.new_meter(spec.billing, req, now);
+        let gsis = array_field(req, "GlobalSecondaryIndexes")
+            .map(|g| self.new_gsi(g, &spec, now))
+            .collect::<ApiResult<Vec<Gsi>>>()?;
+        let name = spec.name.clone();
+        let table = spec.into_table(req, meter, gsis, now);
         let description = table.description();
         tables.insert(name, table);
         Ok(json!({"TableDescription": description}))
     }
 
+    /// A meter for the table or an index described by `v` (its OnDemandThroughput and
+    /// WarmThroughput), with the server's burst and on-demand ceiling.
+    fn new_meter(&self, billing: Billing, v: &Value, now: Instant) -> Meter {
+        Meter::new(
+            billing,
+            max_on_demand(v),
+            warm_wcu(v),
+            self.settings.burst_seconds,
+            self.settings.on_demand_ceiling_wcu,
+            now,
+        )
+    }
+
+    /// One of CreateTable's GlobalSecondaryIndexes, checked: a name, a HASH key, key attributes
+    /// that are defined, and throughput that agrees with the table's billing mode.
+    fn new_gsi(&self, g: &Value, spec: &NewTable, now: Instant) -> ApiResult<Gsi> {
+        let index_name = g
+            .get("IndexName")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::validation("IndexName is required"))?
+            .to_string();
+        let key_schema = g.get("KeySchema").cloned().unwrap_or(Value::Null);
+        let (hash_key, range_key) = schema_keys(&key_schema);
+        let hash_key = hash_key.ok_or_else(|| {
+            ApiError::validation(format!("index {index_name}: KeySchema needs one HASH key"))
+        })?;
+        if let Some(attr) = undefined_key(&spec.attribute_definitions, &hash_key, &range_key) {
+            return Err(ApiError::validation(format!(
+                "One or more parameter values were invalid: Some index key attributes are not defined in AttributeDefinitions. Keys: [{attr}], AttributeDefinitions: []"
+            )));
+        }
+        if spec.on_demand && g.get("ProvisionedThroughput").is_some() {
+            return Err(ApiError::validation(format!(
+                "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {index_name} when BillingMode is PAY_PER_REQUEST"
+            )));
+        }
+        let billing = parse_billing(spec.on_demand, g.get("ProvisionedThroughput"), &index_name)?;
+        Ok(Gsi {
+            name: index_name,
+            key_schema,
+            hash_key,
+            range_key,
+            projection: Projection::parse(g.get("Projection")),
+            meter: self.new_meter(billing, g, now),
+        })
+    }
+
     fn update_table(&self, req: &Value) -> ApiResult {
         check_throughput_settings(req)?;
-        let ceiling = self.settings.on_demand_ceiling_wcu;
-        let burst = self.settings.burst_seconds;
         self.with_table(str_field(req, "TableName")?, |t| {
             let now = Instant::now();
             t.not_busy()?;
-            let mode = enum_field(req, "BillingMode", "billingMode", BILLING_MODES)?;
-            let class = enum_field(req, "TableClass", "tableClass", TABLE_CLASSES)?;
-            let protection = req.get("DeletionProtectionEnabled").and_then(Value::as_bool);
-            let changes_capacity = [
-                "ProvisionedThroughput",
-                "BillingMode",
-                "OnDemandThroughput",
-                "WarmThroughput",
-                "GlobalSecondaryIndexUpdates",
-            ]
-            .iter()
-            .any(|f| req.get(*f).is_some());
-            if !changes_capacity && class.is_none() && protection.is_none() {
-                return Err(ApiError::validation(refusals::NOTHING_TO_UPDATE));
-            }
-            let on_demand = match mode {
-                Some(m) => m == "PAY_PER_REQUEST",
-                None => t.meter.billing == Billing::OnDemand,
-            };
-            if on_demand && req.get("ProvisionedThroughput").is_some() {
-                // Also when BillingMode is left out on an on-demand table: a capacity update
-                // never switches it to provisioned by itself.
-                return Err(ApiError::validation(refusals::PAY_PER_REQUEST_THROUGHPUT));
-            }
-            if let (Some(pt), Billing::Provisioned { rcu, wcu }) =
-                (req.get("ProvisionedThroughput"), t.meter.billing)
-            {
-                let asked = parse_billing(false, Some(pt), "the table")?;
-                let only_capacity = !["OnDemandThroughput", "WarmThroughput", "GlobalSecondaryIndexUpdates"]
-                    .iter()
-                    .any(|f| req.get(*f).is_some());
-                if asked == t.meter.billing && only_capacity {
-                    return Err(ApiError::validation(format!(
-                        "The provisioned throughput for the table will not change. The requested value equals the current value. Current ReadCapacityUnits provisioned for the table: {rcu}. Requested ReadCapacityUnits: {rcu}. Current WriteCapacityUnits provisioned for the table: {wcu}. Requested WriteCapacityUnits: {wcu}. Refer to the Amazon DynamoDB Developer Guide for current limits and how to request higher limits."
-                    )));
-                }
-            }
-            for u in req
-                .get("GlobalSecondaryIndexUpdates")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let name = u
-                    .get("Update")
-                    .and_then(|u| u.get("IndexName"))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                if u.get("Update").is_some() && !t.gsis.iter().any(|g| g.name == name) {
-                    return Err(ApiError::resource_not_found(format!(
-                        "Requested resource not found: Index: {name} not found"
-                    )));
-                }
-                if let Some(pt) = u.get("Update").and_then(|u| u.get("ProvisionedThroughput")) {
-                    if on_demand {
-                        return Err(ApiError::validation(refusals::PAY_PER_REQUEST_THROUGHPUT));
-                    }
-                    parse_billing(false, Some(pt), name)?;
-                }
-            }
-            let billing = match (on_demand, req.get("ProvisionedThroughput")) {
-                (true, _) => Billing::OnDemand,
-                (false, Some(pt)) => parse_billing(false, Some(pt), "the table")?,
-                (false, None) => match t.meter.billing {
-                    Billing::Provisioned { .. } => t.meter.billing,
-                    Billing::OnDemand => {
-                        return Err(ApiError::validation(
-                            "ProvisionedThroughput is required when switching to PROVISIONED",
-                        ));
-                    }
-                },
-            };
-            if let Some(p) = protection {
-                t.deletion_protection = p;
-            }
-            if let Some(c) = class {
-                t.table_class = c.to_string();
-            }
-            if changes_capacity || class.is_some() {
-                t.busy = (!t.updating_for.is_zero()).then(|| (Busy::Updating, now + t.updating_for));
-            }
-            if !changes_capacity {
-                return Ok(json!({"TableDescription": t.description()}));
-            }
-            let max = if req.get("OnDemandThroughput").is_some() {
-                max_on_demand(req)
-            } else {
-                t.meter.max_on_demand
-            };
-            t.meter.reconfigure(billing, max, burst, ceiling, now);
-            if let Some(w) = req
-                .get("WarmThroughput")
-                .and_then(|w| w.get("WriteUnitsPerSecond"))
-                .and_then(Value::as_u64)
-            {
-                t.meter.warm_wcu = w;
-            }
-            for u in req
-                .get("GlobalSecondaryIndexUpdates")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let Some(update) = u.get("Update") else {
-                    return Err(ApiError::validation(
-                        "sluice-sim supports only Update in GlobalSecondaryIndexUpdates",
-                    ));
-                };
-                let index_name = update
-                    .get("IndexName")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let Some(g) = t.gsis.iter_mut().find(|g| g.name == index_name) else {
-                    return Err(ApiError::resource_not_found(format!(
-                        "Requested resource not found: Index: {index_name} not found"
-                    )));
-                };
-                let gbilling = match (on_demand, update.get("ProvisionedThroughput")) {
-                    (true, _) => Billing::OnDemand,
-                    (false, Some(pt)) => parse_billing(false, Some(pt), index_name)?,
-                    (false, None) => g.meter.billing,
-                };
-                let gmax = if update.get("OnDemandThroughput").is_some() {
-                    max_on_demand(update)
-                } else {
-                    g.meter.max_on_demand
-                };
-                g.meter.reconfigure(gbilling, gmax, burst, ceiling, now);
-            }
-            if on_demand {
-                for g in &mut t.gsis {
-                    let max = g.meter.max_on_demand;
-                    g.meter
-                        .reconfigure(Billing::OnDemand, max, burst, ceiling, now);
-                }
+            let update = TableUpdate::check(req, t)?;
+            update.apply_settings(t, now);
+            if update.changes_capacity {
+                self.reconfigure(t, req, &update, now)?;
             }
             Ok(json!({"TableDescription": t.description()}))
         })
+    }
+
+    /// Applies an UpdateTable's capacity changes: the table's billing, on-demand maximum and
+    /// warm throughput, then each index's; switching to on-demand switches every index.
+    fn reconfigure(
+        &self,
+        t: &mut Table,
+        req: &Value,
+        update: &TableUpdate,
+        now: Instant,
+    ) -> ApiResult<()> {
+        let (burst, ceiling) = (
+            self.settings.burst_seconds,
+            self.settings.on_demand_ceiling_wcu,
+        );
+        let max = if req.get("OnDemandThroughput").is_some() {
+            max_on_demand(req)
+        } else {
+            t.meter.max_on_demand
+        };
+        t.meter
+            .reconfigure(update.billing, max, burst, ceiling, now);
+        if let Some(w) = req
+            .get("WarmThroughput")
+            .and_then(|w| w.get("WriteUnitsPerSecond"))
+            .and_then(Value::as_u64)
+        {
+            t.meter.warm_wcu = w;
+        }
+        for u in array_field(req, "GlobalSecondaryIndexUpdates") {
+            self.reconfigure_index(t, u, update.on_demand, now)?;
+        }
+        if update.on_demand {
+            for g in &mut t.gsis {
+                let max = g.meter.max_on_demand;
+                g.meter
+                    .reconfigure(Billing::OnDemand, max, burst, ceiling, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// One entry of GlobalSecondaryIndexUpdates applied (sluice-sim takes only Update).
+    fn reconfigure_index(
+        &self,
+        t: &mut Table,
+        u: &Value,
+        on_demand: bool,
+        now: Instant,
+    ) -> ApiResult<()> {
+        let Some(update) = u.get("Update") else {
+            return Err(ApiError::validation(
+                "sluice-sim supports only Update in GlobalSecondaryIndexUpdates",
+            ));
+        };
+        let index_name = update
+            .get("IndexName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(g) = t.gsis.iter_mut().find(|g| g.name == index_name) else {
+            return Err(index_not_found(index_name));
+        };
+        let billing = match (on_demand, update.get("ProvisionedThroughput")) {
+            (true, _) => Billing::OnDemand,
+            (false, Some(pt)) => parse_billing(false, Some(pt), index_name)?,
+            (false, None) => g.meter.billing,
+        };
+        let max = if update.get("OnDemandThroughput").is_some() {
+            max_on_demand(update)
+        } else {
+            g.meter.max_on_demand
+        };
+        let (burst, ceiling) = (
+            self.settings.burst_seconds,
+            self.settings.on_demand_ceiling_wcu,
+        );
+        g.meter.reconfigure(billing, max, burst, ceiling, now);
+        Ok(())
     }
 
     fn put_item(&self, req: &Value) -> ApiResult {
@@ -1382,9 +1656,7 @@ impl DynamoDb {
             if let Some(c) = consumed(req, t, &charges) {
                 out["ConsumedCapacity"] = c;
             }
-            if let Some(old) = t.items.remove(&key) {
-                t.bytes -= item_size(&old).unwrap_or(0);
-            }
+            t.remove(&key);
             Ok(out)
         })
     }
@@ -1401,122 +1673,24 @@ impl DynamoDb {
     }
 
     fn batch_write_item(&self, req: &Value) -> ApiResult {
-        // The request as the SDK sent it (compact JSON, the same escapes) is at most 16 MB.
-        if serde_json::to_string(req).map_or(0, |b| b.len()) > MAX_BATCH_WRITE_REQUEST_BYTES {
-            return Err(ApiError::dynamodb(
-                413,
-                "RequestEntityTooLarge",
-                refusals::REQUEST_TOO_LARGE,
-            ));
-        }
-        let Some(requests) = req.get("RequestItems").and_then(Value::as_object) else {
-            return Err(ApiError::validation("RequestItems is required"));
-        };
-        let total: usize = requests
-            .values()
-            .map(|v| v.as_array().map_or(0, Vec::len))
-            .sum();
-        if total == 0 || total > MAX_BATCH_WRITE {
-            return Err(ApiError::validation(format!(
-                "1 validation error detected: Value at 'requestItems' failed to satisfy constraint: Member must have length less than or equal to {MAX_BATCH_WRITE} (got {total})"
-            )));
-        }
+        let requests = batch_requests(req)?;
         let mut tables = self.lock();
         // Validate the whole request before writing anything, as DynamoDB does.
-        enum Write {
-            Put(String, Map<String, Value>, usize),
-            Delete(String),
-        }
-        let mut plan: Vec<(String, Vec<(Write, Value)>)> = Vec::new();
-        for (name, writes) in requests {
-            let table = tables
-                .get(name)
-                .filter(|t| t.status(Instant::now()) != Some(Busy::Creating))
-                .ok_or_else(|| not_found(name))?;
-            let mut seen = HashSet::new();
-            let mut list = Vec::new();
-            for w in writes.as_array().into_iter().flatten() {
-                let (write, key) = if let Some(put) = w.get("PutRequest") {
-                    let item = parse_item(put.get("Item"), "PutRequest.Item")?;
-                    let key = table.key_of(&item)?;
-                    let size = checked_size(&item)?;
-                    // Index key types are checked with the rest, before anything is written.
-                    table.put_charges(&key, &item, size)?;
-                    (Write::Put(key.clone(), item, size), key)
-                } else if let Some(del) = w.get("DeleteRequest") {
-                    let key_map = parse_item(del.get("Key"), "DeleteRequest.Key")?;
-                    let key = table.key_of_key(&key_map)?;
-                    (Write::Delete(key.clone()), key)
-                } else {
-                    return Err(ApiError::validation(
-                        "each write needs a PutRequest or a DeleteRequest",
-                    ));
-                };
-                if !seen.insert(key) {
-                    return Err(ApiError::validation(refusals::DUPLICATE_KEYS));
-                }
-                list.push((write, w.clone()));
-            }
-            plan.push((name.clone(), list));
-        }
-
-        let mut unprocessed = Map::new();
-        let mut consumed_list = Vec::new();
-        let (mut done, mut left) = (0usize, 0usize);
-        let mut first_refusal: Option<(String, Refusal)> = None;
-        let mut refused_on: Vec<(String, Option<usize>)> = Vec::new();
+        let plan = requests
+            .iter()
+            .map(|(name, writes)| plan_table_writes(&tables, name, writes))
+            .collect::<ApiResult<Vec<_>>>()?;
+        let mut outcome = BatchOutcome::default();
         for (name, list) in plan {
             let table = tables.get_mut(&name).expect("checked above");
-            let mut spent: Vec<Charge> = Vec::new();
-            let mut rest = Vec::new();
-            for (write, raw) in list {
-                let charges = match &write {
-                    Write::Put(key, item, size) => table.put_charges(key, item, *size)?,
-                    Write::Delete(key) => table.delete_charges(key),
-                };
-                if let Err(r) = table.charge(&charges) {
-                    table.meter_mut(r.on).log.unprocessed_items += 1;
-                    refused_on.push((name.clone(), r.on));
-                    if first_refusal.is_none() {
-                        first_refusal = Some((name.clone(), r));
-                    }
-                    rest.push(raw);
-                    continue;
-                }
-                spent.extend(charges);
-                done += 1;
-                match write {
-                    Write::Put(key, item, size) => table.put(key, item, size),
-                    Write::Delete(key) => {
-                        if let Some(old) = table.items.remove(&key) {
-                            table.bytes -= item_size(&old).unwrap_or(0);
-                        }
-                    }
-                }
-            }
-            if let Some(c) = consumed(req, table, &spent) {
-                consumed_list.push(c);
-            }
-            if !rest.is_empty() {
-                left += rest.len();
-                unprocessed.insert(name, Value::Array(rest));
-            }
+            outcome.write_table(req, name, table, list)?;
         }
-        if done == 0 && left > 0 {
-            // Nothing fit: the whole request is refused rather than handed back.
-            // Counted as unprocessed above: a refused request counts as throttled instead.
-            for (name, on) in refused_on {
-                let table = tables.get_mut(&name).expect("exists");
-                let log = &mut table.meter_mut(on).log;
-                log.unprocessed_items = log.unprocessed_items.saturating_sub(1);
-            }
-            let (name, r) = first_refusal.expect("a refusal when nothing fit");
-            let table = tables.get_mut(&name).expect("exists");
-            return Err(table.throttle_error(r));
+        if outcome.done == 0 && outcome.left > 0 {
+            return Err(outcome.refuse_whole(&mut tables));
         }
-        let mut out = json!({"UnprocessedItems": unprocessed});
-        if !consumed_list.is_empty() {
-            out["ConsumedCapacity"] = Value::Array(consumed_list);
+        let mut out = json!({"UnprocessedItems": outcome.unprocessed});
+        if !outcome.consumed.is_empty() {
+            out["ConsumedCapacity"] = Value::Array(outcome.consumed);
         }
         Ok(out)
     }

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use dynamodb::TableSettings;
 pub use error::ApiError;
+use error::ApiResult;
 pub use faults::{Faults, Injected, Latency};
 
 /// SQS's largest message (1 MiB since 2025).
@@ -207,6 +208,36 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
     if req.uri().path().starts_with("/_sim/") {
         return Ok(admin(&state, req).await);
     }
+    let call = match read_call(req).await? {
+        Ok(call) => call,
+        Err(e) => return Ok(error_response(&e)),
+    };
+    *state.requests.locked().entry(call.op.clone()).or_insert(0) += 1;
+    if let Some(e) = inject_faults(&state, &call).await? {
+        return Ok(error_response(&e));
+    }
+    Ok(match dispatch(&state, &call).await {
+        Ok(v) => json_response(200, v.to_string()),
+        Err(e) => error_response(&e),
+    })
+}
+
+/// One API call: the service and operation of its X-Amz-Target, and its JSON input.
+struct Call {
+    service: String,
+    op: String,
+    input: Value,
+}
+
+impl Call {
+    fn is_sqs(&self) -> bool {
+        self.service == "AmazonSQS"
+    }
+}
+
+/// Reads the call: an error answer for a missing X-Amz-Target or a body that is not JSON, a
+/// reset when the body cannot be read.
+async fn read_call(req: Request<Incoming>) -> Result<Result<Call, ApiError>, Reset> {
     let target = req
         .headers()
         .get("x-amz-target")
@@ -214,13 +245,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
         .unwrap_or_default()
         .to_string();
     let Some((service, op)) = target.split_once('.') else {
-        return Ok(error_response(&ApiError::dynamodb(
+        return Ok(Err(ApiError::dynamodb(
             400,
             "UnknownOperationException",
             "missing X-Amz-Target: sluice-sim speaks the AWS JSON 1.0 protocol",
         )));
     };
-    let op = op.to_string();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Err(Reset),
@@ -231,7 +261,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
         match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                return Ok(error_response(&ApiError::dynamodb(
+                return Ok(Err(ApiError::dynamodb(
                     400,
                     "SerializationException",
                     e.to_string(),
@@ -239,26 +269,42 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
             }
         }
     };
-    *state.requests.locked().entry(op.clone()).or_insert(0) += 1;
+    Ok(Ok(Call {
+        service: service.to_string(),
+        op: op.to_string(),
+        input,
+    }))
+}
 
+/// The faults set for the call's operation: its delay, a hang (answered by a reset once the
+/// fault is lifted), then a drawn reset or error answer.
+async fn inject_faults(state: &State, call: &Call) -> Result<Option<ApiError>, Reset> {
     let faults = state.faults.read_locked().clone();
-    let delay = faults.delay(&op);
+    let delay = faults.delay(&call.op);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    if faults.hangs(&op) {
-        // A server that took the call and went silent: no answer while the fault holds, and
-        // the call is never carried out.
-        loop {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            let still = state.faults.read_locked().hangs(&op);
-            if !still {
-                return Err(Reset);
-            }
+    if faults.hangs(&call.op) {
+        return Err(hang(state, &call.op).await);
+    }
+    injected_error(faults.draw(&call.op), call.is_sqs())
+}
+
+/// A server that took the call and went silent: no answer while the fault holds, and the call
+/// is never carried out.
+async fn hang(state: &State, op: &str) -> Reset {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let still = state.faults.read_locked().hangs(op);
+        if !still {
+            return Reset;
         }
     }
-    let is_sqs = service == "AmazonSQS";
-    let injected = match faults.draw(&op) {
+}
+
+/// The error answer for a drawn fault, in the service's own shape (None: no fault).
+fn injected_error(injected: Injected, is_sqs: bool) -> Result<Option<ApiError>, Reset> {
+    Ok(match injected {
         Injected::None => None,
         Injected::Reset => return Err(Reset),
         Injected::Error500 if is_sqs => Some(ApiError::sqs(
@@ -294,26 +340,23 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
             "ProvisionedThroughputExceededException",
             "injected throttle: the level of configured provisioned throughput for the table was exceeded",
         )),
-    };
-    if let Some(e) = injected {
-        return Ok(error_response(&e));
-    }
-    let result = match service {
+    })
+}
+
+/// Carries the call out on the service its target names.
+async fn dispatch(state: &State, call: &Call) -> ApiResult {
+    match call.service.as_str() {
         "AmazonSQS" => {
             let entry_faults = state.faults.read_locked().entry_server_fault_rate;
-            state.sqs.handle(&op, &input, entry_faults).await
+            state.sqs.handle(&call.op, &call.input, entry_faults).await
         }
-        "DynamoDB_20120810" => state.dynamodb.handle(&op, &input),
+        "DynamoDB_20120810" => state.dynamodb.handle(&call.op, &call.input),
         other => Err(ApiError::dynamodb(
             400,
             "UnknownOperationException",
             format!("unknown service {other}"),
         )),
-    };
-    Ok(match result {
-        Ok(v) => json_response(200, v.to_string()),
-        Err(e) => error_response(&e),
-    })
+    }
 }
 
 async fn admin(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {

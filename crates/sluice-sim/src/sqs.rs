@@ -380,6 +380,49 @@ impl Queue {
         self.schedule(seq);
     }
 
+    /// Takes a checked message: a FIFO duplicate inside the deduplication window is answered
+    /// as the first send was and not enqueued again; anything else is enqueued.
+    fn enqueue(&mut self, send: NewMessage, now: Instant) -> Value {
+        let md5 = md5_hex(send.body.as_bytes());
+        let seq = self.next_seq;
+        let fifo_dedup = send.dedup_id.clone().filter(|_| self.fifo);
+        if let Some(d) = &fifo_dedup {
+            self.dedup.retain(|_, (expires, _, _)| *expires > now);
+            if let Some((_, id, first)) = self.dedup.get(d) {
+                // A duplicate inside the window: accepted, not enqueued again, answered with
+                // the first send's MessageId and SequenceNumber.
+                return json!({"MessageId": id, "MD5OfMessageBody": md5, "SequenceNumber": format!("{first:020}")});
+            }
+        }
+        let id = format!("{:08x}-sim-{seq:012x}", rand::random::<u32>());
+        if let Some(d) = fifo_dedup {
+            self.dedup.insert(d, (now + DEDUP_WINDOW, id.clone(), seq));
+        }
+        let delay = Duration::from_secs(send.delay.unwrap_or(self.delay_seconds).min(900));
+        self.insert(Message {
+            seq,
+            id: id.clone(),
+            body: send.body.to_string(),
+            md5: md5.clone(),
+            message_attributes: send.attributes.cloned(),
+            sent_ms: epoch_ms(),
+            visible_at: now + delay,
+            epoch: 0,
+            receive_count: 0,
+            first_receive_ms: None,
+            received_at: None,
+            receipt: None,
+            in_flight: false,
+            group: send.group,
+            dedup_id: send.dedup_id,
+        });
+        let mut out = json!({"MessageId": id, "MD5OfMessageBody": md5});
+        if self.fifo {
+            out["SequenceNumber"] = json!(format!("{seq:020}"));
+        }
+        out
+    }
+
     fn remove(&mut self, seq: u64) -> Option<Message> {
         let m = self.messages.remove(&seq)?;
         if let Some(g) = &m.group
@@ -578,6 +621,135 @@ fn valid_body(body: &str) -> bool {
     })
 }
 
+/// A SendMessage (or one SendMessageBatch entry), checked against its queue.
+struct NewMessage<'a> {
+    body: &'a str,
+    attributes: Option<&'a Value>,
+    group: Option<String>,
+    /// On a FIFO queue, always set: given, or the body's SHA-256 (ContentBasedDeduplication).
+    dedup_id: Option<String>,
+    delay: Option<u64>,
+}
+
+impl<'a> NewMessage<'a> {
+    /// Checks in SQS's order: the body and its attributes, the group and deduplication ids,
+    /// the delay, then what a FIFO queue requires.
+    fn check(q: &Queue, entry: &'a Value) -> ApiResult<NewMessage<'a>> {
+        let (body, attributes) = check_body(q, entry)?;
+        let group = id_param(entry, "MessageGroupId")?;
+        let dedup_id = id_param(entry, "MessageDeduplicationId")?;
+        if !q.fifo && dedup_id.is_some() {
+            return Err(ApiError::sqs_invalid(
+                "The request include parameter that is not valid for this queue type",
+            ));
+        }
+        let delay = int_param(
+            entry,
+            "DelaySeconds",
+            0..=900,
+            "DelaySeconds must be >= 0 and <= 900",
+        )?
+        .map(|d| d as u64);
+        let mut send = NewMessage {
+            body,
+            attributes,
+            group,
+            dedup_id,
+            delay,
+        };
+        if q.fifo {
+            send.check_fifo(q)?;
+        }
+        Ok(send)
+    }
+
+    /// A FIFO message needs a group, no delay of its own, and a deduplication id (given, or
+    /// made from the body when the queue has ContentBasedDeduplication).
+    fn check_fifo(&mut self, q: &Queue) -> ApiResult<()> {
+        if self.group.is_none() {
+            return Err(ApiError::sqs(
+                400,
+                "MissingParameter",
+                "MissingParameter",
+                "The request must contain the parameter MessageGroupId.",
+            ));
+        }
+        if self.delay.is_some_and(|d| d > 0) {
+            return Err(ApiError::sqs_invalid(
+                "The request include parameter that is not valid for this queue type",
+            ));
+        }
+        if self.dedup_id.is_none() {
+            if !q.content_dedup {
+                return Err(ApiError::sqs_invalid(
+                    "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided explicitly",
+                ));
+            }
+            self.dedup_id = Some(
+                Sha256::digest(self.body.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The message body and its attributes: a body is required, attributes are valid, both fit
+/// the queue's MaximumMessageSize, and the body has only the characters SQS takes.
+fn check_body<'a>(q: &Queue, entry: &'a Value) -> ApiResult<(&'a str, Option<&'a Value>)> {
+    let body = entry
+        .get("MessageBody")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if body.is_empty() {
+        return Err(ApiError::sqs(
+            400,
+            "MissingParameter",
+            "MissingParameter",
+            "The request must contain the parameter MessageBody.",
+        ));
+    }
+    let attributes = entry
+        .get("MessageAttributes")
+        .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
+    if let Some(a) = attributes.and_then(Value::as_object) {
+        validate_message_attributes(a)?;
+    }
+    let size = body.len() + attributes_size(attributes);
+    if size > q.max_message_size {
+        return Err(ApiError::sqs_invalid(format!(
+            "One or more parameters are invalid. Reason: Message must be shorter than {} bytes.",
+            q.max_message_size
+        )));
+    }
+    if !valid_body(body) {
+        return Err(ApiError::sqs(
+            400,
+            "InvalidMessageContents",
+            "InvalidMessageContents",
+            "Invalid characters found in the message body",
+        ));
+    }
+    Ok((body, attributes))
+}
+
+/// A MessageGroupId or MessageDeduplicationId, when given: 1 to 128 printable ASCII
+/// characters.
+fn id_param(entry: &Value, field: &str) -> ApiResult<Option<String>> {
+    let Some(v) = entry.get(field).and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let ok = !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic());
+    if !ok {
+        return Err(ApiError::sqs_invalid(format!(
+            "Value {v} for parameter {field} is invalid. Reason: it must be 1 to 128 characters of alphanumerics and punctuation."
+        )));
+    }
+    Ok(Some(v.to_string()))
+}
+
 impl Sqs {
     /// `sampling_seed`: short polls sample, from this seed (None: they return every visible
     /// message).
@@ -637,118 +809,20 @@ impl Sqs {
     pub async fn handle(&self, op: &str, req: &Value, entry_fault_rate: f64) -> ApiResult {
         match op {
             "CreateQueue" => self.create_queue(req),
-            "GetQueueUrl" => {
-                let name = req
-                    .get("QueueName")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let cell = self.cell_by_name(name).ok_or_else(ApiError::no_queue)?;
-                Ok(json!({"QueueUrl": cell.lock().url}))
-            }
-            "ListQueues" => {
-                let prefix = req
-                    .get("QueueNamePrefix")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let queues = self.queues.read_locked();
-                let mut urls: Vec<String> = queues
-                    .iter()
-                    .filter(|(n, _)| n.starts_with(prefix))
-                    .map(|(_, c)| c.lock().url.clone())
-                    .collect();
-                urls.sort();
-                Ok(json!({"QueueUrls": urls}))
-            }
-            "DeleteQueue" => {
-                let cell = self.cell(req)?;
-                let name = cell.lock().name.clone();
-                self.queues.write_locked().remove(&name);
-                Ok(json!({}))
-            }
-            "PurgeQueue" => {
-                let cell = self.cell(req)?;
-                let mut q = cell.lock();
-                q.messages.clear();
-                q.ready.clear();
-                q.timers.clear();
-                q.groups.clear();
-                Ok(json!({}))
-            }
+            "GetQueueUrl" => self.get_queue_url(req),
+            "ListQueues" => self.list_queues(req),
+            "DeleteQueue" => self.delete_queue(req),
+            "PurgeQueue" => self.purge_queue(req),
             "GetQueueAttributes" => self.get_attributes(req),
-            "SetQueueAttributes" => {
-                let cell = self.cell(req)?;
-                let attrs = req
-                    .get("Attributes")
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                let target = self.redrive_target(&attrs);
-                if attrs.contains_key("FifoQueue") {
-                    return Err(ApiError::sqs(
-                        400,
-                        "InvalidAttributeName",
-                        "InvalidAttributeName",
-                        "FifoQueue can only be set at creation: Unknown Attribute FifoQueue.",
-                    ));
-                }
-                cell.lock().apply_attributes(&attrs, &target)?;
-                Ok(json!({}))
-            }
-            "SendMessage" => {
-                let cell = self.cell(req)?;
-                let out = self.send_one(&cell, req)?;
-                cell.arrivals.notify_waiters();
-                Ok(out)
-            }
+            "SetQueueAttributes" => self.set_attributes(req),
+            "SendMessage" => self.send_message(req),
             "SendMessageBatch" => self.send_batch(req, entry_fault_rate),
             "ReceiveMessage" => self.receive(req).await,
-            "DeleteMessage" => {
-                let cell = self.cell(req)?;
-                let receipt = req
-                    .get("ReceiptHandle")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                delete(&mut cell.lock(), receipt).map_err(|e| single(e, receipt))?;
-                // A FIFO group unlocks when its message in flight is deleted: a long poll
-                // waiting on it returns at once, as SQS's does.
-                cell.arrivals.notify_waiters();
-                Ok(json!({}))
-            }
-            "DeleteMessageBatch" => {
-                let out = self.batch(req, entry_fault_rate, |q, e| {
-                    delete(
-                        q,
-                        e.get("ReceiptHandle")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default(),
-                    )
-                })?;
-                self.cell(req)?.arrivals.notify_waiters();
-                Ok(out)
-            }
-            "ChangeMessageVisibility" => {
-                let cell = self.cell(req)?;
-                let receipt = req
-                    .get("ReceiptHandle")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let t = visibility_param(req)?;
-                change_visibility(&mut cell.lock(), receipt, t).map_err(|e| single(e, receipt))?;
-                cell.arrivals.notify_waiters();
-                Ok(json!({}))
-            }
+            "DeleteMessage" => self.delete_message(req),
+            "DeleteMessageBatch" => self.batch_and_wake(req, entry_fault_rate, delete_entry),
+            "ChangeMessageVisibility" => self.change_message_visibility(req),
             "ChangeMessageVisibilityBatch" => {
-                let out = self.batch(req, entry_fault_rate, |q, e| {
-                    change_visibility(
-                        q,
-                        e.get("ReceiptHandle")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default(),
-                        visibility_param(e)?,
-                    )
-                })?;
-                self.cell(req)?.arrivals.notify_waiters();
-                Ok(out)
+                self.batch_and_wake(req, entry_fault_rate, change_visibility_entry)
             }
             _ => Err(ApiError::sqs(
                 400,
@@ -757,6 +831,108 @@ impl Sqs {
                 format!("{op} is not supported by sluice-sim"),
             )),
         }
+    }
+
+    fn get_queue_url(&self, req: &Value) -> ApiResult {
+        let name = req
+            .get("QueueName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let cell = self.cell_by_name(name).ok_or_else(ApiError::no_queue)?;
+        Ok(json!({"QueueUrl": cell.lock().url}))
+    }
+
+    /// The URLs of the queues whose name starts with QueueNamePrefix, sorted.
+    fn list_queues(&self, req: &Value) -> ApiResult {
+        let prefix = req
+            .get("QueueNamePrefix")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let queues = self.queues.read_locked();
+        let mut urls: Vec<String> = queues
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, c)| c.lock().url.clone())
+            .collect();
+        urls.sort();
+        Ok(json!({"QueueUrls": urls}))
+    }
+
+    fn delete_queue(&self, req: &Value) -> ApiResult {
+        let cell = self.cell(req)?;
+        let name = cell.lock().name.clone();
+        self.queues.write_locked().remove(&name);
+        Ok(json!({}))
+    }
+
+    fn purge_queue(&self, req: &Value) -> ApiResult {
+        let cell = self.cell(req)?;
+        let mut q = cell.lock();
+        q.messages.clear();
+        q.ready.clear();
+        q.timers.clear();
+        q.groups.clear();
+        Ok(json!({}))
+    }
+
+    /// SetQueueAttributes: all of them or none (FifoQueue is for CreateQueue only).
+    fn set_attributes(&self, req: &Value) -> ApiResult {
+        let cell = self.cell(req)?;
+        let attrs = req
+            .get("Attributes")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let target = self.redrive_target(&attrs);
+        if attrs.contains_key("FifoQueue") {
+            return Err(ApiError::sqs(
+                400,
+                "InvalidAttributeName",
+                "InvalidAttributeName",
+                "FifoQueue can only be set at creation: Unknown Attribute FifoQueue.",
+            ));
+        }
+        cell.lock().apply_attributes(&attrs, &target)?;
+        Ok(json!({}))
+    }
+
+    fn send_message(&self, req: &Value) -> ApiResult {
+        let cell = self.cell(req)?;
+        let out = self.send_one(&cell, req)?;
+        cell.arrivals.notify_waiters();
+        Ok(out)
+    }
+
+    fn delete_message(&self, req: &Value) -> ApiResult {
+        let cell = self.cell(req)?;
+        let receipt = receipt_of(req);
+        delete(&mut cell.lock(), receipt).map_err(|e| single(e, receipt))?;
+        // A FIFO group unlocks when its message in flight is deleted: a long poll
+        // waiting on it returns at once, as SQS's does.
+        cell.arrivals.notify_waiters();
+        Ok(json!({}))
+    }
+
+    fn change_message_visibility(&self, req: &Value) -> ApiResult {
+        let cell = self.cell(req)?;
+        let receipt = receipt_of(req);
+        let t = visibility_param(req)?;
+        change_visibility(&mut cell.lock(), receipt, t).map_err(|e| single(e, receipt))?;
+        cell.arrivals.notify_waiters();
+        Ok(json!({}))
+    }
+
+    /// A DeleteMessageBatch or ChangeMessageVisibilityBatch, then waking the queue's long
+    /// polls (a FIFO group may have unlocked, a message become visible).
+    fn batch_and_wake(
+        &self,
+        req: &Value,
+        entry_fault_rate: f64,
+        f: impl Fn(&mut Queue, &Value) -> ApiResult<()>,
+    ) -> ApiResult {
+        let out = self.batch(req, entry_fault_rate, f)?;
+        self.cell(req)?.arrivals.notify_waiters();
+        Ok(out)
     }
 
     fn create_queue(&self, req: &Value) -> ApiResult {
@@ -879,148 +1055,9 @@ impl Sqs {
     }
 
     fn send_one(&self, cell: &QueueCell, entry: &Value) -> ApiResult {
-        let body = entry
-            .get("MessageBody")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
         let mut q = cell.lock();
-        if body.is_empty() {
-            return Err(ApiError::sqs(
-                400,
-                "MissingParameter",
-                "MissingParameter",
-                "The request must contain the parameter MessageBody.",
-            ));
-        }
-        let attributes = entry
-            .get("MessageAttributes")
-            .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
-        if let Some(a) = attributes.and_then(Value::as_object) {
-            validate_message_attributes(a)?;
-        }
-        let size = body.len() + attributes_size(attributes);
-        if size > q.max_message_size {
-            return Err(ApiError::sqs_invalid(format!(
-                "One or more parameters are invalid. Reason: Message must be shorter than {} bytes.",
-                q.max_message_size
-            )));
-        }
-        if !valid_body(body) {
-            return Err(ApiError::sqs(
-                400,
-                "InvalidMessageContents",
-                "InvalidMessageContents",
-                "Invalid characters found in the message body",
-            ));
-        }
-        let group = entry
-            .get("MessageGroupId")
-            .and_then(Value::as_str)
-            .map(String::from);
-        let mut dedup_id = entry
-            .get("MessageDeduplicationId")
-            .and_then(Value::as_str)
-            .map(String::from);
-        for (field, value) in [
-            ("MessageGroupId", &group),
-            ("MessageDeduplicationId", &dedup_id),
-        ] {
-            if let Some(v) = value {
-                let ok = !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic());
-                if !ok {
-                    return Err(ApiError::sqs_invalid(format!(
-                        "Value {v} for parameter {field} is invalid. Reason: it must be 1 to 128 characters of alphanumerics and punctuation."
-                    )));
-                }
-            }
-        }
-        if !q.fifo && dedup_id.is_some() {
-            return Err(ApiError::sqs_invalid(
-                "The request include parameter that is not valid for this queue type",
-            ));
-        }
-        let delay = int_param(
-            entry,
-            "DelaySeconds",
-            0..=900,
-            "DelaySeconds must be >= 0 and <= 900",
-        )?
-        .map(|d| d as u64);
-        let now = Instant::now();
-        if q.fifo {
-            if group.is_none() {
-                return Err(ApiError::sqs(
-                    400,
-                    "MissingParameter",
-                    "MissingParameter",
-                    "The request must contain the parameter MessageGroupId.",
-                ));
-            }
-            if delay.is_some_and(|d| d > 0) {
-                return Err(ApiError::sqs_invalid(
-                    "The request include parameter that is not valid for this queue type",
-                ));
-            }
-            if dedup_id.is_none() {
-                if !q.content_dedup {
-                    return Err(ApiError::sqs_invalid(
-                        "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided explicitly",
-                    ));
-                }
-                dedup_id = Some(
-                    Sha256::digest(body.as_bytes())
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect(),
-                );
-            }
-        }
-        let md5 = md5_hex(body.as_bytes());
-        let seq = q.next_seq;
-        if let Some(d) = &dedup_id
-            && q.fifo
-        {
-            q.dedup.retain(|_, (expires, _, _)| *expires > now);
-            if let Some((_, id, first)) = q.dedup.get(d) {
-                // A duplicate inside the window: accepted, not enqueued again, answered with
-                // the first send's MessageId and SequenceNumber.
-                return Ok(
-                    json!({"MessageId": id, "MD5OfMessageBody": md5, "SequenceNumber": format!("{first:020}")}),
-                );
-            }
-        }
-        let id = format!("{:08x}-sim-{seq:012x}", rand::random::<u32>());
-        if let Some(d) = &dedup_id
-            && q.fifo
-        {
-            q.dedup
-                .insert(d.clone(), (now + DEDUP_WINDOW, id.clone(), seq));
-        }
-        let delay = Duration::from_secs(delay.unwrap_or(q.delay_seconds).min(900));
-        let message = Message {
-            seq,
-            id: id.clone(),
-            body: body.to_string(),
-            md5: md5.clone(),
-            message_attributes: attributes.cloned(),
-            sent_ms: epoch_ms(),
-            visible_at: now + delay,
-            epoch: 0,
-            receive_count: 0,
-            first_receive_ms: None,
-            received_at: None,
-            receipt: None,
-            in_flight: false,
-            group,
-            dedup_id,
-        };
-        let fifo = q.fifo;
-        q.insert(message);
-        let mut out = json!({"MessageId": id, "MD5OfMessageBody": md5});
-        if fifo {
-            out["SequenceNumber"] = json!(format!("{seq:020}"));
-        }
-        Ok(out)
+        let send = NewMessage::check(&q, entry)?;
+        Ok(q.enqueue(send, Instant::now()))
     }
 
     fn send_batch(&self, req: &Value, entry_fault_rate: f64) -> ApiResult {
@@ -1237,6 +1274,23 @@ fn batch_entries(req: &Value) -> ApiResult<Vec<Value>> {
         ));
     }
     Ok(entries)
+}
+
+/// A request's or batch entry's ReceiptHandle ("" when absent).
+fn receipt_of(v: &Value) -> &str {
+    v.get("ReceiptHandle")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// One entry of a DeleteMessageBatch.
+fn delete_entry(q: &mut Queue, e: &Value) -> ApiResult<()> {
+    delete(q, receipt_of(e))
+}
+
+/// One entry of a ChangeMessageVisibilityBatch.
+fn change_visibility_entry(q: &mut Queue, e: &Value) -> ApiResult<()> {
+    change_visibility(q, receipt_of(e), visibility_param(e)?)
 }
 
 fn parse_receipt(q: &Queue, receipt: &str) -> ApiResult<u64> {

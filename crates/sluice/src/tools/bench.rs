@@ -113,15 +113,8 @@ async fn start_redis(bin: &str) -> Result<(Child, String)> {
         .with_context(|| {
             format!("cannot start {bin} (apt-get install redis-server, or --redis-server PATH)")
         })?;
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if started.elapsed() > Duration::from_secs(10) {
-            bail!("redis-server did not open port {port}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if !wait_for_port(port, Instant::now(), Duration::from_secs(10)).await {
+        bail!("redis-server did not open port {port}");
     }
     Ok((Child(child), format!("redis://127.0.0.1:{port}/")))
 }
@@ -210,48 +203,35 @@ fn parse_scenario(name: &str) -> Result<Scenario> {
     }
 }
 
-async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
-    let Scenario {
-        instances,
-        redis,
-        share,
-        limit,
-        size,
-    } = parse_scenario(scenario)?;
-    let w = args.provisioned_wcu;
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            tables: TableSettings {
-                burst_seconds: 1.0,
-                ..TableSettings::default()
-            },
-            ..SimConfig::default()
-        },
-    )
-    .await?;
-    let endpoint = sim.endpoint().to_string();
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "bench",
-        ))
-        .load()
-        .await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let queue = sluice_sqs::admin::create_queue(&sqs, "bench", &[])
+/// Waits until something listens on `port`; false when `limit` has passed since `started`.
+async fn wait_for_port(port: u16, started: Instant, limit: Duration) -> bool {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .map_err(anyhow::Error::msg)?;
-    // The table, and which limit binds: its name in the report, its WCU per second.
+        .is_err()
+    {
+        if started.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// The limit that binds a scenario: its name in the report and its WCU per second.
+struct Binding {
+    name: &'static str,
+    wcu: f64,
+}
+
+/// The scenario's table (and index), and which of its limits binds.
+fn table_for(limit: Limit, w: u32) -> (TableSpec, Binding) {
     let by_user = |wcu| IndexSpec {
         name: "by_user".into(),
         key: "user_id".into(),
         wcu,
     };
     let hot = 3 * i64::from(w.max(PARTITION_WCU as u32));
-    let (spec_wcu, max_on_demand_wcu, indexes, binding, binding_wcu) = match limit {
+    let (spec_wcu, max_on_demand_wcu, indexes, name, wcu) = match limit {
         Limit::Table => (Some(i64::from(w)), None, vec![], "table", f64::from(w)),
         Limit::Gsi => {
             let g = (w / 5).max(1);
@@ -278,49 +258,84 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
             PARTITION_WCU as f64,
         ),
     };
-    create_table_from(
-        &ddb,
-        &TableSpec {
-            name: "bench".into(),
-            key: "request_id".into(),
-            wcu: spec_wcu,
-            max_on_demand_wcu,
-            indexes,
-        },
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
-    let bodies = backlog(
-        (binding_wcu * f64::from(args.backlog_seconds)) as u64,
-        11,
-        size,
-        (limit == Limit::HotKey).then_some("everyone"),
-    );
-
-    let redis_server = if redis {
-        Some(start_redis(&args.redis_server).await?)
-    } else {
-        None
+    let spec = TableSpec {
+        name: "bench".into(),
+        key: "request_id".into(),
+        wcu: spec_wcu,
+        max_on_demand_wcu,
+        indexes,
     };
-    let exe = std::env::current_exe()?;
-    let mut children = Vec::new();
-    let mut health = Vec::new();
-    for _ in 0..instances {
-        let port = free_port()?;
-        let mut cmd = tokio::process::Command::new(&exe);
+    (spec, Binding { name, wcu })
+}
+
+/// sluice-sim with one second of burst credit, the queue and the scenario's table on it.
+struct Backend {
+    sim: SimServer,
+    endpoint: String,
+    sqs: aws_sdk_sqs::Client,
+    ddb: aws_sdk_dynamodb::Client,
+    queue: String,
+}
+
+impl Backend {
+    async fn start(table: &TableSpec) -> Result<Backend> {
+        let sim = SimServer::start(
+            "127.0.0.1:0".parse()?,
+            SimConfig {
+                tables: TableSettings {
+                    burst_seconds: 1.0,
+                    ..TableSettings::default()
+                },
+                ..SimConfig::default()
+            },
+        )
+        .await?;
+        let endpoint = sim.endpoint().to_string();
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "bench",
+            ))
+            .load()
+            .await;
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let queue = sluice_sqs::admin::create_queue(&sqs, "bench", &[])
+            .await
+            .map_err(anyhow::Error::msg)?;
+        create_table_from(&ddb, table)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok(Backend {
+            sim,
+            endpoint,
+            sqs,
+            ddb,
+            queue,
+        })
+    }
+
+    /// One `sluice run` on the queue and table, configured through the environment, serving
+    /// its health endpoint on `port`.
+    fn spawn_instance(
+        &self,
+        exe: &std::path::Path,
+        replicas: u32,
+        port: u16,
+        redis: Option<&str>,
+    ) -> Result<Child> {
+        let mut cmd = tokio::process::Command::new(exe);
         cmd.arg("run")
-            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("SLUICE__SQS__QUEUE_URL", &queue)
+            .env("SLUICE__SQS__QUEUE_URL", &self.queue)
             .env("SLUICE__SQS__VISIBILITY_TIMEOUT", "60s")
             .env("SLUICE__DYNAMODB__TABLE", "bench")
-            .env(
-                "SLUICE__RATE__EXPECTED_REPLICAS",
-                if share { instances } else { 1 }.to_string(),
-            )
+            .env("SLUICE__RATE__EXPECTED_REPLICAS", replicas.to_string())
             .env("SLUICE__TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
             .env("SLUICE__TELEMETRY__LOG_FORMAT", "json")
             .env("SLUICE__TELEMETRY__LOG_LEVEL", "warn")
@@ -328,61 +343,84 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if let Some((_, url)) = &redis_server {
+        if let Some(url) = redis {
             cmd.env("SLUICE__RATE__MODE", "redis")
                 .env("SLUICE__RATE__REDIS__URL", url);
         }
-        children.push(Child(cmd.spawn().context("cannot start `sluice run`")?));
-        health.push(port);
+        Ok(Child(cmd.spawn().context("cannot start `sluice run`")?))
     }
-    // Wait until every instance serves /healthz: they are polling.
-    let started = Instant::now();
-    for port in health {
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if started.elapsed() > Duration::from_secs(30) {
+
+    /// The scenario's instances, once every one serves /healthz (they are polling).
+    async fn start_fleet(&self, sc: &Scenario, redis: Option<&str>) -> Result<Vec<Child>> {
+        let exe = std::env::current_exe()?;
+        let replicas = if sc.share { sc.instances } else { 1 };
+        let mut children = Vec::new();
+        let mut health = Vec::new();
+        for _ in 0..sc.instances {
+            let port = free_port()?;
+            children.push(self.spawn_instance(&exe, replicas, port, redis)?);
+            health.push(port);
+        }
+        let started = Instant::now();
+        for port in health {
+            if !wait_for_port(port, started, Duration::from_secs(30)).await {
                 bail!("an instance did not start (port {port})");
+            }
+        }
+        Ok(children)
+    }
+
+    /// The spike arrives: the backlog is sent far faster than it can be written (eight
+    /// senders).
+    async fn send_backlog(&self, bodies: &[String]) -> Result<()> {
+        let sender = SqsTransport::new(self.sqs.clone(), &self.queue);
+        let mut sends = tokio::task::JoinSet::new();
+        for part in bodies.chunks(bodies.len().div_ceil(8).max(1)) {
+            let (sender, part) = (sender.clone(), part.to_vec());
+            sends.spawn(async move { sender.send_bodies(&part).await });
+        }
+        while let Some(r) = sends.join_next().await {
+            r??;
+        }
+        Ok(())
+    }
+
+    /// The table's capacity report once it holds `expected` items; progress every 5 s unless
+    /// --json.
+    async fn wait_drained(
+        &self,
+        args: &BenchArgs,
+        scenario: &str,
+        expected: usize,
+        drain_started: Instant,
+    ) -> Result<serde_json::Value> {
+        let mut last_report = Instant::now();
+        loop {
+            let report = self.sim.capacity_report("bench").context("table report")?;
+            if report["items"].as_u64().unwrap_or(0) as usize >= expected {
+                return Ok(report);
+            }
+            if drain_started.elapsed()
+                > Duration::from_secs(u64::from(args.backlog_seconds) * 4 + 60)
+            {
+                bail!("not drained in time: {report}");
+            }
+            if last_report.elapsed() > Duration::from_secs(5) && !args.json {
+                eprintln!(
+                    "  {scenario}: {:>5.1}s, {} of {expected} logs written",
+                    drain_started.elapsed().as_secs_f64(),
+                    report["items"]
+                );
+                last_report = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
 
-    // The spike arrives: the backlog is sent far faster than it can be written.
-    let drain_started = Instant::now();
-    let first_second = now_s();
-    let sender = SqsTransport::new(sqs.clone(), &queue);
-    let mut sends = tokio::task::JoinSet::new();
-    for part in bodies.chunks(bodies.len().div_ceil(8).max(1)) {
-        let (sender, part) = (sender.clone(), part.to_vec());
-        sends.spawn(async move { sender.send_bodies(&part).await });
-    }
-    while let Some(r) = sends.join_next().await {
-        r??;
-    }
-    let expected = bodies.len();
-    let mut last_report = Instant::now();
-    let report = loop {
-        let report = sim.capacity_report("bench").context("table report")?;
-        if report["items"].as_u64().unwrap_or(0) as usize >= expected {
-            break report;
-        }
-        if drain_started.elapsed() > Duration::from_secs(u64::from(args.backlog_seconds) * 4 + 60) {
-            bail!("not drained in time: {report}");
-        }
-        if last_report.elapsed() > Duration::from_secs(5) && !args.json {
-            eprintln!(
-                "  {scenario}: {:>5.1}s, {} of {expected} logs written",
-                drain_started.elapsed().as_secs_f64(),
-                report["items"]
-            );
-            last_report = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let drain_s = drain_started.elapsed().as_secs_f64();
-    for c in &mut children {
+/// SIGTERM to every instance, then up to 30 s each for it to exit.
+async fn stop_fleet(children: &mut [Child]) {
+    for c in children.iter() {
         if let Some(pid) = c.0.id() {
             let _ = std::process::Command::new("kill")
                 .arg("-TERM")
@@ -390,16 +428,14 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
                 .status();
         }
     }
-    for c in &mut children {
+    for c in children.iter_mut() {
         let _ = tokio::time::timeout(Duration::from_secs(30), c.0.wait()).await;
     }
+}
 
-    // The binding limit's own account: the table's, or the index's (a hot key's index takes
-    // only that key's writes).
-    let meter = match limit {
-        Limit::Gsi | Limit::HotKey => &report["indexes"]["by_user"],
-        Limit::Table | Limit::OnDemandMax => &report,
-    };
+/// The highest 5-second average of a meter's per-second consumption from `first_second` on
+/// (seconds without writes count as 0).
+fn max_5s_avg(meter: &serde_json::Value, first_second: u64) -> f64 {
     let per_second: BTreeMap<u64, f64> = meter["per_second"]
         .as_array()
         .into_iter()
@@ -414,26 +450,54 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
     let series: Vec<f64> = (first..=last)
         .map(|s| per_second.get(&s).copied().unwrap_or(0.0))
         .collect();
-    let max_5s = series
+    series
         .windows(5)
         .map(|w| w.iter().sum::<f64>() / 5.0)
-        .fold(0.0, f64::max);
+        .fold(0.0, f64::max)
+}
+
+/// How a drain went: the table's report at its end, how long it took, from which wall-clock
+/// second, and how many logs it had to write.
+struct Drain {
+    report: serde_json::Value,
+    drain_s: f64,
+    first_second: u64,
+    expected: usize,
+}
+
+/// The row: the binding limit's own account (the table's, or the index's: a hot key's index
+/// takes only that key's writes), the write requests, and the rows that did not land.
+async fn bench_row(
+    backend: &Backend,
+    scenario: &str,
+    sc: &Scenario,
+    binding: &Binding,
+    drain: Drain,
+) -> Result<BenchRow> {
+    let report = &drain.report;
+    let meter = match sc.limit {
+        Limit::Gsi | Limit::HotKey => &report["indexes"]["by_user"],
+        Limit::Table | Limit::OnDemandMax => report,
+    };
+    let max_5s = max_5s_avg(meter, drain.first_second);
     let consumed = meter["consumed_wcu_total"].as_f64().unwrap_or(0.0);
-    let requests = sim
+    let requests = backend
+        .sim
         .requests_report()
         .get("BatchWriteItem")
         .copied()
         .unwrap_or(0);
     let throttled = report["throttled_requests"].as_u64().unwrap_or(0);
-    let keys = sluice_dynamodb::admin::scan_keys(&ddb, "bench", "request_id")
+    let keys = sluice_dynamodb::admin::scan_keys(&backend.ddb, "bench", "request_id")
         .await
         .map_err(anyhow::Error::msg)?;
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let (expected, drain_s, binding_wcu) = (drain.expected, drain.drain_s, binding.wcu);
     Ok(BenchRow {
         scenario: scenario.to_string(),
-        instances,
-        redis,
-        binding: binding.to_string(),
+        instances: sc.instances,
+        redis: sc.redis,
+        binding: binding.name.to_string(),
         provisioned_wcu: binding_wcu as u32,
         consumed_wcu: consumed,
         logs: expected,
@@ -447,6 +511,42 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
         throttled_share: r3(throttled as f64 / requests.max(1) as f64),
         lost: expected.saturating_sub(keys.len()),
     })
+}
+
+async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
+    let sc = parse_scenario(scenario)?;
+    let (table, binding) = table_for(sc.limit, args.provisioned_wcu);
+    let backend = Backend::start(&table).await?;
+    let bodies = backlog(
+        (binding.wcu * f64::from(args.backlog_seconds)) as u64,
+        11,
+        sc.size,
+        (sc.limit == Limit::HotKey).then_some("everyone"),
+    );
+    let redis_server = if sc.redis {
+        Some(start_redis(&args.redis_server).await?)
+    } else {
+        None
+    };
+    let redis_url = redis_server.as_ref().map(|(_, url)| url.as_str());
+    let mut children = backend.start_fleet(&sc, redis_url).await?;
+
+    let drain_started = Instant::now();
+    let first_second = now_s();
+    backend.send_backlog(&bodies).await?;
+    let expected = bodies.len();
+    let report = backend
+        .wait_drained(args, scenario, expected, drain_started)
+        .await?;
+    let drain_s = drain_started.elapsed().as_secs_f64();
+    stop_fleet(&mut children).await;
+    let drain = Drain {
+        report,
+        drain_s,
+        first_second,
+        expected,
+    };
+    bench_row(&backend, scenario, &sc, &binding, drain).await
 }
 
 pub async fn bench(args: BenchArgs) -> Result<Vec<BenchRow>> {

@@ -294,13 +294,67 @@ async fn drive(
     sim: Option<&SimServer>,
     backend: String,
 ) -> Result<DemoSummary> {
-    let spike = make_spike(args, run_id);
+    let mut spike = make_spike(args, run_id);
     let total = spike.bodies.len();
     let started = Instant::now();
+    send_spike(sqs, queues.main, std::mem::take(&mut spike.bodies)).await?;
+    progress(
+        false,
+        &format!(
+            "sent {total} messages ({} logs, {} distinct request ids, {} poison) in {:.1}s",
+            spike.logs,
+            spike.keys.len(),
+            spike.poison,
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    end_progress_line();
 
-    // The spike: eight senders in parallel, as a fleet of API servers would.
-    let sender = SqsTransport::new(sqs.clone(), queues.main);
-    let bodies = Arc::new(spike.bodies);
+    let settings = demo_settings(args, queues, table)?;
+    let pipeline = Pipeline::build(&settings, sdk, sdk).await?;
+    let budget = pipeline.limiter().budget().unwrap_or(0.0).round() as u32;
+    let watch = DrainWatch {
+        stats: pipeline.stats(),
+        writer: pipeline.writer_stats(),
+        started: Instant::now(),
+        started_ms: sluice_core::time::epoch_ms(),
+    };
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    let (drained, own_peak) = watch.wait(args, sqs, queues).await?;
+    let drain_s = watch.started.elapsed().as_secs_f64();
+    end_progress_line();
+    shutdown.cancel();
+    let final_stats = running.await.context("pipeline task")?;
+
+    let table_check = TableCheck::read(sqs, dynamodb, queues, table, &spike).await?;
+    let capacity = Capacity::of(sim, table, &watch.writer, own_peak);
+    let run = DemoRun {
+        total,
+        budget,
+        drained,
+        drain_s,
+        duration_s: started.elapsed().as_secs_f64(),
+        write_s: watch.write_s(),
+        final_stats,
+        backend,
+    };
+    Ok(summarize(args, &spike, &table_check, &capacity, run))
+}
+
+/// Ends a progress line that a terminal redraws in place.
+fn end_progress_line() {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}
+
+/// The spike: eight senders in parallel, as a fleet of API servers would; progress every half
+/// second.
+async fn send_spike(sqs: &aws_sdk_sqs::Client, queue: &str, bodies: Vec<String>) -> Result<()> {
+    let total = bodies.len();
+    let sender = SqsTransport::new(sqs.clone(), queue);
+    let bodies = Arc::new(bodies);
     let sent = Arc::new(AtomicUsize::new(0));
     let mut senders = tokio::task::JoinSet::new();
     let chunk = total.div_ceil(8).max(1);
@@ -329,20 +383,11 @@ async fn drive(
             last = Instant::now();
         }
     }
-    progress(
-        false,
-        &format!(
-            "sent {total} messages ({} logs, {} distinct request ids, {} poison) in {:.1}s",
-            spike.logs,
-            spike.keys.len(),
-            spike.poison,
-            started.elapsed().as_secs_f64()
-        ),
-    );
-    if std::io::stderr().is_terminal() {
-        eprintln!();
-    }
+    Ok(())
+}
 
+/// The pipeline's settings: `sluice run`'s defaults on the demo queue and table.
+fn demo_settings(args: &DemoArgs, queues: Queues<'_>, table: &str) -> Result<Settings> {
     let mut settings = Settings::default();
     settings.sqs.queue_url = Some(queues.main.parse().context("the demo queue's URL")?);
     settings.sqs.pollers = std::num::NonZeroUsize::new(8).expect("8 > 0");
@@ -353,114 +398,187 @@ async fn drive(
     settings.rate.wcu_per_second = args.wcu.and_then(std::num::NonZeroU32::new);
     settings.worker.max_in_flight = 2000;
     settings.validate()?;
-    let pipeline = Pipeline::build(&settings, sdk, sdk).await?;
-    let budget = pipeline.limiter().budget().unwrap_or(0.0).round() as u32;
-    let stats = pipeline.stats();
-    let writer = pipeline.writer_stats();
-    let shutdown = CancellationToken::new();
-    let drain_started = Instant::now();
-    let drain_started_ms = sluice_core::time::epoch_ms();
-    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    Ok(settings)
+}
 
-    let mut drained = false;
-    let mut empty_polls = 0;
-    let (mut last_wcu, mut last_tick) = (0u64, Instant::now());
-    let mut own_peak = 0.0f64;
-    while drain_started.elapsed() < args.timeout {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let (visible, in_flight) = sluice_sqs::admin::queue_counts(sqs, queues.main)
+/// Watches the running pipeline drain the queue.
+struct DrainWatch {
+    stats: Arc<sluice_core::EngineStats>,
+    writer: Arc<sluice_core::WriterStats>,
+    started: Instant,
+    started_ms: u64,
+}
+
+impl DrainWatch {
+    /// Once a second until --timeout: the progress line, and drained when the queue and the
+    /// pipeline are idle at two polls in a row. Returns (drained, the highest WCU per second
+    /// the writer saw).
+    async fn wait(
+        &self,
+        args: &DemoArgs,
+        sqs: &aws_sdk_sqs::Client,
+        queues: Queues<'_>,
+    ) -> Result<(bool, f64)> {
+        let mut empty_polls = 0;
+        let (mut last_wcu, mut last_tick) = (0u64, Instant::now());
+        let mut own_peak = 0.0f64;
+        while self.started.elapsed() < args.timeout {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let (visible, in_flight) = sluice_sqs::admin::queue_counts(sqs, queues.main)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let (dead, _) = sluice_sqs::admin::queue_counts(sqs, queues.dlq)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let wcu = self.writer.wcu_consumed.load(Ordering::Relaxed);
+            let rate = (wcu - last_wcu) as f64 / last_tick.elapsed().as_secs_f64();
+            own_peak = own_peak.max(rate);
+            (last_wcu, last_tick) = (wcu, Instant::now());
+            progress(
+                false,
+                &format!(
+                    "draining {:5.1}s | backlog {visible:>7} (+{in_flight} in flight) | written {:>7} logs | {:>6.0} WCU/s of {} provisioned | dead letters {dead}",
+                    self.started.elapsed().as_secs_f64(),
+                    self.writer.logs_written.load(Ordering::Relaxed),
+                    rate,
+                    args.provisioned_wcu,
+                ),
+            );
+            let idle =
+                visible == 0 && in_flight == 0 && self.stats.in_flight.load(Ordering::Relaxed) == 0;
+            empty_polls = if idle { empty_polls + 1 } else { 0 };
+            if empty_polls >= 2 {
+                return Ok((true, own_peak));
+            }
+        }
+        Ok((false, own_peak))
+    }
+
+    /// Writing time: from the start of the drain to the last write (the drain loop's own
+    /// polling granularity is not the pipeline's).
+    fn write_s(&self) -> f64 {
+        let last_write_ms = self.writer.last_write_ms.load(Ordering::Relaxed);
+        (last_write_ms.saturating_sub(self.started_ms) as f64 / 1000.0).max(0.001)
+    }
+}
+
+/// What the table and the dead-letter queue hold after the drain.
+struct TableCheck {
+    /// Request ids of the spike found in the table.
+    written: usize,
+    /// Every row in the table.
+    rows: usize,
+    dead_lettered: u64,
+}
+
+impl TableCheck {
+    async fn read(
+        sqs: &aws_sdk_sqs::Client,
+        dynamodb: &aws_sdk_dynamodb::Client,
+        queues: Queues<'_>,
+        table: &str,
+        spike: &Spike,
+    ) -> Result<TableCheck> {
+        let rows = sluice_dynamodb::admin::scan_keys(dynamodb, table, "request_id")
             .await
             .map_err(anyhow::Error::msg)?;
-        let (dead, _) = sluice_sqs::admin::queue_counts(sqs, queues.dlq)
+        let found: HashSet<String> = rows.into_iter().collect();
+        let written = spike.keys.intersection(&found).count();
+        let (dead_lettered, _) = sluice_sqs::admin::queue_counts(sqs, queues.dlq)
             .await
             .map_err(anyhow::Error::msg)?;
-        let wcu = writer.wcu_consumed.load(Ordering::Relaxed);
-        let rate = (wcu - last_wcu) as f64 / last_tick.elapsed().as_secs_f64();
-        own_peak = own_peak.max(rate);
-        (last_wcu, last_tick) = (wcu, Instant::now());
-        progress(
-            false,
-            &format!(
-                "draining {:5.1}s | backlog {visible:>7} (+{in_flight} in flight) | written {:>7} logs | {:>6.0} WCU/s of {} provisioned | dead letters {dead}",
-                drain_started.elapsed().as_secs_f64(),
-                writer.logs_written.load(Ordering::Relaxed),
-                rate,
-                args.provisioned_wcu,
-            ),
-        );
-        let idle = visible == 0 && in_flight == 0 && stats.in_flight.load(Ordering::Relaxed) == 0;
-        empty_polls = if idle { empty_polls + 1 } else { 0 };
-        if empty_polls >= 2 {
-            drained = true;
-            break;
+        Ok(TableCheck {
+            written,
+            rows: found.len(),
+            dead_lettered,
+        })
+    }
+}
+
+/// The drain's capacity figures: the simulator's own account of the table when there is one
+/// (the one that counts), else the writer's.
+struct Capacity {
+    throttled: u64,
+    unprocessed: u64,
+    peak: f64,
+    consumed: f64,
+}
+
+impl Capacity {
+    fn of(
+        sim: Option<&SimServer>,
+        table: &str,
+        writer: &sluice_core::WriterStats,
+        own_peak: f64,
+    ) -> Capacity {
+        match sim.and_then(|s| s.capacity_report(table)) {
+            Some(r) => Capacity {
+                throttled: r["throttled_requests"].as_u64().unwrap_or(0),
+                unprocessed: r["unprocessed_items"].as_u64().unwrap_or(0),
+                peak: r["peak_wcu_per_s"].as_f64().unwrap_or(0.0),
+                consumed: r["consumed_wcu_total"].as_f64().unwrap_or(0.0),
+            },
+            None => Capacity {
+                throttled: writer.throttled_requests.load(Ordering::Relaxed),
+                unprocessed: writer.unprocessed_retried.load(Ordering::Relaxed),
+                peak: own_peak,
+                consumed: writer.wcu_consumed.load(Ordering::Relaxed) as f64,
+            },
         }
     }
-    let drain_s = drain_started.elapsed().as_secs_f64();
-    if std::io::stderr().is_terminal() {
-        eprintln!();
-    }
-    shutdown.cancel();
-    let final_stats = running.await.context("pipeline task")?;
+}
 
-    let rows = sluice_dynamodb::admin::scan_keys(dynamodb, table, "request_id")
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let found: HashSet<String> = rows.into_iter().collect();
-    let written = spike.keys.intersection(&found).count();
-    let (dead_lettered, _) = sluice_sqs::admin::queue_counts(sqs, queues.dlq)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    // Writing time: from the start of the drain to the last write (the drain loop's own
-    // polling granularity is not the pipeline's).
-    let last_write_ms = writer.last_write_ms.load(Ordering::Relaxed);
-    let write_s = (last_write_ms.saturating_sub(drain_started_ms) as f64 / 1000.0).max(0.001);
-    let (throttled, unprocessed, peak, consumed) = match sim.and_then(|s| s.capacity_report(table))
-    {
-        // The table's own account is the one that counts.
-        Some(r) => (
-            r["throttled_requests"].as_u64().unwrap_or(0),
-            r["unprocessed_items"].as_u64().unwrap_or(0),
-            r["peak_wcu_per_s"].as_f64().unwrap_or(0.0),
-            r["consumed_wcu_total"].as_f64().unwrap_or(0.0),
-        ),
-        None => (
-            writer.throttled_requests.load(Ordering::Relaxed),
-            writer.unprocessed_retried.load(Ordering::Relaxed),
-            own_peak,
-            writer.wcu_consumed.load(Ordering::Relaxed) as f64,
-        ),
-    };
+/// The rest of what the summary reports: the run's own figures.
+struct DemoRun {
+    total: usize,
+    budget: u32,
+    drained: bool,
+    drain_s: f64,
+    duration_s: f64,
+    write_s: f64,
+    final_stats: sluice_core::StatsSnapshot,
+    backend: String,
+}
+
+fn summarize(
+    args: &DemoArgs,
+    spike: &Spike,
+    table: &TableCheck,
+    capacity: &Capacity,
+    run: DemoRun,
+) -> DemoSummary {
+    let (consumed, write_s, drain_s) = (capacity.consumed, run.write_s, run.drain_s);
     let mean = consumed / write_s;
     let utilization = consumed / (f64::from(args.provisioned_wcu) * write_s);
     let round1 = |x: f64| (x * 10.0).round() / 10.0;
-    Ok(DemoSummary {
-        sent: total,
+    DemoSummary {
+        sent: run.total,
         logs_sent: spike.logs,
         unique_keys: spike.keys.len(),
-        written,
+        written: table.written,
         duplicates_collapsed: spike.logs - spike.keys.len(),
-        lost: spike.keys.len() - written,
-        unexpected_rows: found.len() - written,
-        dead_lettered,
+        lost: spike.keys.len() - table.written,
+        unexpected_rows: table.rows - table.written,
+        dead_lettered: table.dead_lettered,
         poison_sent: spike.poison,
-        throttled_requests: throttled,
-        unprocessed_items: unprocessed,
+        throttled_requests: capacity.throttled,
+        unprocessed_items: capacity.unprocessed,
         provisioned_wcu: args.provisioned_wcu,
-        budget_wcu: budget,
-        peak_wcu_per_s: round1(peak),
+        budget_wcu: run.budget,
+        peak_wcu_per_s: round1(capacity.peak),
         mean_wcu_per_s: round1(mean),
         utilization: (utilization * 1000.0).round() / 1000.0,
         consumed_wcu: consumed.round() as u64,
         min_drain_s: round1(consumed / f64::from(args.provisioned_wcu)),
         write_s: round1(write_s),
-        acked: final_stats.acked,
-        nacked: final_stats.nacked,
-        drained,
+        acked: run.final_stats.acked,
+        nacked: run.final_stats.nacked,
+        drained: run.drained,
         drain_s: round1(drain_s),
-        duration_s: round1(started.elapsed().as_secs_f64()),
-        messages_per_s: (total as f64 / drain_s.max(0.001)).round(),
-        backend,
-    })
+        duration_s: round1(run.duration_s),
+        messages_per_s: (run.total as f64 / drain_s.max(0.001)).round(),
+        backend: run.backend,
+    }
 }
 
 fn print_summary(s: &DemoSummary, json: bool) {

@@ -501,10 +501,72 @@ impl KeysOut {
 /// Where the logs go.
 enum Sink {
     Sqs(Producer),
-    Http(mpsc::Sender<Vec<GenLog>>),
+    /// The batches' channel and the HTTP workers that take them.
+    Http(mpsc::Sender<Vec<GenLog>>, Vec<tokio::task::JoinHandle<()>>),
 }
 
-pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
+impl Sink {
+    /// Sends the last partial batch and waits for the workers, or closes the producer (logs it
+    /// dropped count as failed instead of accepted); the producer's message count, for SQS.
+    async fn close(self, batch: Vec<GenLog>, counters: &Counters) -> Option<u64> {
+        match self {
+            Sink::Sqs(producer) => {
+                let report = producer.close().await;
+                let lost = report.dropped_logs;
+                if lost > 0 {
+                    counters.accepted.fetch_sub(lost, Ordering::Relaxed);
+                    counters.failed.fetch_add(lost, Ordering::Relaxed);
+                }
+                Some(producer.stats().messages_sent.load(Ordering::Relaxed))
+            }
+            Sink::Http(tx, workers) => {
+                if !batch.is_empty() {
+                    let _ = tx.send(batch).await;
+                }
+                drop(tx);
+                for w in workers {
+                    let _ = w.await;
+                }
+                None
+            }
+        }
+    }
+}
+
+/// What the sending side reports into, shared with the HTTP workers: counts, the first error,
+/// the accepted keys (--keys-out) and request latencies.
+#[derive(Clone)]
+struct Tally {
+    counters: Arc<Counters>,
+    first_error: Arc<std::sync::Mutex<Option<String>>>,
+    keys_out: Arc<KeysOut>,
+    latencies: Arc<std::sync::Mutex<Histogram>>,
+}
+
+impl Tally {
+    fn new(keys_out: Option<&PathBuf>) -> Result<Tally> {
+        Ok(Tally {
+            counters: Arc::new(Counters::default()),
+            first_error: Arc::new(std::sync::Mutex::new(None)),
+            keys_out: Arc::new(KeysOut::open(keys_out)?),
+            latencies: Arc::new(std::sync::Mutex::new(Histogram::default())),
+        })
+    }
+}
+
+/// Keeps `why` as the run's first error when there is none yet; true when it was kept.
+fn keep_first_error(first_error: &std::sync::Mutex<Option<String>>, why: &str) -> bool {
+    if let Ok(mut f) = first_error.lock()
+        && f.is_none()
+    {
+        *f = Some(why.to_owned());
+        return true;
+    }
+    false
+}
+
+/// The flags `load` refuses before doing anything.
+fn check_args(args: &LoadArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.duplicate_ratio) {
         bail!("--duplicate-ratio must be between 0.0 and 1.0");
     }
@@ -514,100 +576,133 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
     if args.batch == 0 || args.concurrency == 0 {
         bail!("--batch and --concurrency must be at least 1");
     }
-    let run_id = args.run_id.clone().unwrap_or_else(|| {
+    Ok(())
+}
+
+/// --run-id, or load-<unix time>.
+fn run_id(args: &LoadArgs) -> String {
+    args.run_id.clone().unwrap_or_else(|| {
         format!(
             "load-{}",
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
         )
-    });
-    // The file when given, and the SLUICE__… environment either way (SLUICE__PRODUCER__KAFKA_TOPIC
-    // alone sends to Kafka).
-    let settings = crate::config::load_partial(args.config.as_deref())?;
-    let counters = Arc::new(Counters::default());
-    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-    let keys_out = Arc::new(KeysOut::open(args.keys_out.as_ref())?);
-    let latencies = Arc::new(std::sync::Mutex::new(Histogram::default()));
-    let mut workers = Vec::new();
-    let (sink, target) = match &args.ingest {
-        Some(url) => {
-            let endpoint = Endpoint::parse(url, args.cacert.as_deref())?;
-            let key = args.api_key.clone().ok_or_else(|| {
-                anyhow!("--ingest needs an API key: --api-key KEY or SLUICE_API_KEY")
-            })?;
-            let (tx, rx) = mpsc::channel::<Vec<GenLog>>(args.concurrency);
-            let rx = Arc::new(Mutex::new(rx));
-            let endpoint = Arc::new(endpoint);
-            for _ in 0..args.concurrency {
-                let w = HttpWorker {
-                    endpoint: endpoint.clone(),
-                    key: key.clone(),
-                    gzip: args.gzip,
-                    retry_for: args.retry_for,
-                    counters: counters.clone(),
-                    first_error: first_error.clone(),
-                    keys_out: keys_out.clone(),
-                    latencies: latencies.clone(),
-                };
-                let rx = rx.clone();
-                workers.push(tokio::spawn(w.run(rx)));
-            }
-            (Sink::Http(tx), format!("ingest {url}"))
-        }
+    })
+}
+
+/// The sink and how the summary names it: `sluice ingest` over HTTP, Kafka (the config's
+/// producer.kafka_topic, when no --queue-url), or SQS.
+async fn open_sink(
+    args: &LoadArgs,
+    settings: &crate::config::Settings,
+    tally: &Tally,
+) -> Result<(Sink, String)> {
+    match &args.ingest {
+        Some(url) => Ok((http_sink(args, url, tally)?, format!("ingest {url}"))),
         None if args.queue_url.is_none() && settings.producer.kafka_topic.is_some() => {
             let (producer, target) =
-                crate::producers::kafka_producer(&settings, args.fifo_groups > 0)?;
-            (Sink::Sqs(producer), target)
+                crate::producers::kafka_producer(settings, args.fifo_groups > 0)?;
+            Ok((Sink::Sqs(producer), target))
         }
-        None => {
-            let queue_url = args
-                .queue_url
-                .clone()
-                .unwrap_or_else(|| settings.sqs.queue_url_str().to_owned());
-            if queue_url.is_empty() {
-                bail!("give --ingest URL, or --queue-url URL (or --config with sqs.queue_url)");
-            }
-            let mut config = settings.producer.producer_config(&queue_url);
-            if args.fifo_groups > 0 && config.group_field.is_none() {
-                config.group_field = Some("tenant".into());
-            }
-            let sdk = sdk_config(args.endpoint.as_deref()).await;
-            let transport = SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url);
-            let config = crate::producers::capped_by_queue(config, &transport).await;
-            let producer =
-                Producer::start(config, transport).map_err(|e| anyhow!("producer: {e}"))?;
-            (Sink::Sqs(producer), format!("sqs {queue_url}"))
-        }
-    };
+        None => sqs_sink(args, settings).await,
+    }
+}
 
-    let mut gen_ = LogGen::new(
-        &run_id,
-        args.seed,
-        args.size,
-        args.duplicate_ratio,
-        args.key_space,
-        args.fifo_groups,
-    );
-    let duration = match (args.count, args.duration) {
-        (None, None) => Some(Duration::from_secs(10)),
-        (_, d) => d,
-    };
-    // What the progress bar counts towards: the count, or duration × rate.
-    let total_hint = match (args.count, duration) {
-        (Some(n), _) => Some(n),
-        (None, Some(d)) if args.rate > 0 => Some((d.as_secs_f64() * args.rate as f64) as u64),
-        _ => None,
-    };
-    let start = Instant::now();
-    let mut batch: Vec<GenLog> = Vec::with_capacity(args.batch);
-    let mut batch_started = Instant::now();
-    let mut last_progress = Instant::now();
-    let show = |g: &LogGen, counters: &Counters, start: Instant, done: bool| {
-        let elapsed = start.elapsed().as_secs_f64().max(1e-3);
-        let bar = match total_hint {
+/// --concurrency HTTP workers taking batches from one channel.
+fn http_sink(args: &LoadArgs, url: &str, tally: &Tally) -> Result<Sink> {
+    let endpoint = Endpoint::parse(url, args.cacert.as_deref())?;
+    let key = args
+        .api_key
+        .clone()
+        .ok_or_else(|| anyhow!("--ingest needs an API key: --api-key KEY or SLUICE_API_KEY"))?;
+    let (tx, rx) = mpsc::channel::<Vec<GenLog>>(args.concurrency);
+    let rx = Arc::new(Mutex::new(rx));
+    let endpoint = Arc::new(endpoint);
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let w = HttpWorker {
+            endpoint: endpoint.clone(),
+            key: key.clone(),
+            gzip: args.gzip,
+            retry_for: args.retry_for,
+            tally: tally.clone(),
+        };
+        workers.push(tokio::spawn(w.run(rx.clone())));
+    }
+    Ok(Sink::Http(tx, workers))
+}
+
+/// sluice-producer on --queue-url (or the config's sqs.queue_url), grouping by `tenant` with
+/// --fifo-groups, its batches capped by the queue's MaximumMessageSize.
+async fn sqs_sink(args: &LoadArgs, settings: &crate::config::Settings) -> Result<(Sink, String)> {
+    let queue_url = args
+        .queue_url
+        .clone()
+        .unwrap_or_else(|| settings.sqs.queue_url_str().to_owned());
+    if queue_url.is_empty() {
+        bail!("give --ingest URL, or --queue-url URL (or --config with sqs.queue_url)");
+    }
+    let mut config = settings.producer.producer_config(&queue_url);
+    if args.fifo_groups > 0 && config.group_field.is_none() {
+        config.group_field = Some("tenant".into());
+    }
+    let sdk = sdk_config(args.endpoint.as_deref()).await;
+    let transport = SqsTransport::new(aws_sdk_sqs::Client::new(&sdk), &queue_url);
+    let config = crate::producers::capped_by_queue(config, &transport).await;
+    let producer = Producer::start(config, transport).map_err(|e| anyhow!("producer: {e}"))?;
+    Ok((Sink::Sqs(producer), format!("sqs {queue_url}")))
+}
+
+/// The progress line, once a second and at the end.
+struct Progress {
+    /// What the bar counts towards: the count, or duration × rate.
+    total_hint: Option<u64>,
+    start: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(total_hint: Option<u64>) -> Progress {
+        let start = Instant::now();
+        Progress {
+            total_hint,
+            start,
+            last: start,
+        }
+    }
+
+    /// Shows the line when a second has passed since the last one.
+    fn tick(&mut self, g: &LogGen, counters: &Counters) {
+        if self.last.elapsed() >= Duration::from_secs(1) {
+            self.last = Instant::now();
+            self.show(g, counters, false);
+        }
+    }
+
+    fn show(&self, g: &LogGen, counters: &Counters, done: bool) {
+        let elapsed = self.start.elapsed().as_secs_f64().max(1e-3);
+        let accepted = counters.accepted.load(Ordering::Relaxed);
+        progress(
+            done,
+            &format!(
+                "load: {}{} made, {} accepted, {:.0} logs/s, 429: {}, 503: {}, failed: {}",
+                self.bar(g.generated),
+                human(g.generated),
+                human(accepted),
+                g.generated as f64 / elapsed,
+                counters.status_429.load(Ordering::Relaxed),
+                counters.status_503.load(Ordering::Relaxed),
+                counters.failed.load(Ordering::Relaxed),
+            ),
+        );
+    }
+
+    /// `[####----]  40% `, or nothing when the run has no known end.
+    fn bar(&self, generated: u64) -> String {
+        match self.total_hint {
             Some(total) if total > 0 => {
-                let frac = (g.generated as f64 / total as f64).min(1.0);
+                let frac = (generated as f64 / total as f64).min(1.0);
                 let filled = (frac * 20.0) as usize;
                 format!(
                     "[{}{}] {:>3.0}% ",
@@ -617,109 +712,204 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
                 )
             }
             _ => String::new(),
-        };
-        let accepted = counters.accepted.load(Ordering::Relaxed);
-        progress(
-            done,
-            &format!(
-                "load: {bar}{} made, {} accepted, {:.0} logs/s, 429: {}, 503: {}, failed: {}",
-                human(g.generated),
-                human(accepted),
-                g.generated as f64 / elapsed,
-                counters.status_429.load(Ordering::Relaxed),
-                counters.status_503.load(Ordering::Relaxed),
-                counters.failed.load(Ordering::Relaxed),
-            ),
-        );
-    };
-    loop {
-        if args.count.is_some_and(|c| gen_.generated >= c)
-            || duration.is_some_and(|d| start.elapsed() >= d)
-        {
-            break;
-        }
-        if last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            show(&gen_, &counters, start, false);
-        }
-        if args.rate > 0 {
-            let due_at = Duration::from_secs_f64(gen_.generated as f64 / args.rate as f64);
-            let elapsed = start.elapsed();
-            if due_at > elapsed {
-                // Ahead of the rate: hand over a partial batch that has waited, then sleep.
-                if let Sink::Http(tx) = &sink
-                    && !batch.is_empty()
-                    && batch_started.elapsed() >= Duration::from_millis(200)
-                    && tx.send(std::mem::take(&mut batch)).await.is_err()
-                {
-                    break;
-                }
-                tokio::time::sleep((due_at - elapsed).min(Duration::from_millis(50))).await;
-                continue;
-            }
-        }
-        let log = gen_.next_log();
-        match &sink {
-            Sink::Sqs(producer) => {
-                let mut l = Log::from_json(log.json.clone()).map_err(|e| anyhow!("{e}"))?;
-                if let Some(g) = &log.group {
-                    l = l.with_group(g.clone());
-                }
-                match producer.send_log(l).await {
-                    Ok(()) => {
-                        counters.accepted.fetch_add(1, Ordering::Relaxed);
-                        keys_out
-                            .write(std::iter::once(log.key.as_str()).filter(|_| !log.duplicate));
-                    }
-                    Err(e) => {
-                        counters.failed.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut f) = first_error.lock()
-                            && f.is_none()
-                        {
-                            *f = Some(e.to_string());
-                        }
-                    }
-                }
-            }
-            Sink::Http(tx) => {
-                if batch.is_empty() {
-                    batch_started = Instant::now();
-                }
-                batch.push(log);
-                if batch.len() >= args.batch && tx.send(std::mem::take(&mut batch)).await.is_err() {
-                    break;
-                }
-            }
         }
     }
-    let generated_s = start.elapsed().as_secs_f64();
-    let messages_sent = match sink {
-        Sink::Sqs(producer) => {
-            let report = producer.close().await;
-            let lost = report.dropped_logs;
-            if lost > 0 {
-                counters.accepted.fetch_sub(lost, Ordering::Relaxed);
-                counters.failed.fetch_add(lost, Ordering::Relaxed);
-            }
-            Some(producer.stats().messages_sent.load(Ordering::Relaxed))
-        }
-        Sink::Http(tx) => {
-            if !batch.is_empty() {
-                let _ = tx.send(std::mem::take(&mut batch)).await;
-            }
-            drop(tx);
-            for w in workers {
-                let _ = w.await;
-            }
-            None
-        }
+}
+
+/// How long the run lasts (--duration, 10 s when neither it nor --count is given) and how many
+/// logs the progress bar counts towards.
+fn run_length(args: &LoadArgs) -> (Option<Duration>, Option<u64>) {
+    let duration = match (args.count, args.duration) {
+        (None, None) => Some(Duration::from_secs(10)),
+        (_, d) => d,
     };
-    keys_out.finish()?;
-    show(&gen_, &counters, start, true);
-    let duration_s = start.elapsed().as_secs_f64().max(generated_s).max(1e-3);
-    let lat = latencies.lock().map_err(|_| anyhow!("lock poisoned"))?;
-    let c = &counters;
-    let summary = LoadSummary {
+    let total_hint = match (args.count, duration) {
+        (Some(n), _) => Some(n),
+        (None, Some(d)) if args.rate > 0 => Some((d.as_secs_f64() * args.rate as f64) as u64),
+        _ => None,
+    };
+    (duration, total_hint)
+}
+
+/// What the rate says to do next.
+enum Pace {
+    Go,
+    Wait,
+    Stop,
+}
+
+/// The generating loop: makes logs at --rate until --count or --duration, into the sink.
+struct Generator<'a> {
+    args: &'a LoadArgs,
+    tally: &'a Tally,
+    gen_: LogGen,
+    sink: Sink,
+    duration: Option<Duration>,
+    progress: Progress,
+    /// The HTTP batch being filled, and since when.
+    batch: Vec<GenLog>,
+    batch_started: Instant,
+}
+
+impl Generator<'_> {
+    async fn run(&mut self) -> Result<()> {
+        loop {
+            if self.args.count.is_some_and(|c| self.gen_.generated >= c)
+                || self
+                    .duration
+                    .is_some_and(|d| self.progress.start.elapsed() >= d)
+            {
+                break;
+            }
+            self.progress.tick(&self.gen_, &self.tally.counters);
+            match self.pace().await {
+                Pace::Go => {}
+                Pace::Wait => continue,
+                Pace::Stop => break,
+            }
+            let log = self.gen_.next_log();
+            if !self.send(log).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ahead of the rate: hands over a partial batch that has waited, then sleeps (Wait);
+    /// Stop when the HTTP workers are gone.
+    async fn pace(&mut self) -> Pace {
+        if self.args.rate == 0 {
+            return Pace::Go;
+        }
+        let due_at = Duration::from_secs_f64(self.gen_.generated as f64 / self.args.rate as f64);
+        let elapsed = self.progress.start.elapsed();
+        if due_at <= elapsed {
+            return Pace::Go;
+        }
+        if let Sink::Http(tx, _) = &self.sink
+            && !self.batch.is_empty()
+            && self.batch_started.elapsed() >= Duration::from_millis(200)
+            && tx.send(std::mem::take(&mut self.batch)).await.is_err()
+        {
+            return Pace::Stop;
+        }
+        tokio::time::sleep((due_at - elapsed).min(Duration::from_millis(50))).await;
+        Pace::Wait
+    }
+
+    /// Hands one log to the sink; false when the HTTP workers are gone.
+    async fn send(&mut self, log: GenLog) -> Result<bool> {
+        match &self.sink {
+            Sink::Sqs(producer) => send_log(producer, log, self.tally).await?,
+            Sink::Http(tx, _) => {
+                if self.batch.is_empty() {
+                    self.batch_started = Instant::now();
+                }
+                self.batch.push(log);
+                if self.batch.len() >= self.args.batch
+                    && tx.send(std::mem::take(&mut self.batch)).await.is_err()
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// One log through the producer, counted as accepted (its key to --keys-out unless it is a
+/// duplicate) or failed.
+async fn send_log(producer: &Producer, log: GenLog, tally: &Tally) -> Result<()> {
+    let mut l = Log::from_json(log.json.clone()).map_err(|e| anyhow!("{e}"))?;
+    if let Some(g) = &log.group {
+        l = l.with_group(g.clone());
+    }
+    match producer.send_log(l).await {
+        Ok(()) => {
+            tally.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            tally
+                .keys_out
+                .write(std::iter::once(log.key.as_str()).filter(|_| !log.duplicate));
+        }
+        Err(e) => {
+            tally.counters.failed.fetch_add(1, Ordering::Relaxed);
+            keep_first_error(&tally.first_error, &e.to_string());
+        }
+    }
+    Ok(())
+}
+
+pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
+    check_args(&args)?;
+    let run_id = run_id(&args);
+    // The file when given, and the SLUICE__… environment either way (SLUICE__PRODUCER__KAFKA_TOPIC
+    // alone sends to Kafka).
+    let settings = crate::config::load_partial(args.config.as_deref())?;
+    let tally = Tally::new(args.keys_out.as_ref())?;
+    let (sink, target) = open_sink(&args, &settings, &tally).await?;
+    let (duration, total_hint) = run_length(&args);
+    let mut generator = Generator {
+        args: &args,
+        tally: &tally,
+        gen_: LogGen::new(
+            &run_id,
+            args.seed,
+            args.size,
+            args.duplicate_ratio,
+            args.key_space,
+            args.fifo_groups,
+        ),
+        sink,
+        duration,
+        progress: Progress::new(total_hint),
+        batch: Vec::with_capacity(args.batch),
+        batch_started: Instant::now(),
+    };
+    generator.run().await?;
+    let Generator {
+        gen_,
+        sink,
+        progress,
+        batch,
+        ..
+    } = generator;
+    let generated_s = progress.start.elapsed().as_secs_f64();
+    let messages_sent = sink.close(batch, &tally.counters).await;
+    tally.keys_out.finish()?;
+    progress.show(&gen_, &tally.counters, true);
+    let duration_s = progress
+        .start
+        .elapsed()
+        .as_secs_f64()
+        .max(generated_s)
+        .max(1e-3);
+    summarize(
+        &args,
+        run_id,
+        target,
+        &gen_,
+        &tally,
+        messages_sent,
+        duration_s,
+    )
+}
+
+/// The run's figures, rates over `duration_s`.
+fn summarize(
+    args: &LoadArgs,
+    run_id: String,
+    target: String,
+    gen_: &LogGen,
+    tally: &Tally,
+    messages_sent: Option<u64>,
+    duration_s: f64,
+) -> Result<LoadSummary> {
+    let lat = tally
+        .latencies
+        .lock()
+        .map_err(|_| anyhow!("lock poisoned"))?;
+    let c = &tally.counters;
+    Ok(LoadSummary {
         target,
         run_id,
         generated: gen_.generated,
@@ -734,7 +924,7 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
         status_503: c.status_503.load(Ordering::Relaxed),
         status_other: c.status_other.load(Ordering::Relaxed),
         connect_errors: c.connect_errors.load(Ordering::Relaxed),
-        first_error: first_error.lock().ok().and_then(|f| f.clone()),
+        first_error: tally.first_error.lock().ok().and_then(|f| f.clone()),
         messages_sent,
         target_rate: args.rate,
         duration_s: (duration_s * 100.0).round() / 100.0,
@@ -742,8 +932,7 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
         mb_per_s: (gen_.bytes as f64 / duration_s / 1e6 * 100.0).round() / 100.0,
         request_p50_ms: lat.quantile_ms(0.50),
         request_p99_ms: lat.quantile_ms(0.99),
-    };
-    Ok(summary)
+    })
 }
 
 pub fn print_summary(s: &LoadSummary, json: bool) {
@@ -867,7 +1056,7 @@ impl Endpoint {
         })
     }
 
-    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    async fn connect(&self) -> Result<HttpConn> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .with_context(|| format!("cannot connect to {}:{}", self.host, self.port))?;
@@ -896,15 +1085,15 @@ impl Endpoint {
     }
 }
 
+/// A keep-alive HTTP/1 connection to the ingest server.
+type HttpConn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
 struct HttpWorker {
     endpoint: Arc<Endpoint>,
     key: String,
     gzip: bool,
     retry_for: Duration,
-    counters: Arc<Counters>,
-    first_error: Arc<std::sync::Mutex<Option<String>>>,
-    keys_out: Arc<KeysOut>,
-    latencies: Arc<std::sync::Mutex<Histogram>>,
+    tally: Tally,
 }
 
 enum Answer {
@@ -941,11 +1130,7 @@ impl HttpWorker {
         Bytes::from(text)
     }
 
-    async fn deliver(
-        &self,
-        conn: &mut Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
-        batch: Vec<GenLog>,
-    ) {
+    async fn deliver(&self, conn: &mut Option<HttpConn>, batch: Vec<GenLog>) {
         let body = self.body(&batch);
         let deadline = Instant::now() + self.retry_for;
         let n = batch.len() as u64;
@@ -953,8 +1138,8 @@ impl HttpWorker {
             let answer = self.attempt(conn, body.clone()).await;
             let wait = match answer {
                 Answer::Accepted => {
-                    self.counters.accepted.fetch_add(n, Ordering::Relaxed);
-                    self.keys_out.write(
+                    self.tally.counters.accepted.fetch_add(n, Ordering::Relaxed);
+                    self.tally.keys_out.write(
                         batch
                             .iter()
                             .filter(|l| !l.duplicate)
@@ -978,76 +1163,41 @@ impl HttpWorker {
                 );
                 return;
             }
-            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            self.tally.counters.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(wait).await;
         }
     }
 
     fn fail(&self, n: u64, why: String) {
-        self.counters.failed.fetch_add(n, Ordering::Relaxed);
-        if let Ok(mut f) = self.first_error.lock()
-            && f.is_none()
-        {
+        self.tally.counters.failed.fetch_add(n, Ordering::Relaxed);
+        if keep_first_error(&self.tally.first_error, &why) {
             tracing::warn!(error = %why, "the ingest API refused logs");
-            *f = Some(why);
         }
     }
 
-    async fn attempt(
-        &self,
-        conn: &mut Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
-        body: Bytes,
-    ) -> Answer {
+    async fn attempt(&self, conn: &mut Option<HttpConn>, body: Bytes) -> Answer {
         let connect_retry = Answer::Retry(Duration::from_millis(250));
-        if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            match self.endpoint.connect().await {
-                Ok(c) => *conn = Some(c),
-                Err(e) => {
-                    self.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %format!("{e:#}"), "connect failed");
-                    return connect_retry;
-                }
-            }
-        }
-        let Some(sender) = conn.as_mut() else {
+        let counters = &self.tally.counters;
+        let Some(sender) = self.ready_sender(conn).await else {
             return connect_retry;
         };
-        if sender.ready().await.is_err() {
-            *conn = None;
-            self.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
-            return connect_retry;
-        }
-        let mut req = hyper::Request::post(self.endpoint.path.as_str())
-            .header(hyper::header::HOST, self.endpoint.authority.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
-            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.key));
-        if self.gzip {
-            req = req.header(hyper::header::CONTENT_ENCODING, "gzip");
-        }
-        let req = match req.body(Full::new(body)) {
+        let req = match self.request(body) {
             Ok(r) => r,
             Err(e) => return Answer::Fail(format!("cannot build the request: {e}")),
         };
         let started = Instant::now();
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
         let resp = match sender.send_request(req).await {
             Ok(r) => r,
             Err(e) => {
                 *conn = None;
-                self.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                counters.connect_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "request failed");
                 return connect_retry;
             }
         };
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(Duration::from_secs(1), |s| {
-                Duration::from_secs_f64(s.clamp(0.0, 60.0))
-            });
+        let retry_after = retry_after(resp.headers());
         let text = match resp.into_body().collect().await {
             Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
             Err(_) => {
@@ -1055,21 +1205,63 @@ impl HttpWorker {
                 String::new()
             }
         };
-        if let Ok(mut l) = self.latencies.lock() {
+        if let Ok(mut l) = self.tally.latencies.lock() {
             l.record(started.elapsed());
         }
+        self.answer(status, retry_after, text)
+    }
+
+    /// The connection, made anew when there is none or it closed, once it is ready; None (a
+    /// connect error) when it cannot be had.
+    async fn ready_sender<'c>(&self, conn: &'c mut Option<HttpConn>) -> Option<&'c mut HttpConn> {
+        let counters = &self.tally.counters;
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            match self.endpoint.connect().await {
+                Ok(c) => *conn = Some(c),
+                Err(e) => {
+                    counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %format!("{e:#}"), "connect failed");
+                    return None;
+                }
+            }
+        }
+        let sender = conn.as_mut()?;
+        if sender.ready().await.is_err() {
+            *conn = None;
+            counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        conn.as_mut()
+    }
+
+    /// The POST of one batch's body, with the API key (and gzip's Content-Encoding).
+    fn request(&self, body: Bytes) -> hyper::http::Result<hyper::Request<Full<Bytes>>> {
+        let mut req = hyper::Request::post(self.endpoint.path.as_str())
+            .header(hyper::header::HOST, self.endpoint.authority.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.key));
+        if self.gzip {
+            req = req.header(hyper::header::CONTENT_ENCODING, "gzip");
+        }
+        req.body(Full::new(body))
+    }
+
+    /// What an answer means: accepted (2xx), retry after Retry-After (429, 503, counted), or
+    /// a failure with the server's message (anything else).
+    fn answer(&self, status: hyper::StatusCode, retry_after: Duration, text: String) -> Answer {
+        let counters = &self.tally.counters;
         match status.as_u16() {
             200..=299 => Answer::Accepted,
             429 => {
-                self.counters.status_429.fetch_add(1, Ordering::Relaxed);
+                counters.status_429.fetch_add(1, Ordering::Relaxed);
                 Answer::Retry(retry_after)
             }
             503 => {
-                self.counters.status_503.fetch_add(1, Ordering::Relaxed);
+                counters.status_503.fetch_add(1, Ordering::Relaxed);
                 Answer::Retry(retry_after)
             }
             _ => {
-                self.counters.status_other.fetch_add(1, Ordering::Relaxed);
+                counters.status_other.fetch_add(1, Ordering::Relaxed);
                 let msg = serde_json::from_str::<serde_json::Value>(&text)
                     .ok()
                     .and_then(|v| v["error"].as_str().map(str::to_owned))
@@ -1078,6 +1270,17 @@ impl HttpWorker {
             }
         }
     }
+}
+
+/// An answer's Retry-After in seconds, within 0-60 s (1 s when it has none).
+fn retry_after(headers: &hyper::HeaderMap) -> Duration {
+    headers
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(Duration::from_secs(1), |s| {
+            Duration::from_secs_f64(s.clamp(0.0, 60.0))
+        })
 }
 
 /// `sluice load`: the summary printed (JSON with --json); exit 1 when any log failed.
