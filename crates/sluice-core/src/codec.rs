@@ -137,20 +137,106 @@ impl DecodeError {
     }
 }
 
+/// One log of a body as framed: its value, the line it starts on (1-based), and its own text
+/// when it stood alone (a log inside an array has none).
+#[derive(Debug)]
+pub struct Frame<'a> {
+    /// The log (an object, if the body is right).
+    pub value: Value,
+    /// The line its value (or the array holding it) starts on.
+    pub line: usize,
+    /// Its text as sent, when it was a top-level value.
+    pub raw: Option<&'a str>,
+}
+
+/// The logs of a body: one JSON value, an array of them, or several (NDJSON, or any whitespace
+/// between values); an array's elements are its logs. The one framing sluice has: the decoder
+/// (`sluice run`) and the ingest API read bodies through it, so both agree on what a log is.
+/// Yields the first JSON error and then stops.
+pub fn frames(text: &str) -> Frames<'_> {
+    Frames {
+        text,
+        stream: serde_json::Deserializer::from_str(text).into_iter(),
+        start: 0,
+        newlines: 0,
+        counted: 0,
+        pending: std::collections::VecDeque::new(),
+        failed: false,
+    }
+}
+
+/// The iterator [`frames`] returns.
+pub struct Frames<'a> {
+    text: &'a str,
+    stream: serde_json::StreamDeserializer<'a, serde_json::de::StrRead<'a>, Value>,
+    start: usize,
+    /// Newlines in `text[..counted]`.
+    newlines: usize,
+    counted: usize,
+    pending: std::collections::VecDeque<Frame<'a>>,
+    failed: bool,
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<Frame<'a>, serde_json::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // A loop, not recursion: a body of many empty arrays must not grow the stack.
+        loop {
+            if let Some(f) = self.pending.pop_front() {
+                return Some(Ok(f));
+            }
+            if self.failed {
+                return None;
+            }
+            let value = match self.stream.next()? {
+                Ok(v) => v,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            };
+            let end = self.stream.byte_offset();
+            let raw = &self.text[self.start..end];
+            let lead = raw.len() - raw.trim_start().len();
+            // Lines are counted once each, from where the last count stopped (a packed message
+            // of hundreds of logs must not be rescanned per log).
+            let upto = self.start + lead;
+            self.newlines += self.text[self.counted..upto].matches('\n').count();
+            self.counted = upto;
+            let line = 1 + self.newlines;
+            self.start = end;
+            match value {
+                Value::Array(items) => {
+                    self.pending.extend(items.into_iter().map(|value| Frame {
+                        value,
+                        line,
+                        raw: None,
+                    }));
+                }
+                value => {
+                    return Some(Ok(Frame {
+                        value,
+                        line,
+                        raw: Some(raw),
+                    }));
+                }
+            }
+        }
+    }
+}
+
 /// Decodes a message body into the items it carries, in order.
 pub fn decode_message(body: &[u8], schema: &Schema) -> Result<Vec<Item>, DecodeError> {
     let text = std::str::from_utf8(body).map_err(|e| DecodeError::NotUtf8 {
         offset: e.valid_up_to(),
     })?;
     let mut logs = Vec::new();
-    for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
-        let value = value.map_err(|e| DecodeError::NotJson {
+    for frame in frames(text) {
+        let frame = frame.map_err(|e| DecodeError::NotJson {
             detail: e.to_string(),
         })?;
-        match value {
-            Value::Array(elements) => logs.extend(elements),
-            other => logs.push(other),
-        }
+        logs.push(frame.value);
     }
     if logs.is_empty() {
         return Err(DecodeError::Empty);
@@ -453,6 +539,30 @@ fn write_canonical(out: &mut String, v: &Value) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn frames_flatten_arrays_and_name_each_log_s_line() {
+        let text = "{\"a\":1}\n\n[{\"b\":2},\n{\"c\":3}]\n[]\n  {\"d\":4}";
+        let got: Vec<(usize, Option<&str>)> = super::frames(text)
+            .map(|f| f.unwrap())
+            .map(|f| (f.line, f.raw))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Some("{\"a\":1}")),
+                (3, None),
+                (3, None),
+                (6, Some("\n  {\"d\":4}"))
+            ]
+        );
+        let mut bad = super::frames("{}\n{oops");
+        assert!(bad.next().unwrap().is_ok());
+        assert!(bad.next().unwrap().is_err());
+        assert!(bad.next().is_none(), "nothing after the first error");
+        // Many empty arrays in a row: no recursion, no log.
+        assert_eq!(super::frames(&"[]".repeat(200_000)).count(), 0);
+    }
+
     use super::*;
 
     fn log(id: &str) -> String {
