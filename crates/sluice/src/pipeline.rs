@@ -267,6 +267,138 @@ async fn queue_visibility(settings: &Settings, sqs: &aws_sdk_sqs::Client) -> Res
     Ok(effective)
 }
 
+/// The capacity of the table and of each of its indexes (DescribeTable, riding out a bad
+/// minute). None when it cannot be read and the table is paced by `rate.wcu_per_second` alone (or
+/// not at all); an error when the table is checked and nothing else gives a budget.
+async fn discover_limits(
+    settings: &Settings,
+    ddb: &aws_sdk_dynamodb::Client,
+) -> Result<Option<TableLimits>> {
+    let table = &settings.dynamodb.table;
+    let retry_for = settings.dynamodb.startup_retry_for;
+    let limits = match crate::startup::retry("capacity discovery", retry_for, || {
+        sluice_dynamodb::describe_limits(ddb, table)
+    })
+    .await
+    {
+        Ok(l) => l,
+        Err(e) if settings.dynamodb.check_table && settings.rate.wcu_per_second.is_none() => {
+            return Err(anyhow!(
+                "{e}: cannot discover the write capacity (or set rate.wcu_per_second)"
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the table's limits: the table is paced to rate.wcu_per_second only (if set), its indexes not at all");
+            return Ok(None);
+        }
+    };
+    if let Capacity::Provisioned(w) = limits.table {
+        metrics::gauge!(catalog::TABLE_CAPACITY_WCU).set(w as f64);
+    }
+    Ok(Some(limits))
+}
+
+/// The table's budget as a limiter (and its Redis bucket in `rate.mode = "redis"`); unlimited
+/// when nothing gives the table a budget.
+fn table_limiter(
+    settings: &Settings,
+    limits: Option<&TableLimits>,
+) -> Result<(Arc<WcuLimiter>, Option<Arc<RedisBucket>>)> {
+    let capacity = limits.map(|l| l.table.kind());
+    match budget_for(settings, limits.map(|l| l.table), true) {
+        Some((b, why)) => {
+            metrics::gauge!(catalog::FLEET_WRITE_BUDGET_WCU_PER_SECOND).set(b.table);
+            tracing::info!(table_budget_wcu_per_s = b.table.round(), local_budget_wcu_per_s = b.local.round(), mode = ?settings.rate.mode, capacity = ?capacity, why = %why, "write budget: table");
+            let (limiter, shared) = limiter_for(settings, b, None)?;
+            Ok((Arc::new(limiter), shared))
+        }
+        None => {
+            tracing::warn!(
+                "no write budget for the table (on-demand without MaxWriteRequestUnits, warm throughput or rate.on_demand_wcu_per_second, or capacity unknown): writes are not paced"
+            );
+            Ok((Arc::new(WcuLimiter::unlimited()), None))
+        }
+    }
+}
+
+/// A limiter per global secondary index with a known limit (an on-demand index without one is
+/// not paced on its own).
+#[allow(clippy::type_complexity)]
+fn index_limiters(
+    settings: &Settings,
+    limits: Option<&TableLimits>,
+) -> Result<Vec<(IndexSpec, Arc<WcuLimiter>, Option<Arc<RedisBucket>>)>> {
+    let mut out = Vec::new();
+    for (spec, cap) in limits.map_or(&[][..], |l| &l.indexes[..]) {
+        match budget_for(settings, Some(*cap), false) {
+            Some((b, why)) => {
+                tracing::info!(index = %spec.name, budget_wcu_per_s = b.table.round(), local_budget_wcu_per_s = b.local.round(), why = %why, "write budget: index");
+                let (l, shared) = limiter_for(settings, b, Some(&spec.name))?;
+                out.push((spec.clone(), Arc::new(l), shared));
+            }
+            None => {
+                tracing::info!(index = %spec.name, "index on demand without a known limit: not paced on its own")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The engine on a Kafka consumer group (no visibility timeout, so no heartbeat).
+fn kafka_engine(settings: &Settings, writer: Writer) -> Result<(Engines, Duration)> {
+    let k = &settings.kafka;
+    let source = Arc::new(KafkaSource::start(k.kafka_config()).map_err(|e| {
+        anyhow!(
+            "cannot start the Kafka consumer (kafka.brokers `{}`, group `{}`): {e}",
+            k.brokers,
+            k.group_id
+        )
+    })?);
+    let engine = Engine::new(
+        source.clone(),
+        writer,
+        settings.schema(),
+        EngineConfig {
+            visibility_timeout: None,
+            poll_wait: KAFKA_POLL_WAIT,
+            ..settings.engine_config()
+        },
+    );
+    Ok((Engines::Kafka(engine, source), KAFKA_POLL_WAIT))
+}
+
+/// The engine on the SQS queue, holding messages for the queue's (or the configured)
+/// visibility timeout.
+async fn sqs_engine(
+    settings: &Settings,
+    sqs: &SdkConfig,
+    writer: Writer,
+) -> Result<(Engines, Duration)> {
+    let sqs_client = sluice_sqs::client_with_deadlines(sqs, settings.sqs.request_timeout);
+    let visibility = queue_visibility(settings, &sqs_client).await?;
+    let source = SqsSource::new(
+        sqs_client,
+        SqsSourceConfig {
+            queue_url: settings.sqs.queue_url_str().to_owned(),
+            wait_time_seconds: settings.sqs.wait_time_seconds,
+            visibility_timeout: settings.sqs.visibility_timeout,
+            dead_letter_queue_url: settings.sqs.dead_letter_queue_url_string(),
+            request_timeout: settings.sqs.request_timeout,
+        },
+    );
+    let engine = Engine::new(
+        Arc::new(source),
+        writer,
+        settings.schema(),
+        EngineConfig {
+            visibility_timeout: Some(visibility),
+            ..settings.engine_config()
+        },
+    );
+    let poll_wait = Duration::from_secs(u64::from(settings.sqs.wait_time_seconds));
+    Ok((Engines::Sqs(engine), poll_wait))
+}
+
 impl Pipeline {
     /// Builds the pipeline; checks the table first when `dynamodb.check_table` is on.
     pub async fn build(settings: &Settings, sqs: &SdkConfig, dynamodb: &SdkConfig) -> Result<Self> {
@@ -281,84 +413,31 @@ impl Pipeline {
             &settings.dynamodb.table,
             &settings.schema.key_attribute,
         );
-        let retry_for = settings.dynamodb.startup_retry_for;
         if settings.dynamodb.check_table {
+            let retry_for = settings.dynamodb.startup_retry_for;
             crate::startup::retry("the table check", retry_for, || table_writer.check_table())
                 .await
                 .map_err(|e| anyhow!(e))?;
         }
         let ddb = sluice_dynamodb::writer_client(dynamodb);
-        let table = settings.dynamodb.table.clone();
         // The table and every index: each is a budget, the tightest binds.
-        let limits = match crate::startup::retry("capacity discovery", retry_for, || {
-            sluice_dynamodb::describe_limits(&ddb, &table)
-        })
-        .await
-        {
-            Ok(l) => Some(l),
-            Err(e) if settings.dynamodb.check_table && settings.rate.wcu_per_second.is_none() => {
-                return Err(anyhow!(
-                    "{e}: cannot discover the write capacity (or set rate.wcu_per_second)"
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the table's limits: the table is paced to rate.wcu_per_second only (if set), its indexes not at all");
-                None
-            }
-        };
-        if let Some(Capacity::Provisioned(w)) = limits.as_ref().map(|l| l.table) {
-            metrics::gauge!(catalog::TABLE_CAPACITY_WCU).set(w as f64);
-        }
-        let capacity = limits.as_ref().map(|l| l.table.kind());
-        let table_budget = budget_for(settings, limits.as_ref().map(|l| l.table), true);
-        let budgets = table_budget.as_ref().map(|(b, _)| *b);
-        let mut bucket = None;
-        let limiter = match &table_budget {
-            Some((b, why)) => {
-                metrics::gauge!(catalog::FLEET_WRITE_BUDGET_WCU_PER_SECOND).set(b.table);
-                tracing::info!(table_budget_wcu_per_s = b.table.round(), local_budget_wcu_per_s = b.local.round(), mode = ?settings.rate.mode, capacity = ?capacity, why = %why, "write budget: table");
-                let (limiter, shared) = limiter_for(settings, *b, None)?;
-                bucket = shared;
-                limiter
-            }
-            None => {
-                tracing::warn!(
-                    "no write budget for the table (on-demand without MaxWriteRequestUnits, warm throughput or rate.on_demand_wcu_per_second, or capacity unknown): writes are not paced"
-                );
-                WcuLimiter::unlimited()
-            }
-        };
-        let limiter = Arc::new(limiter);
-        let mut index_limiters = Vec::new();
-        let mut index_buckets = Vec::new();
-        for (spec, cap) in limits.as_ref().map_or(&[][..], |l| &l.indexes[..]) {
-            match budget_for(settings, Some(*cap), false) {
-                Some((b, why)) => {
-                    tracing::info!(index = %spec.name, budget_wcu_per_s = b.table.round(), local_budget_wcu_per_s = b.local.round(), why = %why, "write budget: index");
-                    let (l, shared) = limiter_for(settings, b, Some(&spec.name))?;
-                    index_limiters.push((spec.clone(), Arc::new(l)));
-                    index_buckets.push((spec.name.clone(), shared));
-                }
-                None => {
-                    tracing::info!(index = %spec.name, "index on demand without a known limit: not paced on its own")
-                }
-            }
-        }
+        let limits = discover_limits(settings, &ddb).await?;
+        let (limiter, bucket) = table_limiter(settings, limits.as_ref())?;
+        let indexes = index_limiters(settings, limits.as_ref())?;
         let pacer = Pacer::new(
             limiter.clone(),
             settings.schema.key_attribute.clone(),
-            index_limiters.clone(),
+            indexes
+                .iter()
+                .map(|(s, l, _)| (s.clone(), l.clone()))
+                .collect(),
         );
         pacer.describe_throttles();
         let budgeted = Arc::new(Budgeted {
             settings: settings.clone(),
             table: limiter.clone(),
-            bucket: bucket.clone(),
-            indexes: index_limiters
-                .iter()
-                .zip(index_buckets)
-                .map(|((spec, l), (_, b))| (spec.clone(), l.clone(), b))
-                .collect(),
+            bucket,
+            indexes,
             state: std::sync::Mutex::new((limits.clone(), settings.rate.share())),
         });
         // Follow capacity changes (UpdateTable) of the table and its indexes.
@@ -372,58 +451,14 @@ impl Pipeline {
             ));
             (stop, task)
         });
-        let _ = budgets;
         let (writer, writer_task) =
             Writer::spawn(Arc::new(table_writer), pacer, settings.writer_config());
         let writer_stats = writer.stats();
         let breaker = writer.breaker();
         let (engine, poll_wait) = if settings.kafka.enabled {
-            let k = &settings.kafka;
-            let source = Arc::new(KafkaSource::start(k.kafka_config()).map_err(|e| {
-                anyhow!(
-                    "cannot start the Kafka consumer (kafka.brokers `{}`, group `{}`): {e}",
-                    k.brokers,
-                    k.group_id
-                )
-            })?);
-            let engine = Engine::new(
-                source.clone(),
-                writer,
-                settings.schema(),
-                EngineConfig {
-                    // Kafka has no visibility timeout: no heartbeat.
-                    visibility_timeout: None,
-                    poll_wait: KAFKA_POLL_WAIT,
-                    ..settings.engine_config()
-                },
-            );
-            (Engines::Kafka(engine, source), KAFKA_POLL_WAIT)
+            kafka_engine(settings, writer)?
         } else {
-            let sqs_client = sluice_sqs::client_with_deadlines(sqs, settings.sqs.request_timeout);
-            let visibility = queue_visibility(settings, &sqs_client).await?;
-            let source = SqsSource::new(
-                sqs_client,
-                SqsSourceConfig {
-                    queue_url: settings.sqs.queue_url_str().to_owned(),
-                    wait_time_seconds: settings.sqs.wait_time_seconds,
-                    visibility_timeout: settings.sqs.visibility_timeout,
-                    dead_letter_queue_url: settings.sqs.dead_letter_queue_url_string(),
-                    request_timeout: settings.sqs.request_timeout,
-                },
-            );
-            let engine = Engine::new(
-                Arc::new(source),
-                writer,
-                settings.schema(),
-                EngineConfig {
-                    visibility_timeout: Some(visibility),
-                    ..settings.engine_config()
-                },
-            );
-            (
-                Engines::Sqs(engine),
-                Duration::from_secs(u64::from(settings.sqs.wait_time_seconds)),
-            )
+            sqs_engine(settings, sqs, writer).await?
         };
         // Join the fleet: every budget is held until the other members have made room.
         let member = if settings.rate.mode == RateMode::Membership {
