@@ -66,125 +66,150 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let sqs = sluice_sqs::client_with_deadlines(&sdk, settings.sqs.request_timeout);
     let source = settings.sqs.queue_url_str().to_owned();
-    let dlq = match (args.dlq.clone(), settings.sqs.dead_letter_queue_url_string()) {
-        (Some(u), _) | (None, Some(u)) => u,
-        (None, None) if !source.is_empty() => sluice_sqs::admin::redrive_dead_letter_url(&sqs, &source)
-            .await
-            .map_err(|e| anyhow!("the dead-letter queue of sqs.queue_url: {e}"))?
-            .ok_or_else(|| anyhow!("no dead-letter queue: pass --dlq, set sqs.dead_letter_queue_url, or give sqs.queue_url a RedrivePolicy"))?,
-        _ => bail!("no dead-letter queue: pass --dlq or set sqs.dead_letter_queue_url (or sqs.queue_url with a RedrivePolicy)"),
-    };
+    let dlq = dead_letter_queue(&args, &settings, &sqs, &source).await?;
     match args.command {
-        DlqCommand::Stats { json } => {
-            let out = sqs
-                .get_queue_attributes()
-                .queue_url(&dlq)
-                .attribute_names(QueueAttributeName::All)
-                .send()
-                .await
-                .map_err(|e| anyhow!("GetQueueAttributes {dlq}: {}", DisplayErrorContext(&e)))?;
-            let a = out.attributes().cloned().unwrap_or_default();
-            let visible = count(&a, QueueAttributeName::ApproximateNumberOfMessages);
-            let in_flight = count(
-                &a,
-                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-            );
-            let delayed = count(&a, QueueAttributeName::ApproximateNumberOfMessagesDelayed);
-            if json {
-                println!(
-                    "{}",
-                    json!({"dlq": dlq, "visible": visible, "in_flight": in_flight, "delayed": delayed})
-                );
-            } else {
-                println!(
-                    "dead-letter queue {dlq}\n  visible   {visible}\n  in flight {in_flight}\n  delayed   {delayed}"
-                );
-            }
-        }
-        DlqCommand::Peek { max, json } => {
-            let mut seen = 0;
-            let mut handles = Vec::new();
-            while seen < max {
-                let out = sqs
-                    .receive_message()
-                    .queue_url(&dlq)
-                    .max_number_of_messages((max - seen).min(10) as i32)
-                    .message_attribute_names("All")
-                    .message_system_attribute_names(MessageSystemAttributeName::All)
-                    .visibility_timeout(30)
-                    .wait_time_seconds(1)
-                    .send()
-                    .await
-                    .map_err(|e| anyhow!("ReceiveMessage {dlq}: {}", DisplayErrorContext(&e)))?;
-                if out.messages().is_empty() {
-                    break;
-                }
-                for m in out.messages() {
-                    seen += 1;
-                    let attr = |n: &str| {
-                        m.message_attributes()
-                            .and_then(|a| a.get(n))
-                            .and_then(|v| v.string_value())
-                            .unwrap_or("")
-                            .to_string()
-                    };
-                    let body = m.body().unwrap_or_default();
-                    let preview: String = body.chars().take(200).collect();
-                    if json {
-                        println!(
-                            "{}",
-                            json!({
-                                "message_id": m.message_id(), "reason": attr(dead_letter::REASON),
-                                "error": attr(dead_letter::ERROR), "source_message_id": attr(dead_letter::SOURCE_MESSAGE_ID),
-                                "receive_count": attr(dead_letter::RECEIVE_COUNT), "body": preview,
-                            })
-                        );
-                    } else {
-                        let reason = attr(dead_letter::REASON);
-                        println!(
-                            "{}  reason={}  {}\n    {}{}",
-                            m.message_id().unwrap_or_default(),
-                            if reason.is_empty() {
-                                "(redriven by SQS: maxReceiveCount)"
-                            } else {
-                                reason.as_str()
-                            },
-                            attr(dead_letter::ERROR),
-                            preview,
-                            if body.len() > preview.len() {
-                                " …"
-                            } else {
-                                ""
-                            }
-                        );
-                    }
-                    if let Some(h) = m.receipt_handle() {
-                        handles.push(h.to_string());
-                    }
-                }
-            }
-            // Leave everything as it was: visible again at once.
-            for h in handles {
-                let _ = sqs
-                    .change_message_visibility()
-                    .queue_url(&dlq)
-                    .receipt_handle(h)
-                    .visibility_timeout(0)
-                    .send()
-                    .await;
-            }
-            if !json {
-                println!("{seen} message(s) shown; left in the dead-letter queue");
-            }
-        }
+        DlqCommand::Stats { json } => stats(&sqs, &dlq, json).await,
+        DlqCommand::Peek { max, json } => peek(&sqs, &dlq, max, json).await,
         DlqCommand::Redrive { rate, max } => {
             if source.is_empty() {
                 bail!("redrive needs the source queue: set sqs.queue_url");
             }
-            redrive(&sqs, &dlq, &source, rate.max(1), max).await?;
+            redrive(&sqs, &dlq, &source, rate.max(1), max).await
         }
     }
+}
+
+/// The dead-letter queue to work on: `--dlq`, else sqs.dead_letter_queue_url, else the one
+/// sqs.queue_url's RedrivePolicy names.
+async fn dead_letter_queue(
+    args: &DlqArgs,
+    settings: &config::Settings,
+    sqs: &Client,
+    source: &str,
+) -> Result<String> {
+    match (args.dlq.clone(), settings.sqs.dead_letter_queue_url_string()) {
+        (Some(u), _) | (None, Some(u)) => Ok(u),
+        (None, None) if !source.is_empty() => sluice_sqs::admin::redrive_dead_letter_url(sqs, source)
+            .await
+            .map_err(|e| anyhow!("the dead-letter queue of sqs.queue_url: {e}"))?
+            .ok_or_else(|| anyhow!("no dead-letter queue: pass --dlq, set sqs.dead_letter_queue_url, or give sqs.queue_url a RedrivePolicy")),
+        _ => bail!("no dead-letter queue: pass --dlq or set sqs.dead_letter_queue_url (or sqs.queue_url with a RedrivePolicy)"),
+    }
+}
+
+/// `sluice dlq stats`: the dead-letter queue's counts.
+async fn stats(sqs: &Client, dlq: &str, json: bool) -> Result<()> {
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(dlq)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .map_err(|e| anyhow!("GetQueueAttributes {dlq}: {}", DisplayErrorContext(&e)))?;
+    let a = out.attributes().cloned().unwrap_or_default();
+    let visible = count(&a, QueueAttributeName::ApproximateNumberOfMessages);
+    let in_flight = count(
+        &a,
+        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+    );
+    let delayed = count(&a, QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+    if json {
+        println!(
+            "{}",
+            json!({"dlq": dlq, "visible": visible, "in_flight": in_flight, "delayed": delayed})
+        );
+    } else {
+        println!(
+            "dead-letter queue {dlq}\n  visible   {visible}\n  in flight {in_flight}\n  delayed   {delayed}"
+        );
+    }
     Ok(())
+}
+
+/// `sluice dlq peek`: shows up to `max` messages with their reasons, then makes them visible
+/// again at once (the queue is left as it was).
+async fn peek(sqs: &Client, dlq: &str, max: usize, json: bool) -> Result<()> {
+    let mut seen = 0;
+    let mut handles = Vec::new();
+    while seen < max {
+        let out = sqs
+            .receive_message()
+            .queue_url(dlq)
+            .max_number_of_messages((max - seen).min(10) as i32)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .visibility_timeout(30)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .map_err(|e| anyhow!("ReceiveMessage {dlq}: {}", DisplayErrorContext(&e)))?;
+        if out.messages().is_empty() {
+            break;
+        }
+        for m in out.messages() {
+            seen += 1;
+            show(m, json);
+            if let Some(h) = m.receipt_handle() {
+                handles.push(h.to_string());
+            }
+        }
+    }
+    // Leave everything as it was: visible again at once.
+    for h in handles {
+        let _ = sqs
+            .change_message_visibility()
+            .queue_url(dlq)
+            .receipt_handle(h)
+            .visibility_timeout(0)
+            .send()
+            .await;
+    }
+    if !json {
+        println!("{seen} message(s) shown; left in the dead-letter queue");
+    }
+    Ok(())
+}
+
+/// One dead-lettered message, its reason and the start of its body: a JSON line or two lines
+/// of text.
+fn show(m: &aws_sdk_sqs::types::Message, json: bool) {
+    let attr = |n: &str| {
+        m.message_attributes()
+            .and_then(|a| a.get(n))
+            .and_then(|v| v.string_value())
+            .unwrap_or("")
+            .to_string()
+    };
+    let body = m.body().unwrap_or_default();
+    let preview: String = body.chars().take(200).collect();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "message_id": m.message_id(), "reason": attr(dead_letter::REASON),
+                "error": attr(dead_letter::ERROR), "source_message_id": attr(dead_letter::SOURCE_MESSAGE_ID),
+                "receive_count": attr(dead_letter::RECEIVE_COUNT), "body": preview,
+            })
+        );
+        return;
+    }
+    let reason = attr(dead_letter::REASON);
+    println!(
+        "{}  reason={}  {}\n    {}{}",
+        m.message_id().unwrap_or_default(),
+        if reason.is_empty() {
+            "(redriven by SQS: maxReceiveCount)"
+        } else {
+            reason.as_str()
+        },
+        attr(dead_letter::ERROR),
+        preview,
+        if body.len() > preview.len() {
+            " …"
+        } else {
+            ""
+        }
+    );
 }
 
 /// The attempt deadline the client was built with (5 s if it has none).
