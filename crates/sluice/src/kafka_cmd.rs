@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use sluice_kafka::KafkaConfig;
 use sluice_kafka::admin::{self, PartitionOffsets, ReplayFrom};
 
 use crate::config::{self, KafkaSettings};
@@ -121,58 +122,14 @@ pub async fn kafka(args: KafkaArgs) -> Result<()> {
             if !s.dlq_topic.trim().is_empty() {
                 want.push((s.dlq_topic.trim(), dlq_partitions));
             }
-            admin::create_topics_replicated(&config, &want, replication_factor)
-                .await
-                .with_context(|| format!("creating topics on {}", s.brokers))?;
-            let parts = {
-                let (c, g, t) = (
-                    config.clone(),
-                    group.clone(),
-                    want.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>(),
-                );
-                tokio::task::spawn_blocking(move || admin::offsets(&c, &g, &t, TIMEOUT)).await??
-            };
-            for (topic, _) in &want {
-                let n = parts.iter().filter(|p| p.topic == *topic).count();
-                println!("topic {topic}: {n} partitions");
-            }
-            Ok(())
+            create_topics(&config, &group, &want, replication_factor, &s.brokers).await
         }
         KafkaCommand::Lag { json } => {
             let (c, g) = (config.clone(), group.clone());
             let parts =
                 tokio::task::spawn_blocking(move || admin::offsets(&c, &g, &topics, TIMEOUT))
                     .await??;
-            if json {
-                for p in &parts {
-                    println!(
-                        "{}",
-                        serde_json::json!({"topic": p.topic, "partition": p.partition,
-                            "committed": p.committed, "low": p.low, "high": p.high, "lag": p.lag()})
-                    );
-                }
-            } else {
-                println!("group {group}");
-                println!(
-                    "{:<24} {:>9} {:>12} {:>12} {:>10}",
-                    "topic", "partition", "committed", "end", "lag"
-                );
-                for p in &parts {
-                    println!(
-                        "{:<24} {:>9} {:>12} {:>12} {:>10}",
-                        p.topic,
-                        p.partition,
-                        show(&p.committed),
-                        p.high,
-                        p.lag()
-                    );
-                }
-                println!(
-                    "total lag: {} records over {} partitions",
-                    parts.iter().map(PartitionOffsets::lag).sum::<i64>(),
-                    parts.len()
-                );
-            }
+            print_lag(&group, &parts, json);
             Ok(())
         }
         KafkaCommand::Replay {
@@ -186,56 +143,129 @@ pub async fn kafka(args: KafkaArgs) -> Result<()> {
                 (None, Some(o)) => ReplayFrom::Offset(o),
                 (None, None) => bail!("give --to-timestamp TIME or --to-offset N"),
             };
-            let (c, g) = (config.clone(), group.clone());
-            let plan = tokio::task::spawn_blocking(move || {
-                let parts = admin::offsets(&c, &g, &topics, TIMEOUT)?;
-                let parts: Vec<PartitionOffsets> = parts
-                    .into_iter()
-                    .filter(|p| partition.is_empty() || partition.contains(&p.partition))
-                    .collect();
-                admin::resolve(&c, &g, &parts, from, TIMEOUT)
-            })
-            .await??;
-            if plan.is_empty() {
-                bail!("no partition selected");
-            }
-            println!(
-                "group {group}: {}",
-                if dry_run {
-                    "plan (--dry-run, nothing changed)"
-                } else {
-                    "new offsets"
-                }
-            );
-            println!(
-                "{:<24} {:>9} {:>12} {:>12} {:>12}",
-                "topic", "partition", "committed", "new", "to replay"
-            );
-            let mut total = 0;
-            for (p, new) in &plan {
-                let again = p.committed.unwrap_or(p.high) - new;
-                total += again.max(0);
-                println!(
-                    "{:<24} {:>9} {:>12} {:>12} {:>12}",
-                    p.topic,
-                    p.partition,
-                    show(&p.committed),
-                    new,
-                    again
-                );
-            }
-            if dry_run {
-                println!("{total} records would be processed again");
-                return Ok(());
-            }
-            let (c, g) = (config.clone(), group.clone());
-            tokio::task::spawn_blocking(move || admin::commit(&c, &g, &plan)).await??;
-            println!(
-                "committed; {total} records will be processed again when the workers start (idempotent: same rows)"
-            );
-            Ok(())
+            replay(&config, &group, topics, partition, from, dry_run).await
         }
     }
+}
+
+/// `sluice kafka create-topics`: creates the topics (and the DLQ topic) and says how many
+/// partitions each has.
+async fn create_topics(
+    config: &KafkaConfig,
+    group: &str,
+    want: &[(&str, i32)],
+    replication_factor: i32,
+    brokers: &str,
+) -> Result<()> {
+    admin::create_topics_replicated(config, want, replication_factor)
+        .await
+        .with_context(|| format!("creating topics on {brokers}"))?;
+    let (c, g, t) = (
+        config.clone(),
+        group.to_owned(),
+        want.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>(),
+    );
+    let parts = tokio::task::spawn_blocking(move || admin::offsets(&c, &g, &t, TIMEOUT)).await??;
+    for (topic, _) in want {
+        let n = parts.iter().filter(|p| p.topic == *topic).count();
+        println!("topic {topic}: {n} partitions");
+    }
+    Ok(())
+}
+
+/// `sluice kafka lag`: per partition, the group's committed offset, the end and the lag; a
+/// JSON line each with `--json`.
+fn print_lag(group: &str, parts: &[PartitionOffsets], json: bool) {
+    if json {
+        for p in parts {
+            println!(
+                "{}",
+                serde_json::json!({"topic": p.topic, "partition": p.partition,
+                    "committed": p.committed, "low": p.low, "high": p.high, "lag": p.lag()})
+            );
+        }
+        return;
+    }
+    println!("group {group}");
+    println!(
+        "{:<24} {:>9} {:>12} {:>12} {:>10}",
+        "topic", "partition", "committed", "end", "lag"
+    );
+    for p in parts {
+        println!(
+            "{:<24} {:>9} {:>12} {:>12} {:>10}",
+            p.topic,
+            p.partition,
+            show(&p.committed),
+            p.high,
+            p.lag()
+        );
+    }
+    println!(
+        "total lag: {} records over {} partitions",
+        parts.iter().map(PartitionOffsets::lag).sum::<i64>(),
+        parts.len()
+    );
+}
+
+/// `sluice kafka replay`: moves the group's committed offsets back (to a time or an offset)
+/// on the chosen partitions, after showing the plan; `--dry-run` only shows it.
+async fn replay(
+    config: &KafkaConfig,
+    group: &str,
+    topics: Vec<String>,
+    partition: Vec<i32>,
+    from: ReplayFrom,
+    dry_run: bool,
+) -> Result<()> {
+    let (c, g) = (config.clone(), group.to_owned());
+    let plan = tokio::task::spawn_blocking(move || {
+        let parts = admin::offsets(&c, &g, &topics, TIMEOUT)?;
+        let parts: Vec<PartitionOffsets> = parts
+            .into_iter()
+            .filter(|p| partition.is_empty() || partition.contains(&p.partition))
+            .collect();
+        admin::resolve(&c, &g, &parts, from, TIMEOUT)
+    })
+    .await??;
+    if plan.is_empty() {
+        bail!("no partition selected");
+    }
+    println!(
+        "group {group}: {}",
+        if dry_run {
+            "plan (--dry-run, nothing changed)"
+        } else {
+            "new offsets"
+        }
+    );
+    println!(
+        "{:<24} {:>9} {:>12} {:>12} {:>12}",
+        "topic", "partition", "committed", "new", "to replay"
+    );
+    let mut total = 0;
+    for (p, new) in &plan {
+        let again = p.committed.unwrap_or(p.high) - new;
+        total += again.max(0);
+        println!(
+            "{:<24} {:>9} {:>12} {:>12} {:>12}",
+            p.topic,
+            p.partition,
+            show(&p.committed),
+            new,
+            again
+        );
+    }
+    if dry_run {
+        println!("{total} records would be processed again");
+        return Ok(());
+    }
+    let (c, g) = (config.clone(), group.to_owned());
+    tokio::task::spawn_blocking(move || admin::commit(&c, &g, &plan)).await??;
+    println!(
+        "committed; {total} records will be processed again when the workers start (idempotent: same rows)"
+    );
+    Ok(())
 }
 
 /// The command: its errors said on stderr, exit 1.
