@@ -180,109 +180,163 @@ fn apply(budgets: &dyn Shared, last: &mut Option<Share>, share: Share, live: u32
     *last = Some(share);
 }
 
+/// The heartbeat: every `beat`, reads the group, applies the share, renews this instance's
+/// lease and forgets one long-dead member; until `stop`. Every budget is held when it ends.
 async fn heartbeat(
     table: Arc<MembersTable>,
-    mut state: Membership,
+    state: Membership,
     host: String,
     (beat, lease): (Duration, Duration),
     budgets: Arc<dyn Shared>,
     stop: CancellationToken,
 ) {
     let _hold_on_exit = HoldOnExit(budgets.clone());
-    let mut last: Option<Share> = Some(Share::Hold);
-    // No call and no wait may run past the moment the lease may lapse: the hold must come
-    // before the others stop counting this instance.
-    let bounded = |state: &Membership| {
+    let mut hb = Heartbeat {
+        table,
+        state,
+        host,
+        beat,
+        // Reads failing this long: stop renewing, so the lease lapses and joiners are not held
+        // up by a count this member cannot update (it holds itself, and joins again once it
+        // reads).
+        read_give_up: lease.saturating_sub(beat),
+        last_read_ok: now_ms(),
+        budgets,
+        last: Some(Share::Hold),
+    };
+    loop {
+        hb.apply_now();
+        let (share, stale_leases) = hb.read().await;
         let now = now_ms();
-        match state.lapse_at_ms() {
-            Some(t) if t > now => beat
+        hb.apply(share, now);
+        hb.renew(now).await;
+        for dead in stale_leases {
+            hb.forget(&dead).await;
+        }
+        hb.apply_now();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(hb.wait()) => {}
+        }
+    }
+}
+
+/// What the heartbeat keeps between beats.
+struct Heartbeat {
+    table: Arc<MembersTable>,
+    state: Membership,
+    host: String,
+    beat: Duration,
+    read_give_up: Duration,
+    last_read_ok: u64,
+    budgets: Arc<dyn Shared>,
+    last: Option<Share>,
+}
+
+impl Heartbeat {
+    /// No call and no wait may run past the moment the lease may lapse: the hold must come
+    /// before the others stop counting this instance.
+    fn bounded(&self) -> Duration {
+        let now = now_ms();
+        match self.state.lapse_at_ms() {
+            Some(t) if t > now => self
+                .beat
                 .min(Duration::from_millis(t.saturating_sub(now)))
                 .max(Duration::from_millis(1)),
-            _ => beat,
+            _ => self.beat,
         }
-    };
-    // Reads failing this long: stop renewing, so the lease lapses and joiners are not held up
-    // by a count this member cannot update (it holds itself, and joins again once it reads).
-    let read_give_up = lease.saturating_sub(beat);
-    let mut last_read_ok = now_ms();
-    loop {
+    }
+
+    fn apply(&mut self, share: Share, now: u64) {
+        let (live, lapsed) = (self.state.live(), self.state.lapsed(now));
+        apply(&*self.budgets, &mut self.last, share, live, lapsed);
+    }
+
+    /// The share as it stands now (a lease may have lapsed since the last read).
+    fn apply_now(&mut self) {
         let now = now_ms();
-        let share = state.share_at(now);
-        apply(&*budgets, &mut last, share, state.live(), state.lapsed(now));
-        let read = tokio::time::timeout(bounded(&state), table.members()).await;
+        let share = self.state.share_at(now);
+        self.apply(share, now);
+    }
+
+    /// Reads the group (strongly consistent): the new share, and one member whose lease ended
+    /// long ago, to forget. A failed read keeps the last share.
+    async fn read(&mut self) -> (Share, Vec<String>) {
+        let read = tokio::time::timeout(self.bounded(), self.table.members()).await;
         let now = now_ms();
-        let mut stale_leases = Vec::new();
-        let share = match read {
+        let why = match read {
             Ok(Ok(members)) => {
-                last_read_ok = now;
-                stale_leases = stale(&members, now, FORGET_AFTER)
+                self.last_read_ok = now;
+                let stale_leases = stale(&members, now, FORGET_AFTER)
                     .map(|m| m.id.clone())
                     .take(1)
                     .collect();
-                state.on_read(&members, now)
+                return (self.state.on_read(&members, now), stale_leases);
             }
-            Ok(Err(error)) => {
-                metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "read").increment(1);
-                tracing::warn!(%error, "cannot read the fleet's members: keeping the last share");
-                state.share_at(now)
-            }
-            Err(_) => {
-                metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "read").increment(1);
-                tracing::warn!("reading the fleet's members timed out: keeping the last share");
-                state.share_at(now)
-            }
+            Ok(Err(error)) => Some(error),
+            Err(_) => None,
         };
-        apply(&*budgets, &mut last, share, state.live(), state.lapsed(now));
-        let reads_failing = Duration::from_millis(now.saturating_sub(last_read_ok));
-        if reads_failing < read_give_up {
-            let sent = now_ms();
-            let seen = state.seen();
-            let renewal = tokio::time::timeout(
-                bounded(&state),
-                table.renew(state.id(), &host, state.expiry(sent), seen),
-            )
-            .await;
-            match renewal {
-                Ok(Ok(())) => state.renewed(sent, seen),
-                Ok(Err(error)) => {
-                    state.renewal_unknown(seen);
-                    metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "renew").increment(1);
-                    tracing::warn!(%error, "cannot renew this instance's lease");
-                }
-                Err(_) => {
-                    state.renewal_unknown(seen);
-                    metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "renew").increment(1);
-                    tracing::warn!("renewing this instance's lease timed out");
-                }
+        metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "read").increment(1);
+        match why {
+            Some(error) => {
+                tracing::warn!(%error, "cannot read the fleet's members: keeping the last share")
             }
-        } else {
+            None => tracing::warn!("reading the fleet's members timed out: keeping the last share"),
+        }
+        (self.state.share_at(now), Vec::new())
+    }
+
+    /// Renews this instance's lease, reporting the count it has seen; not while reads have
+    /// been failing for `read_give_up` (the lease then lapses on purpose).
+    async fn renew(&mut self, now: u64) {
+        let reads_failing = Duration::from_millis(now.saturating_sub(self.last_read_ok));
+        if reads_failing >= self.read_give_up {
             tracing::warn!(
                 failing_for_s = reads_failing.as_secs(),
                 "the fleet's members cannot be read: not renewing, so the lease lapses and joiners are not held up by a count this instance cannot update"
             );
+            return;
         }
-        // A dead member's lease, long expired: one per heartbeat, bounded like every call.
-        for dead in stale_leases {
-            match tokio::time::timeout(bounded(&state), table.remove(&dead)).await {
-                Ok(Ok(())) => tracing::debug!(member = %dead, "deleted a dead member's lease"),
-                Ok(Err(error)) => tracing::debug!(%error, "could not delete a dead member's lease"),
-                Err(_) => tracing::debug!("deleting a dead member's lease timed out"),
-            }
-        }
-        let now = now_ms();
-        let share = state.share_at(now);
-        apply(&*budgets, &mut last, share, state.live(), state.lapsed(now));
-        // A member waiting to be counted looks four times a heartbeat, and so does one that
-        // has reported a departure and may take the share at its next read: the room is there,
-        // and every moment it waits goes unused.
-        let wait = if (last == Some(Share::Hold) && !state.lapsed(now)) || state.raise_pending() {
-            bounded(&state) / 4
-        } else {
-            bounded(&state)
+        let sent = now_ms();
+        let seen = self.state.seen();
+        let renewal = tokio::time::timeout(
+            self.bounded(),
+            self.table
+                .renew(self.state.id(), &self.host, self.state.expiry(sent), seen),
+        )
+        .await;
+        let why = match renewal {
+            Ok(Ok(())) => return self.state.renewed(sent, seen),
+            Ok(Err(error)) => Some(error),
+            Err(_) => None,
         };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        self.state.renewal_unknown(seen);
+        metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "renew").increment(1);
+        match why {
+            Some(error) => tracing::warn!(%error, "cannot renew this instance's lease"),
+            None => tracing::warn!("renewing this instance's lease timed out"),
+        }
+    }
+
+    /// Deletes a dead member's lease, long expired: bounded like every call.
+    async fn forget(&self, dead: &str) {
+        match tokio::time::timeout(self.bounded(), self.table.remove(dead)).await {
+            Ok(Ok(())) => tracing::debug!(member = %dead, "deleted a dead member's lease"),
+            Ok(Err(error)) => tracing::debug!(%error, "could not delete a dead member's lease"),
+            Err(_) => tracing::debug!("deleting a dead member's lease timed out"),
+        }
+    }
+
+    /// A member waiting to be counted looks four times a heartbeat, and so does one that has
+    /// reported a departure and may take the share at its next read: the room is there, and
+    /// every moment it waits goes unused.
+    fn wait(&self) -> Duration {
+        let now = now_ms();
+        if (self.last == Some(Share::Hold) && !self.state.lapsed(now)) || self.state.raise_pending()
+        {
+            self.bounded() / 4
+        } else {
+            self.bounded()
         }
     }
 }
