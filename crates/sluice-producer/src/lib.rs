@@ -37,6 +37,7 @@
 //! producer.close().await;
 //! # Ok(()) }
 //! ```
+#![warn(missing_docs)]
 
 mod config;
 mod dispatcher;
