@@ -12,6 +12,8 @@
 
 use std::time::{Duration, Instant};
 
+/// How [`Aimd`] cuts and restores the paced rate. The default cuts by 20 % at most once a second,
+/// recovers 5 % of the budget per second and never goes below 5 % of it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AimdConfig {
     /// Multiplier applied on a throttle (0 < f < 1).
@@ -38,10 +40,24 @@ impl Default for AimdConfig {
 /// What a call changed, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RateChange {
-    Decreased { from: f64, to: f64 },
-    Increased { from: f64, to: f64 },
+    /// A throttle cut the rate.
+    Decreased {
+        /// The rate before the cut, in WCU per second.
+        from: f64,
+        /// The rate after it (never below the floor).
+        to: f64,
+    },
+    /// Recovery raised the rate.
+    Increased {
+        /// The rate before, in WCU per second.
+        from: f64,
+        /// The rate after (never above the budget).
+        to: f64,
+    },
 }
 
+/// The paced write rate, in WCU per second, under a hard budget: cut on throttles, restored
+/// additively, never above the budget nor below its floor. Pure state; the caller passes `now`.
 #[derive(Debug, Clone)]
 pub struct Aimd {
     config: AimdConfig,
@@ -53,6 +69,8 @@ pub struct Aimd {
 }
 
 impl Aimd {
+    /// A controller starting at the full `budget` (WCU per second), with recovery counted from
+    /// `now`.
     pub fn new(budget: f64, config: AimdConfig, now: Instant) -> Self {
         Aimd {
             config,
@@ -63,10 +81,14 @@ impl Aimd {
         }
     }
 
+    /// The rate to pace to now, in WCU per second: between the floor and the budget. Recovery is
+    /// only credited by [`Aimd::recover`] and [`Aimd::on_throttle`], so this does not move with
+    /// time alone.
     pub fn rate(&self) -> f64 {
         self.rate
     }
 
+    /// The budget the rate recovers to and never exceeds, in WCU per second.
     pub fn budget(&self) -> f64 {
         self.budget
     }

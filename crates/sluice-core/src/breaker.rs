@@ -14,6 +14,8 @@ use sluice_common::catalog;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// When the [`Breaker`] opens and for how long. The default opens after 5 failed batch writes in a
+/// row, for 5 s, doubling on each open in a row up to 60 s.
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerConfig {
     /// Failed batch writes in a row that open the breaker.
@@ -44,10 +46,18 @@ impl Default for BreakerConfig {
     }
 }
 
+/// Where the breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
+    /// Receiving as usual; failures are being counted toward the threshold.
     Closed,
-    Open { until: Instant },
+    /// No receives until `until`.
+    Open {
+        /// When the cooldown ends and the breaker turns half open.
+        until: Instant,
+    },
+    /// The cooldown is over: receives go through as a probe, and the next write's outcome closes
+    /// the breaker or opens it again for longer.
     HalfOpen,
 }
 
@@ -60,6 +70,8 @@ struct Inner {
     trips: u32,
 }
 
+/// The circuit breaker shared by the pollers and the writers (see the module docs). Thread-safe;
+/// every opening and easing emits its metric and log line.
 #[derive(Debug)]
 pub struct Breaker {
     config: BreakerConfig,
@@ -69,6 +81,7 @@ pub struct Breaker {
 }
 
 impl Breaker {
+    /// A closed breaker with no failure counted.
     pub fn new(config: BreakerConfig) -> Self {
         Breaker {
             inner: Mutex::new(Inner {
@@ -90,6 +103,8 @@ impl Breaker {
         self.inner.locked()
     }
 
+    /// The state at `now`. An open breaker whose cooldown has passed turns half open here (and says
+    /// so in its metric and log), so this call can change the state.
     pub fn state(&self, now: Instant) -> BreakerState {
         let mut i = self.lock();
         if let BreakerState::Open { until } = i.state
@@ -106,10 +121,14 @@ impl Breaker {
         !matches!(self.state(now), BreakerState::Open { .. })
     }
 
+    /// Whether receives are stopped at `now`: the negation of [`Breaker::allows`], with the same
+    /// open-to-half-open transition.
     pub fn is_open(&self, now: Instant) -> bool {
         !self.allows(now)
     }
 
+    /// A batch write succeeded: the breaker closes from any state, and the failure count and the
+    /// cooldown doubling start over.
     pub fn record_success(&self) {
         let mut i = self.lock();
         if i.state != BreakerState::Closed {
@@ -122,6 +141,10 @@ impl Breaker {
         i.trips = 0;
     }
 
+    /// A batch write failed persistently at `now` (not a throttle, not an item the table rejected).
+    /// Opens the breaker once `threshold` failures are counted in a row while closed, or at once
+    /// while half open, and wakes [`Breaker::opened`]; `error` goes in the log line. No effect
+    /// while open.
     pub fn record_failure(&self, now: Instant, error: &str) {
         let mut i = self.lock();
         i.failures = i.failures.saturating_add(1);

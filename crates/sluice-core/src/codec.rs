@@ -47,9 +47,13 @@ pub struct Schema {
     pub ttl: Option<TtlRule>,
 }
 
+/// A TTL attribute for DynamoDB's expiry: the log's timestamp plus a retention, in epoch seconds.
 #[derive(Debug, Clone)]
 pub struct TtlRule {
+    /// The attribute that gets the expiry time (epoch seconds, type N); it replaces a log field
+    /// of that name. A log with no timestamp gets none.
     pub attribute: String,
+    /// How long after the log's timestamp the item expires; counted in whole seconds.
     pub retention: Duration,
 }
 
@@ -71,49 +75,107 @@ impl Default for Schema {
 /// message.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
+    /// The body is not UTF-8.
     #[error("body is not valid UTF-8 (first bad byte at offset {offset})")]
-    NotUtf8 { offset: usize },
+    NotUtf8 {
+        /// Byte offset of the first invalid byte.
+        offset: usize,
+    },
+    /// The body is not JSON (nor whitespace-separated JSON values).
     #[error("body is not JSON: {detail}")]
-    NotJson { detail: String },
+    NotJson {
+        /// The parser's message, with line and column.
+        detail: String,
+    },
+    /// The body holds no log: empty, only whitespace, or empty arrays.
     #[error("body holds no logs")]
     Empty,
+    /// A log is a JSON value other than an object.
     #[error("log {log} is not a JSON object but {found}")]
-    NotAnObject { log: usize, found: &'static str },
+    NotAnObject {
+        /// The log's 0-based position in the message.
+        log: usize,
+        /// What it is instead, for the message ("a string", "null", ...).
+        found: &'static str,
+    },
+    /// A log lacks one of [`Schema::required_fields`], or has it as null.
     #[error("log {log} misses required field `{field}`")]
-    MissingField { log: usize, field: String },
+    MissingField {
+        /// The log's 0-based position in the message.
+        log: usize,
+        /// The first required field missing.
+        field: String,
+    },
+    /// The timestamp field is neither RFC 3339 text nor epoch milliseconds.
     #[error("log {log}: `{field}` is neither RFC 3339 text nor epoch milliseconds: {value}")]
     BadTimestamp {
+        /// The log's 0-based position in the message.
         log: usize,
+        /// The timestamp field's name ([`Schema::ts_field`]).
         field: String,
+        /// The value found, as JSON.
         value: String,
     },
+    /// The key field is not a usable partition key: an empty string, a string over 2,048 bytes,
+    /// or a boolean, array or object.
     #[error(
         "log {log}: key field `{field}` must be a non-empty string of at most {MAX_PARTITION_KEY_BYTES} bytes, or a number"
     )]
-    BadKey { log: usize, field: String },
+    BadKey {
+        /// The log's 0-based position in the message.
+        log: usize,
+        /// The key field's name ([`Schema::key_field`]).
+        field: String,
+    },
+    /// An attribute name, at the top level or in a nested map, is empty.
     #[error("log {log}: an attribute name is empty (DynamoDB rejects empty names)")]
-    EmptyAttributeName { log: usize },
+    EmptyAttributeName {
+        /// The log's 0-based position in the message.
+        log: usize,
+    },
+    /// A number DynamoDB cannot store (out of range, or more than 38 significant digits),
+    /// the key field included.
     #[error("log {log}: attribute `{attribute}`: number {value} {problem}")]
     BadNumber {
+        /// The log's 0-based position in the message.
         log: usize,
+        /// Where the number is: a dotted path with `[i]` list indexes, names cut to 64 bytes.
         attribute: String,
+        /// The number as written in the log.
         value: String,
+        /// What DynamoDB would object to.
         problem: NumberError,
     },
+    /// Maps and lists nest deeper than DynamoDB's 32 levels.
     #[error(
         "log {log}: attribute `{attribute}` nests maps and lists deeper than DynamoDB's {MAX_NESTING_LEVELS} levels"
     )]
-    TooDeep { log: usize, attribute: String },
+    TooDeep {
+        /// The log's 0-based position in the message.
+        log: usize,
+        /// The path down to where the limit is passed, as in [`DecodeError::BadNumber`].
+        attribute: String,
+    },
+    /// An attribute name, at the top level or in a nested map, is over 65,535 bytes.
     #[error(
         "log {log}: an attribute name of {bytes} bytes (in `{attribute}`) is over DynamoDB's {MAX_ATTRIBUTE_NAME_BYTES}"
     )]
     NameTooLong {
+        /// The log's 0-based position in the message.
         log: usize,
+        /// The path to the name, the name itself cut to 64 bytes.
         attribute: String,
+        /// The name's length in bytes.
         bytes: usize,
     },
+    /// The item, sized as DynamoDB counts it (key and TTL attributes included), is over 400 KiB.
     #[error("log {log} makes an item of {bytes} bytes, over DynamoDB's {MAX_ITEM_BYTES}")]
-    ItemTooLarge { log: usize, bytes: usize },
+    ItemTooLarge {
+        /// The log's 0-based position in the message.
+        log: usize,
+        /// The item's size in bytes.
+        bytes: usize,
+    },
 }
 
 impl DecodeError {

@@ -59,6 +59,10 @@ use crate::rate::Backoff;
 use crate::source::{Received, Source, SourceError};
 use crate::writer::{WriteError, WriteFailure, Writer};
 
+/// How the [`Engine`] polls, holds, times out, nacks and shuts down; [`EngineConfig::validate`]
+/// says whether the numbers fit together. Defaults: 4 pollers of 10 messages, 1000 messages and 16
+/// MiB held, 30 s without progress, 25 s shutdown grace, nacks from 2 s to 300 s, 5 s intake
+/// horizon, 20 s long polls, no heartbeat.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Concurrent long pollers.
@@ -81,6 +85,7 @@ pub struct EngineConfig {
     /// Nack backoff: a failed message is invisible for `base × 2^(receive count − 1)`, at most
     /// `nack_backoff_max`, with jitter.
     pub nack_backoff_base: Duration,
+    /// The longest nack backoff (default 300 s); the jitter stays under it.
     pub nack_backoff_max: Duration,
     /// Visibility delay of a poison message left to the queue's redrive policy (when the source
     /// has no dead-letter path).
@@ -179,12 +184,23 @@ use crate::time::epoch_ms;
 /// Live counters of one engine, for summaries, progress, readiness and liveness.
 #[derive(Debug, Default)]
 pub struct EngineStats {
+    /// Messages received, counted once each, including those handed back unprocessed.
     pub received: AtomicU64,
+    /// Messages the source confirmed deleted (acked); an ack that failed is not counted.
     pub acked: AtomicU64,
+    /// Messages handed back to the source (nacks and shutdown or breaker hand-backs), counted when
+    /// the call is made, whether or not it succeeds.
     pub nacked: AtomicU64,
+    /// Messages that can never be written (a poison body, or an item the table rejects on its own),
+    /// whether the dead-letter path took them or not.
     pub poison: AtomicU64,
+    /// Poison messages the source's dead-letter path took; the rest were nacked to the queue's
+    /// redrive policy.
     pub dead_lettered: AtomicU64,
+    /// Acks that failed for good (not retryable, or still failing after the acker's retries); those
+    /// messages come back after their visibility timeout and are rewritten to the same rows.
     pub ack_failures: AtomicU64,
+    /// Messages held now: received and not yet acked or nacked.
     pub in_flight: AtomicU64,
     /// WCU of the messages held (received, decoded, not yet settled), on the table.
     pub held_wcu: AtomicU64,
@@ -193,24 +209,35 @@ pub struct EngineStats {
     pub held_micros: AtomicU64,
     /// Receive calls failed in a row (0 after any success).
     pub receive_errors_in_a_row: AtomicU32,
+    /// Receive calls that succeeded, empty ones included.
     pub successful_polls: AtomicU64,
     /// Per poller: when its loop last made progress (a receive returned, or it waited on purpose
     /// for backpressure or the breaker), in milliseconds since the epoch.
     poller_progress: Mutex<Vec<u64>>,
 }
 
+/// A copy of the [`EngineStats`] counters at one moment (each read on its own, so not one atomic
+/// cut), as [`Engine::run`] returns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsSnapshot {
+    /// Messages received.
     pub received: u64,
+    /// Messages acked.
     pub acked: u64,
+    /// Messages nacked or handed back.
     pub nacked: u64,
+    /// Messages that can never be written.
     pub poison: u64,
+    /// Poison messages the dead-letter path took.
     pub dead_lettered: u64,
+    /// Acks that failed for good.
     pub ack_failures: u64,
+    /// Messages held at that moment.
     pub in_flight: u64,
 }
 
 impl EngineStats {
+    /// Reads the counters now, without locking.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             received: self.received.load(Ordering::Relaxed),
@@ -242,6 +269,9 @@ impl EngineStats {
     }
 }
 
+/// The worker pool over one source and one writer (see the module docs). A message is acked only
+/// once every item it carries is written, or once the source's dead-letter path has taken it;
+/// anything else is nacked.
 pub struct Engine<S: Source> {
     source: Arc<S>,
     writer: Writer,
@@ -407,6 +437,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<S: Source> Engine<S> {
+    /// An engine that will drain `source` into `writer`, decoding bodies with `schema`. Starts
+    /// nothing: [`Engine::run`] does. `config` is taken as is; call [`EngineConfig::validate`]
+    /// first.
     pub fn new(source: Arc<S>, writer: Writer, schema: Schema, config: EngineConfig) -> Self {
         Engine {
             source,
@@ -417,6 +450,8 @@ impl<S: Source> Engine<S> {
         }
     }
 
+    /// The engine's live counters, shared: they stay readable while [`Engine::run`] consumes the
+    /// engine.
     pub fn stats(&self) -> Arc<EngineStats> {
         self.stats.clone()
     }

@@ -29,13 +29,18 @@ pub const MAX_NESTING_LEVELS: usize = 32;
 /// One attribute value, mirroring DynamoDB's types for what JSON can express.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
+    /// A string, sized as its UTF-8 bytes.
     S(String),
     /// A number as its decimal text, exactly as it arrived (DynamoDB numbers travel as strings;
     /// the codec has checked DynamoDB accepts it).
     N(String),
+    /// A boolean, sized as 1 byte.
     Bool(bool),
+    /// JSON null (DynamoDB's NULL), sized as 1 byte.
     Null,
+    /// A map (a JSON object), sized as 3 bytes plus 1 byte, the name and the value of each entry.
     M(BTreeMap<String, AttrValue>),
+    /// A list (a JSON array), sized as 3 bytes plus 1 byte and the value of each element.
     L(Vec<AttrValue>),
 }
 
@@ -109,10 +114,12 @@ impl Item {
         &self.key
     }
 
+    /// The attributes as written, the key attribute (and a TTL attribute, if any) included.
     pub fn attrs(&self) -> &BTreeMap<String, AttrValue> {
         &self.attrs
     }
 
+    /// The attributes, consumed (for a writer that converts them without cloning).
     pub fn into_attrs(self) -> BTreeMap<String, AttrValue> {
         self.attrs
     }

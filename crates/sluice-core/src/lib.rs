@@ -10,6 +10,7 @@
 //! - [`writer`]: batches of up to 25 items, duplicate collapse, UnprocessedItems retries.
 //! - [`engine`]: the worker pool tying them together.
 //! - [`testing`]: in-memory fakes of a queue and a table, for tests.
+#![warn(missing_docs)]
 
 pub mod aimd;
 pub mod breaker;

@@ -23,6 +23,7 @@ use std::time::Duration;
 /// One member's lease as read from the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
+    /// The member's id: unique per live instance, and the table's sort key.
     pub id: String,
     /// When the lease ends, in milliseconds since the Unix epoch (the writer's clock).
     pub expires_at_ms: u64,
@@ -73,6 +74,8 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// A new member `me`, not yet active (it holds until every other member has counted it). Its
+    /// lease lasts `lease_duration` from each renewal, which it sends every `heartbeat_interval`.
     pub fn new(
         me: impl Into<String>,
         lease_duration: Duration,
@@ -90,6 +93,7 @@ impl Membership {
         }
     }
 
+    /// This member's id, as written in its lease.
     pub fn id(&self) -> &str {
         &self.me
     }

@@ -150,6 +150,7 @@ impl Number {
         Ok(n)
     }
 
+    /// Whether the number is zero (of any sign or notation: `-0`, `0.0`, `0e5`).
     pub fn is_zero(&self) -> bool {
         self.digits.is_empty()
     }

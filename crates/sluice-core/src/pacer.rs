@@ -32,7 +32,9 @@ use crate::rate::WcuLimiter;
 /// What a global secondary index keeps of an item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Projection {
+    /// Every attribute of the item: an index write costs what the table write costs.
     All,
+    /// The table key and the index keys only.
     KeysOnly,
     /// The keys and these attributes.
     Include(Vec<String>),
@@ -41,9 +43,15 @@ pub enum Projection {
 /// A global secondary index, as DescribeTable describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexSpec {
+    /// The index's name, as in the ThrottlingReasons' resource ARN and the index metrics' label.
     pub name: String,
+    /// The index's partition key attribute: an item without it is not in the index and costs
+    /// nothing there.
     pub hash_key: String,
+    /// The index's sort key attribute, if it has one: an item without it is not in the index
+    /// either.
     pub range_key: Option<String>,
+    /// What the index keeps of an item, hence what a write costs there.
     pub projection: Projection,
 }
 
@@ -85,17 +93,29 @@ fn key_text(v: &AttrValue) -> String {
 /// Which resource a throttle names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
+    /// The base table.
     Table,
+    /// A global secondary index, by name; empty when the reason said "index" but the ARN named
+    /// none.
     Index(String),
 }
 
 /// Which limit a throttle names (the last part of DynamoDB's ThrottlingReason).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Limit {
+    /// The table's or index's write capacity (provisioned, or what on demand has warmed to): cuts
+    /// that budget's rate.
     ProvisionedThroughput,
+    /// One partition's limit (1,000 WCU/s): a single hot key gets its own slower bucket; a batch of
+    /// several keys slows the budget.
     KeyRange,
+    /// The on-demand maximum set on the table or index (MaxWriteRequestUnits): cuts that budget's
+    /// rate.
     MaxOnDemand,
+    /// The account's per-table quota: a configuration problem, said at ERROR; the table's rate is
+    /// cut meanwhile.
     AccountLimit,
+    /// A reason sluice does not know, kept as DynamoDB wrote it.
     Other(String),
 }
 
@@ -115,7 +135,9 @@ impl Limit {
 /// One of DynamoDB's ThrottlingReasons, read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThrottleCause {
+    /// What was over its limit: the table or an index.
     pub resource: Resource,
+    /// Which limit it was over.
     pub limit: Limit,
 }
 
@@ -146,7 +168,10 @@ impl ThrottleCause {
 /// What one call consumed, as DynamoDB reported it (ReturnConsumedCapacity=INDEXES).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Consumed {
+    /// WCU the call consumed on the table itself.
     pub table: f64,
+    /// WCU consumed on each index the call touched, by index name; an index left out consumed
+    /// nothing that DynamoDB reported.
     pub indexes: Vec<(String, f64)>,
 }
 
@@ -161,7 +186,11 @@ const MAX_HOT_KEYS: usize = 10_000;
 /// each (for hot keys). Index `0` is the table, `1 + i` the i-th index.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Costs {
+    /// WCU the item costs on each budget, in the order above; 0 where it is not charged (not in
+    /// that index).
     pub wcu: Vec<u32>,
+    /// The item's partition key value on each budget (for hot-key buckets); None where it is not
+    /// charged.
     pub keys: Vec<Option<String>>,
 }
 
@@ -208,10 +237,12 @@ impl Pacer {
         }
     }
 
+    /// The table's own budget.
     pub fn table(&self) -> &Arc<WcuLimiter> {
         &self.table
     }
 
+    /// Each index with its budget, in the order of [`Costs`] (budget `1 + i`).
     pub fn indexes(&self) -> &[(IndexSpec, Arc<WcuLimiter>)] {
         &self.indexes
     }
@@ -221,6 +252,7 @@ impl Pacer {
         1 + self.indexes.len()
     }
 
+    /// Always false: there is always the table's budget. (For clippy's `len_without_is_empty`.)
     pub fn is_empty(&self) -> bool {
         false
     }

@@ -156,8 +156,11 @@ struct Fleet {
     down_until: Mutex<Option<Instant>>,
 }
 
+/// A rate limiter setting that cannot work, refused at construction.
 #[derive(Debug, thiserror::Error)]
 pub enum RateConfigError {
+    /// `burst_seconds` (the value given) is not in (0, 1]: the bucket may hold at most one second
+    /// of budget, so a burst never doubles the rate for long.
     #[error("burst must be between 0 and 1 second of budget, got {0}")]
     Burst(f64),
 }

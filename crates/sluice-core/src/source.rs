@@ -20,12 +20,18 @@ use bytes::Bytes;
 /// A message as received, with the handle needed to ack or nack it.
 #[derive(Debug)]
 pub struct Received<H> {
+    /// The buffer's id of the message (SQS MessageId; Kafka: topic, partition and offset), for logs
+    /// and the dead-letter attributes.
     pub message_id: String,
+    /// The body as the producer sent it, undecoded.
     pub body: Bytes,
     /// How many times the buffer has handed this message out, this time included (SQS's
     /// ApproximateReceiveCount).
     pub receive_count: u32,
+    /// What acks, nacks or extends this delivery; only valid for this receive.
     pub handle: H,
+    /// When the receive returned, on this process's monotonic clock: the 12-hour visibility limit
+    /// and the processing time are counted from here.
     pub received_at: Instant,
     /// When the producer sent it (SQS's SentTimestamp), in milliseconds since the epoch.
     pub sent_at_ms: Option<u64>,
@@ -38,15 +44,20 @@ pub struct Received<H> {
 /// One message attribute as the buffer carried it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageAttribute {
+    /// The attribute's name; sluice's own start with `sluice_` ([`dead_letter`]).
     pub name: String,
     /// SQS's DataType: `String`, `Number`, `Binary`, or one of those with a `.custom` suffix.
     pub data_type: String,
+    /// The value, as text or bytes according to the data type.
     pub value: AttributeBody,
 }
 
+/// A message attribute's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttributeBody {
+    /// SQS's StringValue, for the `String` and `Number` data types.
     Text(String),
+    /// SQS's BinaryValue, for the `Binary` data type.
     Binary(Bytes),
 }
 
@@ -66,12 +77,14 @@ impl MessageAttribute {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct SourceError {
+    /// What failed, with the buffer's own error text; shown to operators and in logs as is.
     pub message: String,
     /// Whether trying the same call again may succeed.
     pub retryable: bool,
 }
 
 impl SourceError {
+    /// An error the same call may get past when tried again (throttling, a time-out, a 5xx).
     pub fn retryable(message: impl Into<String>) -> Self {
         SourceError {
             message: message.into(),
@@ -79,6 +92,7 @@ impl SourceError {
         }
     }
 
+    /// An error no retry mends (a missing queue, access denied, a stale receipt handle).
     pub fn fatal(message: impl Into<String>) -> Self {
         SourceError {
             message: message.into(),
@@ -92,6 +106,7 @@ impl SourceError {
 pub struct AckFailure {
     /// Index into the handles given to [`Source::ack`].
     pub index: usize,
+    /// Why that entry failed; retryable when the acker may try it again.
     pub error: SourceError,
 }
 
@@ -154,9 +169,12 @@ pub mod dead_letter {
     pub const RECEIVE_COUNT: &str = "sluice_receive_count";
     /// SQS: the message's id and queue in the source queue.
     pub const SOURCE_MESSAGE_ID: &str = "sluice_source_message_id";
+    /// SQS: the URL of the queue the message was received from.
     pub const SOURCE_QUEUE: &str = "sluice_source_queue";
     /// Kafka: where the record was read.
     pub const SOURCE_TOPIC: &str = "sluice_source_topic";
+    /// Kafka: the record's partition.
     pub const SOURCE_PARTITION: &str = "sluice_source_partition";
+    /// Kafka: the record's offset in its partition.
     pub const SOURCE_OFFSET: &str = "sluice_source_offset";
 }

@@ -64,6 +64,8 @@ struct QueueState {
 }
 
 impl InMemoryQueueForTests {
+    /// An empty queue. A receive hides a message for `visibility_timeout` and, when nothing is
+    /// visible, waits up to `wait_time` for one (SQS's long poll).
     pub fn new(visibility_timeout: Duration, wait_time: Duration) -> Self {
         InMemoryQueueForTests {
             state: Mutex::new(QueueState::default()),
@@ -95,6 +97,8 @@ impl InMemoryQueueForTests {
         self.lock().refused
     }
 
+    /// Visibility extensions that went through (the heartbeat's, and zero-delay hand-backs); failed
+    /// ones not counted.
     pub fn extends(&self) -> u64 {
         self.lock().extends
     }
@@ -129,10 +133,12 @@ impl InMemoryQueueForTests {
         self.lock().messages.len()
     }
 
+    /// True when every message sent has been deleted.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Messages deleted by acks so far.
     pub fn deleted(&self) -> u64 {
         self.lock().deleted
     }
@@ -318,7 +324,9 @@ impl Source for InMemoryQueueForTests {
 #[derive(Default)]
 pub struct MemoryTableForTests {
     state: Mutex<TableState>,
+    /// BatchWriteItem calls made, failed ones included.
     pub calls: AtomicU64,
+    /// Items written (puts that landed), a key written twice counted twice.
     pub puts: AtomicU64,
 }
 
@@ -354,14 +362,17 @@ impl MemoryTableForTests {
         self.lock().reject_keys.insert(key.to_string());
     }
 
+    /// Every later call sleeps this long before it answers (zero: none).
     pub fn set_latency(&self, latency: Duration) {
         self.lock().latency = latency;
     }
 
+    /// The table's rows now, by key: the last write of each key.
     pub fn rows(&self) -> BTreeMap<String, Item> {
         self.lock().rows.clone()
     }
 
+    /// The most items any successful call carried.
     pub fn largest_batch(&self) -> usize {
         self.lock().largest_batch
     }

@@ -52,6 +52,7 @@ use crate::rate::Backoff;
 
 /// DynamoDB's BatchWriteItem limits.
 pub const MAX_BATCH_ITEMS: usize = 25;
+/// At most 16 MiB per BatchWriteItem call (DynamoDB's request limit), counted here as item sizes.
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// One BatchWriteItem call against the table. Implementations must not retry: the writer does.
@@ -64,8 +65,11 @@ pub trait BatchWriter: Send + Sync + 'static {
     ) -> impl Future<Output = Result<BatchResult, WriteError>> + Send;
 }
 
+/// What a BatchWriteItem call that succeeded reports.
 #[derive(Debug, Default, Clone)]
 pub struct BatchResult {
+    /// Indexes into the batch of the items the table did not process (UnprocessedItems): the writer
+    /// sends them again. Empty: every item was written.
     pub unprocessed: Vec<usize>,
     /// What the call consumed in all, if the table said.
     pub consumed_wcu: Option<f64>,
@@ -73,6 +77,7 @@ pub struct BatchResult {
     pub consumed: Option<Consumed>,
 }
 
+/// How a failed call is treated, sorted by the [`BatchWriter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteErrorKind {
     /// ProvisionedThroughputExceeded, ThrottlingException, RequestLimitExceeded: retry, slower.
@@ -86,16 +91,20 @@ pub enum WriteErrorKind {
     Fatal,
 }
 
+/// A failed BatchWriteItem call, as the [`BatchWriter`] reports it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct WriteError {
+    /// How the writer treats it: retry (slower, for a throttle), split the batch, or fail.
     pub kind: WriteErrorKind,
+    /// The error in words, with the table's own message.
     pub message: String,
     /// For a throttle: DynamoDB's ThrottlingReasons (which resource, which limit).
     pub causes: Vec<ThrottleCause>,
 }
 
 impl WriteError {
+    /// An error with no throttle causes.
     pub fn new(kind: WriteErrorKind, message: impl Into<String>) -> Self {
         WriteError {
             kind,
@@ -104,11 +113,13 @@ impl WriteError {
         }
     }
 
+    /// The same error, with DynamoDB's ThrottlingReasons (empty when it gave none).
     pub fn with_causes(mut self, causes: Vec<ThrottleCause>) -> Self {
         self.causes = causes;
         self
     }
 
+    /// True for throttles and transient errors: the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
@@ -120,12 +131,19 @@ impl WriteError {
 /// Why a message's items were not all written.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteFailure {
+    /// The message made no progress for its `timeout`, with items still unwritten; some may have
+    /// been written (an upsert written twice is harmless).
     #[error("no progress for the message timeout with items still unwritten")]
     Deadline,
+    /// The table refused one of the message's items on its own (ValidationException, found by
+    /// writing the batch item by item): poison, no retry can help.
     #[error("the table rejected an item: {0}")]
     Rejected(WriteError),
+    /// A call failed for good (table missing, access denied): the message goes back to the queue,
+    /// and the failure counts towards the breaker.
     #[error("write failed: {0}")]
     Failed(WriteError),
+    /// The writer's batcher is gone (every [`Writer`] dropped, or its task died).
     #[error("the writer has stopped")]
     Stopped,
 }
@@ -142,6 +160,8 @@ impl WriteFailure {
     }
 }
 
+/// How the [`Writer`] batches, retries and bounds its calls. Defaults: 25 items and 16 MiB per
+/// call, 8 calls in flight, retries from 25 ms to 2 s, 10 s per call, the default breaker.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     /// Items per BatchWriteItem call (1..=25).
@@ -582,6 +602,7 @@ impl Writer {
         self.breaker.clone()
     }
 
+    /// The writer's live counters, shared.
     pub fn stats(&self) -> Arc<WriterStats> {
         self.stats.clone()
     }
@@ -602,6 +623,7 @@ impl Writer {
         self.pacer.seconds(&per_budget)
     }
 
+    /// The budgets (table, indexes, hot keys) this writer paces against.
     pub fn pacer(&self) -> &Arc<Pacer> {
         &self.pacer
     }

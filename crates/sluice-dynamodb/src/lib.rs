@@ -2,6 +2,7 @@
 //! core's writer, which owns batching, retries and pacing. The client given here must have the
 //! SDK's retries disabled ([`writer_client`]): two retry owners would multiply attempts and hide
 //! throttles from the rate controller.
+#![warn(missing_docs)]
 
 use std::collections::HashMap;
 
@@ -37,7 +38,10 @@ pub fn writer_client(sdk_config: &aws_config::SdkConfig) -> Client {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct CheckError {
+    /// What failed and why, with the SDK's cause chain; fit to show an operator as is.
     pub message: String,
+    /// True when retrying cannot help (missing table, wrong key schema, access denied, any other
+    /// non-throttle 4xx); false for throttles, 5xx, time-outs and connection failures.
     pub permanent: bool,
 }
 
@@ -76,6 +80,10 @@ impl CheckError {
 /// The longest any DynamoDB call of the write path may take.
 pub const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The core's [`BatchWriter`] for one table: each batch is one BatchWriteItem call asking for
+/// consumed capacity per index, with no retry of its own. It reports which items came back
+/// unprocessed, and fails the whole batch (as transient) rather than report an unprocessed item it
+/// cannot match as written.
 pub struct DynamoDbWriter {
     client: Client,
     table: String,
@@ -83,6 +91,9 @@ pub struct DynamoDbWriter {
 }
 
 impl DynamoDbWriter {
+    /// A writer of `table`, whose partition key (type S) is named `key_attribute`. `client` should
+    /// come from [`writer_client`] (SDK retries off). Makes no call;
+    /// [`DynamoDbWriter::check_table`] checks the table.
     pub fn new(client: Client, table: impl Into<String>, key_attribute: impl Into<String>) -> Self {
         DynamoDbWriter {
             client,
@@ -176,11 +187,14 @@ pub struct OnDemandLimits {
 /// One budget's capacity: provisioned, or on demand with its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Capacity {
+    /// Provisioned write capacity, in WCU per second.
     Provisioned(u64),
+    /// PAY_PER_REQUEST, with whatever maximum and warm throughput the table declares.
     OnDemand(OnDemandLimits),
 }
 
 impl Capacity {
+    /// The capacity without its on-demand limits, as [`describe_capacity`] reports it.
     pub fn kind(&self) -> TableCapacity {
         match self {
             Capacity::Provisioned(w) => TableCapacity::Provisioned(*w),
@@ -192,7 +206,10 @@ impl Capacity {
 /// Everything a write is metered against, as DescribeTable says: the table and each GSI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableLimits {
+    /// The table's own write capacity.
     pub table: Capacity,
+    /// Each global secondary index sluice's writes also consume (those with a partition key), with
+    /// its key schema and projection and its own capacity.
     pub indexes: Vec<(IndexSpec, Capacity)>,
 }
 
@@ -484,6 +501,8 @@ impl BatchWriter for DynamoDbWriter {
 /// Table administration used by `sluice demo` and the tests.
 pub mod members;
 
+/// Table creation, deletion and scans for `sluice demo`, the tools and the tests; not used on the
+/// write path. Errors come back as text naming the call that failed.
 pub mod admin {
     use std::time::Duration;
 
@@ -498,7 +517,9 @@ pub mod admin {
     /// A global secondary index keyed by one string attribute, projecting ALL.
     #[derive(Debug, Clone)]
     pub struct IndexSpec {
+        /// The index's name.
         pub name: String,
+        /// The index's partition key attribute (type S); the index has no sort key.
         pub key: String,
         /// Provisioned write units (the table must be provisioned too); None on an on-demand
         /// table.
@@ -508,12 +529,15 @@ pub mod admin {
     /// A table keyed by a string partition key, for [`create_table_from`].
     #[derive(Debug, Clone)]
     pub struct TableSpec {
+        /// The table's name.
         pub name: String,
+        /// The partition key attribute (type S); the table has no sort key.
         pub key: String,
         /// Provisioned write (and read) units; None: on-demand.
         pub wcu: Option<i64>,
         /// On-demand only: `OnDemandThroughput.MaxWriteRequestUnits`.
         pub max_on_demand_wcu: Option<i64>,
+        /// Global secondary indexes created with the table; empty for none.
         pub indexes: Vec<IndexSpec>,
     }
 
@@ -620,6 +644,8 @@ pub mod admin {
         Err(format!("table {name} did not become active in 30 s"))
     }
 
+    /// Starts deleting the table (DeleteTable) and returns without waiting for it to be gone. Err:
+    /// the SDK error as text, a missing table included.
     pub async fn delete_table(client: &Client, name: &str) -> Result<(), String> {
         client
             .delete_table()

@@ -18,6 +18,8 @@ use sluice_core::membership::Member;
 
 use crate::CheckError;
 
+/// The membership table of one group: lease writes, a strongly consistent read of the group, and
+/// removals. A failed request is returned as an error, never retried here.
 pub struct MembersTable {
     client: Client,
     table: String,
@@ -36,6 +38,8 @@ fn number(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
 }
 
 impl MembersTable {
+    /// The leases of `group` in `table`. Makes no call; [`MembersTable::ensure`] checks (or
+    /// creates) the table.
     pub fn new(client: Client, table: impl Into<String>, group: impl Into<String>) -> Self {
         MembersTable {
             client,
@@ -44,6 +48,7 @@ impl MembersTable {
         }
     }
 
+    /// The membership table's name.
     pub fn table(&self) -> &str {
         &self.table
     }

@@ -12,12 +12,15 @@ use crate::KafkaConfig;
 /// One partition of a group's topics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionOffsets {
+    /// The topic's name.
     pub topic: String,
+    /// The partition's number within the topic (from 0).
     pub partition: i32,
     /// The group's committed offset (None: nothing committed yet).
     pub committed: Option<i64>,
     /// The partition's first and one-past-last offsets.
     pub low: i64,
+    /// One past the partition's last offset: the offset the next record written will get.
     pub high: i64,
 }
 
@@ -37,10 +40,16 @@ pub enum ReplayFrom {
     Offset(i64),
 }
 
+/// Why an admin operation (offsets, replay, topic creation, a keyed produce) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// librdkafka refused or failed the call (broker unreachable, timeout, authorisation); its
+    /// error kept whole.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// A failure sluice found itself, told in words: a topic missing from the metadata, a topic
+    /// the broker would not create, new offsets refused (a sluice of the group is likely still
+    /// running), or a produce whose delivery was never reported.
     #[error("{0}")]
     Other(String),
 }

@@ -1,5 +1,6 @@
 //! Kafka as sluice's buffer: a consumer group as a [`sluice_core::Source`] with per-partition
 //! commit watermarks, rebalance safety and a DLQ topic.
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod source;

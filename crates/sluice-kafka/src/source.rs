@@ -68,6 +68,7 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// The consumer group.
     pub group_id: String,
+    /// The topics the group subscribes to; all of them are drained into the one table.
     pub topics: Vec<String>,
     /// Where poison records go, with the reason in headers.
     pub dlq_topic: String,
@@ -95,6 +96,9 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// A config with the defaults: commits every 1 s, 5 s revoke grace, 2000 buffered records,
+    /// earliest offset for a new group, 10 s session timeout, 300 s max poll interval, 10 s close
+    /// timeout, no static membership and no extra properties. Connects to nothing.
     pub fn new(brokers: &str, group_id: &str, topics: &[&str], dlq_topic: &str) -> Self {
         KafkaConfig {
             brokers: brokers.into(),
@@ -157,8 +161,12 @@ impl KafkaConfig {
 /// Identifies one delivery of one record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KafkaHandle {
+    /// The record's topic.
     pub topic: Arc<str>,
+    /// The record's partition.
     pub partition: i32,
+    /// The record's offset in its partition. An ack of this handle lets the partition's commit
+    /// point pass it only once every earlier offset is done too.
     pub offset: i64,
     generation: u64,
 }

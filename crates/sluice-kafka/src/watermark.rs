@@ -31,6 +31,9 @@ impl Partition {
     }
 }
 
+/// Every assigned partition's outstanding offsets and commit point. A plain tracker with no IO: the
+/// caller commits what [`Watermarks::to_commit`] returns and reports it back with
+/// [`Watermarks::committed`].
 #[derive(Debug, Default)]
 pub struct Watermarks {
     parts: HashMap<Tp, Partition>,

@@ -68,6 +68,9 @@ impl std::fmt::Display for InvalidConfig {
 
 impl std::error::Error for InvalidConfig {}
 
+/// How a [`Producer`](crate::Producer) packs, batches, retries, bounds its memory and spools;
+/// [`ProducerConfig::validate`] names every field that does not fit. The defaults suit a standard
+/// SQS queue; [`ProducerConfig::for_queue`] sets `fifo` from the URL.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// Largest message body; logs are packed (NDJSON) until the next would pass it. SQS takes up
@@ -82,6 +85,8 @@ pub struct ProducerConfig {
     /// Bytes of logs held in memory (packed, in flight, waiting for a retry); beyond it
     /// `full_policy` applies.
     pub buffer_bytes: usize,
+    /// What a full buffer does to a caller of `send` (default [`FullPolicy::Block`]); `try_send`
+    /// never waits, and a durable send is refused whole.
     pub full_policy: FullPolicy,
     /// SendMessageBatch calls in flight at once (a FIFO queue always uses 1, to keep order).
     pub max_in_flight: usize,
@@ -91,7 +96,11 @@ pub struct ProducerConfig {
     /// FIFO: the log field whose value is the message group (logs without it, and all logs when
     /// unset, go to `default_group`).
     pub group_field: Option<String>,
+    /// FIFO: the MessageGroupId of logs without a group of their own (default `sluice`); 1 to 128
+    /// letters, digits or ASCII punctuation.
     pub default_group: String,
+    /// FIFO: how the MessageDeduplicationId is made (default [`DedupMode::ContentHash`]). Ignored
+    /// on a standard queue.
     pub dedup: DedupMode,
     /// DelaySeconds for every message (standard queues; 0..=900).
     pub delay_seconds: Option<u32>,

@@ -18,6 +18,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::{EntryOutcome, OutMessage, SendFuture, Transport, TransportError, TransportErrorKind};
 
+/// A [`Transport`] to one Kafka topic: each log of a message is one record keyed by its
+/// `key_field`, or, for a FIFO group, the message is one record keyed by the group. A message is
+/// sent only once every record of it is acknowledged (acks=all).
 pub struct KafkaTransport {
     producer: FutureProducer,
     topic: String,

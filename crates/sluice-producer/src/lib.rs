@@ -37,6 +37,7 @@
 //! producer.close().await;
 //! # Ok(()) }
 //! ```
+#![warn(missing_docs)]
 
 mod config;
 mod dispatcher;
@@ -117,6 +118,7 @@ impl Log {
         self
     }
 
+    /// The log's JSON text as it will be sent, with the characters SQS refuses escaped.
     pub fn json(&self) -> &str {
         &self.json
     }
@@ -127,40 +129,77 @@ impl Log {
     }
 }
 
+/// Why the producer did not take a log, or why a durable send failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProduceError {
+    /// The buffer (`buffer_bytes`) has no room and the log was not taken: shed under
+    /// [`FullPolicy::Shed`], or a durable send refused whole.
     #[error("the producer's buffer is full (producer.buffer_bytes); the log was not taken")]
     Full,
+    /// The log is not a JSON object (or the text is not JSON).
     #[error("a log must be a JSON object")]
     NotAnObject,
+    /// The log alone is larger than a message may be; it was refused at once, never sent.
     #[error("a log of {bytes} bytes cannot fit a message of at most {max} bytes")]
-    TooLarge { bytes: usize, max: usize },
+    TooLarge {
+        /// The log's size in bytes, its newline included.
+        bytes: usize,
+        /// `max_message_bytes`.
+        max: usize,
+    },
+    /// The producer's background task is gone ([`Producer::close`] was called): nothing more is
+    /// taken. A durable send gets it too when its logs were dropped at shutdown with no spool.
     #[error("the producer is closed")]
     Closed,
+    /// The queue refused a whole message for good. Not returned by this crate today (refused logs
+    /// are reported one by one, as [`ProduceError::LogRejected`]); kept for callers that match on
+    /// it.
     #[error("the queue refused the message: {0}")]
     Rejected(String),
     /// One log of a durable send was refused by the queue for good (and written to the reject
     /// file): `index` is its place in the send.
     #[error("the queue refused log {index}: {reason}")]
-    LogRejected { index: usize, reason: String },
+    LogRejected {
+        /// The refused log's 0-based place in the send (the first one, when several were).
+        index: usize,
+        /// The queue's reason.
+        reason: String,
+    },
 }
 
 /// Counters a caller can read (the same figures go to the `metrics` facade).
 #[derive(Debug, Default)]
 pub struct ProducerStats {
+    /// Logs taken into the buffer.
     pub logs_accepted: AtomicU64,
+    /// Logs dropped because the buffer was full (`send` under [`FullPolicy::Shed`], or `try_send`).
     pub logs_shed: AtomicU64,
+    /// Logs refused for good: larger than `max_message_bytes` when sent, or refused by the queue
+    /// (then written to the reject file).
     pub logs_rejected: AtomicU64,
+    /// Logs lost at shutdown: the queue did not take them within `shutdown_timeout` and they could
+    /// not be spooled.
     pub logs_dropped: AtomicU64,
+    /// Messages the queue took on the direct path (replays from the spool not included).
     pub messages_sent: AtomicU64,
+    /// Logs in those messages, refused ones not included.
     pub logs_sent: AtomicU64,
+    /// Messages written to the spool.
     pub messages_spooled: AtomicU64,
+    /// Messages sent from the spool once the queue took messages again.
     pub messages_replayed: AtomicU64,
+    /// SendMessageBatch calls completed on the direct path, failed ones included.
     pub batches: AtomicU64,
+    /// Batches (direct or replayed) that the queue did not take whole; each is retried or spooled.
     pub send_errors: AtomicU64,
+    /// Bytes of logs in memory now (packed, in flight or waiting for a retry), at most
+    /// `buffer_bytes`.
     pub buffer_bytes: AtomicU64,
+    /// Bytes of messages waiting in the spool now.
     pub spool_bytes: AtomicU64,
+    /// Messages waiting in the spool now.
     pub spool_messages: AtomicU64,
+    /// True while the spool holds messages: new messages queue behind them, so order is kept.
     pub spooling: AtomicBool,
 }
 
@@ -316,10 +355,12 @@ impl Producer {
         })
     }
 
+    /// The producer's counters, shared by every clone.
     pub fn stats(&self) -> &ProducerStats {
         &self.shared.stats
     }
 
+    /// The config in effect: as given, with `max_in_flight` forced to 1 on a FIFO queue.
     pub fn config(&self) -> &ProducerConfig {
         &self.shared.config
     }
@@ -445,6 +486,8 @@ impl Producer {
         self.try_send_log(log)
     }
 
+    /// [`Producer::try_send`] for a log already serialized: never waits; a full buffer drops it
+    /// (counted as shed) and returns [`ProduceError::Full`].
     pub fn try_send_log(&self, log: Log) -> Result<(), ProduceError> {
         let bytes = self.cost(&log)?;
         match self.shared.budget.try_acquire_many(bytes) {
@@ -466,6 +509,8 @@ impl Producer {
         self.send_logs_durable(logs).await
     }
 
+    /// [`Producer::send_durable`] for logs already serialized: all or none are taken, and it
+    /// returns once each is in the queue or in the spool. An empty list succeeds at once.
     pub async fn send_logs_durable(&self, logs: Vec<Log>) -> Result<(), ProduceError> {
         if logs.is_empty() {
             return Ok(());

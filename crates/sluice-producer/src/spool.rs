@@ -48,18 +48,24 @@ pub enum FsyncPolicy {
     Never,
 }
 
+/// Where the spool lives and how big and how durable it is. [`SpoolConfig::new`] gives the
+/// defaults.
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
+    /// The spool's directory, created if missing. One producer per directory: a second one fails
+    /// with [`SpoolError::Locked`].
     pub dir: PathBuf,
     /// Bytes of undelivered records the spool may hold; appends beyond it fail with
     /// [`SpoolError::Full`].
     pub max_bytes: u64,
     /// A new segment starts once the current one reaches this size.
     pub segment_bytes: u64,
+    /// When appends are forced to disk (default [`FsyncPolicy::Always`]).
     pub fsync: FsyncPolicy,
 }
 
 impl SpoolConfig {
+    /// A spool in `dir` holding at most 1 GiB, in segments of 64 MiB, fsynced after every append.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         SpoolConfig {
             dir: dir.into(),
@@ -70,19 +76,36 @@ impl SpoolConfig {
     }
 }
 
+/// Why a spool operation failed. Nothing is lost by a failed append: it adds all or none.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
+    /// The append would pass `max_bytes`; nothing of it was written.
     #[error(
         "the spool is full ({pending} of {max} bytes hold undelivered messages); raise producer.spool_max_bytes or fix the queue"
     )]
-    Full { pending: u64, max: u64 },
+    Full {
+        /// Bytes already waiting in the spool.
+        pending: u64,
+        /// The spool's `max_bytes`.
+        max: u64,
+    },
+    /// Reading or writing a spool file failed (disk full, permissions, ...).
     #[error("spool I/O error in {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Another process holds the directory's LOCK file.
     #[error(
         "the spool {} is in use by another process (its LOCK file is held); give each producer its own producer.spool_dir",
         dir.display()
     )]
-    Locked { dir: PathBuf },
+    Locked {
+        /// The spool directory.
+        dir: PathBuf,
+    },
 }
 
 /// Makes a directory entry (a new file, a rename) durable: without it a power cut can take the
@@ -103,14 +126,18 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
 /// A position in the spool: segment number and byte offset inside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
+    /// The segment's number (its file name's 16 hex digits).
     pub segment: u64,
+    /// Byte offset in the segment file, its 8-byte header included.
     pub offset: u64,
 }
 
 /// What [`Spool::open`] found on disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
+    /// Undelivered messages found, to be replayed.
     pub records: u64,
+    /// Their size on disk in bytes, record headers included.
     pub bytes: u64,
     /// Bytes cut from the tail of the newest segment (a record torn by a crash).
     pub torn_bytes: u64,
@@ -118,6 +145,8 @@ pub struct Recovery {
     pub corrupt_segments: u64,
 }
 
+/// The open spool: appends at the tail, reads and commits at the cursor, in order. Not shared: one
+/// owner (the producer's task), and a lock file keeps other processes out of the directory.
 pub struct Spool {
     config: SpoolConfig,
     /// First undelivered record.
@@ -459,6 +488,7 @@ impl Spool {
         self.records
     }
 
+    /// True when every message appended has been committed as delivered.
     pub fn is_empty(&self) -> bool {
         self.records == 0
     }
@@ -468,6 +498,7 @@ impl Spool {
         self.bytes
     }
 
+    /// The most bytes the spool may hold undelivered (`SpoolConfig::max_bytes`).
     pub fn max_bytes(&self) -> u64 {
         self.config.max_bytes
     }

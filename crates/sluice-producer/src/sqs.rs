@@ -36,6 +36,9 @@ const THROTTLE_CODES: &[&str] = &[
     "KmsThrottled",
 ];
 
+/// A [`Transport`] to one SQS queue: one SendMessageBatch per batch, SDK retries off (the producer
+/// owns retries). Whole-call failures are sorted into throttled, unavailable or refused; each
+/// entry's failure into retry or rejected.
 #[derive(Clone)]
 pub struct SqsTransport {
     client: Client,

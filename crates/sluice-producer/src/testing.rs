@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::{EntryOutcome, OutMessage, SendFuture, Transport, TransportError, TransportErrorKind};
 
+/// An in-memory [`Transport`] that takes every message unless told to fail, and records what it
+/// took. Clones share one queue.
 #[derive(Clone, Default)]
 pub struct FakeQueue {
     inner: Arc<Inner>,
@@ -27,6 +29,7 @@ struct Inner {
 }
 
 impl FakeQueue {
+    /// An empty queue that takes everything.
     pub fn new() -> Self {
         Self::default()
     }
@@ -55,10 +58,13 @@ impl FakeQueue {
         self.inner.messages.locked().clone()
     }
 
+    /// Send calls made so far, failed ones included.
     pub fn calls(&self) -> usize {
         self.inner.calls.load(Ordering::SeqCst)
     }
 
+    /// Entries failed transiently so far (by [`FakeQueue::fail_entries_every`]); refused ones are
+    /// not counted.
     pub fn entry_failures(&self) -> u64 {
         self.inner.entry_failures.load(Ordering::SeqCst)
     }

@@ -6,15 +6,21 @@ use std::pin::Pin;
 /// One message as it goes to the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutMessage {
+    /// The body: one or more logs as NDJSON, at most `max_message_bytes`.
     pub body: String,
+    /// FIFO: the MessageGroupId; None on a standard queue.
     pub group_id: Option<String>,
+    /// FIFO: the MessageDeduplicationId (a hash, see [`DedupMode`](crate::DedupMode)); None on a
+    /// standard queue.
     pub dedup_id: Option<String>,
+    /// DelaySeconds (0..=900, standard queues only); None: the queue's own delay.
     pub delay_seconds: Option<u32>,
 }
 
 /// What the queue said of one entry of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryOutcome {
+    /// The queue took the message.
     Sent,
     /// A transient failure (throttled, internal error): try again.
     Retry(String),
@@ -22,6 +28,7 @@ pub enum EntryOutcome {
     Rejected(String),
 }
 
+/// How a whole failed call is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportErrorKind {
     /// The queue says slow down.
@@ -47,10 +54,14 @@ impl TransportErrorKind {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct TransportError {
+    /// What kind of failure: decides between backing off, spooling, and splitting the batch.
     pub kind: TransportErrorKind,
+    /// The error in words, with the queue's own message.
     pub message: String,
 }
 
+/// What [`Transport::send`] returns, boxed: one outcome per message in order, or the whole call's
+/// error.
 pub type SendFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<EntryOutcome>, TransportError>> + Send + 'a>>;
 

@@ -7,6 +7,7 @@
 //! instances whose clocks disagree still agree on the bucket. A refused lease says how long to
 //! wait. When Redis cannot be reached the caller ([`sluice_core::WcuLimiter`]) falls back to its
 //! local share; this type only reports the failure and reconnects on the next call.
+#![warn(missing_docs)]
 
 use sluice_core::sync::Recover;
 use std::future::Future;
@@ -37,11 +38,17 @@ return {1, 0}
 /// The fleet bucket's rate and burst.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BucketRate {
+    /// The whole fleet's sustained rate in WCU per second, shared by every instance using the key;
+    /// at 0 or below every lease fails, and the caller falls back to its local share.
     pub wcu_per_second: f64,
     /// Largest lease the bucket grants at once (and the most it lets pile up while idle).
     pub burst_wcu: u32,
 }
 
+/// The fleet's [`LeaseSource`]: a GCRA bucket in one Redis key, charged atomically by a Lua script
+/// on Redis's clock. A request (capped at the burst) is granted whole or refused with the wait
+/// until it would be; a Redis error is returned as an error, never as a grant, and the connection
+/// is remade on the next call.
 pub struct RedisBucket {
     client: redis::Client,
     key: String,
@@ -73,6 +80,7 @@ impl RedisBucket {
         *lock(&self.rate) = rate;
     }
 
+    /// The rate and burst leases are charged against now, as last set by [`RedisBucket::set_rate`].
     pub fn rate(&self) -> BucketRate {
         *lock(&self.rate)
     }

@@ -14,6 +14,7 @@
 //!   throttled requests, unprocessed items
 //! - `GET  /_sim/queues`: message counts per queue
 //! - `GET  /_sim/requests`: requests served per operation
+#![warn(missing_docs)]
 
 pub mod capacity;
 pub mod dynamodb;

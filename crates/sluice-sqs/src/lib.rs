@@ -12,6 +12,7 @@
 //! `request_timeout` and every operation, retries included, three times that; ReceiveMessage gets
 //! the long-poll wait on top of both. A server that accepts a call and never answers costs one
 //! deadline, never a hang.
+#![warn(missing_docs)]
 
 use sluice_core::source::dead_letter;
 use std::time::Duration;
@@ -43,8 +44,11 @@ pub fn client_with_deadlines(sdk: &aws_config::SdkConfig, request_timeout: Durat
     Client::from_conf(config)
 }
 
+/// What [`SqsSource`] reads from and how: one queue, its long poll, the visibility asked for, the
+/// dead-letter queue sluice writes poison to, and the per-call deadline.
 #[derive(Debug, Clone)]
 pub struct SqsSourceConfig {
+    /// The URL of the queue to drain (standard or FIFO), as SQS returns it from GetQueueUrl.
     pub queue_url: String,
     /// Long-poll wait, 0..=20 seconds.
     pub wait_time_seconds: u32,
@@ -56,6 +60,10 @@ pub struct SqsSourceConfig {
     pub request_timeout: Duration,
 }
 
+/// One SQS queue as the engine's [`Source`]: ReceiveMessage long polls (at most 10 messages each),
+/// DeleteMessageBatch acks, ChangeMessageVisibility nacks and extensions, and SendMessage of poison
+/// to the dead-letter queue. It keeps no state between calls beyond the DLQ's size limit, read
+/// once.
 pub struct SqsSource {
     client: Client,
     config: SqsSourceConfig,
@@ -64,6 +72,8 @@ pub struct SqsSource {
 }
 
 impl SqsSource {
+    /// A source over `client`, which should come from [`client_with_deadlines`] so that no call
+    /// hangs. Makes no call: a wrong URL or missing permission shows on the first receive.
     pub fn new(client: Client, config: SqsSourceConfig) -> Self {
         SqsSource {
             client,
@@ -72,6 +82,7 @@ impl SqsSource {
         }
     }
 
+    /// The URL of the queue this source drains.
     pub fn queue_url(&self) -> &str {
         &self.config.queue_url
     }
@@ -595,6 +606,9 @@ pub mod admin {
             .ok_or_else(|| "GetQueueAttributes returned no MaximumMessageSize".to_string())
     }
 
+    /// Deletes the queue (DeleteQueue). SQS may take up to 60 seconds to forget the name, so a
+    /// queue of the same name created right after can fail. Err: the SDK error, with its cause
+    /// chain.
     pub async fn delete_queue(client: &Client, url: &str) -> Result<(), String> {
         client
             .delete_queue()

@@ -4,6 +4,7 @@
 //! The servers are installed by `scripts/install-test-servers.sh` into `$SLUICE_TOOLS_DIR`
 //! (default `<repo>/.tools`). A test that needs one starts it; when it is not installed the test
 //! fails with the command that installs it, never skips.
+#![warn(missing_docs)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -16,9 +17,14 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 /// Credentials the local servers accept (DynamoDB Local wants letters and digits only, and
 /// keeps tables per access key and region: every client here uses the same pair).
 pub const ACCESS_KEY: &str = "test";
+/// The secret key paired with [`ACCESS_KEY`]; any value works locally, but every client must use
+/// the same.
 pub const SECRET_KEY: &str = "test";
+/// The region every test client uses; DynamoDB Local keeps a separate set of tables per region.
 pub const REGION: &str = "us-east-1";
 
+/// Where the test servers are installed: `$SLUICE_TOOLS_DIR`, or `.tools` at the repository root
+/// when it is unset. The directory need not exist.
 pub fn tools_dir() -> PathBuf {
     std::env::var_os("SLUICE_TOOLS_DIR")
         .map(PathBuf::from)
@@ -35,7 +41,9 @@ pub fn free_port() -> u16 {
 
 /// A running server; killed and reaped on drop.
 pub struct ServerProcess {
+    /// The server's name, as error messages and the log file name give it.
     pub name: &'static str,
+    /// Base URL of the server, `http://127.0.0.1:{port}`, for an SDK's `endpoint_url`.
     pub endpoint: String,
     child: Child,
     log: PathBuf,
@@ -351,9 +359,15 @@ pub enum Backend {
 
 /// Servers for one test, with clients and helpers.
 pub struct TestEnv {
+    /// Base URL the SQS client talks to.
     pub sqs_endpoint: String,
+    /// Base URL the DynamoDB client talks to; the same as `sqs_endpoint` unless the backend is
+    /// [`Backend::DynamoDbLocal`].
     pub dynamodb_endpoint: String,
+    /// An SQS client for `sqs_endpoint`, with the test credentials and SDK defaults (retries on).
     pub sqs: aws_sdk_sqs::Client,
+    /// A DynamoDB client for `dynamodb_endpoint`, with the test credentials and SDK defaults
+    /// (retries on; the daemon's writer disables them).
     pub dynamodb: aws_sdk_dynamodb::Client,
     /// The simulator, when the backend is [`Backend::Sim`] (its admin reports are here).
     pub sim: Option<sluice_sim::SimServer>,
@@ -361,6 +375,9 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
+    /// Starts the servers `backend` needs on free loopback ports (the simulator in this process)
+    /// and waits until each answers. Err: a server is not installed (the message says how to
+    /// install it), exits early or is not ready in time (the message has its log's last lines).
     pub async fn start(backend: Backend) -> Result<TestEnv> {
         if backend == Backend::Sim {
             return Self::start_sim(sluice_sim::SimConfig::default()).await;
@@ -402,10 +419,13 @@ impl TestEnv {
         })
     }
 
+    /// An SDK config for `sqs_endpoint` with the test credentials, for clients built elsewhere.
     pub async fn sqs_config(&self) -> SdkConfig {
         sdk_config(&self.sqs_endpoint).await
     }
 
+    /// An SDK config for `dynamodb_endpoint` with the test credentials, for clients built
+    /// elsewhere.
     pub async fn dynamodb_config(&self) -> SdkConfig {
         sdk_config(&self.dynamodb_endpoint).await
     }
@@ -468,12 +488,15 @@ impl TestEnv {
 /// A small IMDSv2 server: token PUTs succeed; `/latest/meta-data/spot/instance-action` answers
 /// 404 until [`FakeImds::notify`] sets a notice. Stops when dropped.
 pub struct FakeImds {
+    /// Base URL of the server, to give the code under test as its IMDS endpoint.
     pub endpoint: String,
     notice: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeImds {
+    /// Binds a free loopback port and serves on it in a task of the current runtime, with no notice
+    /// set. Err: the port could not be bound.
     pub async fn start() -> Result<FakeImds> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
