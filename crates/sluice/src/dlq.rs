@@ -279,6 +279,10 @@ async fn send_batch(
     }
 }
 
+/// `sluice dlq redrive`: moves messages from the dead-letter queue back to the source, at most
+/// `rate` a second and `max` in all, until the dead-letter queue answers empty twice. A message
+/// the source refuses stays in the dead-letter queue (and is not tried again this run); one
+/// sent back is deleted from the dead-letter queue only then.
 async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u64>) -> Result<()> {
     let fifo = source.ends_with(".fifo");
     let dlq_source = sluice_sqs::SqsSource::new(
@@ -296,23 +300,9 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
     let mut last = Instant::now();
     let mut empty_polls = 0;
     let mut unsendable: HashMap<String, String> = HashMap::new();
-    loop {
-        if max.is_some_and(|m| moved >= m) || empty_polls >= 2 {
-            break;
-        }
+    while !max.is_some_and(|m| moved >= m) && empty_polls < 2 {
         let want = max.map_or(10, |m| (m - moved).min(10)) as i32;
-        let out = sqs
-            .receive_message()
-            .queue_url(dlq)
-            .max_number_of_messages(want)
-            .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .visibility_timeout(60)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .map_err(|e| anyhow!("ReceiveMessage {dlq}: {}", DisplayErrorContext(&e)))?;
-        let messages = out.messages();
+        let messages = receive(sqs, dlq, want).await?;
         if messages.is_empty() {
             empty_polls += 1;
             continue;
@@ -322,96 +312,25 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
         // dead-letter queue, invisible until this redrive is over).
         let mut entries = Vec::new();
         for (i, m) in messages.iter().enumerate() {
-            if m.message_id().is_some_and(|id| unsendable.contains_key(id)) {
-                continue;
+            if !m.message_id().is_some_and(|id| unsendable.contains_key(id)) {
+                entries.push(entry_for(i, m, fifo)?);
             }
-            // sluice's own dead-letter attributes stay behind; the producer's travel back.
-            let attrs: HashMap<String, MessageAttributeValue> = m
-                .message_attributes()
-                .map(|a| {
-                    a.iter()
-                        .filter(|(k, _)| !k.starts_with("sluice_"))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let bytes = m.body().map_or(1, str::len)
-                + attrs
-                    .iter()
-                    .map(|(k, v)| {
-                        k.len()
-                            + v.data_type().len()
-                            + v.string_value().map_or(0, str::len)
-                            + v.binary_value().map_or(0, |b| b.as_ref().len())
-                    })
-                    .sum::<usize>();
-            let mut e = SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(m.body().unwrap_or(" "))
-                .set_message_attributes((!attrs.is_empty()).then_some(attrs));
-            if fifo {
-                let group = m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
-                    .cloned()
-                    .unwrap_or_else(|| "redrive".into());
-                e = e
-                    .message_group_id(group)
-                    .message_deduplication_id(m.message_id().unwrap_or_default());
-            }
-            entries.push((i, bytes, e.build().map_err(|e| anyhow!("{e}"))?));
         }
-        // SendMessageBatch takes 10 entries and 1 MiB at most: pack by both.
         let mut ok: Vec<usize> = Vec::new();
-        let mut batch: Vec<(usize, usize, SendMessageBatchRequestEntry)> = Vec::new();
-        let mut batch_bytes = 0;
-        let mut rest = entries.into_iter().peekable();
-        loop {
-            let next_fits = rest.peek().is_some_and(|(_, b, _)| {
-                batch.len() < 10 && (batch.is_empty() || batch_bytes + b <= MAX_BATCH_BYTES)
-            });
-            if next_fits {
-                let e = rest.next().expect("peeked");
-                batch_bytes += e.1;
-                batch.push(e);
-                continue;
-            }
-            if batch.is_empty() {
-                break;
-            }
-            let sent = send_batch(sqs, source, std::mem::take(&mut batch)).await;
-            batch_bytes = 0;
-            for (i, outcome) in sent {
-                match outcome {
-                    Ok(()) => ok.push(i),
-                    Err(why) => {
-                        failed += 1;
-                        let id = messages[i].message_id().unwrap_or_default().to_owned();
-                        eprintln!(
-                            "warning: message {id} could not be sent back ({why}); it stays in the dead-letter queue"
-                        );
-                        unsendable.insert(id, why);
-                    }
+        for (i, outcome) in send_packed(sqs, source, entries).await {
+            match outcome {
+                Ok(()) => ok.push(i),
+                Err(why) => {
+                    failed += 1;
+                    let id = messages[i].message_id().unwrap_or_default().to_owned();
+                    eprintln!(
+                        "warning: message {id} could not be sent back ({why}); it stays in the dead-letter queue"
+                    );
+                    unsendable.insert(id, why);
                 }
             }
         }
-        // The DLQ as a source: its ack is the batched delete, with per-entry failures.
-        let handles: Vec<String> = ok
-            .iter()
-            .filter_map(|&i| messages[i].receipt_handle().map(String::from))
-            .collect();
-        if !handles.is_empty() {
-            let undeleted = dlq_source.ack(&handles).await;
-            if let Some(f) = undeleted.first() {
-                // Sent back but still in the DLQ: a later redrive sends it again (the row is
-                // rewritten idempotently). Say so rather than hide it.
-                eprintln!(
-                    "warning: {} message(s) were sent back but could not be deleted from the dead-letter queue: {}",
-                    undeleted.len(),
-                    f.error
-                );
-            }
-        }
+        delete_sent(&dlq_source, &messages, &ok).await;
         moved += ok.len() as u64;
         if last.elapsed() >= Duration::from_secs(1) {
             eprintln!(
@@ -436,6 +355,122 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
         );
     }
     Ok(())
+}
+
+/// Up to `want` messages of the dead-letter queue, with their attributes and FIFO group,
+/// invisible for a minute while they are moved.
+async fn receive(sqs: &Client, dlq: &str, want: i32) -> Result<Vec<aws_sdk_sqs::types::Message>> {
+    let out = sqs
+        .receive_message()
+        .queue_url(dlq)
+        .max_number_of_messages(want)
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .visibility_timeout(60)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .map_err(|e| anyhow!("ReceiveMessage {dlq}: {}", DisplayErrorContext(&e)))?;
+    Ok(out.messages().to_vec())
+}
+
+/// The entry that sends message `i` back, with its size as SQS counts it. sluice's own
+/// dead-letter attributes stay behind; the producer's travel back. On a FIFO queue it keeps its
+/// group and is deduplicated by its message id.
+fn entry_for(
+    i: usize,
+    m: &aws_sdk_sqs::types::Message,
+    fifo: bool,
+) -> Result<(usize, usize, SendMessageBatchRequestEntry)> {
+    let attrs: HashMap<String, MessageAttributeValue> = m
+        .message_attributes()
+        .map(|a| {
+            a.iter()
+                .filter(|(k, _)| !k.starts_with("sluice_"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let bytes = m.body().map_or(1, str::len)
+        + attrs
+            .iter()
+            .map(|(k, v)| {
+                k.len()
+                    + v.data_type().len()
+                    + v.string_value().map_or(0, str::len)
+                    + v.binary_value().map_or(0, |b| b.as_ref().len())
+            })
+            .sum::<usize>();
+    let mut e = SendMessageBatchRequestEntry::builder()
+        .id(i.to_string())
+        .message_body(m.body().unwrap_or(" "))
+        .set_message_attributes((!attrs.is_empty()).then_some(attrs));
+    if fifo {
+        let group = m
+            .attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+            .cloned()
+            .unwrap_or_else(|| "redrive".into());
+        e = e
+            .message_group_id(group)
+            .message_deduplication_id(m.message_id().unwrap_or_default());
+    }
+    Ok((i, bytes, e.build().map_err(|e| anyhow!("{e}"))?))
+}
+
+/// Sends the entries in batches packed by SendMessageBatch's limits (10 entries, 1 MiB):
+/// each entry's outcome by its index.
+async fn send_packed(
+    sqs: &Client,
+    source: &str,
+    entries: Vec<(usize, usize, SendMessageBatchRequestEntry)>,
+) -> Vec<(usize, Result<(), String>)> {
+    let mut out = Vec::new();
+    let mut batch: Vec<(usize, usize, SendMessageBatchRequestEntry)> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut rest = entries.into_iter().peekable();
+    loop {
+        let next_fits = rest.peek().is_some_and(|(_, b, _)| {
+            batch.len() < 10 && (batch.is_empty() || batch_bytes + b <= MAX_BATCH_BYTES)
+        });
+        if next_fits {
+            let e = rest.next().expect("peeked");
+            batch_bytes += e.1;
+            batch.push(e);
+            continue;
+        }
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(send_batch(sqs, source, std::mem::take(&mut batch)).await);
+        batch_bytes = 0;
+    }
+}
+
+/// Deletes from the dead-letter queue the messages sent back (the DLQ as a source: its ack is
+/// the batched delete, with per-entry failures).
+async fn delete_sent(
+    dlq_source: &sluice_sqs::SqsSource,
+    messages: &[aws_sdk_sqs::types::Message],
+    ok: &[usize],
+) {
+    let handles: Vec<String> = ok
+        .iter()
+        .filter_map(|&i| messages[i].receipt_handle().map(String::from))
+        .collect();
+    if handles.is_empty() {
+        return;
+    }
+    let undeleted = dlq_source.ack(&handles).await;
+    if let Some(f) = undeleted.first() {
+        // Sent back but still in the DLQ: a later redrive sends it again (the row is rewritten
+        // idempotently). Say so rather than hide it.
+        eprintln!(
+            "warning: {} message(s) were sent back but could not be deleted from the dead-letter queue: {}",
+            undeleted.len(),
+            f.error
+        );
+    }
 }
 
 /// The command: its errors said on stderr, exit 1.
