@@ -29,7 +29,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -384,6 +384,9 @@ fn commit_done(consumer: &BaseConsumer<Ctx>, shared: &Shared) {
 /// Records held back (the workers being behind) before fetching pauses.
 const PAUSE_AFTER: usize = 64;
 
+/// The consumer thread: polls, hands records to the workers through `tx` as fast as they take
+/// them (holding the rest back, and pausing fetching when that lasts), and commits what is
+/// written every `commit_interval`; until `stop`.
 fn consume(
     consumer: BaseConsumer<Ctx>,
     tx: mpsc::Sender<Record>,
@@ -401,21 +404,8 @@ fn consume(
             commit_done(&consumer, &shared);
             last_commit = std::time::Instant::now();
         }
-        while let Some(r) = pending.front() {
-            if !shared.current(&r.handle) {
-                pending.pop_front(); // revoked while it waited: the new owner reads it
-                continue;
-            }
-            match tx.try_send(r.clone()) {
-                Ok(()) => {
-                    pending.pop_front();
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => break,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    stop.store(true, Ordering::Release);
-                    break;
-                }
-            }
+        if hand_over(&mut pending, &tx, &shared) {
+            stop.store(true, Ordering::Release);
         }
         if pending.is_empty() {
             if paused {
@@ -445,31 +435,7 @@ fn consume(
         last_poll = std::time::Instant::now();
         let wait = if pending.is_empty() { 100 } else { 0 };
         match consumer.poll(Duration::from_millis(wait)) {
-            Some(Ok(m)) => {
-                let topic = topics
-                    .entry(m.topic().to_owned())
-                    .or_insert_with(|| Arc::from(m.topic()))
-                    .clone();
-                let tp = (m.topic().to_owned(), m.partition());
-                let mut w = shared.wm();
-                let Some(generation) = w.generation(&tp) else {
-                    continue;
-                };
-                w.received(&tp, generation, m.offset());
-                drop(w);
-                pending.push_back(Record {
-                    handle: KafkaHandle {
-                        topic,
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        generation,
-                    },
-                    key: m.key().map(Bytes::copy_from_slice),
-                    payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-                    timestamp_ms: m.timestamp().to_millis().map(|t| t.max(0) as u64),
-                    receive_count: 1,
-                });
-            }
+            Some(Ok(m)) => pending.extend(record_of(&m, &shared, &mut topics)),
             Some(Err(error)) => {
                 metrics::counter!(catalog::KAFKA_CLIENT_ERRORS_TOTAL).increment(1);
                 tracing::warn!(%error, "kafka poll error");
@@ -484,6 +450,56 @@ fn consume(
     commit_done(&consumer, &shared);
     consumer.unsubscribe();
     drop(consumer);
+}
+
+/// Hands the held-back records to the workers, oldest first, as long as the channel has room;
+/// a record whose partition was revoked meanwhile is dropped (the new owner reads it). True
+/// when the workers are gone (the channel closed).
+fn hand_over(pending: &mut VecDeque<Record>, tx: &mpsc::Sender<Record>, shared: &Shared) -> bool {
+    while let Some(r) = pending.front() {
+        if !shared.current(&r.handle) {
+            pending.pop_front();
+            continue;
+        }
+        match tx.try_send(r.clone()) {
+            Ok(()) => {
+                pending.pop_front();
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => return false,
+            Err(mpsc::error::TrySendError::Closed(_)) => return true,
+        }
+    }
+    false
+}
+
+/// The record of a polled message, counted as received in its partition's watermark; None if
+/// its partition is not (or no longer) assigned here.
+fn record_of(
+    m: &BorrowedMessage<'_>,
+    shared: &Shared,
+    topics: &mut HashMap<String, Arc<str>>,
+) -> Option<Record> {
+    let topic = topics
+        .entry(m.topic().to_owned())
+        .or_insert_with(|| Arc::from(m.topic()))
+        .clone();
+    let tp = (m.topic().to_owned(), m.partition());
+    let mut w = shared.wm();
+    let generation = w.generation(&tp)?;
+    w.received(&tp, generation, m.offset());
+    drop(w);
+    Some(Record {
+        handle: KafkaHandle {
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            generation,
+        },
+        key: m.key().map(Bytes::copy_from_slice),
+        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        timestamp_ms: m.timestamp().to_millis().map(|t| t.max(0) as u64),
+        receive_count: 1,
+    })
 }
 
 /// A Kafka consumer group as a sluice [`Source`].
