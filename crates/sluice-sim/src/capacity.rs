@@ -25,6 +25,8 @@ pub struct WriteCapacity {
 }
 
 impl WriteCapacity {
+    /// A bucket earning `rate` WCU per second, keeping up to `burst_seconds` (at least 1) of it as
+    /// credit, and starting with one second of capacity.
     pub fn new(rate: u64, burst_seconds: f64, now: Instant) -> Self {
         let rate = rate as f64;
         WriteCapacity {
@@ -75,6 +77,7 @@ impl WriteCapacity {
         self.tokens
     }
 
+    /// The rate the bucket earns, in WCU per second.
     pub fn rate(&self) -> u64 {
         self.rate as u64
     }
@@ -98,6 +101,7 @@ impl WriteCapacity {
 pub struct CapacityLog {
     /// Unix second → WCU consumed in it. The last hour is kept.
     pub per_second: BTreeMap<u64, f64>,
+    /// WCU consumed since the table was created.
     pub consumed_total: f64,
     /// Requests refused whole (ProvisionedThroughputExceeded / ThrottlingException).
     pub throttled_requests: u64,
@@ -106,6 +110,8 @@ pub struct CapacityLog {
 }
 
 impl CapacityLog {
+    /// Adds `units` consumed now to the current wall-clock second and the total; seconds older than
+    /// the last 3,600 recorded are forgotten.
     pub fn record(&mut self, units: f64) {
         let second = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -118,6 +124,7 @@ impl CapacityLog {
         }
     }
 
+    /// The most WCU consumed in one second, over the seconds kept; 0 before any write.
     pub fn peak(&self) -> f64 {
         self.per_second.values().copied().fold(0.0, f64::max)
     }

@@ -14,6 +14,8 @@ use serde_json::{Map, Value, json};
 use crate::error::{ApiError, ApiResult};
 use crate::meter::{Billing, DEFAULT_WARM_WCU, Gsi, Meter, Projection};
 
+/// DynamoDB's largest item, 400 KiB as DynamoDB counts item size; a larger one is refused with a
+/// ValidationException.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 const MAX_BATCH_WRITE: usize = 25;
 /// The largest BatchWriteItem request body DynamoDB takes (16 MB); larger is refused whole.
@@ -26,9 +28,13 @@ pub const DEFAULT_UPDATING: Duration = Duration::from_millis(100);
 /// CreateTable tags that set how long the table stays CREATING, and UPDATING after each
 /// UpdateTable, in milliseconds (DynamoDB ignores them: they are ordinary tags there).
 pub const CREATING_MS_TAG: &str = "sluice-sim:creating-ms";
+/// The tag that sets how long the table stays UPDATING after each UpdateTable (milliseconds;
+/// default [`DEFAULT_UPDATING`]).
 pub const UPDATING_MS_TAG: &str = "sluice-sim:updating-ms";
 const PAGE_BYTES: usize = 1024 * 1024;
 
+/// How the simulator's tables meter writes, for every table it serves. The default is DynamoDB's:
+/// 300 s of burst credit, and an on-demand ceiling of 40,000 WCU per second.
 #[derive(Debug, Clone)]
 pub struct TableSettings {
     /// Seconds of unused capacity a provisioned table keeps as burst credit (DynamoDB: 300).
@@ -85,6 +91,8 @@ struct Refusal {
     resource: String,
 }
 
+/// The DynamoDB half of the server: every table, its items and its meters, behind one lock. Answers
+/// one operation at a time through [`DynamoDb::handle`].
 pub struct DynamoDb {
     tables: Mutex<HashMap<String, Table>>,
     settings: TableSettings,
@@ -107,33 +115,57 @@ fn str_field<'a>(req: &'a Value, name: &str) -> ApiResult<&'a str> {
 
 /// DynamoDB's own words for what it refuses (checked against DynamoDB Local 1.25).
 pub mod refusals {
+    /// A number DynamoDB cannot read.
     pub const NOT_A_NUMBER: &str = "A value provided cannot be converted into a number";
+    /// A number with more than 38 significant digits.
     pub const PRECISION: &str = "DynamoDB only supports precision up to 38 digits";
+    /// A number above DynamoDB's range (magnitude of 1e126 or more).
     pub const OVERFLOW: &str =
         "Number overflow. Attempting to store a number with magnitude larger than supported range";
+    /// A non-zero number below DynamoDB's range (magnitude under 1e-130).
     pub const UNDERFLOW: &str = "Number underflow. Attempting to store a number with magnitude smaller than supported range";
+    /// Maps and lists nested deeper than 32 levels.
     pub const NESTING: &str = "Nesting Levels have exceeded supported limits: Attributes in the item have nested levels beyond supported limit";
+    /// A partition key value of more than 2,048 bytes, or a sort key value of more than 1,024.
     pub const KEY_TOO_LONG: &str = "Hash primary key values must be under 2048 bytes, and range primary key values must be under 1024 bytes";
+    /// An attribute name of 65,536 bytes or more.
     pub const NAME_TOO_LONG: &str = "Attribute name is too large, must be less than 65536 bytes";
+    /// An attribute name that is empty.
     pub const EMPTY_NAME: &str = "Empty attribute name";
+    /// An item over [`MAX_ITEM_BYTES`](super::MAX_ITEM_BYTES).
     pub const ITEM_TOO_LARGE: &str = "Item size has exceeded the maximum allowed size";
+    /// A BatchWriteItem with two requests for the same key.
     pub const DUPLICATE_KEYS: &str = "Provided list of item keys contains duplicates";
+    /// An item or key without the table's key attributes.
     pub const KEY_MISSING: &str = "One of the required keys was not given a value";
+    /// A key attribute of another type than the table's AttributeDefinitions say.
     pub const KEY_TYPE: &str = "One or more parameter values were invalid: Type mismatch for key";
     // DynamoDB's (documented, or as DynamoDB Local says where DynamoDB's own words are unknown).
+    /// An empty string set.
     pub const EMPTY_SS: &str =
         "One or more parameter values were invalid: An string set  may not be empty";
+    /// An empty number set.
     pub const EMPTY_NS: &str =
         "One or more parameter values were invalid: An number set  may not be empty";
+    /// An empty binary set.
     pub const EMPTY_BS: &str =
         "One or more parameter values were invalid: Binary sets should not be empty";
+    /// A number set with a value twice.
     pub const DUPLICATE_NS: &str = "Input collection contains duplicates";
+    /// A binary set with a value twice.
     pub const DUPLICATE_BS: &str = "One or more parameter values were invalid: Input collection of type BS contains duplicates.";
+    /// A key (GetItem, DeleteItem, a DeleteRequest) with more attributes than the table's key.
     pub const KEY_SCHEMA: &str = "The provided key element does not match the schema";
+    /// A PAY_PER_REQUEST CreateTable or UpdateTable that also gives a ProvisionedThroughput.
     pub const PAY_PER_REQUEST_THROUGHPUT: &str = "One or more parameter values were invalid: Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST";
+    /// A CreateTable whose AttributeDefinitions name attributes no key uses.
     pub const UNUSED_DEFINITIONS: &str = "One or more parameter values were invalid: Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions";
+    /// A DeleteTable of a table with deletion protection on.
     pub const DELETION_PROTECTED: &str = "Resource cannot be deleted as it is currently protected against deletion. Disable deletion protection first.";
+    /// An UpdateTable that changes nothing.
     pub const NOTHING_TO_UPDATE: &str = "Nothing to update";
+    /// A BatchWriteItem request body over 16 MiB
+    /// ([`MAX_BATCH_WRITE_REQUEST_BYTES`](super::MAX_BATCH_WRITE_REQUEST_BYTES)).
     pub const REQUEST_TOO_LARGE: &str =
         "Request size exceeded 16777216 bytes: a BatchWriteItem request may carry up to 16 MB";
 
@@ -336,6 +368,8 @@ fn value_size_at(v: &Value, level: usize) -> Result<usize, String> {
     })
 }
 
+/// An item's size as DynamoDB counts it (names plus values, in bytes), from its wire JSON. Err: the
+/// refusal DynamoDB would give it (empty or too long name, bad number, nesting, empty set, ...).
 pub fn item_size(item: &Map<String, Value>) -> Result<usize, String> {
     let mut size = 0;
     for (name, value) in item {
@@ -1390,6 +1424,7 @@ impl BatchOutcome {
 }
 
 impl DynamoDb {
+    /// No tables yet; every table created will meter with `settings`.
     pub fn new(settings: TableSettings) -> Self {
         DynamoDb {
             tables: Mutex::new(HashMap::new()),
@@ -1426,6 +1461,10 @@ impl DynamoDb {
         })
     }
 
+    /// Answers one DynamoDB operation (`op` is the X-Amz-Target's name, e.g. `BatchWriteItem`) with
+    /// its response JSON, or the error DynamoDB would give. Supports the table operations (Create,
+    /// Describe, Update, Delete, List) and PutItem, GetItem, DeleteItem, BatchWriteItem, Query and
+    /// Scan; any other operation is refused.
     pub fn handle(&self, op: &str, req: &Value) -> ApiResult {
         match op {
             "CreateTable" => self.create_table(req),

@@ -2,13 +2,17 @@
 //! `{"__type": "<namespace>#<Code>", "message": …}`; SQS also sends `x-amzn-query-error`, which
 //! the SDK reads for its query-compatible error codes).
 
+/// An error as the AWS service would answer it: status, JSON `__type` and message, and for SQS the
+/// query-compatible code header. The SDK turns it into the same typed error as the real service's.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The HTTP status: 400 for client faults and throttles, 500 or 503 for server faults.
     pub status: u16,
     /// The JSON `__type` (namespace#Code).
     pub type_name: String,
     /// SQS's query-compatible `code;Sender|Receiver`, sent as `x-amzn-query-error`.
     pub query_error: Option<String>,
+    /// The error's message, as the service words it where known.
     pub message: String,
     /// DynamoDB's ThrottlingReasons: (reason, resource ARN).
     pub throttling_reasons: Vec<(String, String)>,
@@ -18,6 +22,7 @@ const DDB: &str = "com.amazonaws.dynamodb.v20120810";
 const SQS: &str = "com.amazonaws.sqs";
 
 impl ApiError {
+    /// A DynamoDB error: `code` is the bare name, e.g. `ValidationException`.
     pub fn dynamodb(status: u16, code: &str, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -28,10 +33,13 @@ impl ApiError {
         }
     }
 
+    /// DynamoDB's 400 ValidationException.
     pub fn validation(message: impl Into<String>) -> Self {
         Self::dynamodb(400, "ValidationException", message)
     }
 
+    /// DynamoDB's 400 ResourceNotFoundException: a missing table or index, or a table still
+    /// CREATING.
     pub fn resource_not_found(message: impl Into<String>) -> Self {
         Self::dynamodb(400, "ResourceNotFoundException", message)
     }
@@ -48,6 +56,7 @@ impl ApiError {
         }
     }
 
+    /// SQS's 400 InvalidParameterValue.
     pub fn sqs_invalid(message: impl Into<String>) -> Self {
         Self::sqs(
             400,
@@ -57,6 +66,7 @@ impl ApiError {
         )
     }
 
+    /// SQS's 400 QueueDoesNotExist (legacy code `AWS.SimpleQueueService.NonExistentQueue`).
     pub fn no_queue() -> Self {
         Self::sqs(
             400,
@@ -66,6 +76,8 @@ impl ApiError {
         )
     }
 
+    /// The JSON response body, with the ThrottlingReasons when there are any (spelt as DynamoDB
+    /// spells them for the exception).
     pub fn body(&self) -> String {
         let mut body = serde_json::json!({"__type": self.type_name, "message": self.message});
         if !self.throttling_reasons.is_empty() {

@@ -10,11 +10,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Latency {
+    /// Milliseconds always added (default 0).
     pub fixed_ms: u64,
+    /// Up to this many milliseconds more, drawn uniformly per request (default 0: none).
     pub jitter_ms: u64,
 }
 
 impl Latency {
+    /// One request's added latency, freshly drawn.
     pub fn sample(&self) -> Duration {
         let jitter = if self.jitter_ms > 0 {
             rand::rng().random_range(0..=self.jitter_ms)
@@ -59,14 +62,21 @@ pub struct Faults {
 /// What the server does with one request before handling it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Injected {
+    /// Handle the request normally.
     None,
+    /// Answer 500 without handling it (DynamoDB: InternalServerError, SQS: InternalError).
     Error500,
+    /// Answer 503 ServiceUnavailable without handling it.
     Error503,
+    /// Refuse it with the service's throttling error, without handling it.
     Throttle,
+    /// Close the connection without an answer.
     Reset,
 }
 
 impl Faults {
+    /// Checks each rate is a probability (0.0..=1.0); Err names the first that is not. Their sum is
+    /// not checked (see [`Faults::draw`]).
     pub fn validate(&self) -> Result<(), String> {
         for (name, rate) in [
             ("error_500_rate", self.error_500_rate),
@@ -82,6 +92,8 @@ impl Faults {
         Ok(())
     }
 
+    /// The latency to add before answering `op`: `latency`, plus `op_latency[op]`, plus
+    /// `slow_receive_ms` for ReceiveMessage.
     pub fn delay(&self, op: &str) -> Duration {
         let mut d = self.latency.sample();
         if let Some(l) = self.op_latency.get(op) {
@@ -93,10 +105,14 @@ impl Faults {
         d
     }
 
+    /// Whether `op` is to be accepted and left unanswered.
     pub fn hangs(&self, op: &str) -> bool {
         self.hang_ops.iter().any(|o| o == op)
     }
 
+    /// Draws what happens to one request of `op`: reset, 500, 503 and throttle in that order of
+    /// precedence, one random draw against their cumulative rates (if they add up past 1.0, the
+    /// later ones get what is left). Always [`Injected::None`] for an operation outside `only_ops`.
     pub fn draw(&self, op: &str) -> Injected {
         if let Some(ops) = &self.only_ops
             && !ops.iter().any(|o| o == op)

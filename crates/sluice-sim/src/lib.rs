@@ -46,10 +46,14 @@ pub use faults::{Faults, Injected, Latency};
 /// SQS's largest message (1 MiB since 2025).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// What the simulator serves with: table metering, faults at start, and SQS's message size limit.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// How tables meter writes (default: DynamoDB's 300 s burst, 40,000 WCU on-demand ceiling).
     pub tables: TableSettings,
+    /// The faults in force from the start (default: none); they can be replaced at run time.
     pub faults: Faults,
+    /// The MaximumMessageSize of a queue created without one, in bytes (default 1 MiB).
     pub max_message_bytes: usize,
     /// Short polls (WaitTimeSeconds 0) return a random number of the visible messages, from
     /// none to what was asked, drawn from this seed, as SQS's sampling short poll may. None
@@ -127,10 +131,13 @@ impl SimServer {
         &self.endpoint
     }
 
+    /// The address the server listens on (the real port when started on port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// Replaces the faults in force, from the next request on. Err: a rate outside 0.0..=1.0; the
+    /// faults in force stay.
     pub fn set_faults(&self, faults: Faults) -> Result<(), String> {
         faults.validate()?;
         *self.state.faults.write_locked() = faults;
@@ -142,6 +149,8 @@ impl SimServer {
         self.state.dynamodb.capacity_report(table).ok()
     }
 
+    /// Message counts per queue, as `GET /_sim/queues` serves them: by queue name, its URL and
+    /// visible, in-flight and delayed counts.
     pub fn queues_report(&self) -> Value {
         self.state.sqs.report()
     }

@@ -28,25 +28,43 @@ pub const PARTITION_WCU: u64 = 1000;
 /// A new on-demand table's warm throughput.
 pub const DEFAULT_WARM_WCU: u64 = 4000;
 
+/// How a table or index is billed, hence what limits its writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Billing {
-    Provisioned { rcu: u64, wcu: u64 },
+    /// PROVISIONED: writes are limited to the write capacity, with burst credit.
+    Provisioned {
+        /// Read capacity units: reported by DescribeTable, never enforced.
+        rcu: u64,
+        /// Write capacity units per second.
+        wcu: u64,
+    },
+    /// PAY_PER_REQUEST: limited by the on-demand maximum, if set, else by the simulator's on-demand
+    /// ceiling standing in for the account quota.
     OnDemand,
 }
 
 /// One table or index's write metering.
 pub struct Meter {
+    /// How the table or index is billed now.
     pub billing: Billing,
     /// OnDemandThroughput.MaxWriteRequestUnits (on-demand only; None or -1: no maximum).
     pub max_on_demand: Option<u64>,
+    /// WarmThroughput.WriteUnitsPerSecond, WCU per second: reported by DescribeTable, never
+    /// enforced.
     pub warm_wcu: u64,
+    /// The table's or index's own write bucket (provisioned rate with burst credit, or the
+    /// on-demand limit with one second of burst).
     pub capacity: WriteCapacity,
+    /// What was consumed per second, and what was refused, for the capacity report.
     pub log: CapacityLog,
     /// Per partition key value.
     partitions: HashMap<String, WriteCapacity>,
 }
 
 impl Meter {
+    /// A meter that starts with one second of capacity and no burst credit. `burst_seconds` applies
+    /// to provisioned billing; `ceiling` (WCU per second) caps on-demand billing, and is the limit
+    /// when `max_on_demand` is None.
     pub fn new(
         billing: Billing,
         max_on_demand: Option<u64>,
@@ -144,6 +162,9 @@ impl Meter {
         self.log.record(units as f64);
     }
 
+    /// The capacity report served at `/_sim/tables/{name}/capacity`: billing mode, provisioned,
+    /// maximum and warm WCU, the bucket's rate and what it holds now, consumption in all and per
+    /// second (the last hour), the peak second, throttled requests and unprocessed items.
     pub fn report(&mut self, now: Instant) -> Value {
         let (mode, provisioned) = match self.billing {
             Billing::Provisioned { wcu, .. } => ("PROVISIONED", Some(wcu)),
@@ -203,12 +224,16 @@ impl Meter {
 /// What a GSI keeps of an item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Projection {
+    /// Every attribute of the item.
     All,
+    /// The table's and the index's key attributes only.
     KeysOnly,
+    /// The key attributes and these non-key attributes.
     Include(Vec<String>),
 }
 
 impl Projection {
+    /// Reads a CreateTable `Projection`; a missing or unknown ProjectionType is ALL.
     pub fn parse(v: Option<&Value>) -> Projection {
         let Some(p) = v else {
             return Projection::All;
@@ -229,6 +254,7 @@ impl Projection {
         }
     }
 
+    /// The `Projection` as DescribeTable shows it.
     pub fn describe(&self) -> Value {
         match self {
             Projection::All => json!({"ProjectionType": "ALL"}),
@@ -240,11 +266,17 @@ impl Projection {
 
 /// A global secondary index.
 pub struct Gsi {
+    /// The index's name.
     pub name: String,
+    /// The index's KeySchema as CreateTable gave it, returned by DescribeTable.
     pub key_schema: Value,
+    /// The index's partition key attribute: an item without it is not in the index.
     pub hash_key: String,
+    /// The index's sort key attribute, if any: an item without it is not in the index either.
     pub range_key: Option<String>,
+    /// What the index keeps of an item, hence what a write costs there.
     pub projection: Projection,
+    /// The index's own capacity and partition limits.
     pub meter: Meter,
 }
 

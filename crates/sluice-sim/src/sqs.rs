@@ -109,6 +109,8 @@ struct Queue {
     next_seq: u64,
 }
 
+/// One queue, with its own lock and a wake-up for long polls waiting on it. Opaque outside the
+/// crate.
 pub struct QueueCell {
     state: Mutex<Queue>,
     arrivals: Notify,
@@ -120,9 +122,12 @@ impl QueueCell {
     }
 }
 
+/// The SQS half of the server: every queue, by name. A receive waits on its queue alone, so a long
+/// poll never holds other queues up.
 pub struct Sqs {
     queues: RwLock<HashMap<String, Arc<QueueCell>>>,
     endpoint: String,
+    /// The MaximumMessageSize, in bytes, of a queue created without one.
     pub max_message_size: usize,
     /// Short polls (WaitTimeSeconds 0) return a random share of what is visible, as SQS's
     /// sampling of its servers does; None: every visible message, deterministic.
