@@ -209,8 +209,6 @@ pub struct EngineStats {
     pub held_micros: AtomicU64,
     /// Receive calls failed in a row (0 after any success).
     pub receive_errors_in_a_row: AtomicU32,
-    /// Receive calls that succeeded, empty ones included.
-    pub successful_polls: AtomicU64,
     /// Per poller: when its loop last made progress (a receive returned, or it waited on purpose
     /// for backpressure or the breaker), in milliseconds since the epoch.
     poller_progress: Mutex<Vec<u64>>,
@@ -930,10 +928,6 @@ fn note_receive_ok<S: Source>(shared: &Shared<S>) {
         .stats
         .receive_errors_in_a_row
         .store(0, Ordering::Relaxed);
-    shared
-        .stats
-        .successful_polls
-        .fetch_add(1, Ordering::Relaxed);
     metrics::counter!(catalog::RECEIVE_REQUESTS_TOTAL).increment(1);
 }
 

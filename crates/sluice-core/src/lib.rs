@@ -9,7 +9,7 @@
 //! - [`source`]: the contract a buffer (SQS, Kafka) implements, with the delivery contract.
 //! - [`writer`]: batches of up to 25 items, duplicate collapse, UnprocessedItems retries.
 //! - [`engine`]: the worker pool tying them together.
-//! - [`testing`]: in-memory fakes of a queue and a table, for tests.
+//! - `testing` (feature `testing`, or `cfg(test)`): in-memory fakes of a queue and a table, for tests.
 #![warn(missing_docs)]
 
 pub mod aimd;

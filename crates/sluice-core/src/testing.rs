@@ -90,7 +90,6 @@ impl InMemoryQueueForTests {
         self.lock().dead_letters.clone().unwrap_or_default()
     }
 
-    /// How many visibility extensions the heartbeat made.
     /// Extensions and nacks refused because they reached past 12 hours from the receive (SQS
     /// refuses them: "Total VisibilityTimeout for the message is beyond the limit").
     pub fn refused_past_12_hours(&self) -> u64 {

@@ -498,7 +498,6 @@ impl BatchWriter for DynamoDbWriter {
     }
 }
 
-/// Table administration used by `sluice demo` and the tests.
 pub mod members;
 
 /// Table creation, deletion and scans for `sluice demo`, the tools and the tests; not used on the

@@ -22,7 +22,7 @@ pub enum FullPolicy {
 pub enum DedupMode {
     /// SHA-256 of the message body: a resend of the same bytes is a duplicate.
     ContentHash,
-    /// SHA-256 of the caller-provided keys ([`Log::with_dedup_key`]) of the logs in the message,
+    /// SHA-256 of the caller-provided keys ([`Log::with_dedup_key`](crate::Log::with_dedup_key)) of the logs in the message,
     /// falling back to the log's bytes for a log without one.
     CallerKeys,
 }
@@ -118,7 +118,7 @@ pub struct ProducerConfig {
     /// "log"}` per line, fsynced). `None`: `rejected.ndjson` in the spool's directory, or, with no
     /// spool either, the log's text goes into the ERROR log line.
     pub reject_file: Option<std::path::PathBuf>,
-    /// How long [`Producer::close`] keeps sending (what is buffered, and what the spool holds,
+    /// How long [`Producer::close`](crate::Producer::close) keeps sending (what is buffered, and what the spool holds,
     /// while the queue takes it) before it spools (or, without a spool, drops and counts) what is
     /// left.
     pub shutdown_timeout: Duration,

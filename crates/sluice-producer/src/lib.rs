@@ -22,7 +22,11 @@
 //!   If SQS still refuses a packed message, it is split and its logs are sent one by one; a
 //!   single log SQS refuses is written to the reject file (`reject_file`) with the reason,
 //!   counted (`sluice_producer_logs_total{outcome="rejected"}`) and logged at ERROR. A durable
-//!   send learns which of its logs was refused ([`ProduceError::LogRejected`]).
+//!   send learns which of its logs was refused ([`ProduceError::LogRejected`]). The one way a
+//!   taken log is lost: [`Producer::close`] with no spool (or a spool it cannot write) while the
+//!   queue still does not take it within `shutdown_timeout`; `close` reports it
+//!   ([`CloseReport::dropped_logs`], `sluice_producer_logs_total{outcome="dropped"}`), and
+//!   `sluice ingest` fails its exit for it.
 //!
 //! ```no_run
 //! # async fn demo(sqs: aws_sdk_sqs::Client) -> Result<(), Box<dyn std::error::Error>> {
@@ -151,11 +155,6 @@ pub enum ProduceError {
     /// taken. A durable send gets it too when its logs were dropped at shutdown with no spool.
     #[error("the producer is closed")]
     Closed,
-    /// The queue refused a whole message for good. Not returned by this crate today (refused logs
-    /// are reported one by one, as [`ProduceError::LogRejected`]); kept for callers that match on
-    /// it.
-    #[error("the queue refused the message: {0}")]
-    Rejected(String),
     /// One log of a durable send was refused by the queue for good (and written to the reject
     /// file): `index` is its place in the send.
     #[error("the queue refused log {index}: {reason}")]

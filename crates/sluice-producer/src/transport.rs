@@ -65,7 +65,7 @@ pub struct TransportError {
 pub type SendFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<EntryOutcome>, TransportError>> + Send + 'a>>;
 
-/// Where messages go: SQS ([`sqs::SqsTransport`]), or a fake in tests.
+/// Where messages go: SQS ([`SqsTransport`](crate::sqs::SqsTransport)), or a fake in tests.
 pub trait Transport: Send + Sync + 'static {
     /// Sends one batch; on `Ok`, one outcome per message, in order.
     fn send<'a>(&'a self, batch: &'a [OutMessage]) -> SendFuture<'a>;

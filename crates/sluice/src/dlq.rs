@@ -300,7 +300,7 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
     let mut last = Instant::now();
     let mut empty_polls = 0;
     let mut unsendable: HashMap<String, String> = HashMap::new();
-    while !max.is_some_and(|m| moved >= m) && empty_polls < 2 {
+    while max.is_none_or(|m| moved < m) && empty_polls < 2 {
         let want = max.map_or(10, |m| (m - moved).min(10)) as i32;
         let messages = receive(sqs, dlq, want).await?;
         if messages.is_empty() {

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, anyhow};
 use sluice_producer::Producer;
 use sluice_producer::sqs::SqsTransport;
 
-/// A producer publishing to `producer.kafka_topic` (brokers and properties from [kafka]). With
+/// A producer publishing to `producer.kafka_topic` (brokers and properties from `[kafka]`). With
 /// `groups`, logs are keyed by their `tenant` FIFO group instead of their request id.
 pub fn kafka_producer(s: &crate::config::Settings, groups: bool) -> Result<(Producer, String)> {
     let topic = s

@@ -1,4 +1,4 @@
-//! [dynamodb]: the table `sluice run` writes, and how.
+//! `[dynamodb]`: the table `sluice run` writes, and how.
 
 use std::num::NonZeroUsize;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! [ingest]: the HTTP API `sluice ingest` serves, and its API keys.
+//! `[ingest]`: the HTTP API `sluice ingest` serves, and its API keys.
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};

@@ -1,4 +1,4 @@
-//! [kafka]: Kafka as the buffer instead of SQS.
+//! `[kafka]`: Kafka as the buffer instead of SQS.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -13,7 +13,7 @@ use super::Mode;
 use super::problems::{Check, Problems};
 
 /// Kafka as the buffer instead of SQS (`kafka.enabled = true`): `sluice run` consumes these
-/// topics as a consumer group; [sqs] is then not used. Not [`KafkaConfig`] itself: `enabled`
+/// topics as a consumer group; `[sqs]` is then not used. Not [`KafkaConfig`] itself: `enabled`
 /// and `properties_file` are not the consumer's, and the properties are a table here (one
 /// value per key) and a list there.
 #[derive(Debug, Clone, Deserialize)]

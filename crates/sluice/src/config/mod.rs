@@ -5,7 +5,7 @@
 //! One file per section, each with its type and its own rules ([`Check`]); the types reject what
 //! they can express (addresses, URLs, counts that must be above zero, enums, digests) while the
 //! file is read, naming the key. The rules that tie sections together are here
-//! ([`Settings::check_across`]).
+//! (`Settings::check_across`).
 
 mod de;
 mod dynamodb;
@@ -206,7 +206,7 @@ impl Settings {
         );
     }
 
-    /// The engine's numbers fit together ([sqs] pollers and receive size, [worker] bounds).
+    /// The engine's numbers fit together (`[sqs]` pollers and receive size, `[worker]` bounds).
     fn check_pool(&self, p: &mut Problems) {
         let pool = EngineConfig {
             intake_horizon: None, // rate.intake_horizon is checked with its key
@@ -256,7 +256,7 @@ impl Settings {
         self.schema.schema()
     }
 
-    /// The engine's config, from [sqs], [worker] and rate.intake_horizon.
+    /// The engine's config, from `[sqs]`, `[worker]` and rate.intake_horizon.
     pub fn engine_config(&self) -> EngineConfig {
         let (q, w) = (&self.sqs, &self.worker);
         EngineConfig {

@@ -1,4 +1,4 @@
-//! [producer]: how `sluice ingest` and `sluice load` put logs into the queue.
+//! `[producer]`: how `sluice ingest` and `sluice load` put logs into the queue.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,7 +71,7 @@ pub struct ProducerSettings {
     /// At shutdown, how long to keep sending before the rest goes to the spool.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
-    /// Publish to this Kafka topic (brokers and properties from [kafka]) instead of
+    /// Publish to this Kafka topic (brokers and properties from `[kafka]`) instead of
     /// sqs.queue_url.
     pub kafka_topic: Option<String>,
     /// Kafka: the log field used as the record key (one partition per request id).

@@ -1,4 +1,4 @@
-//! [rate], [rate.redis], [rate.membership]: the write budget and how a fleet shares it.
+//! `[rate]`, [rate.redis], [rate.membership]: the write budget and how a fleet shares it.
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! [schema]: how a log becomes an item.
+//! `[schema]`: how a log becomes an item.
 
 use std::time::Duration;
 

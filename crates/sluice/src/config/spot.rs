@@ -1,4 +1,4 @@
-//! [spot]: draining before an EC2 spot interruption.
+//! `[spot]`: draining before an EC2 spot interruption.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use super::Mode;
 use super::problems::{Check, Problems};
 
 /// Whether to watch IMDSv2 for the spot interruption notice (and drain when it comes), and how
-/// often. That the drain fits in the notice's two minutes is checked with [worker]'s grace, in
+/// often. That the drain fits in the notice's two minutes is checked with `[worker]`'s grace, in
 /// `Settings::check_across`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -1,4 +1,4 @@
-//! [sqs]: the queue `sluice run` drains (and `sluice ingest` fills).
+//! `[sqs]`: the queue `sluice run` drains (and `sluice ingest` fills).
 
 use std::num::NonZeroUsize;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! [telemetry]: the metrics and health server, and the logs.
+//! `[telemetry]`: the metrics and health server, and the logs.
 
 use std::net::SocketAddr;
 

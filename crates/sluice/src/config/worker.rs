@@ -1,4 +1,4 @@
-//! [worker]: what `sluice run` holds at once, and for how long.
+//! `[worker]`: what `sluice run` holds at once, and for how long.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use super::Mode;
 use super::problems::{Check, Problems};
 
 /// The engine's bounds: messages and bytes held at once, how long one may go without progress,
-/// and the grace after SIGTERM. With [sqs] and [rate] it makes the [`EngineConfig`]
+/// and the grace after SIGTERM. With `[sqs]` and `[rate]` it makes the [`EngineConfig`]
 /// (`Settings::engine_config`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,7 +45,7 @@ impl Default for WorkerSettings {
 }
 
 impl Check for WorkerSettings {
-    /// The pool's numbers are checked with [sqs]'s, in `Settings::check_across`.
+    /// The pool's numbers are checked with `[sqs]`'s, in `Settings::check_across`.
     fn check(&self, _mode: Mode, p: &mut Problems) {
         p.check(
             self.write_queue_items.is_none_or(|n| n >= 1),

@@ -131,7 +131,7 @@ fn refused_by_producer(st: &Ingest, e: ProduceError, lines: &[usize]) -> Respons
             ),
             Value::Null,
         ),
-        e @ (ProduceError::NotAnObject | ProduceError::Rejected(_)) => {
+        e @ ProduceError::NotAnObject => {
             error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), Value::Null)
         }
         e @ ProduceError::Closed => with_retry_after(

@@ -579,7 +579,7 @@ fn check_args(args: &LoadArgs) -> Result<()> {
     Ok(())
 }
 
-/// --run-id, or load-<unix time>.
+/// --run-id, or `load-<unix time>`.
 fn run_id(args: &LoadArgs) -> String {
     args.run_id.clone().unwrap_or_else(|| {
         format!(
