@@ -619,26 +619,61 @@ pub mod admin {
             .map_err(|e| format!("DeleteQueue: {}", DisplayErrorContext(&e)))
     }
 
-    /// (visible, in flight) counts. They lag right after a burst: poll them.
-    pub async fn queue_counts(client: &Client, url: &str) -> Result<(u64, u64), String> {
-        let out = client
+    /// A queue's message counts as GetQueueAttributes reports them: approximate, and lagging
+    /// right after a burst (poll them).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct QueueCounts {
+        /// Ready to receive (ApproximateNumberOfMessages).
+        pub visible: u64,
+        /// Received and not yet deleted or visible again (…NotVisible).
+        pub in_flight: u64,
+        /// Sent with a delay not yet over (…Delayed).
+        pub delayed: u64,
+    }
+
+    /// The queue's counts, and its RedrivePolicy (the JSON SQS keeps) when `with_redrive` asks
+    /// for it and the queue has one. The one reader of queue counts: the queue gauges,
+    /// `sluice dlq stats`, the demo and the tests.
+    pub async fn counts(
+        client: &Client,
+        url: &str,
+        with_redrive: bool,
+    ) -> Result<(QueueCounts, Option<String>), String> {
+        let mut request = client
             .get_queue_attributes()
             .queue_url(url)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+        if with_redrive {
+            request = request.attribute_names(QueueAttributeName::RedrivePolicy);
+        }
+        let out = request
             .send()
             .await
-            .map_err(|e| format!("GetQueueAttributes: {}", DisplayErrorContext(&e)))?;
-        let get = |n: QueueAttributeName| -> u64 {
-            out.attributes()
-                .and_then(|a| a.get(&n))
-                .and_then(|v| v.parse().ok())
+            .map_err(|e| format!("GetQueueAttributes {url}: {}", DisplayErrorContext(&e)))?;
+        let attributes = out.attributes();
+        let number = |name: QueueAttributeName| {
+            attributes
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        Ok((
-            get(QueueAttributeName::ApproximateNumberOfMessages),
-            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        ))
+        let counts = QueueCounts {
+            visible: number(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: number(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: number(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        };
+        let redrive = attributes
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+            .cloned();
+        Ok((counts, redrive))
+    }
+
+    /// (visible, in flight): [`counts`] for callers that need only those two.
+    pub async fn queue_counts(client: &Client, url: &str) -> Result<(u64, u64), String> {
+        let (c, _) = counts(client, url, false).await?;
+        Ok((c.visible, c.in_flight))
     }
 
     /// Waits until the queue reports no message, visible or in flight, twice in a row.

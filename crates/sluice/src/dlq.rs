@@ -12,8 +12,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 use serde_json::json;
 use sluice_core::Source;
@@ -57,10 +56,6 @@ pub enum DlqCommand {
     },
 }
 
-fn count(out: &HashMap<QueueAttributeName, String>, n: QueueAttributeName) -> u64 {
-    out.get(&n).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
 pub async fn dlq(args: DlqArgs) -> Result<()> {
     let settings = config::load_partial(args.config.as_deref())?;
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
@@ -99,20 +94,14 @@ async fn dead_letter_queue(
 
 /// `sluice dlq stats`: the dead-letter queue's counts.
 async fn stats(sqs: &Client, dlq: &str, json: bool) -> Result<()> {
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(dlq)
-        .attribute_names(QueueAttributeName::All)
-        .send()
+    let (counts, _) = sluice_sqs::admin::counts(sqs, dlq, false)
         .await
-        .map_err(|e| anyhow!("GetQueueAttributes {dlq}: {}", DisplayErrorContext(&e)))?;
-    let a = out.attributes().cloned().unwrap_or_default();
-    let visible = count(&a, QueueAttributeName::ApproximateNumberOfMessages);
-    let in_flight = count(
-        &a,
-        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-    );
-    let delayed = count(&a, QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+        .map_err(|e| anyhow!(e))?;
+    let sluice_sqs::admin::QueueCounts {
+        visible,
+        in_flight,
+        delayed,
+    } = counts;
     if json {
         println!(
             "{}",

@@ -16,7 +16,6 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::QueueAttributeName;
 use sluice_sqs::admin;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -29,23 +28,16 @@ pub use sluice_common::catalog::{
     QUEUE_ATTRIBUTE_ERRORS_TOTAL as QUEUE_ATTRIBUTE_ERRORS, QUEUE_MESSAGES,
 };
 
-/// Counts of one queue, as GetQueueAttributes reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct QueueCounts {
-    pub visible: u64,
-    pub in_flight: u64,
-    pub delayed: u64,
-}
+pub use sluice_sqs::admin::QueueCounts;
 
-impl QueueCounts {
-    fn export(&self, queue: &'static str) {
-        for (state, value) in [
-            ("visible", self.visible),
-            ("in_flight", self.in_flight),
-            ("delayed", self.delayed),
-        ] {
-            metrics::gauge!(QUEUE_MESSAGES, "queue" => queue, "state" => state).set(value as f64);
-        }
+/// Sets `sluice_queue_messages{queue, state}` from one queue's counts.
+fn export(counts: &QueueCounts, queue: &'static str) {
+    for (state, value) in [
+        ("visible", counts.visible),
+        ("in_flight", counts.in_flight),
+        ("delayed", counts.delayed),
+    ] {
+        metrics::gauge!(QUEUE_MESSAGES, "queue" => queue, "state" => state).set(value as f64);
     }
 }
 
@@ -87,9 +79,9 @@ impl QueuePoller {
 
     /// One read of both queues; exports the gauges and returns the counts (for tests).
     pub async fn poll_once(&mut self) -> (Option<QueueCounts>, Option<QueueCounts>) {
-        let source = match self.read(&self.queue_url, true).await {
+        let source = match admin::counts(&self.client, &self.queue_url, true).await {
             Ok((counts, redrive)) => {
-                counts.export("source");
+                export(&counts, "source");
                 self.follow_redrive(redrive.as_deref()).await;
                 Some(counts)
             }
@@ -100,9 +92,9 @@ impl QueuePoller {
             }
         };
         let dlq = match &self.dlq {
-            Some((_, url)) => match self.read(url, false).await {
+            Some((_, url)) => match admin::counts(&self.client, url, false).await {
                 Ok((counts, _)) => {
-                    counts.export("dlq");
+                    export(&counts, "dlq");
                     Some(counts)
                 }
                 Err(error) => {
@@ -140,48 +132,12 @@ impl QueuePoller {
             }
         }
     }
-
-    async fn read(
-        &self,
-        url: &str,
-        with_redrive: bool,
-    ) -> Result<(QueueCounts, Option<String>), String> {
-        let mut request = self
-            .client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
-        if with_redrive {
-            request = request.attribute_names(QueueAttributeName::RedrivePolicy);
-        }
-        let out = request
-            .send()
-            .await
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
-        let attributes = out.attributes();
-        let number = |name: QueueAttributeName| {
-            attributes
-                .and_then(|a| a.get(&name))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let counts = QueueCounts {
-            visible: number(QueueAttributeName::ApproximateNumberOfMessages),
-            in_flight: number(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-            delayed: number(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
-        };
-        let redrive = attributes
-            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-            .cloned();
-        Ok((counts, redrive))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_sqs::types::QueueAttributeName;
 
     /// Against sluice-sim, through the real SDK: the source's counts, then the DLQ found
     /// through its RedrivePolicy.
