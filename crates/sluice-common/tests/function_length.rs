@@ -183,21 +183,21 @@ fn long_functions(text: &str) -> Vec<(usize, String, usize)> {
             n = end_of_item(&lines, n + 1).map_or(n + 1, |e| e + 1);
             continue;
         }
-        if is_fn(lines[n]) {
-            if let Some(end) = end_of_item(&lines, n) {
-                let len = end - n + 1;
-                if len > LIMIT {
-                    let name = t.split("fn ").nth(1).unwrap_or("");
-                    let name: String = name
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_')
-                        .collect();
-                    out.push((n + 1, name, len));
-                }
-                // Nested functions are part of this one's length.
-                n = end + 1;
-                continue;
+        if is_fn(lines[n])
+            && let Some(end) = end_of_item(&lines, n)
+        {
+            let len = end - n + 1;
+            if len > LIMIT {
+                let name = t.split("fn ").nth(1).unwrap_or("");
+                let name: String = name
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                out.push((n + 1, name, len));
             }
+            // Nested functions are part of this one's length.
+            n = end + 1;
+            continue;
         }
         n += 1;
     }
