@@ -298,15 +298,20 @@ impl<T: Transport> Dispatcher<T> {
         }
     }
 
-    /// Gives back the buffer a message held and tells its waiters.
-    fn settle(&mut self, s: Sealed, result: Result<(), ProduceError>) {
-        self.budget.add_permits(s.bytes);
+    /// Gives `bytes` of the buffer back.
+    fn release(&self, bytes: usize) {
+        self.budget.add_permits(bytes);
         let now = self
             .stats
             .buffer_bytes
-            .fetch_sub(s.bytes as u64, Ordering::Relaxed)
-            .saturating_sub(s.bytes as u64);
+            .fetch_sub(bytes as u64, Ordering::Relaxed)
+            .saturating_sub(bytes as u64);
         metrics::gauge!(catalog::PRODUCER_BUFFER_BYTES).set(now as f64);
+    }
+
+    /// Gives back the buffer a message held and tells its waiters.
+    fn settle(&mut self, s: Sealed, result: Result<(), ProduceError>) {
+        self.release(s.bytes);
         for (t, _) in s.waiters.iter().flatten() {
             t.done(1, &result);
         }
@@ -322,13 +327,7 @@ impl<T: Transport> Dispatcher<T> {
             let kept = self.rejects.keep(r, group.as_deref());
             rejected_at.insert(r.at, format!("{}; {kept}", r.reason));
         }
-        self.budget.add_permits(s.bytes);
-        let now = self
-            .stats
-            .buffer_bytes
-            .fetch_sub(s.bytes as u64, Ordering::Relaxed)
-            .saturating_sub(s.bytes as u64);
-        metrics::gauge!(catalog::PRODUCER_BUFFER_BYTES).set(now as f64);
+        self.release(s.bytes);
         for (at, w) in s.waiters.iter().enumerate() {
             if let Some((t, index)) = w {
                 match rejected_at.get(&at) {

@@ -121,21 +121,11 @@ async fn peek(sqs: &Client, dlq: &str, max: usize, json: bool) -> Result<()> {
     let mut seen = 0;
     let mut handles = Vec::new();
     while seen < max {
-        let out = sqs
-            .receive_message()
-            .queue_url(dlq)
-            .max_number_of_messages((max - seen).min(10) as i32)
-            .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .visibility_timeout(30)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .map_err(|e| anyhow!("ReceiveMessage {dlq}: {}", DisplayErrorContext(&e)))?;
-        if out.messages().is_empty() {
+        let messages = receive(sqs, dlq, (max - seen).min(10) as i32, 30).await?;
+        if messages.is_empty() {
             break;
         }
-        for m in out.messages() {
+        for m in &messages {
             seen += 1;
             show(m, json);
             if let Some(h) = m.receipt_handle() {
@@ -291,7 +281,7 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
     let mut unsendable: HashMap<String, String> = HashMap::new();
     while max.is_none_or(|m| moved < m) && empty_polls < 2 {
         let want = max.map_or(10, |m| (m - moved).min(10)) as i32;
-        let messages = receive(sqs, dlq, want).await?;
+        let messages = receive(sqs, dlq, want, 60).await?;
         if messages.is_empty() {
             empty_polls += 1;
             continue;
@@ -346,16 +336,21 @@ async fn redrive(sqs: &Client, dlq: &str, source: &str, rate: u32, max: Option<u
     Ok(())
 }
 
-/// Up to `want` messages of the dead-letter queue, with their attributes and FIFO group,
-/// invisible for a minute while they are moved.
-async fn receive(sqs: &Client, dlq: &str, want: i32) -> Result<Vec<aws_sdk_sqs::types::Message>> {
+/// Up to `want` messages of the dead-letter queue, with every attribute (their FIFO group
+/// included), invisible for `visibility_s` seconds while they are looked at or moved.
+async fn receive(
+    sqs: &Client,
+    dlq: &str,
+    want: i32,
+    visibility_s: i32,
+) -> Result<Vec<aws_sdk_sqs::types::Message>> {
     let out = sqs
         .receive_message()
         .queue_url(dlq)
         .max_number_of_messages(want)
         .message_attribute_names("All")
-        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-        .visibility_timeout(60)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .visibility_timeout(visibility_s)
         .wait_time_seconds(1)
         .send()
         .await
