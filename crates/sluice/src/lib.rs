@@ -7,6 +7,7 @@
 pub mod command;
 pub mod config;
 pub mod dlq;
+pub mod events;
 pub mod ingest;
 pub mod kafka_cmd;
 pub mod membership;

@@ -29,6 +29,8 @@ const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 use sluice_core::time::epoch_ms as now_ms;
 
+use crate::events::{FleetCallFailed, LeaseLapsed};
+
 fn host() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -162,10 +164,7 @@ fn apply(budgets: &dyn Shared, last: &mut Option<Share>, share: Share, live: u32
             budgets.hold(true);
             metrics::gauge!(catalog::FLEET_SHARE).set(0.0);
             if lapsed {
-                metrics::counter!(catalog::FLEET_LEASE_LAPSES_TOTAL).increment(1);
-                tracing::warn!(
-                    "this instance's lease could not be renewed in time: writes are held (the others may already have taken its share) until it is counted again"
-                );
+                LeaseLapsed.emit();
             } else {
                 tracing::info!(members = live, "waiting for every member to make room");
             }
@@ -276,13 +275,11 @@ impl Heartbeat {
             Ok(Err(error)) => Some(error),
             Err(_) => None,
         };
-        metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "read").increment(1);
-        match why {
-            Some(error) => {
-                tracing::warn!(%error, "cannot read the fleet's members: keeping the last share")
-            }
-            None => tracing::warn!("reading the fleet's members timed out: keeping the last share"),
+        FleetCallFailed {
+            op: "read",
+            error: why.as_ref().map(|e| e as &dyn std::fmt::Display),
         }
+        .emit();
         (self.state.share_at(now), Vec::new())
     }
 
@@ -311,11 +308,11 @@ impl Heartbeat {
             Err(_) => None,
         };
         self.state.renewal_unknown(seen);
-        metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => "renew").increment(1);
-        match why {
-            Some(error) => tracing::warn!(%error, "cannot renew this instance's lease"),
-            None => tracing::warn!("renewing this instance's lease timed out"),
+        FleetCallFailed {
+            op: "renew",
+            error: why.as_ref().map(|e| e as &dyn std::fmt::Display),
         }
+        .emit();
     }
 
     /// Deletes a dead member's lease, long expired: bounded like every call.

@@ -636,8 +636,7 @@ async fn refresh_budget(
         let limits = match sluice_dynamodb::describe_limits(&ddb, &table).await {
             Ok(l) => l,
             Err(error) => {
-                metrics::counter!(catalog::CAPACITY_REFRESH_ERRORS_TOTAL).increment(1);
-                tracing::warn!(%error, "capacity refresh failed; keeping the current budgets");
+                crate::events::CapacityRefreshFailed { error: &error }.emit();
                 continue;
             }
         };

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use sluice_sqs::admin;
+
+use crate::events::{QueueAttributesFailed, QueueRole};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -86,8 +88,12 @@ impl QueuePoller {
                 Some(counts)
             }
             Err(error) => {
-                metrics::counter!(QUEUE_ATTRIBUTE_ERRORS, "queue" => "source").increment(1);
-                tracing::warn!(error, queue_url = %self.queue_url, "cannot read the queue's attributes");
+                QueueAttributesFailed {
+                    queue: QueueRole::Source,
+                    queue_id: &self.queue_url,
+                    error: &error,
+                }
+                .emit();
                 None
             }
         };
@@ -98,8 +104,12 @@ impl QueuePoller {
                     Some(counts)
                 }
                 Err(error) => {
-                    metrics::counter!(QUEUE_ATTRIBUTE_ERRORS, "queue" => "dlq").increment(1);
-                    tracing::warn!(error, dlq_url = %url, "cannot read the dead-letter queue's attributes");
+                    QueueAttributesFailed {
+                        queue: QueueRole::DeadLetter,
+                        queue_id: url,
+                        error: &error,
+                    }
+                    .emit();
                     // Resolve it again next time: it may have been deleted and recreated.
                     self.dlq = None;
                     None
@@ -127,8 +137,12 @@ impl QueuePoller {
                 self.dlq = Some((arn, url));
             }
             Err(error) => {
-                metrics::counter!(QUEUE_ATTRIBUTE_ERRORS, "queue" => "dlq").increment(1);
-                tracing::warn!(error, arn, "cannot find the dead-letter queue");
+                QueueAttributesFailed {
+                    queue: QueueRole::DeadLetter,
+                    queue_id: &arn,
+                    error: &format!("cannot find the dead-letter queue: {error}"),
+                }
+                .emit();
             }
         }
     }

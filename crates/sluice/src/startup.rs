@@ -1,9 +1,10 @@
 //! Start-up checks that ride out AWS having a bad minute.
 
-use sluice_common::catalog;
 use std::time::Duration;
 
 use sluice_core::Backoff;
+
+use crate::events::StartupRetried;
 
 /// Runs a start-up check, retrying a transient failure (a throttle, a 5xx, a time-out: AWS having
 /// a bad minute) with backoff until `retry_for` has passed; a permanent one (a missing table, a
@@ -37,8 +38,13 @@ where
                     && tokio::time::Instant::now() + backoff.ceiling(attempt - 1) < give_up =>
             {
                 let delay = backoff.delay(attempt - 1);
-                metrics::counter!(catalog::STARTUP_RETRIES_TOTAL).increment(1);
-                tracing::warn!(check = what, attempt, error = %e, retry_in = ?delay, "start-up check failed on a transient error; retrying (dynamodb.startup_retry_for)");
+                StartupRetried {
+                    check: what,
+                    attempt,
+                    error: &e,
+                    retry_in: delay,
+                }
+                .emit();
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
-use sluice_common::catalog;
 use sluice_core::sync::RecoverRw;
 use tokio_util::sync::CancellationToken;
 
 use super::{Ingest, load_keys};
 use crate::config::IngestSettings;
+use crate::events::{Reloadable, Reloaded};
 
 /// The contents' digest of the files a reload follows (a missing file digests as empty).
 fn digest_of(paths: &[&Path]) -> [u8; 32] {
@@ -49,39 +49,38 @@ pub(super) async fn reload(
         if let (Some(shared), Some(cert), Some(key)) = (&tls, &ic.tls_cert, &ic.tls_key) {
             let now = digest_of(&tls_files);
             if now != tls_seen {
-                match tls_acceptor(cert, key) {
-                    Ok(acceptor) => {
-                        *shared.write_locked() = acceptor;
-                        tls_seen = now;
-                        metrics::counter!(catalog::INGEST_RELOADS_TOTAL, "what" => "tls")
-                            .increment(1);
-                        tracing::info!(cert = %cert.display(), "TLS certificate reloaded: new connections get it");
-                    }
-                    Err(error) => {
-                        metrics::counter!(catalog::INGEST_RELOAD_ERRORS_TOTAL, "what" => "tls")
-                            .increment(1);
-                        tracing::error!(error = %format!("{error:#}"), "the changed TLS certificate or key does not load: still serving the previous one");
-                    }
+                let loaded = tls_acceptor(cert, key);
+                if let Ok(acceptor) = &loaded {
+                    *shared.write_locked() = acceptor.clone();
+                    tls_seen = now;
                 }
+                Reloaded {
+                    what: Reloadable::Tls,
+                    file: cert,
+                    outcome: loaded.as_ref().map(|_| 1),
+                }
+                .emit();
             }
         }
         if let Some(path) = key_file {
             let now = digest_of(&[path]);
             if now != keys_seen {
-                match load_keys(&ic) {
+                let loaded = load_keys(&ic);
+                let outcome = match loaded {
                     Ok(keys) => {
                         let n = keys.len();
                         *state.keys.write_locked() = Arc::new(keys);
                         keys_seen = now;
-                        metrics::counter!(catalog::INGEST_RELOADS_TOTAL, "what" => "api_keys")
-                            .increment(1);
-                        tracing::info!(file = %path.display(), keys = n, "API keys reloaded");
+                        Ok(n)
                     }
-                    Err(error) => {
-                        metrics::counter!(catalog::INGEST_RELOAD_ERRORS_TOTAL, "what" => "api_keys").increment(1);
-                        tracing::error!(error = %format!("{error:#}"), "the changed API key file does not load: the previous keys stay");
-                    }
+                    Err(error) => Err(error),
+                };
+                Reloaded {
+                    what: Reloadable::ApiKeys,
+                    file: path,
+                    outcome: outcome.as_ref().copied(),
                 }
+                .emit();
             }
         }
     }

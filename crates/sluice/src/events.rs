@@ -1,0 +1,153 @@
+//! What the binary's own tasks report as they go wrong: one type per event, whose `emit`
+//! counts its metric and writes its log line together (the worker's events are
+//! [`sluice_core::events`]; names and help text are in [`sluice_common::catalog`]).
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use sluice_common::catalog;
+
+/// A start-up check (DescribeTable, the lease table) failed on a transient error and is tried
+/// again after `retry_in`.
+pub struct StartupRetried<'a> {
+    pub check: &'a str,
+    pub attempt: u32,
+    pub error: &'a dyn Display,
+    pub retry_in: Duration,
+}
+
+impl StartupRetried<'_> {
+    pub fn emit(self) {
+        metrics::counter!(catalog::STARTUP_RETRIES_TOTAL).increment(1);
+        tracing::warn!(check = self.check, attempt = self.attempt, error = %self.error, retry_in = ?self.retry_in, "start-up check failed on a transient error; retrying (dynamodb.startup_retry_for)");
+    }
+}
+
+/// Reading the table's capacity failed; the budgets stay as they are.
+pub struct CapacityRefreshFailed<'a> {
+    pub error: &'a dyn Display,
+}
+
+impl CapacityRefreshFailed<'_> {
+    pub fn emit(self) {
+        metrics::counter!(catalog::CAPACITY_REFRESH_ERRORS_TOTAL).increment(1);
+        tracing::warn!(error = %self.error, "capacity refresh failed; keeping the current budgets");
+    }
+}
+
+/// Which queue a queue-attribute read was for.
+#[derive(Clone, Copy)]
+pub enum QueueRole {
+    /// The queue sluice drains.
+    Source,
+    /// Its dead-letter queue.
+    DeadLetter,
+}
+
+/// Reading a queue's counts (or finding its dead-letter queue) failed; the gauges keep their
+/// last value.
+pub struct QueueAttributesFailed<'a> {
+    pub queue: QueueRole,
+    /// The queue's URL, or the dead-letter queue's ARN when it could not be found.
+    pub queue_id: &'a str,
+    pub error: &'a str,
+}
+
+impl QueueAttributesFailed<'_> {
+    pub fn emit(self) {
+        let (label, what) = match self.queue {
+            QueueRole::Source => ("source", "cannot read the queue's attributes"),
+            QueueRole::DeadLetter => ("dlq", "cannot read the dead-letter queue's attributes"),
+        };
+        metrics::counter!(catalog::QUEUE_ATTRIBUTE_ERRORS_TOTAL, "queue" => label).increment(1);
+        tracing::warn!(error = self.error, queue = self.queue_id, "{what}");
+    }
+}
+
+/// A fleet-membership call failed (`op`: read or renew); `error` None: it timed out.
+pub struct FleetCallFailed<'a> {
+    pub op: &'static str,
+    pub error: Option<&'a dyn Display>,
+}
+
+impl FleetCallFailed<'_> {
+    pub fn emit(self) {
+        metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => self.op).increment(1);
+        let what = match self.op {
+            "read" => "reading the fleet's members failed: keeping the last share",
+            _ => "renewing this instance's lease failed",
+        };
+        match self.error {
+            Some(error) => tracing::warn!(%error, op = self.op, "{what}"),
+            None => tracing::warn!(op = self.op, "{what} (timed out)"),
+        }
+    }
+}
+
+/// This instance's lease lapsed before it could be renewed: its writes are held until the
+/// others count it again.
+pub struct LeaseLapsed;
+
+impl LeaseLapsed {
+    pub fn emit(self) {
+        metrics::counter!(catalog::FLEET_LEASE_LAPSES_TOTAL).increment(1);
+        tracing::warn!(
+            "this instance's lease could not be renewed in time: writes are held (the others may already have taken its share) until it is counted again"
+        );
+    }
+}
+
+/// What `sluice ingest` reloads while serving.
+#[derive(Clone, Copy)]
+pub enum Reloadable {
+    /// ingest.tls_cert and tls_key.
+    Tls,
+    /// ingest.api_keys_file.
+    ApiKeys,
+}
+
+impl Reloadable {
+    fn label(self) -> &'static str {
+        match self {
+            Reloadable::Tls => "tls",
+            Reloadable::ApiKeys => "api_keys",
+        }
+    }
+}
+
+/// A changed file was reloaded (`Ok`: what was loaded, for the log) or did not load (`Err`: the
+/// previous certificate or keys stay in use).
+pub struct Reloaded<'a> {
+    pub what: Reloadable,
+    pub file: &'a std::path::Path,
+    pub outcome: Result<usize, &'a anyhow::Error>,
+}
+
+impl Reloaded<'_> {
+    pub fn emit(self) {
+        let what = self.what.label();
+        let file = self.file.display();
+        match (self.what, self.outcome) {
+            (kind, Err(error)) => {
+                metrics::counter!(catalog::INGEST_RELOAD_ERRORS_TOTAL, "what" => what).increment(1);
+                let error = format!("{error:#}");
+                match kind {
+                    Reloadable::Tls => {
+                        tracing::error!(%error, %file, "the changed TLS certificate or key does not load: still serving the previous one")
+                    }
+                    Reloadable::ApiKeys => {
+                        tracing::error!(%error, %file, "the changed API key file does not load: the previous keys stay")
+                    }
+                }
+            }
+            (Reloadable::Tls, Ok(_)) => {
+                metrics::counter!(catalog::INGEST_RELOADS_TOTAL, "what" => what).increment(1);
+                tracing::info!(cert = %file, "TLS certificate reloaded: new connections get it");
+            }
+            (Reloadable::ApiKeys, Ok(keys)) => {
+                metrics::counter!(catalog::INGEST_RELOADS_TOTAL, "what" => what).increment(1);
+                tracing::info!(%file, keys, "API keys reloaded");
+            }
+        }
+    }
+}
