@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod events;
 pub mod source;
 pub mod watermark;
 

@@ -37,6 +37,7 @@ use sluice_core::source::{AckFailure, Received, Source, SourceError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::events::{ClientError, CommitFailed, RebalanceFailed};
 use crate::watermark::{Tp, Watermarks};
 
 /// auto.offset.reset: where a group without a committed offset starts. In a config file:
@@ -283,8 +284,11 @@ impl ClientContext for Ctx {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        metrics::counter!(catalog::KAFKA_CLIENT_ERRORS_TOTAL).increment(1);
-        tracing::warn!(%error, reason, "kafka client error");
+        ClientError {
+            error: &error,
+            reason,
+        }
+        .emit();
     }
 }
 
@@ -351,8 +355,7 @@ impl ConsumerContext for Ctx {
                 tracing::info!(partitions = ?tps, "partitions assigned");
             }
             Rebalance::Error(error) => {
-                metrics::counter!(catalog::KAFKA_REBALANCES_TOTAL, "kind" => "error").increment(1);
-                tracing::warn!(%error, "rebalance error");
+                RebalanceFailed { error }.emit();
             }
             Rebalance::Revoke(_) => {}
         }
@@ -375,8 +378,7 @@ fn commit_done(consumer: &BaseConsumer<Ctx>, shared: &Shared) {
             metrics::counter!(catalog::KAFKA_COMMITS_TOTAL, "outcome" => "ok").increment(1);
         }
         Err(error) => {
-            metrics::counter!(catalog::KAFKA_COMMITS_TOTAL, "outcome" => "error").increment(1);
-            tracing::warn!(%error, "offset commit failed; retrying on the next tick");
+            CommitFailed { error: &error }.emit();
         }
     }
 }
@@ -437,8 +439,11 @@ fn consume(
         match consumer.poll(Duration::from_millis(wait)) {
             Some(Ok(m)) => pending.extend(record_of(&m, &shared, &mut topics)),
             Some(Err(error)) => {
-                metrics::counter!(catalog::KAFKA_CLIENT_ERRORS_TOTAL).increment(1);
-                tracing::warn!(%error, "kafka poll error");
+                ClientError {
+                    error: &error,
+                    reason: "poll",
+                }
+                .emit();
                 std::thread::sleep(Duration::from_millis(100));
             }
             None => {}
