@@ -45,6 +45,7 @@
 
 mod config;
 mod dispatcher;
+pub mod events;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod layer;

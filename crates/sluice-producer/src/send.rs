@@ -10,6 +10,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use sluice_common::Backoff;
 
+use crate::events::SendFailed;
 use crate::{EntryOutcome, OutMessage, Transport, TransportErrorKind};
 
 /// What the queue made of one message, once the transport is done with it.
@@ -82,9 +83,12 @@ fn send_with_retries<T: Transport>(
                     break;
                 }
                 Err(e) => {
-                    metrics::counter!(catalog::PRODUCER_SEND_ERRORS_TOTAL, "kind" => e.kind.label())
-                        .increment(1);
-                    tracing::warn!(error = %e, attempt = attempt + 1, messages = batch.len(), "SendMessageBatch failed");
+                    SendFailed {
+                        error: &e,
+                        attempt: attempt + 1,
+                        messages: batch.len(),
+                    }
+                    .emit();
                     last = e.message;
                 }
                 Ok(outcomes) => {

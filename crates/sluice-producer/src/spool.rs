@@ -29,6 +29,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::OutMessage;
+use crate::events::SpoolDamage;
+
+/// What a record failing its checksum means to the reader.
+const CHECKSUM_FAILED: &str =
+    "spool record fails its checksum; the rest of this segment is skipped";
 
 const MAGIC: &[u8; 8] = b"SLSPOOL\x01";
 const RECORD_HEADER: u64 = 8;
@@ -262,8 +267,12 @@ fn scan_segment(
             f.sync_data().map_err(io_err(&p))?;
             return Ok(None);
         }
-        tracing::error!(path = %p.display(), "spool segment has no valid header (not a sluice spool, or a newer format); skipped");
-        metrics::counter!(catalog::PRODUCER_SPOOL_CORRUPT_TOTAL).increment(1);
+        SpoolDamage {
+            path: &p,
+            offset: None,
+            what: "spool segment has no valid header (not a sluice spool, or a newer format); skipped",
+        }
+        .emit();
         recovery.corrupt_segments += 1;
         return Ok(Some(0));
     }
@@ -286,8 +295,12 @@ fn scan_segment(
                 return Ok(None);
             }
             Err(()) => {
-                tracing::error!(path = %p.display(), offset = pos, "spool record fails its checksum; the rest of this segment is skipped");
-                metrics::counter!(catalog::PRODUCER_SPOOL_CORRUPT_TOTAL).increment(1);
+                SpoolDamage {
+                    path: &p,
+                    offset: Some(pos),
+                    what: CHECKSUM_FAILED,
+                }
+                .emit();
                 recovery.corrupt_segments += 1;
                 return Ok(Some(pos));
             }
@@ -628,8 +641,12 @@ impl Spool {
                 match read_record(&mut r).map_err(io_err(&path))? {
                     Ok(Some(payload)) => {
                         let Some(m) = decode(&payload) else {
-                            tracing::error!(path = %path.display(), offset = pos.offset, "spool record has a valid checksum but does not decode; skipped");
-                            metrics::counter!(catalog::PRODUCER_SPOOL_CORRUPT_TOTAL).increment(1);
+                            SpoolDamage {
+                                path: &path,
+                                offset: Some(pos.offset),
+                                what: "spool record has a valid checksum but does not decode; skipped",
+                            }
+                            .emit();
                             pos.offset += RECORD_HEADER + payload.len() as u64;
                             continue;
                         };
@@ -643,8 +660,12 @@ impl Spool {
                     }
                     Ok(None) => break,
                     Err(()) => {
-                        tracing::error!(path = %path.display(), offset = pos.offset, "spool record fails its checksum; the rest of this segment is skipped");
-                        metrics::counter!(catalog::PRODUCER_SPOOL_CORRUPT_TOTAL).increment(1);
+                        SpoolDamage {
+                            path: &path,
+                            offset: Some(pos.offset),
+                            what: CHECKSUM_FAILED,
+                        }
+                        .emit();
                         self.segment_ends.push((pos.segment, pos.offset));
                         if pos.segment == self.write.segment {
                             // New appends must not land behind the damage.
