@@ -21,9 +21,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Uri;
-use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -611,7 +608,7 @@ async fn open_sink(
 
 /// --concurrency HTTP workers taking batches from one channel.
 fn http_sink(args: &LoadArgs, url: &str, tally: &Tally) -> Result<Sink> {
-    let endpoint = Endpoint::parse(url, args.cacert.as_deref())?;
+    let endpoint = Endpoint::parse(url, args.cacert.as_deref(), args.concurrency)?;
     let key = args
         .api_key
         .clone()
@@ -654,25 +651,42 @@ async fn sqs_sink(args: &LoadArgs, settings: &crate::config::Settings) -> Result
     Ok((Sink::Sqs(producer), format!("sqs {queue_url}")))
 }
 
-/// The progress line, once a second and at the end.
+/// The progress, once a second and at the end: an indicatif bar on a terminal (towards the
+/// count, or duration × rate; a spinner when the run has no known end), one plain line per
+/// update otherwise (a log, a pipe).
 struct Progress {
-    /// What the bar counts towards: the count, or duration × rate.
-    total_hint: Option<u64>,
     start: Instant,
     last: Instant,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
     fn new(total_hint: Option<u64>) -> Progress {
         let start = Instant::now();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let (bar, template) = match total_hint {
+                Some(total) if total > 0 => (
+                    indicatif::ProgressBar::new(total),
+                    "load: [{bar:20}] {percent:>3}% {msg}",
+                ),
+                _ => (
+                    indicatif::ProgressBar::new_spinner(),
+                    "load: {spinner} {msg}",
+                ),
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("#>-"));
+            }
+            bar
+        });
         Progress {
-            total_hint,
             start,
             last: start,
+            bar,
         }
     }
 
-    /// Shows the line when a second has passed since the last one.
+    /// Shows the progress when a second has passed since the last time.
     fn tick(&mut self, g: &LogGen, counters: &Counters) {
         if self.last.elapsed() >= Duration::from_secs(1) {
             self.last = Instant::now();
@@ -683,35 +697,24 @@ impl Progress {
     fn show(&self, g: &LogGen, counters: &Counters, done: bool) {
         let elapsed = self.start.elapsed().as_secs_f64().max(1e-3);
         let accepted = counters.accepted.load(Ordering::Relaxed);
-        progress(
-            done,
-            &format!(
-                "load: {}{} made, {} accepted, {:.0} logs/s, 429: {}, 503: {}, failed: {}",
-                self.bar(g.generated),
-                human(g.generated),
-                human(accepted),
-                g.generated as f64 / elapsed,
-                counters.status_429.load(Ordering::Relaxed),
-                counters.status_503.load(Ordering::Relaxed),
-                counters.failed.load(Ordering::Relaxed),
-            ),
+        let line = format!(
+            "{} made, {} accepted, {:.0} logs/s, 429: {}, 503: {}, failed: {}",
+            human(g.generated),
+            human(accepted),
+            g.generated as f64 / elapsed,
+            counters.status_429.load(Ordering::Relaxed),
+            counters.status_503.load(Ordering::Relaxed),
+            counters.failed.load(Ordering::Relaxed),
         );
-    }
-
-    /// `[####----]  40% `, or nothing when the run has no known end.
-    fn bar(&self, generated: u64) -> String {
-        match self.total_hint {
-            Some(total) if total > 0 => {
-                let frac = (generated as f64 / total as f64).min(1.0);
-                let filled = (frac * 20.0) as usize;
-                format!(
-                    "[{}{}] {:>3.0}% ",
-                    "#".repeat(filled),
-                    "-".repeat(20 - filled),
-                    frac * 100.0
-                )
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(g.generated);
+                bar.set_message(line);
+                if done {
+                    bar.finish();
+                }
             }
-            _ => String::new(),
+            None => eprintln!("load: {line}"),
         }
     }
 }
@@ -984,109 +987,69 @@ pub fn print_summary(s: &LoadSummary, json: bool) {
     }
 }
 
-/// The ingest URL, split for hyper, with a TLS connector for https.
+/// Where the logs go: the ingest URL, and the HTTP client (reqwest: a keep-alive connection per
+/// worker in flight, rustls with --cacert's roots for https).
 struct Endpoint {
-    host: String,
-    port: u16,
-    authority: String,
-    path: String,
-    tls: Option<(
-        tokio_rustls::TlsConnector,
-        rustls_pki_types::ServerName<'static>,
-    )>,
+    url: reqwest::Url,
+    client: reqwest::Client,
 }
 
 impl Endpoint {
-    fn parse(url: &str, cacert: Option<&std::path::Path>) -> Result<Endpoint> {
-        let uri: Uri = url
-            .parse()
-            .with_context(|| format!("--ingest `{url}` is not a URL"))?;
-        let https = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
+    fn parse(url: &str, cacert: Option<&std::path::Path>, workers: usize) -> Result<Endpoint> {
+        let mut parsed =
+            reqwest::Url::parse(url).with_context(|| format!("--ingest `{url}` is not a URL"))?;
+        let https = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
             _ => bail!("--ingest `{url}` must start with http:// or https://"),
         };
-        let host = uri
-            .host()
-            .ok_or_else(|| anyhow!("--ingest `{url}` has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let path = match uri.path() {
-            "" | "/" => "/v1/logs".to_owned(),
-            p => p.to_owned(),
-        };
-        let tls = if https {
-            use rustls_pki_types::CertificateDer;
-            use rustls_pki_types::pem::PemObject;
-            use tokio_rustls::rustls;
+        if parsed.host_str().is_none_or(str::is_empty) {
+            bail!("--ingest `{url}` has no host");
+        }
+        if matches!(parsed.path(), "" | "/") {
+            parsed.set_path("/v1/logs");
+        }
+        // reqwest builds its TLS with the process's default rustls provider even for http://:
+        // the aws-lc-rs one the server side uses (a second install is refused, harmlessly).
+        let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut client = reqwest::Client::builder()
+            .pool_max_idle_per_host(workers)
+            .tcp_nodelay(true);
+        if https {
             let Some(ca) = cacert else {
                 bail!("https:// needs --cacert FILE (the CA that signed the ingest certificate)")
             };
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("cannot read --cacert {}", ca.display()))?
-            {
-                roots
-                    .add(cert.with_context(|| format!("bad PEM in {}", ca.display()))?)
-                    .context("--cacert: not a usable CA certificate")?;
-            }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .context("TLS setup")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            let name = rustls_pki_types::ServerName::try_from(host.clone())
-                .with_context(|| format!("`{host}` is not a TLS server name"))?;
-            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
-        } else {
-            None
-        };
-        Ok(Endpoint {
-            authority: uri
-                .authority()
-                .map_or_else(|| host.clone(), |a| a.to_string()),
-            host,
-            port,
-            path,
-            tls,
-        })
-    }
-
-    async fn connect(&self) -> Result<HttpConn> {
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .with_context(|| format!("cannot connect to {}:{}", self.host, self.port))?;
-        let _ = tcp.set_nodelay(true);
-        macro_rules! handshake {
-            ($io:expr) => {{
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($io))
-                    .await
-                    .context("HTTP handshake")?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                sender
-            }};
+            client = client.use_preconfigured_tls(tls_config(ca)?);
         }
-        Ok(match &self.tls {
-            Some((connector, name)) => {
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .context("TLS handshake with the ingest server")?;
-                handshake!(tls)
-            }
-            None => handshake!(tcp),
+        let client = client.build().context("the HTTP client")?;
+        Ok(Endpoint {
+            url: parsed,
+            client,
         })
     }
 }
 
-/// A keep-alive HTTP/1 connection to the ingest server.
-type HttpConn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// TLS that trusts only the CA in `ca` (rustls, with the aws-lc-rs provider the server uses).
+fn tls_config(ca: &std::path::Path) -> Result<tokio_rustls::rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("cannot read --cacert {}", ca.display()))?
+    {
+        roots
+            .add(cert.with_context(|| format!("bad PEM in {}", ca.display()))?)
+            .context("--cacert: not a usable CA certificate")?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS setup")?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
 
 struct HttpWorker {
     endpoint: Arc<Endpoint>,
@@ -1104,12 +1067,11 @@ enum Answer {
 
 impl HttpWorker {
     async fn run(self, rx: Arc<Mutex<mpsc::Receiver<Vec<GenLog>>>>) {
-        let mut conn = None;
         loop {
             let Some(batch) = rx.lock().await.recv().await else {
                 return;
             };
-            self.deliver(&mut conn, batch).await;
+            self.deliver(batch).await;
         }
     }
 
@@ -1130,12 +1092,12 @@ impl HttpWorker {
         Bytes::from(text)
     }
 
-    async fn deliver(&self, conn: &mut Option<HttpConn>, batch: Vec<GenLog>) {
+    async fn deliver(&self, batch: Vec<GenLog>) {
         let body = self.body(&batch);
         let deadline = Instant::now() + self.retry_for;
         let n = batch.len() as u64;
         loop {
-            let answer = self.attempt(conn, body.clone()).await;
+            let answer = self.attempt(body.clone()).await;
             let wait = match answer {
                 Answer::Accepted => {
                     self.tally.counters.accepted.fetch_add(n, Ordering::Relaxed);
@@ -1175,80 +1137,41 @@ impl HttpWorker {
         }
     }
 
-    async fn attempt(&self, conn: &mut Option<HttpConn>, body: Bytes) -> Answer {
-        let connect_retry = Answer::Retry(Duration::from_millis(250));
+    /// One POST of the batch (a failed connection or request is retried after 250 ms).
+    async fn attempt(&self, body: Bytes) -> Answer {
         let counters = &self.tally.counters;
-        let Some(sender) = self.ready_sender(conn).await else {
-            return connect_retry;
-        };
-        let req = match self.request(body) {
-            Ok(r) => r,
-            Err(e) => return Answer::Fail(format!("cannot build the request: {e}")),
-        };
+        let mut req = self
+            .endpoint
+            .client
+            .post(self.endpoint.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .bearer_auth(&self.key)
+            .body(body);
+        if self.gzip {
+            req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
+        }
         let started = Instant::now();
         counters.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = match sender.send_request(req).await {
+        let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                *conn = None;
                 counters.connect_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "request failed");
-                return connect_retry;
+                return Answer::Retry(Duration::from_millis(250));
             }
         };
         let status = resp.status();
         let retry_after = retry_after(resp.headers());
-        let text = match resp.into_body().collect().await {
-            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
-            Err(_) => {
-                *conn = None;
-                String::new()
-            }
-        };
+        let text = resp.text().await.unwrap_or_default();
         if let Ok(mut l) = self.tally.latencies.lock() {
             l.record(started.elapsed());
         }
         self.answer(status, retry_after, text)
     }
 
-    /// The connection, made anew when there is none or it closed, once it is ready; None (a
-    /// connect error) when it cannot be had.
-    async fn ready_sender<'c>(&self, conn: &'c mut Option<HttpConn>) -> Option<&'c mut HttpConn> {
-        let counters = &self.tally.counters;
-        if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            match self.endpoint.connect().await {
-                Ok(c) => *conn = Some(c),
-                Err(e) => {
-                    counters.connect_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %format!("{e:#}"), "connect failed");
-                    return None;
-                }
-            }
-        }
-        let sender = conn.as_mut()?;
-        if sender.ready().await.is_err() {
-            *conn = None;
-            counters.connect_errors.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        conn.as_mut()
-    }
-
-    /// The POST of one batch's body, with the API key (and gzip's Content-Encoding).
-    fn request(&self, body: Bytes) -> hyper::http::Result<hyper::Request<Full<Bytes>>> {
-        let mut req = hyper::Request::post(self.endpoint.path.as_str())
-            .header(hyper::header::HOST, self.endpoint.authority.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
-            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.key));
-        if self.gzip {
-            req = req.header(hyper::header::CONTENT_ENCODING, "gzip");
-        }
-        req.body(Full::new(body))
-    }
-
     /// What an answer means: accepted (2xx), retry after Retry-After (429, 503, counted), or
     /// a failure with the server's message (anything else).
-    fn answer(&self, status: hyper::StatusCode, retry_after: Duration, text: String) -> Answer {
+    fn answer(&self, status: reqwest::StatusCode, retry_after: Duration, text: String) -> Answer {
         let counters = &self.tally.counters;
         match status.as_u16() {
             200..=299 => Answer::Accepted,
@@ -1273,9 +1196,9 @@ impl HttpWorker {
 }
 
 /// An answer's Retry-After in seconds, within 0-60 s (1 s when it has none).
-fn retry_after(headers: &hyper::HeaderMap) -> Duration {
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
     headers
-        .get(hyper::header::RETRY_AFTER)
+        .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or(Duration::from_secs(1), |s| {
