@@ -804,7 +804,13 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
         let Some(bytes) = wait_for_bytes(&shared, poller, reserve_kib, &shutdown).await else {
             break;
         };
-        let messages = match receive(&shared, ask, &breaker, &shutdown).await {
+        let polled = receive(&shared, ask, &breaker, &shutdown).await;
+        // A receive that returned, answer or error, is progress (liveness must not wait for
+        // the pause after an error as well).
+        if matches!(polled, Polled::Messages(_) | Polled::Failed(_)) {
+            shared.stats.progress(poller);
+        }
+        let messages = match polled {
             Polled::Shutdown => break,
             Polled::BreakerOpened => continue,
             Polled::Failed(error) => {
@@ -819,7 +825,6 @@ async fn poll_loop<S: Source>(poller: usize, shared: Arc<Shared<S>>, shutdown: C
             }
             Polled::Messages(messages) => messages,
         };
-        shared.stats.progress(poller);
         errors = 0;
         note_receive_ok(&shared);
         if messages.is_empty() {

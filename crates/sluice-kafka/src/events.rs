@@ -18,7 +18,11 @@ impl ClientError<'_> {
     /// Counts `sluice_kafka_client_errors_total` and logs a WARN line.
     pub fn emit(self) {
         metrics::counter!(catalog::KAFKA_CLIENT_ERRORS_TOTAL).increment(1);
-        tracing::warn!(error = %self.error, reason = self.reason, "kafka client error");
+        if self.reason == "poll" {
+            tracing::warn!(error = %self.error, "kafka poll error");
+        } else {
+            tracing::warn!(error = %self.error, reason = self.reason, "kafka client error");
+        }
     }
 }
 

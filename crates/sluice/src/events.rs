@@ -35,32 +35,39 @@ impl CapacityRefreshFailed<'_> {
     }
 }
 
-/// Which queue a queue-attribute read was for.
-#[derive(Clone, Copy)]
-pub enum QueueRole {
-    /// The queue sluice drains.
-    Source,
-    /// Its dead-letter queue.
-    DeadLetter,
-}
-
 /// Reading a queue's counts (or finding its dead-letter queue) failed; the gauges keep their
 /// last value.
-pub struct QueueAttributesFailed<'a> {
-    pub queue: QueueRole,
-    /// The queue's URL, or the dead-letter queue's ARN when it could not be found.
-    pub queue_id: &'a str,
-    pub error: &'a str,
+pub enum QueueAttributesFailed<'a> {
+    /// The source queue's counts, at `queue_url`.
+    Source { queue_url: &'a str, error: &'a str },
+    /// The dead-letter queue's counts, at `dlq_url`.
+    DeadLetter { dlq_url: &'a str, error: &'a str },
+    /// The dead-letter queue the redrive policy names (`arn`) could not be found.
+    DeadLetterNotFound { arn: &'a str, error: &'a str },
 }
 
 impl QueueAttributesFailed<'_> {
     pub fn emit(self) {
-        let (label, what) = match self.queue {
-            QueueRole::Source => ("source", "cannot read the queue's attributes"),
-            QueueRole::DeadLetter => ("dlq", "cannot read the dead-letter queue's attributes"),
+        let label = match self {
+            QueueAttributesFailed::Source { .. } => "source",
+            _ => "dlq",
         };
         metrics::counter!(catalog::QUEUE_ATTRIBUTE_ERRORS_TOTAL, "queue" => label).increment(1);
-        tracing::warn!(error = self.error, queue = self.queue_id, "{what}");
+        match self {
+            QueueAttributesFailed::Source { queue_url, error } => {
+                tracing::warn!(error, queue_url, "cannot read the queue's attributes")
+            }
+            QueueAttributesFailed::DeadLetter { dlq_url, error } => {
+                tracing::warn!(
+                    error,
+                    dlq_url,
+                    "cannot read the dead-letter queue's attributes"
+                )
+            }
+            QueueAttributesFailed::DeadLetterNotFound { arn, error } => {
+                tracing::warn!(error, arn, "cannot find the dead-letter queue")
+            }
+        }
     }
 }
 
@@ -73,13 +80,15 @@ pub struct FleetCallFailed<'a> {
 impl FleetCallFailed<'_> {
     pub fn emit(self) {
         metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => self.op).increment(1);
-        let what = match self.op {
-            "read" => "reading the fleet's members failed: keeping the last share",
-            _ => "renewing this instance's lease failed",
-        };
-        match self.error {
-            Some(error) => tracing::warn!(%error, op = self.op, "{what}"),
-            None => tracing::warn!(op = self.op, "{what} (timed out)"),
+        match (self.op, self.error) {
+            ("read", Some(error)) => {
+                tracing::warn!(%error, "cannot read the fleet's members: keeping the last share")
+            }
+            ("read", None) => {
+                tracing::warn!("reading the fleet's members timed out: keeping the last share")
+            }
+            (_, Some(error)) => tracing::warn!(%error, "cannot renew this instance's lease"),
+            (_, None) => tracing::warn!("renewing this instance's lease timed out"),
         }
     }
 }

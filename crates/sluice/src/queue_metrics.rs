@@ -18,7 +18,7 @@ use std::time::Duration;
 use aws_sdk_sqs::Client;
 use sluice_sqs::admin;
 
-use crate::events::{QueueAttributesFailed, QueueRole};
+use crate::events::QueueAttributesFailed;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -88,9 +88,8 @@ impl QueuePoller {
                 Some(counts)
             }
             Err(error) => {
-                QueueAttributesFailed {
-                    queue: QueueRole::Source,
-                    queue_id: &self.queue_url,
+                QueueAttributesFailed::Source {
+                    queue_url: &self.queue_url,
                     error: &error,
                 }
                 .emit();
@@ -104,9 +103,8 @@ impl QueuePoller {
                     Some(counts)
                 }
                 Err(error) => {
-                    QueueAttributesFailed {
-                        queue: QueueRole::DeadLetter,
-                        queue_id: url,
+                    QueueAttributesFailed::DeadLetter {
+                        dlq_url: url,
                         error: &error,
                     }
                     .emit();
@@ -137,10 +135,9 @@ impl QueuePoller {
                 self.dlq = Some((arn, url));
             }
             Err(error) => {
-                QueueAttributesFailed {
-                    queue: QueueRole::DeadLetter,
-                    queue_id: &arn,
-                    error: &format!("cannot find the dead-letter queue: {error}"),
+                QueueAttributesFailed::DeadLetterNotFound {
+                    arn: &arn,
+                    error: &error,
                 }
                 .emit();
             }

@@ -325,11 +325,13 @@ async fn start_producer(settings: &Settings) -> Result<(Producer, String)> {
 /// The API's routes: `POST /v1/logs` behind its layers (outermost first: count the answer,
 /// the key, admission, the body), and the probes.
 fn router(state: Arc<Ingest>) -> Router {
+    // route_layer: the layers wrap POST only; another method gets axum's bare 405, with
+    // nothing read and nothing counted.
     let post_logs = post(handler::post_logs)
-        .layer(from_fn_with_state(state.clone(), layers::read_body))
-        .layer(from_fn_with_state(state.clone(), layers::admit))
-        .layer(from_fn_with_state(state.clone(), layers::require_key))
-        .layer(from_fn_with_state(state.clone(), layers::count_status));
+        .route_layer(from_fn_with_state(state.clone(), layers::read_body))
+        .route_layer(from_fn_with_state(state.clone(), layers::admit))
+        .route_layer(from_fn_with_state(state.clone(), layers::require_key))
+        .route_layer(from_fn_with_state(state.clone(), layers::count_status));
     Router::new()
         .route("/v1/logs", post_logs)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -534,5 +536,58 @@ mod tests {
             <[u8; 32]>::from(d)
         );
         assert!(crate::config::parse_sha256("zz").is_err());
+    }
+
+    /// The checks wrap POST only: another method on /v1/logs is axum's bare 405, without the
+    /// key, the admission or the body being looked at, and it is not counted.
+    #[tokio::test]
+    async fn only_post_goes_through_the_checks_and_is_counted() {
+        use axum::body::Body;
+        use axum::http::Request;
+        use tower::ServiceExt;
+        let settings = Settings::default();
+        let producer = Producer::start(
+            sluice_producer::ProducerConfig::for_queue("https://sqs.eu-west-1.amazonaws.com/1/q"),
+            sluice_producer::testing::FakeQueue::new(),
+        )
+        .unwrap();
+        let keys = vec![Key {
+            name: "k".into(),
+            digest: Sha256::digest(b"secret").into(),
+        }];
+        let state = Arc::new(Ingest::new(&settings, keys, producer));
+        let app = router(state.clone());
+        let call = |method: &str, key: Option<&str>| {
+            let mut req = Request::builder().method(method).uri("/v1/logs");
+            if let Some(k) = key {
+                req = req.header("x-api-key", k);
+            }
+            let req = req
+                .body(Body::from("{\"request_id\":\"a\",\"ts\":1}"))
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+        for key in [None, Some("secret")] {
+            for method in ["GET", "PUT"] {
+                let resp = call(method, key).await.unwrap();
+                assert_eq!(
+                    resp.status(),
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {key:?}"
+                );
+            }
+        }
+        assert_eq!(
+            state.requests.load(Ordering::Relaxed),
+            0,
+            "a 405 is not counted"
+        );
+        let resp = call("POST", None).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            state.requests.load(Ordering::Relaxed),
+            1,
+            "a POST is counted"
+        );
     }
 }
