@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
+pub mod process;
+pub use process::{
+    HttpResponse, Sluice, SluiceCommand, Stopped, http_get, http_request, temp_dir, temp_file,
+    try_http_get,
+};
+
 /// Credentials the local servers accept (DynamoDB Local wants letters and digits only, and
 /// keeps tables per access key and region: every client here uses the same pair).
 pub const ACCESS_KEY: &str = "test";

@@ -1,50 +1,24 @@
 //! The real `sluice` binary: `validate` on good and bad configs, and `run` against MiniStack —
 //! drains a queue, serves /metrics, /healthz and /readyz, and exits 0 on SIGTERM.
 
+use sluice_core::testing::log_line;
 use sluice_testkit::metric;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_producer::sqs::SqsTransport;
-use sluice_testkit::{Backend, TestEnv, free_port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sluice_testkit::{
+    Backend, Sluice, SluiceCommand, TestEnv, free_port, http_get, temp_file, try_http_get,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
-fn temp_config(text: &str) -> tempfile_path::TempPath {
-    tempfile_path::TempPath::with(text)
-}
-
-/// A small temp file that removes itself (no extra crate for one file).
-mod tempfile_path {
-    use std::path::PathBuf;
-
-    pub struct TempPath(pub PathBuf);
-
-    impl TempPath {
-        pub fn with(text: &str) -> Self {
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("sluice-test-{}-{n}.toml", std::process::id()));
-            std::fs::write(&path, text).expect("write temp config");
-            TempPath(path)
-        }
-    }
-
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
-
 fn validate(config: &str, env: &[(&str, &str)]) -> (i32, String) {
-    let file = temp_config(config);
+    let file = temp_file(config, ".toml");
     let out = Command::new(BIN)
         .arg("validate")
         .arg("--config")
-        .arg(&file.0)
+        .arg(&file)
         .envs(env.iter().copied())
         .output()
         .expect("run sluice validate");
@@ -68,10 +42,10 @@ fn validate_accepts_the_documented_example_and_a_minimal_config() {
 
 /// `sluice validate --for ingest` on `config`: (exit code, stderr).
 fn validate_ingest(config: &str) -> (i32, String) {
-    let file = temp_config(config);
+    let file = temp_file(config, ".toml");
     let out = Command::new(BIN)
         .args(["validate", "--for", "ingest", "--config"])
-        .arg(&file.0)
+        .arg(&file)
         .output()
         .expect("run sluice validate");
     (
@@ -180,33 +154,6 @@ fn validate_names_bad_values_and_missing_required_keys() {
     assert!(out.contains("dynamodb.table `x`"), "{out}");
 }
 
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    try_http_get(port, path)
-        .await
-        .expect("telemetry server answers")
-}
-
-async fn try_http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    Some((status, body))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_drains_the_queue_serves_telemetry_and_exits_zero_on_sigterm() {
     let env = TestEnv::start(Backend::MiniStack).await.unwrap();
@@ -214,11 +161,8 @@ async fn run_drains_the_queue_serves_telemetry_and_exits_zero_on_sigterm() {
     env.create_table("request-logs", "request_id")
         .await
         .unwrap();
-    let bodies: Vec<String> = (0..200)
-        .map(|i| format!(r#"{{"request_id":"bin-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
-        .collect();
     SqsTransport::new(env.sqs.clone(), &url)
-        .send_bodies(&bodies)
+        .send_bodies(&one_log_bodies("bin", 200))
         .await
         .unwrap();
     SqsTransport::new(env.sqs.clone(), &url)
@@ -226,19 +170,13 @@ async fn run_drains_the_queue_serves_telemetry_and_exits_zero_on_sigterm() {
         .await
         .unwrap();
 
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .envs(env.child_env())
+    let child = SluiceCommand::new(BIN, "run")
+        .test_env(&env)
         .env("SLUICE__SQS__QUEUE_URL", &url)
         .env("SLUICE__DYNAMODB__TABLE", "request-logs")
         .env("SLUICE__RATE__WCU_PER_SECOND", "500")
-        .env("SLUICE__TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
-        .env("SLUICE__TELEMETRY__LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sluice run");
+        .spawn();
+    let port = child.telemetry_port();
 
     let started = Instant::now();
     let scrape = loop {
@@ -247,7 +185,7 @@ async fn run_drains_the_queue_serves_telemetry_and_exits_zero_on_sigterm() {
             "not drained in time"
         );
         // Not listening yet right after start: keep asking.
-        if let Some((status, body)) = try_http_get(port, "/metrics").await {
+        if let Ok((status, body)) = try_http_get(port, "/metrics").await {
             assert_eq!(status, 200);
             if metric(&body, "sluice_messages_acked_total") == Some(200.0)
                 && body.contains("sluice_messages_nacked_total{reason=\"poison\"}")
@@ -277,25 +215,8 @@ async fn run_drains_the_queue_serves_telemetry_and_exits_zero_on_sigterm() {
     assert_eq!(rows.len(), 200);
 
     // SIGTERM: the parked long poll is cancelled, the process exits 0 promptly.
-    let sigterm = Instant::now();
-    let killed = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            sigterm.elapsed() < Duration::from_secs(15),
-            "sluice did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let stopped = child.stop_within(Duration::from_secs(15)).await;
+    let (status, stdout) = (stopped.status, stopped.stdout);
     assert!(status.success(), "exit status {status:?}\n{stdout}");
     // JSON logs, one object per line, ending with the stop summary.
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
@@ -389,16 +310,10 @@ fn demo_drains_a_spike_into_the_embedded_simulator_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_serves_sdk_clients_and_stops_on_sigterm() {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["sim", "--listen", "127.0.0.1:0", "--latency", "5ms"])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().unwrap();
+    let mut child = SluiceCommand::new(BIN, "sim")
+        .args(["--listen", "127.0.0.1:0", "--latency", "5ms"])
+        .spawn();
+    let first = child.wait_stdout_line(Duration::from_secs(20)).await;
     let endpoint = first
         .split_whitespace()
         .find(|w| w.starts_with("http://127.0.0.1:"))
@@ -428,19 +343,7 @@ async fn sim_serves_sdk_clients_and_stops_on_sigterm() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"provisioned_wcu\":5"), "{body}");
-    let pid = child.id().unwrap();
-    assert!(
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = child.stop_within(Duration::from_secs(10)).await.status;
     assert!(status.success());
 }
 
@@ -530,17 +433,12 @@ async fn a_spot_interruption_notice_drains_and_exits_zero_losing_nothing() {
         .await
         .unwrap();
     // 2,000 one-WCU logs against 196 WCU/s: ten seconds of work, so the notice comes mid-drain.
-    let bodies: Vec<String> = (0..2000)
-        .map(|i| format!(r#"{{"request_id":"spot-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
-        .collect();
     SqsTransport::new(env.sqs.clone(), &url)
-        .send_bodies(&bodies)
+        .send_bodies(&one_log_bodies("spot", 2000))
         .await
         .unwrap();
-    let port = free_port();
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("run")
-        .envs(env.child_env())
+    let child = SluiceCommand::new(BIN, "run")
+        .test_env(&env)
         .env("AWS_EC2_METADATA_DISABLED", "false")
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.endpoint)
         .env("SLUICE__SQS__QUEUE_URL", &url)
@@ -548,13 +446,7 @@ async fn a_spot_interruption_notice_drains_and_exits_zero_losing_nothing() {
         .env("SLUICE__SPOT__ENABLED", "true")
         .env("SLUICE__SPOT__POLL_INTERVAL", "200ms")
         .env("SLUICE__WORKER__SHUTDOWN_GRACE", "3s")
-        .env("SLUICE__TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
-        .env("SLUICE__TELEMETRY__LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .spawn();
     let started = Instant::now();
     while env
         .scan_keys("request-logs", "request_id")
@@ -568,20 +460,15 @@ async fn a_spot_interruption_notice_drains_and_exits_zero_losing_nothing() {
     }
     imds.notify("2026-11-22T12:02:00Z");
     let noticed = Instant::now();
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("drained and exited within poll + grace + margin")
-        .unwrap();
+    // Drained and exited within poll + grace + margin.
+    let stopped = child.exited_within(Duration::from_secs(15)).await;
+    let (status, stdout) = (stopped.status, stopped.stdout);
     assert!(status.success(), "{status:?}");
     assert!(
         noticed.elapsed() < Duration::from_secs(10),
         "{:?}",
         noticed.elapsed()
     );
-    let mut stdout = String::new();
-    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout)
-        .await
-        .unwrap();
     assert!(stdout.contains("spot interruption notice"), "{stdout}");
     // Nothing lost, nothing stranded: every log is written or its message is visible again now.
     let written = env
@@ -619,7 +506,7 @@ async fn chaos_sigterm_with_many_in_flight_exits_zero_in_time_and_loses_nothing(
         .await
         .unwrap();
     let grace = 2;
-    let mut child = spawn_run(
+    let child = spawn_run(
         &env,
         &url,
         "request-logs",
@@ -637,12 +524,13 @@ async fn chaos_sigterm_with_many_in_flight_exits_zero_in_time_and_loses_nothing(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    sigterm(&child);
+    child.sigterm();
     let term = Instant::now();
-    let status = tokio::time::timeout(Duration::from_secs(grace + 5), child.wait())
+    // Exited within grace + 5 s.
+    let status = child
+        .exited_within(Duration::from_secs(grace + 5))
         .await
-        .expect("exited within grace + 5 s")
-        .unwrap();
+        .status;
     assert!(status.success(), "{status:?}");
     let (visible, in_flight) = env.queue_counts(&url).await.unwrap();
     assert_eq!(
@@ -666,17 +554,11 @@ async fn chaos_sigterm_with_many_in_flight_exits_zero_in_time_and_loses_nothing(
 /// CI runs 5,000 messages and 10 kills; SLUICE_CHAOS_MESSAGES / SLUICE_CHAOS_KILLS scale it up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
-    use tokio::io::AsyncBufReadExt;
     // The simulator in its own process, so it outlives every worker.
-    let mut sim = tokio::process::Command::new(BIN)
-        .args(["sim", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(sim.stdout.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().unwrap();
+    let mut sim = SluiceCommand::new(BIN, "sim")
+        .args(["--listen", "127.0.0.1:0"])
+        .spawn();
+    let first = sim.wait_stdout_line(Duration::from_secs(20)).await;
     let endpoint = first
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
@@ -723,9 +605,13 @@ async fn kill_9_chaos(endpoint: &str, default_messages: usize) {
     let mut bodies: Vec<String> = (0..messages)
         .map(|i| {
             // Some messages carry three logs; a few are delivered twice by the producer.
-            let ids: Vec<String> = if i % 10 == 0 { (0..3).map(|j| format!("k-{i}-{j}")).collect() } else { vec![format!("k-{i}")] };
+            let ids: Vec<String> = if i % 10 == 0 {
+                (0..3).map(|j| format!("k-{i}-{j}")).collect()
+            } else {
+                vec![format!("k-{i}")]
+            };
             ids.iter()
-                .map(|id| format!(r#"{{"request_id":"{id}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
+                .map(|id| log_line(id))
                 .collect::<Vec<_>>()
                 .join("\n")
         })
@@ -741,8 +627,7 @@ async fn kill_9_chaos(endpoint: &str, default_messages: usize) {
         .unwrap();
 
     let start_worker = || {
-        tokio::process::Command::new(BIN)
-            .arg("run")
+        SluiceCommand::new(BIN, "run")
             .env("AWS_ENDPOINT_URL", &endpoint)
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -753,25 +638,15 @@ async fn kill_9_chaos(endpoint: &str, default_messages: usize) {
             .env("SLUICE__SQS__WAIT_TIME_SECONDS", "1")
             .env("SLUICE__DYNAMODB__TABLE", "chaos")
             .env("SLUICE__RATE__WCU_PER_SECOND", "4000")
-            .env(
-                "SLUICE__TELEMETRY__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
-            .unwrap()
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     for _ in 0..kills {
         let mut worker = start_worker();
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
-        worker.start_kill().unwrap(); // SIGKILL: no drain, no acks flushed, nothing returned
-        worker.wait().await.unwrap();
+        worker.kill_9().await; // SIGKILL: no drain, no acks flushed, nothing returned
     }
-    let mut worker = start_worker();
+    let worker = start_worker();
     let started = Instant::now();
     loop {
         let (visible, in_flight) = sluice_sqs::admin::queue_counts(&sqs, &url).await.unwrap();
@@ -785,13 +660,7 @@ async fn kill_9_chaos(endpoint: &str, default_messages: usize) {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let pid = worker.id().unwrap();
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    worker.wait().await.unwrap();
+    worker.stop().await;
     let keys = sluice_dynamodb::admin::scan_keys(&ddb, "chaos", "request_id")
         .await
         .unwrap();
@@ -813,27 +682,14 @@ async fn healthz_fails_when_a_poll_loop_stops_making_progress() {
     env.create_table("request-logs", "request_id")
         .await
         .unwrap();
-    let port = free_port();
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("run")
-        .envs(env.child_env())
+    let mut child = SluiceCommand::new(BIN, "run")
+        .test_env(&env)
         .env("SLUICE__SQS__QUEUE_URL", &url)
         .env("SLUICE__SQS__WAIT_TIME_SECONDS", "1")
         .env("SLUICE__DYNAMODB__TABLE", "request-logs")
-        .env("SLUICE__TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        if let Some((200, _)) = try_http_get(port, "/healthz").await {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "never healthy");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .spawn();
+    let port = child.telemetry_port();
+    child.wait_healthy(Duration::from_secs(20)).await;
     // Receives now hang for a minute: a 1 s long poll taking 60 s is a stuck poll loop.
     env.sim
         .as_ref()
@@ -863,7 +719,7 @@ async fn healthz_fails_when_a_poll_loop_stops_making_progress() {
         "{:?}",
         stuck.elapsed()
     );
-    child.start_kill().unwrap();
+    child.kill_9().await;
 }
 
 /// Faults: BatchWriteItem slowed by `fixed_ms` plus up to `jitter_ms`, and `hang_ops` never answered.
@@ -884,45 +740,17 @@ fn slow_writes(fixed_ms: u64, jitter_ms: u64, hang_ops: Vec<String>) -> sluice_s
 
 /// `n` messages of one log each, request ids `{prefix}-{i}`.
 fn one_log_bodies(prefix: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| format!(r#"{{"request_id":"{prefix}-{i}","ts":1795341600000,"method":"GET","path":"/","status":200,"latency_ms":1}}"#))
-        .collect()
+    (0..n).map(|i| log_line(&format!("{prefix}-{i}"))).collect()
 }
 
 /// Starts `sluice run` against `env` with `extra` environment on top.
-fn spawn_run(
-    env: &TestEnv,
-    url: &str,
-    table: &str,
-    extra: &[(&str, &str)],
-) -> tokio::process::Child {
-    tokio::process::Command::new(BIN)
-        .arg("run")
-        .envs(env.child_env())
+fn spawn_run(env: &TestEnv, url: &str, table: &str, extra: &[(&str, &str)]) -> Sluice {
+    SluiceCommand::new(BIN, "run")
+        .test_env(env)
         .env("SLUICE__SQS__QUEUE_URL", url)
         .env("SLUICE__DYNAMODB__TABLE", table)
-        .env(
-            "SLUICE__TELEMETRY__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
         .envs(extra.iter().copied())
-        .stdout(Stdio::null())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
-        .unwrap()
-}
-
-fn sigterm(child: &tokio::process::Child) {
-    let pid = child.id().unwrap();
-    assert!(
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -943,7 +771,7 @@ async fn shutdown_is_bounded_when_sqs_stops_answering_and_nothing_is_lost() {
         .await
         .unwrap();
     let grace = 2u64;
-    let mut child = spawn_run(
+    let child = spawn_run(
         &env,
         &url,
         "request-logs",
@@ -972,13 +800,14 @@ async fn shutdown_is_bounded_when_sqs_stops_answering_and_nothing_is_lost() {
     sim.set_faults(slow_writes(300, 100, silent.map(String::from).to_vec()))
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    sigterm(&child);
+    child.sigterm();
     let term = Instant::now();
     let bound = Duration::from_secs(grace + 8 + 2);
-    let status = tokio::time::timeout(bound + Duration::from_secs(3), child.wait())
+    // Exited although SQS does not answer.
+    let status = child
+        .exited_within(bound + Duration::from_secs(3))
         .await
-        .expect("exited although SQS does not answer")
-        .unwrap();
+        .status;
     let took = term.elapsed();
     eprintln!("exited {took:?} after SIGTERM with SQS silent (bound {bound:?})");
     assert!(status.success(), "{status:?}");
@@ -990,15 +819,11 @@ async fn shutdown_is_bounded_when_sqs_stops_answering_and_nothing_is_lost() {
     // SQS answers again: a second run finds what was not acked (after its visibility timeout)
     // and writes it; every log is one row.
     sim.set_faults(sluice_sim::Faults::default()).unwrap();
-    let mut child = spawn_run(&env, &url, "request-logs", &[]);
+    let child = spawn_run(&env, &url, "request-logs", &[]);
     env.wait_queue_empty(&url, Duration::from_secs(90))
         .await
         .unwrap();
-    sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = child.stop().await.status;
     assert!(status.success());
     let keys = env.scan_keys("request-logs", "request_id").await.unwrap();
     let unique: std::collections::BTreeSet<&String> = keys.iter().collect();

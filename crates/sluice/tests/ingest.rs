@@ -10,31 +10,17 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use sluice_testkit::{Backend, TestEnv, free_port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use sluice_testkit::{
+    Backend, Sluice, SluiceCommand, TestEnv, free_port, http_get, http_request, temp_dir,
+    try_http_get,
+};
+use tempfile::TempDir;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const KEY: &str = "sk-test-3f9a1c";
 const TABLE: &str = "request-logs";
-
-/// A scratch directory, removed on drop.
-struct TempDir(tempfile::TempDir);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        TempDir(
-            tempfile::Builder::new()
-                .prefix(&format!("sluice-ingest-{tag}-"))
-                .tempdir()
-                .unwrap(),
-        )
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-}
 
 fn sha256_hex(s: &str) -> String {
     Sha256::digest(s.as_bytes())
@@ -43,18 +29,17 @@ fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-/// A running `sluice ingest` and its ports.
+/// A running `sluice ingest`, its API port and its config.
 struct Ingest {
-    child: Child,
+    child: Sluice,
     port: u16,
-    telemetry: u16,
     config: PathBuf,
 }
 
 /// Writes an ingest config (one API key, a spool in `dir`) plus `extra` TOML, and starts it.
 async fn start_ingest(env: &TestEnv, dir: &TempDir, queue_url: &str, extra: &str) -> Ingest {
-    let config = dir.path("ingest.toml");
-    let spool = dir.path("spool");
+    let config = dir.path().join("ingest.toml");
+    let spool = dir.path().join("spool");
     std::fs::write(
         &config,
         format!(
@@ -81,82 +66,38 @@ retry_max = "200ms"
 }
 
 async fn restart_ingest(env: &TestEnv, config: &Path) -> Ingest {
-    let (port, telemetry) = (free_port(), free_port());
-    let mut cmd = Command::new(BIN);
+    let port = free_port();
+    let mut cmd = SluiceCommand::new(BIN, "ingest");
     // The tests stop ingest often: no drain delay unless a test's config asks for one.
     let text = std::fs::read_to_string(config).unwrap_or_default();
     if !text.contains("drain_delay") {
-        cmd.env("SLUICE__INGEST__DRAIN_DELAY", "0s");
+        cmd = cmd.env("SLUICE__INGEST__DRAIN_DELAY", "0s");
     }
-    let child = cmd
-        .args(["ingest", "--config"])
+    let mut child = cmd
+        .arg("--config")
         .arg(config)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .envs(env.child_env())
-        .env(
-            "SLUICE__TELEMETRY__LISTEN",
-            format!("127.0.0.1:{telemetry}"),
-        )
-        .env("SLUICE__TELEMETRY__LOG_FORMAT", "json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start sluice ingest");
-    let started = Instant::now();
+        .test_env(env)
+        .spawn();
     // The telemetry port answers plain HTTP even when the API is TLS; then the API must listen.
-    loop {
-        if let Some((200, _)) = try_get(telemetry, "/healthz").await
-            && tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "sluice ingest did not come up on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    child.wait_healthy(Duration::from_secs(20)).await;
+    child.wait_listening(port, Duration::from_secs(20)).await;
     Ingest {
         child,
         port,
-        telemetry,
         config: config.to_owned(),
     }
 }
 
 impl Ingest {
     async fn kill_9(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
+        self.child.kill_9().await;
     }
 
     /// SIGTERM; returns (exit success, stdout).
-    async fn stop(mut self) -> (bool, String) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("ingest exits after SIGTERM")
-            .unwrap();
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .await
-            .unwrap();
-        (status.success(), out)
+    async fn stop(self) -> (bool, String) {
+        let stopped = self.child.stop().await;
+        (stopped.status.success(), stopped.stdout)
     }
 }
 
@@ -206,44 +147,11 @@ async fn load_through_outage(
     .1
 }
 
-async fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let (status, _, body) = request(port, "GET", path, &[], b"").await?;
-    Some((status, body))
-}
-
-/// One HTTP/1.1 request on a fresh connection: (status, raw headers, body).
-async fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Option<(u16, String, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.ok()?;
-    stream.write_all(body).await.ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.ok()?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, head.to_ascii_lowercase(), body.to_string()))
-}
-
 async fn post_logs(port: u16, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
-    request(port, "POST", "/v1/logs", headers, body)
+    let r = http_request(port, "POST", "/v1/logs", headers, body)
         .await
-        .expect("ingest answers")
+        .expect("ingest answers");
+    (r.status, r.head, r.body)
 }
 
 /// Runs `sluice load ... --json`; returns (exit code, summary).
@@ -289,21 +197,12 @@ fn read_keys(path: &Path) -> HashSet<String> {
 
 /// Starts `sluice run` on the queue and waits until every key is in the table, then stops it.
 async fn drain_into_table(env: &TestEnv, queue_url: &str, want: &HashSet<String>) {
-    let mut run = Command::new(BIN)
-        .arg("run")
-        .envs(env.child_env())
+    let mut run = SluiceCommand::new(BIN, "run")
+        .test_env(env)
         .env("SLUICE__SQS__QUEUE_URL", queue_url)
         .env("SLUICE__DYNAMODB__TABLE", TABLE)
         .env("SLUICE__RATE__WCU_PER_SECOND", "5000")
-        .env(
-            "SLUICE__TELEMETRY__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start sluice run");
+        .spawn();
     let started = Instant::now();
     let rows: HashSet<String> = loop {
         let rows: HashSet<String> = env
@@ -317,8 +216,7 @@ async fn drain_into_table(env: &TestEnv, queue_url: &str, want: &HashSet<String>
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let _ = run.start_kill();
-    let _ = run.wait().await;
+    run.kill_9().await;
     let missing: Vec<&String> = want.difference(&rows).take(5).collect();
     assert!(
         missing.is_empty(),
@@ -332,9 +230,9 @@ async fn end_to_end(backend: Backend) {
     let env = TestEnv::start(backend).await.unwrap();
     let url = env.create_queue("ingest-logs", 30).await.unwrap();
     env.create_table(TABLE, "request_id").await.unwrap();
-    let dir = TempDir::new("e2e");
+    let dir = temp_dir("ingest-e2e");
     let ingest = start_ingest(&env, &dir, &url, "").await;
-    let keys_file = dir.path("keys");
+    let keys_file = dir.path().join("keys");
     let (code, s) = load_into(
         &env,
         ingest.port,
@@ -366,7 +264,7 @@ async fn end_to_end(backend: Backend) {
     assert_eq!(keys.len() as u64, s["distinct_keys"].as_u64().unwrap());
 
     // Straight to SQS through the producer too, into the same queue.
-    let direct_keys = dir.path("direct-keys");
+    let direct_keys = dir.path().join("direct-keys");
     let (code, d) = load(
         &env,
         &strings(&[
@@ -390,7 +288,7 @@ async fn end_to_end(backend: Backend) {
         "logs are packed several to a message: {d}"
     );
 
-    let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+    let scrape = ingest.child.scrape().await;
     assert!(
         metric(&scrape, "sluice_ingest_logs_total").unwrap() >= 3000.0,
         "{scrape}"
@@ -427,7 +325,7 @@ async fn ingest_to_sqs_to_run_to_table_on_ministack() {
 async fn ingest_answers_401_400_413_415_and_429_with_reasons() {
     let env = TestEnv::start(Backend::Sim).await.unwrap();
     let url = env.create_queue("ingest-codes", 30).await.unwrap();
-    let dir = TempDir::new("codes");
+    let dir = temp_dir("ingest-codes");
     let ingest = start_ingest(
         &env,
         &dir,
@@ -567,7 +465,7 @@ async fn ingest_answers_401_400_413_415_and_429_with_reasons() {
     assert_eq!(code, 1);
     assert!(s["first_error"].as_str().unwrap().starts_with("401"), "{s}");
 
-    let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+    let scrape = ingest.child.scrape().await;
     for code in ["202", "400", "401", "413", "415", "429"] {
         assert!(
             scrape.contains(&format!("sluice_ingest_requests_total{{code=\"{code}\"}}")),
@@ -584,7 +482,7 @@ async fn an_sqs_outage_spools_sheds_with_503_and_a_kill_9_loses_nothing() {
     let sim = env.sim.as_ref().unwrap();
     let url = env.create_queue("ingest-outage", 30).await.unwrap();
     env.create_table(TABLE, "request_id").await.unwrap();
-    let dir = TempDir::new("outage");
+    let dir = temp_dir("ingest-outage");
     // Admission control past 300 KB waiting, so the outage ends in 503s.
     let ingest = start_ingest(
         &env,
@@ -594,7 +492,7 @@ async fn an_sqs_outage_spools_sheds_with_503_and_a_kill_9_loses_nothing() {
     )
     .await;
     sqs_down(sim);
-    let keys_file = dir.path("keys");
+    let keys_file = dir.path().join("keys");
     let s = load_through_outage(&env, ingest.port, 3000, "outage", &keys_file).await;
     let accepted = s["accepted"].as_u64().unwrap();
     assert!(
@@ -610,12 +508,12 @@ async fn an_sqs_outage_spools_sheds_with_503_and_a_kill_9_loses_nothing() {
         (0, 0),
         "SQS took nothing"
     );
-    let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+    let scrape = ingest.child.scrape().await;
     assert!(
         metric(&scrape, "sluice_producer_spool_bytes").unwrap() > 100_000.0,
         "{scrape}"
     );
-    let (status, body) = try_get(ingest.port, "/readyz").await.unwrap();
+    let (status, body) = http_get(ingest.port, "/readyz").await;
     assert_eq!(status, 503, "not ready while backed up: {body}");
 
     // kill -9 mid-outage, restart on the same spool while SQS is still down, then recover.
@@ -627,7 +525,7 @@ async fn an_sqs_outage_spools_sheds_with_503_and_a_kill_9_loses_nothing() {
     sim.set_faults(sluice_sim::Faults::default()).unwrap();
     let started = Instant::now();
     loop {
-        let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+        let scrape = ingest.child.scrape().await;
         if metric(&scrape, "sluice_producer_spool_bytes") == Some(0.0) {
             break;
         }
@@ -637,7 +535,7 @@ async fn an_sqs_outage_spools_sheds_with_503_and_a_kill_9_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(try_get(ingest.port, "/readyz").await.unwrap().0, 200);
+    assert_eq!(http_get(ingest.port, "/readyz").await.0, 200);
     let (ok, stdout) = ingest.stop().await;
     assert!(ok, "{stdout}");
 
@@ -656,8 +554,8 @@ async fn a_scaled_in_ingest_sends_its_spool_to_the_queue_before_it_exits() {
     let sim = env.sim.as_ref().unwrap();
     let url = env.create_queue("ingest-scale-in", 30).await.unwrap();
     env.create_table(TABLE, "request_id").await.unwrap();
-    let dir = TempDir::new("scale-in");
-    let config = dir.path("ingest.toml");
+    let dir = temp_dir("ingest-scale-in");
+    let config = dir.path().join("ingest.toml");
     std::fs::write(
         &config,
         format!(
@@ -677,17 +575,17 @@ send_attempts = 1
 shutdown_timeout = "20s"
 "#,
             sha256_hex(KEY),
-            dir.path("spool").display()
+            dir.path().join("spool").display()
         ),
     )
     .unwrap();
     let ingest = restart_ingest(&env, &config).await;
     sqs_down(sim);
-    let keys_file = dir.path("keys");
+    let keys_file = dir.path().join("keys");
     let s = load_through_outage(&env, ingest.port, 500, "scale-in", &keys_file).await;
     let accepted = s["accepted"].as_u64().unwrap();
     assert!(accepted > 0, "{s}");
-    let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+    let scrape = ingest.child.scrape().await;
     assert!(
         metric(&scrape, "sluice_producer_spool_bytes").unwrap() > 0.0,
         "the outage filled the spool: {scrape}"
@@ -711,19 +609,19 @@ shutdown_timeout = "20s"
 async fn ingest_serves_https_with_the_configured_certificate() {
     let env = TestEnv::start(Backend::Sim).await.unwrap();
     let url = env.create_queue("ingest-tls", 30).await.unwrap();
-    let dir = TempDir::new("tls");
+    let dir = temp_dir("ingest-tls");
     let cert =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    std::fs::write(dir.path("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.path("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     let ingest = start_ingest(
         &env,
         &dir,
         &url,
         &format!(
             "tls_cert = \"{}\"\ntls_key = \"{}\"",
-            dir.path("cert.pem").display(),
-            dir.path("key.pem").display()
+            dir.path().join("cert.pem").display(),
+            dir.path().join("key.pem").display()
         ),
     )
     .await;
@@ -733,7 +631,7 @@ async fn ingest_serves_https_with_the_configured_certificate() {
             "--ingest",
             &format!("https://127.0.0.1:{}", ingest.port),
             "--cacert",
-            dir.path("cert.pem").to_str().unwrap(),
+            dir.path().join("cert.pem").to_str().unwrap(),
             "--api-key",
             KEY,
             "--count",
@@ -746,8 +644,10 @@ async fn ingest_serves_https_with_the_configured_certificate() {
     assert_eq!(code, 0, "{s}");
     assert_eq!(s["accepted"], 500, "{s}");
     // Plain HTTP on the TLS port gets nowhere.
-    let plain = request(ingest.port, "POST", "/v1/logs", &[], b"{}").await;
-    assert!(plain.is_none_or(|(status, _, _)| status != 202));
+    let plain = http_request(ingest.port, "POST", "/v1/logs", &[], b"{}")
+        .await
+        .ok();
+    assert!(plain.is_none_or(|r| r.status != 202));
     let (ok, stdout) = ingest.stop().await;
     assert!(ok, "{stdout}");
     let started = Instant::now();
@@ -764,18 +664,18 @@ async fn a_rotated_certificate_and_a_changed_key_file_are_served_without_a_resta
     // both within ingest.reload_interval, and a broken file keeps the previous one.
     let env = TestEnv::start(Backend::Sim).await.unwrap();
     let url = env.create_queue("ingest-reload", 30).await.unwrap();
-    let dir = TempDir::new("reload");
+    let dir = temp_dir("ingest-reload");
     let write_cert = |name: &str| {
         let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-        std::fs::write(dir.path(&format!("{name}.pem")), c.cert.pem()).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.pem")), c.cert.pem()).unwrap();
         // Swapped in whole, as Kubernetes swaps a Secret volume's files.
         for (file, text) in [
             ("cert.pem", c.cert.pem()),
             ("key.pem", c.signing_key.serialize_pem()),
         ] {
-            let tmp = dir.path(&format!("{file}.tmp"));
+            let tmp = dir.path().join(format!("{file}.tmp"));
             std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, dir.path(file)).unwrap();
+            std::fs::rename(&tmp, dir.path().join(file)).unwrap();
         }
     };
     let write_keys = |names: &[&str]| {
@@ -783,9 +683,9 @@ async fn a_rotated_certificate_and_a_changed_key_file_are_served_without_a_resta
             .iter()
             .map(|n| format!("{n} {}\n", sha256_hex(n)))
             .collect();
-        let tmp = dir.path("keys.tmp");
+        let tmp = dir.path().join("keys.tmp");
         std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, dir.path("api_keys")).unwrap();
+        std::fs::rename(&tmp, dir.path().join("api_keys")).unwrap();
     };
     write_cert("first");
     write_keys(&["second-key"]);
@@ -795,9 +695,9 @@ async fn a_rotated_certificate_and_a_changed_key_file_are_served_without_a_resta
         &url,
         &format!(
             "tls_cert = \"{}\"\ntls_key = \"{}\"\napi_keys_file = \"{}\"\nreload_interval = \"1s\"",
-            dir.path("cert.pem").display(),
-            dir.path("key.pem").display(),
-            dir.path("api_keys").display()
+            dir.path().join("cert.pem").display(),
+            dir.path().join("key.pem").display(),
+            dir.path().join("api_keys").display()
         ),
     )
     .await;
@@ -806,7 +706,7 @@ async fn a_rotated_certificate_and_a_changed_key_file_are_served_without_a_resta
             "--ingest",
             &format!("https://127.0.0.1:{}", ingest.port),
             "--cacert",
-            dir.path(&format!("{ca}.pem")).to_str().unwrap(),
+            dir.path().join(format!("{ca}.pem")).to_str().unwrap(),
             "--api-key",
             key,
             "--count",
@@ -842,10 +742,10 @@ async fn a_rotated_certificate_and_a_changed_key_file_are_served_without_a_resta
     );
     assert_eq!(send("renewed", KEY).await, 20, "inline keys stay");
     // A broken certificate file: the renewed one keeps being served.
-    std::fs::write(dir.path("cert.pem"), "not a certificate").unwrap();
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
     let started = Instant::now();
     loop {
-        let scrape = try_get(ingest.telemetry, "/metrics").await.unwrap().1;
+        let scrape = ingest.child.scrape().await;
         if metric(&scrape, "sluice_ingest_reload_errors_total{what=\"tls\"}").unwrap_or(0.0) >= 1.0
         {
             break;
@@ -890,7 +790,7 @@ async fn an_axum_service_with_the_layer_gets_its_requests_into_the_table() {
     let mut want = HashSet::new();
     for i in 0..50 {
         let id = format!("layer-{i}");
-        let (status, head, _) = request(
+        let r = http_request(
             port,
             "GET",
             if i % 5 == 0 {
@@ -903,12 +803,16 @@ async fn an_axum_service_with_the_layer_gets_its_requests_into_the_table() {
         )
         .await
         .unwrap();
+        let (status, head) = (r.status, r.head);
         assert_eq!(status, if i % 5 == 0 { 404 } else { 200 });
         assert!(head.contains(&format!("x-request-id: {id}")), "{head}");
         want.insert(id);
     }
     // Without a request id the layer makes one and hands it back.
-    let (_, head, _) = request(port, "GET", "/v1/orders", &[], b"").await.unwrap();
+    let head = http_request(port, "GET", "/v1/orders", &[], b"")
+        .await
+        .unwrap()
+        .head;
     let generated = head
         .lines()
         .find_map(|l| l.strip_prefix("x-request-id: "))
@@ -958,7 +862,7 @@ async fn what_broke_before_now_lands_a_two_member_gzip_body_and_a_character_sqs_
     let env = TestEnv::start(Backend::Sim).await.unwrap();
     let url = env.create_queue("ingest-edge", 30).await.unwrap();
     env.create_table(TABLE, "request_id").await.unwrap();
-    let dir = TempDir::new("edge");
+    let dir = temp_dir("ingest-edge");
     let ingest = start_ingest(&env, &dir, &url, "").await;
     let auth = format!("Bearer {KEY}");
     let a: String = (1..=3)
@@ -1036,7 +940,7 @@ async fn half_sent_requests_cannot_hold_ingest_open_and_sigterm_ends_it_in_the_b
     let env = TestEnv::start(Backend::Sim).await.unwrap();
     let url = env.create_queue("ingest-slow", 30).await.unwrap();
     env.create_table(TABLE, "request_id").await.unwrap();
-    let dir = TempDir::new("slow");
+    let dir = temp_dir("ingest-slow");
     let ingest = start_ingest(
         &env,
         &dir,
@@ -1058,7 +962,10 @@ async fn half_sent_requests_cannot_hold_ingest_open_and_sigterm_ends_it_in_the_b
         held.push(s);
     }
     assert_eq!(
-        try_get(ingest.telemetry, "/healthz").await.map(|r| r.0),
+        try_http_get(ingest.child.telemetry_port(), "/healthz")
+            .await
+            .ok()
+            .map(|r| r.0),
         Some(200)
     );
     // The header timeout frees the slots; a real request gets through.
@@ -1067,7 +974,7 @@ async fn half_sent_requests_cannot_hold_ingest_open_and_sigterm_ends_it_in_the_b
     let status = loop {
         let r = tokio::time::timeout(
             Duration::from_secs(10),
-            request(
+            http_request(
                 ingest.port,
                 "POST",
                 "/v1/logs",
@@ -1076,14 +983,17 @@ async fn half_sent_requests_cannot_hold_ingest_open_and_sigterm_ends_it_in_the_b
             ),
         )
         .await;
-        if let Ok(Some((status, _, _))) = r {
-            break status;
+        if let Ok(Ok(r)) = r {
+            break r.status;
         }
         assert!(started.elapsed() < Duration::from_secs(30), "never served");
     };
     assert_eq!(status, 202);
     assert_eq!(
-        try_get(ingest.port, "/healthz").await.map(|r| r.0),
+        try_http_get(ingest.port, "/healthz")
+            .await
+            .ok()
+            .map(|r| r.0),
         Some(200)
     );
     // New half-sent requests, then SIGTERM while they are open.
@@ -1119,11 +1029,11 @@ async fn ingest_on_a_fifo_queue_puts_each_group_field_value_in_its_own_message_g
     )
     .await
     .unwrap();
-    let dir = TempDir::new("groups");
+    let dir = temp_dir("ingest-groups");
     let ingest = start_ingest(&env, &dir, &url, "").await;
     // producer.group_field comes from the environment here.
     drop(ingest);
-    let config = dir.path("ingest.toml");
+    let config = dir.path().join("ingest.toml");
     let text = std::fs::read_to_string(&config).unwrap() + "group_field = \"tenant\"\n";
     std::fs::write(&config, text).unwrap();
     let ingest = restart_ingest(&env, &config).await;
@@ -1315,7 +1225,7 @@ async fn adversarial_run(case: usize, reqs: Vec<AdversarialRequest>) {
     let sim = env.sim.as_ref().unwrap();
     let url = env.create_queue("adversarial", 30).await.unwrap();
     env.create_table(TABLE, "request_id").await.unwrap();
-    let dir = TempDir::new(&format!("adversarial-{case}"));
+    let dir = temp_dir(&format!("ingest-adversarial-{case}"));
     let mut ingest = start_ingest(&env, &dir, &url, "request_timeout = \"20s\"").await;
     let auth = format!("Bearer {KEY}");
     let mut accepted: HashSet<String> = HashSet::new();
@@ -1450,21 +1360,14 @@ async fn after_sigterm_ingest_reports_not_ready_and_keeps_serving_for_the_drain_
     let env = TestEnv::start(Backend::Sim).await.unwrap();
     let url = env.create_queue("ingest-drain", 30).await.unwrap();
     env.create_table(TABLE, "request_id").await.unwrap();
-    let dir = TempDir::new("drain");
+    let dir = temp_dir("ingest-drain");
     let mut ingest = start_ingest(&env, &dir, &url, "drain_delay = \"3s\"").await;
     let auth = format!("Bearer {KEY}");
-    let pid = ingest.child.id().unwrap().to_string();
     let term = Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    ingest.child.sigterm();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        try_get(ingest.port, "/readyz").await.map(|r| r.0),
+        try_http_get(ingest.port, "/readyz").await.ok().map(|r| r.0),
         Some(503),
         "not ready as soon as SIGTERM arrives"
     );
@@ -1485,10 +1388,8 @@ async fn after_sigterm_ingest_reports_not_ready_and_keeps_serving_for_the_drain_
         term.elapsed() < Duration::from_secs(3),
         "all served within the delay"
     );
-    let status = tokio::time::timeout(Duration::from_secs(30), ingest.child.wait())
-        .await
-        .expect("exits after the drain")
-        .unwrap();
+    // Exits after the drain.
+    let status = ingest.child.wait(Duration::from_secs(30)).await;
     assert!(status.success());
     assert!(
         term.elapsed() >= Duration::from_secs(3),

@@ -5,37 +5,19 @@
 
 use sluice_core::testing::log_line as log;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sluice_kafka::KafkaConfig;
 use sluice_kafka::admin;
-use sluice_testkit::{Broker, TestEnv, free_port, start_kafka};
-use tokio::process::{Child, Command};
+use sluice_testkit::process::tail;
+use sluice_testkit::{Broker, Sluice, SluiceCommand, TestEnv, start_kafka, temp_dir};
+use tempfile::TempDir;
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const TOPIC: &str = "logs";
 const DLQ: &str = "logs-dlq";
 const TABLE: &str = "request-logs";
-
-/// A scratch directory, removed on drop.
-struct TempDir(tempfile::TempDir);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        TempDir(
-            tempfile::Builder::new()
-                .prefix(&format!("sluice-kafka-{tag}-"))
-                .tempdir()
-                .unwrap(),
-        )
-    }
-
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
 
 /// Produces `n` logs keyed by request id (plus 3 poison records); returns (partition, offset) → request id of the valid ones.
 async fn produce(brokers: &str, prefix: &str, n: usize) -> HashMap<(i32, i64), String> {
@@ -64,7 +46,7 @@ struct Setup {
 }
 
 async fn setup(broker: Broker, tag: &str) -> Setup {
-    let dir = TempDir::new(tag);
+    let dir = temp_dir(&format!("kafka-{tag}"));
     let server = start_kafka(broker, dir.path()).await.unwrap();
     let brokers = server.endpoint.clone();
     let kafka = KafkaConfig::new(&brokers, "sluice-test", &[TOPIC], DLQ);
@@ -82,20 +64,18 @@ async fn setup(broker: Broker, tag: &str) -> Setup {
     }
 }
 
-/// `sluice run` in Kafka mode; its output goes to NAME.log in the scratch dir.
-fn run(s: &Setup, wcu: u32, name: &str) -> Child {
-    run_as(s, wcu, name, None)
+/// `sluice run` in Kafka mode.
+fn run(s: &Setup, wcu: u32) -> Sluice {
+    run_as(s, wcu, None)
 }
 
 /// `instance`: a static member (kafka.group_instance_id).
-fn run_as(s: &Setup, wcu: u32, name: &str, instance: Option<&str>) -> Child {
-    let log = std::fs::File::create(s._dir.path().join(format!("{name}.log"))).unwrap();
-    let mut cmd = Command::new(BIN);
+fn run_as(s: &Setup, wcu: u32, instance: Option<&str>) -> Sluice {
+    let mut cmd = SluiceCommand::new(BIN, "run");
     if let Some(id) = instance {
-        cmd.env("SLUICE__KAFKA__GROUP_INSTANCE_ID", id);
+        cmd = cmd.env("SLUICE__KAFKA__GROUP_INSTANCE_ID", id);
     }
-    cmd.arg("run")
-        .envs(s.env.child_env())
+    cmd.test_env(&s.env)
         .env("SLUICE__KAFKA__ENABLED", "true")
         .env("SLUICE__KAFKA__BROKERS", &s.brokers)
         .env("SLUICE__KAFKA__TOPICS", TOPIC)
@@ -108,26 +88,7 @@ fn run_as(s: &Setup, wcu: u32, name: &str, instance: Option<&str>) -> Child {
         .env("SLUICE__DYNAMODB__TABLE", TABLE)
         .env("SLUICE__RATE__WCU_PER_SECOND", wcu.to_string())
         .env("SLUICE__WORKER__SHUTDOWN_GRACE", "3s")
-        .env(
-            "SLUICE__TELEMETRY__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .env("SLUICE__TELEMETRY__LOG_FORMAT", "json")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
         .spawn()
-        .expect("start sluice run")
-}
-
-fn output(s: &Setup, name: &str) -> String {
-    std::fs::read_to_string(s._dir.path().join(format!("{name}.log"))).unwrap_or_default()
-}
-
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 async fn rows(s: &Setup) -> HashSet<String> {
@@ -171,19 +132,16 @@ async fn check_commits(s: &Setup, sent: &HashMap<(i32, i64), String>) -> usize {
     covered
 }
 
-async fn sigterm(s: &Setup, mut child: Child, name: &str) -> String {
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    let out = output(s, name);
-    assert!(status.success(), "{status:?}\n{}", tail(&out));
-    out
+/// SIGTERM; asserts exit 0 and returns stdout (the JSON logs).
+async fn sigterm(child: Sluice) -> String {
+    let stopped = child.stop().await;
+    let status = stopped.status;
+    assert!(
+        status.success(),
+        "{status:?}\n{}",
+        tail(&(stopped.stdout.clone() + &stopped.stderr), 30)
+    );
+    stopped.stdout
 }
 
 async fn wait_rows(
@@ -191,7 +149,7 @@ async fn wait_rows(
     want: &HashSet<String>,
     sent: &HashMap<(i32, i64), String>,
     limit: Duration,
-    logs: &[&str],
+    logs: &[(&str, &Sluice)],
 ) {
     let started = Instant::now();
     loop {
@@ -206,7 +164,7 @@ async fn wait_rows(
             want.intersection(&have).count(),
             want.len(),
             logs.iter()
-                .map(|n| format!("--- {n}:\n{}", tail(&output(s, n))))
+                .map(|(n, p)| format!("--- {n}:\n{}", p.output_tail(30)))
                 .collect::<Vec<_>>()
                 .join("\n")
         );
@@ -221,7 +179,7 @@ async fn killed_mid_run(broker: Broker, tag: &str, instance: Option<&str>) {
     let sent = produce(&s.brokers, tag, 10_000).await;
     let want: HashSet<String> = sent.values().cloned().collect();
     // 2,000 WCU/s: about five seconds of work, so the kill lands mid-run.
-    let mut first = run_as(&s, 2000, "first", instance);
+    let mut first = run_as(&s, 2000, instance);
     let started = Instant::now();
     loop {
         let n = rows(&s).await.len();
@@ -231,13 +189,12 @@ async fn killed_mid_run(broker: Broker, tag: &str, instance: Option<&str>) {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "only {n} written in 60 s\n{}",
-            tail(&output(&s, "first"))
+            first.output_tail(30)
         );
         check_commits(&s, &sent).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    first.start_kill().unwrap();
-    first.wait().await.unwrap();
+    first.kill_9().await;
     let covered = check_commits(&s, &sent).await;
     let written = rows(&s).await.len();
     assert!(
@@ -247,17 +204,17 @@ async fn killed_mid_run(broker: Broker, tag: &str, instance: Option<&str>) {
     assert!(covered > 0, "something was committed before the kill");
 
     // The restart resumes from the commits: every key lands, as one row.
-    let second = run_as(&s, 5000, "second", instance);
+    let second = run_as(&s, 5000, instance);
     wait_rows(
         &s,
         &want,
         &sent,
         Duration::from_secs(120),
-        &["first", "second"],
+        &[("first", &first), ("second", &second)],
     )
     .await;
-    let out = sigterm(&s, second, "second").await;
-    assert!(out.contains("sluice stopped"), "{}", tail(&out));
+    let out = sigterm(second).await;
+    assert!(out.contains("sluice stopped"), "{}", tail(&out, 30));
     assert_eq!(
         rows(&s).await.len(),
         10_000,
@@ -301,25 +258,36 @@ async fn a_rebalance_between_two_sluice_processes_loses_nothing() {
     let s = setup(Broker::NoidaDb, "rebalance").await;
     let sent = produce(&s.brokers, "rb", 8000).await;
     let want: HashSet<String> = sent.values().cloned().collect();
-    let a = run(&s, 1500, "a");
+    let a = run(&s, 1500);
     let started = Instant::now();
     while rows(&s).await.len() < 1500 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "first process stalled\n{}",
-            tail(&output(&s, "a"))
+            a.output_tail(30)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let b = run(&s, 1500, "b");
-    wait_rows(&s, &want, &sent, Duration::from_secs(120), &["a", "b"]).await;
-    let (out_a, out_b) = (sigterm(&s, a, "a").await, sigterm(&s, b, "b").await);
+    let b = run(&s, 1500);
+    wait_rows(
+        &s,
+        &want,
+        &sent,
+        Duration::from_secs(120),
+        &[("a", &a), ("b", &b)],
+    )
+    .await;
+    let (out_a, out_b) = (sigterm(a).await, sigterm(b).await);
     assert!(
         out_a.contains("partitions revoked"),
         "the first gave partitions up:\n{}",
-        tail(&out_a)
+        tail(&out_a, 30)
     );
-    assert!(out_b.contains("partitions assigned"), "{}", tail(&out_b));
+    assert!(
+        out_b.contains("partitions assigned"),
+        "{}",
+        tail(&out_b, 30)
+    );
     assert_eq!(rows(&s).await.len(), 8000);
 }
 
@@ -328,19 +296,26 @@ async fn lag_and_replay_move_the_group_back_and_the_range_is_read_again() {
     let s = setup(Broker::NoidaDb, "replay").await;
     let sent = produce(&s.brokers, "rp", 400).await;
     let want: HashSet<String> = sent.values().cloned().collect();
-    let worker = run(&s, 5000, "w1");
-    wait_rows(&s, &want, &sent, Duration::from_secs(60), &["w1"]).await;
+    let worker = run(&s, 5000);
+    wait_rows(
+        &s,
+        &want,
+        &sent,
+        Duration::from_secs(60),
+        &[("w1", &worker)],
+    )
+    .await;
     // Wait for the last commit (poison included) before stopping.
     let started = Instant::now();
     while offsets(&s).await.iter().map(|p| p.lag()).sum::<i64>() > 0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{}",
-            tail(&output(&s, "w1"))
+            worker.output_tail(30)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    sigterm(&s, worker, "w1").await;
+    sigterm(worker).await;
 
     let config = s._dir.path().join("kafka.toml");
     std::fs::write(
@@ -417,19 +392,19 @@ async fn lag_and_replay_move_the_group_back_and_the_range_is_read_again() {
 
     // The next worker reads the whole topic again: the same 400 rows (upserts), 3 poison to the
     // DLQ again.
-    let worker = run(&s, 5000, "w2");
+    let worker = run(&s, 5000);
     let started = Instant::now();
     while offsets(&s).await.iter().map(|p| p.lag()).sum::<i64>() > 0 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "{}",
-            tail(&output(&s, "w2"))
+            worker.output_tail(30)
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let out = sigterm(&s, worker, "w2").await;
+    let out = sigterm(worker).await;
     let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    assert_eq!(last["message"], "sluice stopped", "{}", tail(&out));
+    assert_eq!(last["message"], "sluice stopped", "{}", tail(&out, 30));
     assert_eq!(
         last["received"], 403,
         "the whole topic was read again: {last}"
@@ -495,8 +470,15 @@ async fn the_producer_publishes_to_kafka_by_config_and_every_log_lands() {
     let parts = offsets(&s).await;
     assert_eq!(parts.iter().map(|p| p.high).sum::<i64>(), 3000, "{parts:?}");
     assert!(parts.iter().all(|p| p.high > 300), "{parts:?}");
-    let worker = run(&s, 5000, "w");
-    wait_rows(&s, &want, &HashMap::new(), Duration::from_secs(60), &["w"]).await;
-    sigterm(&s, worker, "w").await;
+    let worker = run(&s, 5000);
+    wait_rows(
+        &s,
+        &want,
+        &HashMap::new(),
+        Duration::from_secs(60),
+        &[("w", &worker)],
+    )
+    .await;
+    sigterm(worker).await;
     assert_eq!(rows(&s).await.len(), want.len());
 }

@@ -4,13 +4,12 @@
 //! keeps 300), so any overshoot shows up as a throttle instead of being absorbed.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sluice::config::Settings;
 use sluice::pipeline::Pipeline;
 use sluice_producer::sqs::SqsTransport;
-use sluice_testkit::{TestEnv, free_port, start_redis};
+use sluice_testkit::{Sluice, SluiceCommand, TestEnv, start_redis};
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -182,7 +181,7 @@ async fn a_fleet_on_one_redis_bucket_with_writes_above_its_burst_is_never_thrott
     }
     let report = drained(&env, "fleet", 1200, Duration::from_secs(120)).await;
     for c in &mut children {
-        let _ = c.start_kill();
+        c.kill_9().await;
     }
     fleet_paced_to_150_wcu("fleet case", &report);
 }
@@ -294,27 +293,18 @@ async fn a_hot_index_key_is_paced_on_its_own_instead_of_slowing_the_table() {
 }
 
 /// One `sluice run` of a fleet writing table `fleet` from `url`, with how it shares the budget.
-fn fleet_run(env: &TestEnv, url: &str, sharing: &[(&str, &str)]) -> tokio::process::Child {
-    tokio::process::Command::new(BIN)
-        .arg("run")
-        .envs(env.child_env())
+fn fleet_run(env: &TestEnv, url: &str, sharing: &[(&str, &str)]) -> Sluice {
+    SluiceCommand::new(BIN, "run")
+        .test_env(env)
         .env("SLUICE__SQS__QUEUE_URL", url)
         .env("SLUICE__SQS__WAIT_TIME_SECONDS", "1")
         .env("SLUICE__DYNAMODB__TABLE", "fleet")
         .envs(sharing.iter().copied())
-        .env(
-            "SLUICE__TELEMETRY__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
-        .unwrap()
 }
 
 /// One `sluice run` of a membership fleet writing table `fleet`.
-fn fleet_member(env: &TestEnv, url: &str) -> tokio::process::Child {
+fn fleet_member(env: &TestEnv, url: &str) -> Sluice {
     fleet_run(
         env,
         url,
@@ -325,17 +315,6 @@ fn fleet_member(env: &TestEnv, url: &str) -> tokio::process::Child {
             ("SLUICE__RATE__MEMBERSHIP__LEASE_DURATION", "3s"),
         ],
     )
-}
-
-fn signal(child: &tokio::process::Child, sig: &str) {
-    let pid = child.id().expect("running").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,16 +350,13 @@ async fn a_membership_fleet_resplits_the_budget_as_instances_join_and_leave_mid_
         match step {
             0 | 1 => fleet.push(fleet_member(&env, &url)),
             2 => {
-                let crashed = fleet.remove(0);
-                signal(&crashed, "-KILL");
+                let mut crashed = fleet.remove(0);
+                crashed.kill_9().await;
             }
             _ => {
-                let mut leaving = fleet.remove(0);
-                signal(&leaving, "-TERM");
-                let status = tokio::time::timeout(Duration::from_secs(30), leaving.wait())
-                    .await
-                    .expect("exits after SIGTERM")
-                    .unwrap();
+                let leaving = fleet.remove(0);
+                // Exits after SIGTERM.
+                let status = leaving.stop().await.status;
                 assert!(status.success(), "{status}");
             }
         }
@@ -392,7 +368,7 @@ async fn a_membership_fleet_resplits_the_budget_as_instances_join_and_leave_mid_
         Duration::from_secs(150) - started.elapsed(),
     )
     .await;
-    let _ = first.start_kill();
+    first.kill_9().await;
     fleet_paced_to_150_wcu("membership fleet", &report);
     assert_eq!(
         env.scan_keys("fleet", "request_id").await.unwrap().len(),

@@ -190,35 +190,20 @@ async fn a_message_whose_write_fails_is_not_deleted_and_comes_back(backend: Back
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ministack_duplicates_and_multi_log_messages_end_as_one_row_per_request_id() {
-    duplicates_and_multi_log_messages_end_as_one_row_per_request_id(Backend::MiniStack).await;
-}
+sluice_testkit::backend_tests!(
+    duplicates_and_multi_log_messages_end_as_one_row_per_request_id {
+        ministack_duplicates_and_multi_log_messages_end_as_one_row_per_request_id: MiniStack,
+        dynamodb_local_duplicates_and_multi_log_messages_end_as_one_row_per_request_id:
+            DynamoDbLocal,
+        sim_duplicates_and_multi_log_messages_end_as_one_row_per_request_id: Sim,
+    }
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dynamodb_local_duplicates_and_multi_log_messages_end_as_one_row_per_request_id() {
-    duplicates_and_multi_log_messages_end_as_one_row_per_request_id(Backend::DynamoDbLocal).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ministack_a_message_whose_write_fails_is_not_deleted_and_comes_back() {
-    a_message_whose_write_fails_is_not_deleted_and_comes_back(Backend::MiniStack).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dynamodb_local_a_message_whose_write_fails_is_not_deleted_and_comes_back() {
-    a_message_whose_write_fails_is_not_deleted_and_comes_back(Backend::DynamoDbLocal).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_duplicates_and_multi_log_messages_end_as_one_row_per_request_id() {
-    duplicates_and_multi_log_messages_end_as_one_row_per_request_id(Backend::Sim).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_a_message_whose_write_fails_is_not_deleted_and_comes_back() {
-    a_message_whose_write_fails_is_not_deleted_and_comes_back(Backend::Sim).await;
-}
+sluice_testkit::backend_tests!(a_message_whose_write_fails_is_not_deleted_and_comes_back {
+    ministack_a_message_whose_write_fails_is_not_deleted_and_comes_back: MiniStack,
+    dynamodb_local_a_message_whose_write_fails_is_not_deleted_and_comes_back: DynamoDbLocal,
+    sim_a_message_whose_write_fails_is_not_deleted_and_comes_back: Sim,
+});
 
 /// Runs the pipeline over `logs` one-WCU logs into a table provisioned at `provisioned` WCU/s,
 /// paced at `budget` (None: discovered from the table), and returns the table's capacity report
@@ -467,15 +452,10 @@ async fn poison_goes_to_the_dead_letter_queue_with_its_reason(backend: Backend) 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_poison_goes_to_the_dead_letter_queue_with_its_reason() {
-    poison_goes_to_the_dead_letter_queue_with_its_reason(Backend::Sim).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ministack_poison_goes_to_the_dead_letter_queue_with_its_reason() {
-    poison_goes_to_the_dead_letter_queue_with_its_reason(Backend::MiniStack).await;
-}
+sluice_testkit::backend_tests!(poison_goes_to_the_dead_letter_queue_with_its_reason {
+    sim_poison_goes_to_the_dead_letter_queue_with_its_reason: Sim,
+    ministack_poison_goes_to_the_dead_letter_queue_with_its_reason: MiniStack,
+});
 
 /// Chaos: a DynamoDB fault storm (500s, throttles, connection resets, latency spikes), then a
 /// full outage. Nothing is lost, and during the outage sluice does not hammer the table: the
