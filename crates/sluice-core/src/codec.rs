@@ -205,7 +205,8 @@ impl DecodeError {
 pub struct Frame<'a> {
     /// The log (an object, if the body is right).
     pub value: Value,
-    /// The line its value (or the array holding it) starts on.
+    /// The line its value (or the array holding it) starts on; 0 unless the frames are
+    /// [`Frames::numbered`].
     pub line: usize,
     /// Its text as sent, when it was a top-level value.
     pub raw: Option<&'a str>,
@@ -217,6 +218,7 @@ pub struct Frame<'a> {
 /// Yields the first JSON error and then stops.
 pub fn frames(text: &str) -> Frames<'_> {
     Frames {
+        numbered: false,
         text,
         stream: serde_json::Deserializer::from_str(text).into_iter(),
         start: 0,
@@ -229,6 +231,8 @@ pub fn frames(text: &str) -> Frames<'_> {
 
 /// The iterator [`frames`] returns.
 pub struct Frames<'a> {
+    /// Whether to count lines (the ingest API names them; the decoder does not need them).
+    numbered: bool,
     text: &'a str,
     stream: serde_json::StreamDeserializer<'a, serde_json::de::StrRead<'a>, Value>,
     start: usize,
@@ -237,6 +241,14 @@ pub struct Frames<'a> {
     counted: usize,
     pending: std::collections::VecDeque<Frame<'a>>,
     failed: bool,
+}
+
+impl Frames<'_> {
+    /// Gives each frame the line it starts on (one pass over the body's bytes in all).
+    pub fn numbered(mut self) -> Self {
+        self.numbered = true;
+        self
+    }
 }
 
 impl<'a> Iterator for Frames<'a> {
@@ -263,10 +275,17 @@ impl<'a> Iterator for Frames<'a> {
             let lead = raw.len() - raw.trim_start().len();
             // Lines are counted once each, from where the last count stopped (a packed message
             // of hundreds of logs must not be rescanned per log).
-            let upto = self.start + lead;
-            self.newlines += self.text[self.counted..upto].matches('\n').count();
-            self.counted = upto;
-            let line = 1 + self.newlines;
+            let line = if self.numbered {
+                let upto = self.start + lead;
+                self.newlines += self.text.as_bytes()[self.counted..upto]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count();
+                self.counted = upto;
+                1 + self.newlines
+            } else {
+                0
+            };
             self.start = end;
             match value {
                 Value::Array(items) => {
@@ -605,6 +624,7 @@ mod tests {
     fn frames_flatten_arrays_and_name_each_log_s_line() {
         let text = "{\"a\":1}\n\n[{\"b\":2},\n{\"c\":3}]\n[]\n  {\"d\":4}";
         let got: Vec<(usize, Option<&str>)> = super::frames(text)
+            .numbered()
             .map(|f| f.unwrap())
             .map(|f| (f.line, f.raw))
             .collect();

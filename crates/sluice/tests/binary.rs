@@ -234,6 +234,9 @@ fn run_with_a_missing_table_fails_fast_and_says_which_key() {
             "http://127.0.0.1:9/000000000000/q",
         )
         .env("SLUICE__DYNAMODB__TABLE", "nope")
+        // Nothing listens on port 9: a refused connection is transient, so the start-up check
+        // retries it for dynamodb.startup_retry_for (60 s by default); 2 s keeps the test short.
+        .env("SLUICE__DYNAMODB__STARTUP_RETRY_FOR", "2s")
         .env(
             "SLUICE__TELEMETRY__LISTEN",
             format!("127.0.0.1:{}", free_port()),

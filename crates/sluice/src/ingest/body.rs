@@ -73,7 +73,7 @@ pub fn parse_body(text: &[u8], schema: &Schema, rules: &BodyRules) -> Result<Par
         logs: Vec::new(),
         lines: Vec::new(),
     };
-    for frame in frames(text) {
+    for frame in frames(text).numbered() {
         let frame = frame.map_err(|e| {
             bad(
                 format!("line {}: not JSON: {e}", e.line()),
