@@ -52,6 +52,16 @@ impl Failure {
     }
 }
 
+/// Runs a short-lived command (`dlq`, `kafka`, and the tools): its log lines at `log_level` and
+/// above as plain text on stderr, and a failure said on stderr only.
+pub async fn short_lived<T>(
+    log_level: &str,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> Result<T, Failure> {
+    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, log_level);
+    work.await.map_err(Failure::plain)
+}
+
 /// Exit status 130: a second SIGTERM or SIGINT ended the command at once.
 pub const INTERRUPTED: u8 = 130;
 

@@ -459,9 +459,7 @@ async fn delete_sent(
 
 /// The command: its errors said on stderr, exit 1.
 pub async fn command(args: DlqArgs) -> crate::command::Outcome {
-    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "warn");
-    dlq(args)
+    crate::command::short_lived("warn", dlq(args))
         .await
         .map(|()| 0)
-        .map_err(crate::command::Failure::plain)
 }

@@ -270,9 +270,7 @@ async fn replay(
 
 /// The command: its errors said on stderr, exit 1.
 pub async fn command(args: KafkaArgs) -> crate::command::Outcome {
-    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "warn");
-    kafka(args)
+    crate::command::short_lived("warn", kafka(args))
         .await
         .map(|()| 0)
-        .map_err(crate::command::Failure::plain)
 }

@@ -592,9 +592,7 @@ pub async fn bench(args: BenchArgs) -> Result<Vec<BenchRow>> {
 
 /// `sluice bench-pacing`.
 pub async fn command(args: BenchArgs) -> crate::command::Outcome {
-    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "error");
-    bench(args)
+    crate::command::short_lived("error", bench(args))
         .await
         .map(|_| 0)
-        .map_err(crate::command::Failure::plain)
 }

@@ -632,7 +632,6 @@ fn print_summary(s: &DemoSummary, json: bool) {
 /// `sluice demo`: exit 1 when a log was lost. Poison is expected and reported in the summary
 /// (RUST_LOG shows more).
 pub async fn command(args: DemoArgs) -> crate::command::Outcome {
-    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "error");
-    let summary = demo(args).await.map_err(crate::command::Failure::plain)?;
+    let summary = crate::command::short_lived("error", demo(args)).await?;
     Ok(if summary.lost == 0 { 0 } else { 1 })
 }

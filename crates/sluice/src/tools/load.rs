@@ -1208,9 +1208,8 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
 
 /// `sluice load`: the summary printed (JSON with --json); exit 1 when any log failed.
 pub async fn command(args: LoadArgs) -> crate::command::Outcome {
-    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "warn");
     let json = args.json;
-    let summary = load(args).await.map_err(crate::command::Failure::plain)?;
+    let summary = crate::command::short_lived("warn", load(args)).await?;
     print_summary(&summary, json);
     Ok(if summary.failed == 0 { 0 } else { 1 })
 }

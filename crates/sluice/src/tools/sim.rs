@@ -127,9 +127,7 @@ pub async fn sim(args: SimArgs) -> Result<()> {
 
 /// `sluice sim`.
 pub async fn command(args: SimArgs) -> crate::command::Outcome {
-    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, "warn");
-    sim(args)
+    crate::command::short_lived("warn", sim(args))
         .await
         .map(|()| 0)
-        .map_err(crate::command::Failure::plain)
 }
