@@ -476,6 +476,7 @@ impl Source for SqsSource {
 
 /// Queue administration used by `sluice demo` and the tests.
 pub mod admin {
+    use std::collections::HashMap;
     use std::time::{Duration, Instant};
 
     use aws_sdk_sqs::Client;
@@ -538,21 +539,44 @@ pub mod admin {
             .ok_or_else(|| format!("GetQueueUrl {name} returned no URL"))
     }
 
+    /// One GetQueueAttributes call for `names`: what SQS answered (an attribute the queue does
+    /// not have is absent). The one place the admin functions read a queue's attributes.
+    async fn attributes(
+        client: &Client,
+        url: &str,
+        names: &[QueueAttributeName],
+    ) -> Result<HashMap<QueueAttributeName, String>, String> {
+        let out = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .set_attribute_names(Some(names.to_vec()))
+            .send()
+            .await
+            .map_err(|e| format!("GetQueueAttributes {url}: {}", DisplayErrorContext(&e)))?;
+        Ok(out.attributes().cloned().unwrap_or_default())
+    }
+
+    /// The one attribute `name`, parsed; an error naming it when SQS did not answer it.
+    async fn attribute<T: std::str::FromStr>(
+        client: &Client,
+        url: &str,
+        name: QueueAttributeName,
+    ) -> Result<T, String> {
+        attributes(client, url, std::slice::from_ref(&name))
+            .await?
+            .get(&name)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("GetQueueAttributes returned no {}", name.as_str()))
+    }
+
     /// The dead-letter queue a queue's RedrivePolicy names, if it has one.
     pub async fn redrive_dead_letter_url(
         client: &Client,
         url: &str,
     ) -> Result<Option<String>, String> {
-        let out = client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::RedrivePolicy)
-            .send()
-            .await
-            .map_err(|e| format!("GetQueueAttributes: {}", DisplayErrorContext(&e)))?;
-        let Some(arn) = out
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+        let policy = attributes(client, url, &[QueueAttributeName::RedrivePolicy]).await?;
+        let Some(arn) = policy
+            .get(&QueueAttributeName::RedrivePolicy)
             .and_then(|p| dead_letter_target_arn(p))
         else {
             return Ok(None);
@@ -562,48 +586,19 @@ pub mod admin {
 
     /// The queue's ARN (what a RedrivePolicy names as its dead-letter target).
     pub async fn queue_arn(client: &Client, url: &str) -> Result<String, String> {
-        let out = client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(|e| format!("GetQueueAttributes: {}", DisplayErrorContext(&e)))?;
-        out.attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .cloned()
-            .ok_or_else(|| "GetQueueAttributes returned no QueueArn".to_string())
+        attribute(client, url, QueueAttributeName::QueueArn).await
     }
 
     /// The queue's own visibility timeout (what a receive gets unless it asks for another).
     pub async fn visibility_timeout(client: &Client, url: &str) -> Result<Duration, String> {
-        let out = client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::VisibilityTimeout)
-            .send()
+        attribute(client, url, QueueAttributeName::VisibilityTimeout)
             .await
-            .map_err(|e| format!("GetQueueAttributes: {}", DisplayErrorContext(&e)))?;
-        out.attributes()
-            .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
-            .and_then(|v| v.parse().ok())
             .map(Duration::from_secs)
-            .ok_or_else(|| "GetQueueAttributes returned no VisibilityTimeout".to_string())
     }
 
     /// The queue's MaximumMessageSize.
     pub async fn max_message_bytes(client: &Client, url: &str) -> Result<usize, String> {
-        let out = client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::MaximumMessageSize)
-            .send()
-            .await
-            .map_err(|e| format!("GetQueueAttributes: {}", DisplayErrorContext(&e)))?;
-        out.attributes()
-            .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize))
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| "GetQueueAttributes returned no MaximumMessageSize".to_string())
+        attribute(client, url, QueueAttributeName::MaximumMessageSize).await
     }
 
     /// Deletes the queue (DeleteQueue). SQS may take up to 60 seconds to forget the name, so a
@@ -639,23 +634,17 @@ pub mod admin {
         url: &str,
         with_redrive: bool,
     ) -> Result<(QueueCounts, Option<String>), String> {
-        let mut request = client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+        let mut names = vec![
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ];
         if with_redrive {
-            request = request.attribute_names(QueueAttributeName::RedrivePolicy);
+            names.push(QueueAttributeName::RedrivePolicy);
         }
-        let out = request
-            .send()
-            .await
-            .map_err(|e| format!("GetQueueAttributes {url}: {}", DisplayErrorContext(&e)))?;
-        let attributes = out.attributes();
+        let mut got = attributes(client, url, &names).await?;
         let number = |name: QueueAttributeName| {
-            attributes
-                .and_then(|a| a.get(&name))
+            got.get(&name)
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
@@ -664,9 +653,7 @@ pub mod admin {
             in_flight: number(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
             delayed: number(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
         };
-        let redrive = attributes
-            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-            .cloned();
+        let redrive = got.remove(&QueueAttributeName::RedrivePolicy);
         Ok((counts, redrive))
     }
 
