@@ -71,24 +71,39 @@ impl QueueAttributesFailed<'_> {
     }
 }
 
-/// A fleet-membership call failed (`op`: read or renew); `error` None: it timed out.
+/// A fleet-membership call that failed.
+#[derive(Clone, Copy)]
+pub enum FleetOp {
+    /// Reading the group's members: the last share is kept.
+    Read,
+    /// Renewing this instance's lease.
+    Renew,
+}
+
+/// A fleet-membership call failed; `error` None: it timed out.
 pub struct FleetCallFailed<'a> {
-    pub op: &'static str,
+    pub op: FleetOp,
     pub error: Option<&'a dyn Display>,
 }
 
 impl FleetCallFailed<'_> {
     pub fn emit(self) {
-        metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => self.op).increment(1);
+        let op = match self.op {
+            FleetOp::Read => "read",
+            FleetOp::Renew => "renew",
+        };
+        metrics::counter!(catalog::FLEET_ERRORS_TOTAL, "op" => op).increment(1);
         match (self.op, self.error) {
-            ("read", Some(error)) => {
+            (FleetOp::Read, Some(error)) => {
                 tracing::warn!(%error, "cannot read the fleet's members: keeping the last share")
             }
-            ("read", None) => {
+            (FleetOp::Read, None) => {
                 tracing::warn!("reading the fleet's members timed out: keeping the last share")
             }
-            (_, Some(error)) => tracing::warn!(%error, "cannot renew this instance's lease"),
-            (_, None) => tracing::warn!("renewing this instance's lease timed out"),
+            (FleetOp::Renew, Some(error)) => {
+                tracing::warn!(%error, "cannot renew this instance's lease")
+            }
+            (FleetOp::Renew, None) => tracing::warn!("renewing this instance's lease timed out"),
         }
     }
 }
@@ -106,56 +121,52 @@ impl LeaseLapsed {
     }
 }
 
-/// What `sluice ingest` reloads while serving.
-#[derive(Clone, Copy)]
-pub enum Reloadable {
+/// A changed file `sluice ingest` follows was swapped in, or did not load (`Err`: the previous
+/// certificate or keys stay in use).
+pub enum Reloaded<'a> {
     /// ingest.tls_cert and tls_key.
-    Tls,
-    /// ingest.api_keys_file.
-    ApiKeys,
-}
-
-impl Reloadable {
-    fn label(self) -> &'static str {
-        match self {
-            Reloadable::Tls => "tls",
-            Reloadable::ApiKeys => "api_keys",
-        }
-    }
-}
-
-/// A changed file was reloaded (`Ok`: what was loaded, for the log) or did not load (`Err`: the
-/// previous certificate or keys stay in use).
-pub struct Reloaded<'a> {
-    pub what: Reloadable,
-    pub file: &'a std::path::Path,
-    pub outcome: Result<usize, &'a anyhow::Error>,
+    Tls {
+        cert: &'a std::path::Path,
+        outcome: Result<(), &'a anyhow::Error>,
+    },
+    /// ingest.api_keys_file: how many keys it holds now.
+    ApiKeys {
+        file: &'a std::path::Path,
+        outcome: Result<usize, &'a anyhow::Error>,
+    },
 }
 
 impl Reloaded<'_> {
     pub fn emit(self) {
-        let what = self.what.label();
-        let file = self.file.display();
-        match (self.what, self.outcome) {
-            (kind, Err(error)) => {
-                metrics::counter!(catalog::INGEST_RELOAD_ERRORS_TOTAL, "what" => what).increment(1);
-                let error = format!("{error:#}");
-                match kind {
-                    Reloadable::Tls => {
-                        tracing::error!(%error, %file, "the changed TLS certificate or key does not load: still serving the previous one")
+        match self {
+            Reloaded::Tls { cert, outcome } => {
+                let cert = cert.display();
+                match outcome {
+                    Ok(()) => {
+                        metrics::counter!(catalog::INGEST_RELOADS_TOTAL, "what" => "tls")
+                            .increment(1);
+                        tracing::info!(%cert, "TLS certificate reloaded: new connections get it");
                     }
-                    Reloadable::ApiKeys => {
-                        tracing::error!(%error, %file, "the changed API key file does not load: the previous keys stay")
+                    Err(error) => {
+                        metrics::counter!(catalog::INGEST_RELOAD_ERRORS_TOTAL, "what" => "tls")
+                            .increment(1);
+                        tracing::error!(error = %format!("{error:#}"), %cert, "the changed TLS certificate or key does not load: still serving the previous one");
                     }
                 }
             }
-            (Reloadable::Tls, Ok(_)) => {
-                metrics::counter!(catalog::INGEST_RELOADS_TOTAL, "what" => what).increment(1);
-                tracing::info!(cert = %file, "TLS certificate reloaded: new connections get it");
-            }
-            (Reloadable::ApiKeys, Ok(keys)) => {
-                metrics::counter!(catalog::INGEST_RELOADS_TOTAL, "what" => what).increment(1);
-                tracing::info!(%file, keys, "API keys reloaded");
+            Reloaded::ApiKeys { file, outcome } => {
+                let file = file.display();
+                match outcome {
+                    Ok(keys) => {
+                        metrics::counter!(catalog::INGEST_RELOADS_TOTAL, "what" => "api_keys")
+                            .increment(1);
+                        tracing::info!(%file, keys, "API keys reloaded");
+                    }
+                    Err(error) => {
+                        metrics::counter!(catalog::INGEST_RELOAD_ERRORS_TOTAL, "what" => "api_keys").increment(1);
+                        tracing::error!(error = %format!("{error:#}"), %file, "the changed API key file does not load: the previous keys stay");
+                    }
+                }
             }
         }
     }

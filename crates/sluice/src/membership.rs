@@ -29,7 +29,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 use sluice_core::time::epoch_ms as now_ms;
 
-use crate::events::{FleetCallFailed, LeaseLapsed};
+use crate::events::{FleetCallFailed, FleetOp, LeaseLapsed};
 
 fn host() -> String {
     std::env::var("HOSTNAME")
@@ -276,7 +276,7 @@ impl Heartbeat {
             Err(_) => None,
         };
         FleetCallFailed {
-            op: "read",
+            op: FleetOp::Read,
             error: why.as_ref().map(|e| e as &dyn std::fmt::Display),
         }
         .emit();
@@ -309,7 +309,7 @@ impl Heartbeat {
         };
         self.state.renewal_unknown(seen);
         FleetCallFailed {
-            op: "renew",
+            op: FleetOp::Renew,
             error: why.as_ref().map(|e| e as &dyn std::fmt::Display),
         }
         .emit();

@@ -23,7 +23,7 @@ use super::{Ingest, error, with_retry_after};
 /// in the queue or the spool.
 pub async fn post_logs(
     State(st): State<Arc<Ingest>>,
-    Extension(KeyName(key)): Extension<KeyName>,
+    Extension(key): Extension<KeyName>,
     body: Bytes,
 ) -> Response {
     let Parsed { logs, lines } = match parse_body(&body, &st.schema, &st.rules) {
@@ -61,7 +61,7 @@ pub async fn post_logs(
 
 /// Takes `n` logs from the key's bucket (`ingest.rate_per_key`, `ingest.burst_per_key`): 429 +
 /// Retry-After when it is empty, 413 when `n` is more than it can ever hold. None: charged.
-fn charge(st: &Ingest, key: &str, n: usize) -> Option<Response> {
+fn charge(st: &Ingest, KeyName(key): &KeyName, n: usize) -> Option<Response> {
     let Some(cells) = NonZeroU32::new(n as u32) else {
         return Some(error(
             StatusCode::BAD_REQUEST,
@@ -69,7 +69,7 @@ fn charge(st: &Ingest, key: &str, n: usize) -> Option<Response> {
             Value::Null,
         ));
     };
-    match st.limiter.check_key_n(&key.to_owned(), cells) {
+    match st.limiter.check_key_n(key, cells) {
         Ok(Ok(())) => None,
         Ok(Err(not_until)) => {
             let wait = not_until.wait_time_from(DefaultClock::default().now());

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Ingest, load_keys};
 use crate::config::IngestSettings;
-use crate::events::{Reloadable, Reloaded};
+use crate::events::Reloaded;
 
 /// The contents' digest of the files a reload follows (a missing file digests as empty).
 fn digest_of(paths: &[&Path]) -> [u8; 32] {
@@ -54,10 +54,9 @@ pub(super) async fn reload(
                     *shared.write_locked() = acceptor.clone();
                     tls_seen = now;
                 }
-                Reloaded {
-                    what: Reloadable::Tls,
-                    file: cert,
-                    outcome: loaded.as_ref().map(|_| 1),
+                Reloaded::Tls {
+                    cert,
+                    outcome: loaded.as_ref().map(|_| ()),
                 }
                 .emit();
             }
@@ -75,8 +74,7 @@ pub(super) async fn reload(
                     }
                     Err(error) => Err(error),
                 };
-                Reloaded {
-                    what: Reloadable::ApiKeys,
+                Reloaded::ApiKeys {
                     file: path,
                     outcome: outcome.as_ref().copied(),
                 }
