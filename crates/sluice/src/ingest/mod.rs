@@ -51,10 +51,10 @@ mod reload;
 
 pub use body::{BadBody, BodyRules, Parsed, parse_body};
 
-/// Registers the help text of the ingest API's metrics and the producer's inside it.
+/// Registers the help text of the ingest API's own metrics (`telemetry::install_metrics` has
+/// described the producer's inside it).
 pub fn describe_metrics() {
     catalog::describe(catalog::Exporter::Ingest);
-    catalog::describe(catalog::Exporter::Producer);
 }
 
 struct Key {
