@@ -79,6 +79,14 @@ catalog! {
         "BatchWriteItem calls refused with a throttling error.";
     UNPROCESSED_ITEMS_RETRIED_TOTAL = "sluice_unprocessed_items_retried_total", Counter, Daemon,
         "Items a BatchWriteItem left unprocessed and that were sent again.";
+    CACHE_SKIPPED_LOGS_TOTAL = "sluice_cache_skipped_logs_total", Counter, Daemon,
+        "Logs answered from the look-aside write cache without a write: their key and content were written within the cache's window.";
+    CACHE_SAVED_WCU_TOTAL = "sluice_cache_saved_wcu_total", Counter, Daemon,
+        "Write capacity units the write cache saved: what the logs it answered would have cost written plain.";
+    CACHE_ERRORS_TOTAL = "sluice_cache_errors_total", Counter, Daemon,
+        "Calls to the shared write cache (Redis) that failed; each counts as a miss, so the log is written.";
+    COMPRESSION_SAVED_WCU_TOTAL = "sluice_compression_saved_wcu_total", Counter, Daemon,
+        "Write capacity units compression saved: what the written items would have cost plain, less what they cost compressed.";
     DUPLICATES_COLLAPSED_TOTAL = "sluice_duplicates_collapsed_total", Counter, Daemon,
         "Items collapsed into a later item with the same key inside one batch.";
     BATCH_WRITE_REQUESTS_TOTAL = "sluice_batch_write_requests_total", Counter, Daemon,

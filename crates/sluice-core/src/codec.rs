@@ -29,6 +29,7 @@ use crate::item::{
     MAX_PARTITION_KEY_BYTES,
 };
 use crate::number::{Number, NumberError};
+use crate::stored::{Compression, compress_item};
 
 /// How logs map onto items.
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct Schema {
     /// When set, each item gets this attribute = timestamp (epoch seconds) + retention, for
     /// DynamoDB's TTL.
     pub ttl: Option<TtlRule>,
+    /// When set, items are written compressed ([`crate::stored`]); None writes them plain.
+    pub compression: Option<std::sync::Arc<Compression>>,
 }
 
 /// A TTL attribute for DynamoDB's expiry: the log's timestamp plus a retention, in epoch seconds.
@@ -67,6 +70,7 @@ impl Default for Schema {
                 .to_vec(),
             ts_field: "ts".into(),
             ttl: None,
+            compression: None,
         }
     }
 }
@@ -355,7 +359,43 @@ pub fn decode_log(
     log_to_item(log, map, schema)
 }
 
+/// A log's attributes as a plain item would have them, before compression.
+pub(crate) struct Built {
+    pub key: String,
+    pub attrs: BTreeMap<String, AttrValue>,
+    pub ts_ms: Option<i64>,
+    /// The attributes sluice set (the key, the TTL), each with the log field it replaced.
+    pub set: Vec<(String, Option<AttrValue>)>,
+}
+
 fn log_to_item(log: usize, map: Map<String, Value>, schema: &Schema) -> Result<Item, DecodeError> {
+    let Built {
+        key,
+        attrs,
+        ts_ms,
+        set,
+    } = build(log, map, schema)?;
+    let item = match &schema.compression {
+        Some(c) => compress_item(key, attrs, &set, c),
+        None => Item::new(key, attrs),
+    }
+    .with_ts(ts_ms);
+    if item.size() > MAX_ITEM_BYTES {
+        return Err(DecodeError::ItemTooLarge {
+            log,
+            bytes: item.size(),
+        });
+    }
+    Ok(item)
+}
+
+/// Checks a log and builds its plain attributes: the key attribute and the TTL set, every value
+/// DynamoDB would refuse refused.
+pub(crate) fn build(
+    log: usize,
+    map: Map<String, Value>,
+    schema: &Schema,
+) -> Result<Built, DecodeError> {
     for field in &schema.required_fields {
         if map.get(field).is_none_or(Value::is_null) {
             return Err(DecodeError::MissingField {
@@ -413,19 +453,20 @@ fn log_to_item(log: usize, map: Map<String, Value>, schema: &Schema) -> Result<I
         }
         attrs.insert(name, value);
     }
-    attrs.insert(schema.key_attribute.clone(), AttrValue::S(key.clone()));
+    let mut set = Vec::with_capacity(2);
+    let replaced = attrs.insert(schema.key_attribute.clone(), AttrValue::S(key.clone()));
+    set.push((schema.key_attribute.clone(), replaced));
     if let (Some(rule), Some(ms)) = (&schema.ttl, ts_ms) {
         let expires = ms.div_euclid(1000) + rule.retention.as_secs() as i64;
-        attrs.insert(rule.attribute.clone(), AttrValue::N(expires.to_string()));
+        let replaced = attrs.insert(rule.attribute.clone(), AttrValue::N(expires.to_string()));
+        set.push((rule.attribute.clone(), replaced));
     }
-    let item = Item::new(key, attrs).with_ts(ts_ms);
-    if item.size() > MAX_ITEM_BYTES {
-        return Err(DecodeError::ItemTooLarge {
-            log,
-            bytes: item.size(),
-        });
-    }
-    Ok(item)
+    Ok(Built {
+        key,
+        attrs,
+        ts_ms,
+        set,
+    })
 }
 
 /// A step from an attribute down to a nested value, for error messages.

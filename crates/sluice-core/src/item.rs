@@ -42,6 +42,9 @@ pub enum AttrValue {
     M(BTreeMap<String, AttrValue>),
     /// A list (a JSON array), sized as 3 bytes plus 1 byte and the value of each element.
     L(Vec<AttrValue>),
+    /// Binary, sized as its length in bytes: only a compressed item's log
+    /// ([`crate::stored::LOG_ATTRIBUTE`]); JSON has no binary values.
+    B(Vec<u8>),
 }
 
 impl AttrValue {
@@ -53,6 +56,7 @@ impl AttrValue {
             AttrValue::Bool(_) | AttrValue::Null => 1,
             AttrValue::M(m) => 3 + m.iter().map(|(k, v)| 1 + k.len() + v.size()).sum::<usize>(),
             AttrValue::L(l) => 3 + l.iter().map(|v| 1 + v.size()).sum::<usize>(),
+            AttrValue::B(b) => b.len(),
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct Item {
     /// The log's timestamp (epoch milliseconds), when it has one: of two writes of one key in
     /// one batch, the newer log wins.
     ts_ms: Option<i64>,
+    /// The size the item would have written plain (the same as `size` unless compressed).
+    plain_size: usize,
 }
 
 impl Item {
@@ -95,7 +101,38 @@ impl Item {
             attrs,
             size,
             ts_ms: None,
+            plain_size: size,
         }
+    }
+
+    /// The same item, recording the size it would have had plain (it is compressed).
+    pub fn with_plain_size(mut self, plain_size: usize) -> Self {
+        self.plain_size = plain_size;
+        self
+    }
+
+    /// The size this item would have had written plain: its own size unless it is compressed.
+    pub fn plain_size(&self) -> usize {
+        self.plain_size
+    }
+
+    /// WCU one write of this item would have cost plain.
+    pub fn plain_wcu(&self) -> u32 {
+        wcu_for_bytes(self.plain_size)
+    }
+
+    /// A 128-bit hash of the item's key and attributes (names, types and values): two items with
+    /// the same hash write the same row. What the write cache compares; it is the same in every
+    /// process (no random seed), so a fleet can share it.
+    pub fn content_hash(&self) -> u128 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(self.key.as_bytes());
+        h.update(&[0xff]);
+        for (name, value) in &self.attrs {
+            hash_bytes(&mut h, name.as_bytes());
+            hash_value(&mut h, value);
+        }
+        h.digest128()
     }
 
     /// The same item, carrying its log's timestamp.
@@ -132,6 +169,46 @@ impl Item {
     /// Write capacity units one PutItem of this item costs.
     pub fn wcu(&self) -> u32 {
         wcu_for_bytes(self.size)
+    }
+}
+
+/// Length-prefixed, so `"ab","c"` and `"a","bc"` differ.
+fn hash_bytes(h: &mut xxhash_rust::xxh3::Xxh3, b: &[u8]) {
+    h.update(&(b.len() as u64).to_le_bytes());
+    h.update(b);
+}
+
+fn hash_value(h: &mut xxhash_rust::xxh3::Xxh3, v: &AttrValue) {
+    match v {
+        AttrValue::S(s) => {
+            h.update(b"S");
+            hash_bytes(h, s.as_bytes());
+        }
+        AttrValue::N(n) => {
+            h.update(b"N");
+            hash_bytes(h, n.as_bytes());
+        }
+        AttrValue::Bool(b) => h.update(if *b { b"T" } else { b"F" }),
+        AttrValue::Null => h.update(b"0"),
+        AttrValue::B(b) => {
+            h.update(b"B");
+            hash_bytes(h, b);
+        }
+        AttrValue::M(m) => {
+            h.update(b"M");
+            h.update(&(m.len() as u64).to_le_bytes());
+            for (k, v) in m {
+                hash_bytes(h, k.as_bytes());
+                hash_value(h, v);
+            }
+        }
+        AttrValue::L(l) => {
+            h.update(b"L");
+            h.update(&(l.len() as u64).to_le_bytes());
+            for v in l {
+                hash_value(h, v);
+            }
+        }
     }
 }
 

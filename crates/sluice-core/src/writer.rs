@@ -45,6 +45,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::breaker::{Breaker, BreakerConfig};
+use crate::cache::WriteCache;
 use crate::events::{BatchSplit, BatchWriteFailed, BatchWriteRetried, UnprocessedRetried};
 use crate::item::Item;
 use crate::pacer::{Consumed, Costs, Pacer, ThrottleCause};
@@ -176,6 +177,9 @@ pub struct WriterConfig {
     pub request_timeout: Duration,
     /// When persistent table failures stop intake.
     pub breaker: BreakerConfig,
+    /// The look-aside write cache: a log whose key and content were written within its window
+    /// is answered without a write. None: every log is written.
+    pub cache: Option<Arc<WriteCache>>,
 }
 
 impl Default for WriterConfig {
@@ -190,6 +194,7 @@ impl Default for WriterConfig {
             },
             request_timeout: Duration::from_secs(10),
             breaker: BreakerConfig::default(),
+            cache: None,
         }
     }
 }
@@ -219,6 +224,56 @@ pub struct WriterStats {
     pub pending_wcu: AtomicU64,
     /// When the last successful write landed, in milliseconds since the epoch (0: none yet).
     pub last_write_ms: AtomicU64,
+    /// WCU the written items cost, as sized (compressed items at their compressed size).
+    pub wcu_written: AtomicU64,
+    /// WCU the written items would have cost written plain.
+    pub plain_wcu_written: AtomicU64,
+    /// Logs answered from the write cache, without a write.
+    pub cache_skipped_logs: AtomicU64,
+    /// WCU the cache saved: what the skipped logs would have cost plain.
+    pub cache_saved_wcu: AtomicU64,
+}
+
+/// What a run cost and saved, from a writer's counters: the bill.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Bill {
+    /// Logs delivered: written, or answered from the write cache.
+    pub logs: u64,
+    /// WCU the table consumed.
+    pub wcu: u64,
+    /// Logs per WCU consumed (0 when nothing was consumed).
+    pub logs_per_wcu: f64,
+    /// WCU per million logs at that rate.
+    pub wcu_per_million_logs: f64,
+    /// Share of the plain, uncached cost compression saved (0..1).
+    pub saved_by_compression: f64,
+    /// Share of the plain, uncached cost the write cache saved (0..1).
+    pub saved_by_cache: f64,
+}
+
+impl WriterStats {
+    /// The bill so far.
+    pub fn bill(&self) -> Bill {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let logs = get(&self.logs_written) + get(&self.cache_skipped_logs);
+        let wcu = get(&self.wcu_consumed);
+        let plain = get(&self.plain_wcu_written);
+        let baseline = (plain + get(&self.cache_saved_wcu)).max(1) as f64;
+        let ratio = |n: u64, d: f64| if d > 0.0 { n as f64 / d } else { 0.0 };
+        let logs_per_wcu = ratio(logs, wcu as f64);
+        Bill {
+            logs,
+            wcu,
+            logs_per_wcu,
+            wcu_per_million_logs: if logs_per_wcu > 0.0 {
+                1e6 / logs_per_wcu
+            } else {
+                0.0
+            },
+            saved_by_compression: ratio(plain.saturating_sub(get(&self.wcu_written)), baseline),
+            saved_by_cache: ratio(get(&self.cache_saved_wcu), baseline),
+        }
+    }
 }
 
 /// Counts one item's WCU in `pending_wcu` for as long as it lives.
@@ -558,6 +613,7 @@ pub struct Writer {
     stats: Arc<WriterStats>,
     pacer: Arc<Pacer>,
     breaker: Arc<Breaker>,
+    cache: Option<Arc<WriteCache>>,
 }
 
 impl Writer {
@@ -578,6 +634,7 @@ impl Writer {
             alive_at: Mutex::new(Instant::now()),
             waiting_capacity: AtomicUsize::new(0),
         });
+        let cache = config.cache.clone();
         let ctx = Ctx {
             client,
             pacer: pacer.clone(),
@@ -593,6 +650,7 @@ impl Writer {
             stats,
             pacer,
             breaker,
+            cache,
         };
         (writer, task)
     }
@@ -638,6 +696,10 @@ impl Writer {
         order: u64,
         timeout: Duration,
     ) -> Result<(), WriteFailure> {
+        let items = match &self.cache {
+            Some(cache) => self.skip_written(cache, items).await,
+            None => items,
+        };
         if items.is_empty() {
             return Ok(());
         }
@@ -683,6 +745,42 @@ impl Writer {
         };
         self.queue.arrived.notify_one();
         rx.await.unwrap_or(Err(WriteFailure::Stopped))
+    }
+}
+
+impl Writer {
+    /// Leaves out the items the write cache knows were written with this content, counting
+    /// them: their logs are delivered.
+    async fn skip_written(&self, cache: &WriteCache, items: Vec<Item>) -> Vec<Item> {
+        let hashes: Vec<u128> = items.iter().map(Item::content_hash).collect();
+        let asked: Vec<(&str, u128)> = items.iter().map(Item::key).zip(hashes).collect();
+        let seen = cache.seen(&asked).await;
+        if !seen.contains(&true) {
+            return items;
+        }
+        let (mut logs, mut saved) = (0u64, 0u64);
+        let kept: Vec<Item> = items
+            .into_iter()
+            .zip(seen)
+            .filter_map(|(item, hit)| {
+                if hit {
+                    logs += 1;
+                    saved += u64::from(item.plain_wcu());
+                    None
+                } else {
+                    Some(item)
+                }
+            })
+            .collect();
+        self.stats
+            .cache_skipped_logs
+            .fetch_add(logs, Ordering::Relaxed);
+        self.stats
+            .cache_saved_wcu
+            .fetch_add(saved, Ordering::Relaxed);
+        metrics::counter!(catalog::CACHE_SKIPPED_LOGS_TOTAL).increment(logs);
+        metrics::counter!(catalog::CACHE_SAVED_WCU_TOTAL).increment(saved);
+        kept
     }
 }
 
@@ -984,15 +1082,20 @@ fn settle_written<W: BatchWriter>(
     breaker.record_success();
     metrics::counter!(catalog::BATCH_WRITE_REQUESTS_TOTAL, "outcome" => "ok").increment(1);
     let unprocessed: HashSet<usize> = result.unprocessed.into_iter().collect();
-    let (mut written_logs, mut written_wcu) = (0u64, 0u32);
+    let (mut written_logs, mut written_wcu, mut plain_wcu) = (0u64, 0u32, 0u64);
     let mut estimated = vec![0u64; pacer.len()];
     let mut rest = Vec::with_capacity(unprocessed.len());
+    let mut landed = Vec::new();
     for (i, p) in pending.into_iter().enumerate() {
         if unprocessed.contains(&i) {
             rest.push(p);
         } else {
             written_logs += p.trackers.len() as u64;
             written_wcu += p.item.wcu();
+            plain_wcu += u64::from(p.item.plain_wcu());
+            if ctx.config.cache.is_some() {
+                landed.push((p.item.key().to_string(), p.item.content_hash()));
+            }
             for (e, c) in estimated.iter_mut().zip(&p.costs.wcu) {
                 *e += u64::from(*c);
             }
@@ -1011,6 +1114,17 @@ fn settle_written<W: BatchWriter>(
             .last_write_ms
             .fetch_max(crate::time::epoch_ms(), Ordering::Relaxed);
     }
+    if let Some(cache) = &ctx.config.cache {
+        cache.record(landed);
+    }
+    stats
+        .wcu_written
+        .fetch_add(u64::from(written_wcu), Ordering::Relaxed);
+    stats
+        .plain_wcu_written
+        .fetch_add(plain_wcu, Ordering::Relaxed);
+    metrics::counter!(catalog::COMPRESSION_SAVED_WCU_TOTAL)
+        .increment(plain_wcu.saturating_sub(u64::from(written_wcu)));
     metrics::counter!(catalog::LOGS_WRITTEN_TOTAL).increment(written_logs);
     // The table's own share: index writes are paced and reported on their own budgets, and the
     // counter is compared with the table's budget.

@@ -4,6 +4,8 @@
 //! throttles from the rate controller.
 #![warn(missing_docs)]
 
+pub mod stored;
+
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
@@ -350,7 +352,42 @@ pub fn to_attribute_value(v: &AttrValue) -> AttributeValue {
                 .collect(),
         ),
         AttrValue::L(l) => AttributeValue::L(l.iter().map(to_attribute_value).collect()),
+        AttrValue::B(b) => AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(b.clone())),
     }
+}
+
+/// The SDK's attribute values into the core's, for reading items back. Sets (which sluice never
+/// writes) become lists.
+pub fn from_attribute_value(v: &AttributeValue) -> AttrValue {
+    match v {
+        AttributeValue::S(s) => AttrValue::S(s.clone()),
+        AttributeValue::N(n) => AttrValue::N(n.clone()),
+        AttributeValue::Bool(b) => AttrValue::Bool(*b),
+        AttributeValue::B(b) => AttrValue::B(b.as_ref().to_vec()),
+        AttributeValue::M(m) => AttrValue::M(
+            m.iter()
+                .map(|(k, v)| (k.clone(), from_attribute_value(v)))
+                .collect(),
+        ),
+        AttributeValue::L(l) => AttrValue::L(l.iter().map(from_attribute_value).collect()),
+        AttributeValue::Ss(set) => AttrValue::L(set.iter().cloned().map(AttrValue::S).collect()),
+        AttributeValue::Ns(set) => AttrValue::L(set.iter().cloned().map(AttrValue::N).collect()),
+        AttributeValue::Bs(set) => AttrValue::L(
+            set.iter()
+                .map(|b| AttrValue::B(b.as_ref().to_vec()))
+                .collect(),
+        ),
+        _ => AttrValue::Null,
+    }
+}
+
+/// An item as the SDK returns it, as the core's attributes.
+pub fn from_item(
+    item: &HashMap<String, AttributeValue>,
+) -> std::collections::BTreeMap<String, AttrValue> {
+    item.iter()
+        .map(|(k, v)| (k.clone(), from_attribute_value(v)))
+        .collect()
 }
 
 /// DynamoDB's ThrottlingReasons on a refused call, read.

@@ -1666,6 +1666,13 @@ impl DynamoDb {
     }
 
     fn put_item(&self, req: &Value) -> ApiResult {
+        if req.get("ConditionExpression").is_some() || req.get("Expected").is_some() {
+            // Refused rather than ignored: a condition the sim did not evaluate would pass
+            // silently where AWS could refuse the write.
+            return Err(ApiError::validation(
+                "sluice-sim does not evaluate conditions on PutItem (ConditionExpression, Expected)",
+            ));
+        }
         let item = parse_item(req.get("Item"), "Item")?;
         self.with_active_table(str_field(req, "TableName")?, |t| {
             let key = t.key_of(&item)?;

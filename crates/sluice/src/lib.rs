@@ -9,6 +9,7 @@ pub mod config;
 pub mod dlq;
 pub mod events;
 pub mod ingest;
+pub mod items;
 pub mod kafka_cmd;
 pub mod membership;
 pub mod notify;

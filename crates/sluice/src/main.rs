@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use sluice::command::Outcome;
 use sluice::dlq::DlqArgs;
 use sluice::ingest::IngestArgs;
+use sluice::items::dict::DictArgs;
+use sluice::items::read::{ExportArgs, GetArgs};
 use sluice::kafka_cmd::KafkaArgs;
 use sluice::run::RunArgs;
 use sluice::tools::bench::BenchArgs;
@@ -59,6 +61,13 @@ enum Command {
     BenchPacing(BenchArgs),
     /// Inspect the dead-letter queue (stats, peek) and send its messages back (redrive).
     Dlq(DlqArgs),
+    /// Compressed items' dictionaries: `dict train` makes one from sample logs and stores it in
+    /// the table.
+    Dict(DictArgs),
+    /// Print logs by key (request id) as the JSON they were sent as, compressed or plain.
+    Get(GetArgs),
+    /// Stream the table as NDJSON (every log as sent, compressed or plain), with progress.
+    Export(ExportArgs),
     /// Kafka mode: a consumer group's lag, and replay (move its offsets back to a time or an
     /// offset so that range is written again).
     Kafka(KafkaArgs),
@@ -88,6 +97,9 @@ fn main() -> ExitCode {
             Command::Run(args) => sluice::run::command(args).await,
             Command::Ingest(args) => sluice::ingest::command(args).await,
             Command::Dlq(args) => sluice::dlq::command(args).await,
+            Command::Dict(args) => sluice::items::dict::command(args).await,
+            Command::Get(args) => sluice::items::read::get(args).await,
+            Command::Export(args) => sluice::items::read::export(args).await,
             Command::Kafka(args) => sluice::kafka_cmd::command(args).await,
             Command::Load(args) => sluice::tools::load::command(args).await,
             Command::Demo(args) => sluice::tools::demo::command(args).await,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::num::NonZeroU32;
 
-use sluice_core::{FleetConfig, IndexSpec, LeaseSource, Pacer};
+use sluice_core::{FleetConfig, IndexSpec, LeaseSource, Pacer, Schema};
 use sluice_dynamodb::{Capacity, TableCapacity, TableLimits};
 use sluice_kafka::KafkaSource;
 use sluice_redis::{BucketRate, RedisBucket};
@@ -345,7 +345,11 @@ fn index_limiters(
 }
 
 /// The engine on a Kafka consumer group (no visibility timeout, so no heartbeat).
-fn kafka_engine(settings: &Settings, writer: Writer) -> Result<(Engines, Duration)> {
+fn kafka_engine(
+    settings: &Settings,
+    schema: Schema,
+    writer: Writer,
+) -> Result<(Engines, Duration)> {
     let k = &settings.kafka;
     let source = Arc::new(KafkaSource::start(k.kafka_config()).map_err(|e| {
         anyhow!(
@@ -357,7 +361,7 @@ fn kafka_engine(settings: &Settings, writer: Writer) -> Result<(Engines, Duratio
     let engine = Engine::new(
         source.clone(),
         writer,
-        settings.schema(),
+        schema,
         EngineConfig {
             visibility_timeout: None,
             poll_wait: KAFKA_POLL_WAIT,
@@ -371,6 +375,7 @@ fn kafka_engine(settings: &Settings, writer: Writer) -> Result<(Engines, Duratio
 /// visibility timeout.
 async fn sqs_engine(
     settings: &Settings,
+    schema: Schema,
     sqs: &SdkConfig,
     writer: Writer,
 ) -> Result<(Engines, Duration)> {
@@ -389,7 +394,7 @@ async fn sqs_engine(
     let engine = Engine::new(
         Arc::new(source),
         writer,
-        settings.schema(),
+        schema,
         EngineConfig {
             visibility_timeout: Some(visibility),
             ..settings.engine_config()
@@ -422,6 +427,10 @@ impl Pipeline {
         let ddb = sluice_dynamodb::writer_client(dynamodb);
         // The table and every index: each is a budget, the tightest binds.
         let limits = discover_limits(settings, &ddb).await?;
+        let schema = Schema {
+            compression: crate::items::compression(settings, &ddb, limits.as_ref()).await?,
+            ..settings.schema()
+        };
         let (limiter, bucket) = table_limiter(settings, limits.as_ref())?;
         let indexes = index_limiters(settings, limits.as_ref())?;
         let pacer = Pacer::new(
@@ -456,9 +465,9 @@ impl Pipeline {
         let writer_stats = writer.stats();
         let breaker = writer.breaker();
         let (engine, poll_wait) = if settings.kafka.enabled {
-            kafka_engine(settings, writer)?
+            kafka_engine(settings, schema, writer)?
         } else {
-            sqs_engine(settings, sqs, writer).await?
+            sqs_engine(settings, schema, sqs, writer).await?
         };
         // Join the fleet: every budget is held until the other members have made room.
         let member = if settings.rate.mode == RateMode::Membership {

@@ -35,7 +35,7 @@ pub use kafka::{KafkaSettings, read_properties_file};
 pub use problems::{Check, InvalidConfig, Problem, Problems};
 pub use producer::{FsyncSetting, ProducerSettings};
 pub use rate::{MembershipSettings, RateMode, RateSettings, RedisSettings};
-pub use schema::SchemaSettings;
+pub use schema::{CompressionKind, SchemaSettings};
 pub use spot::SpotSettings;
 pub use sqs::SqsSettings;
 pub use telemetry::{LogFormat, TelemetrySettings};
@@ -114,6 +114,7 @@ fn raw(path: Option<&Path>, env: Option<config::Map<String, String>>) -> Result<
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("schema.required_fields")
+            .with_list_parse_key("schema.plain_fields")
             .with_list_parse_key("kafka.topics")
             .try_parsing(true)
             .source(env),

@@ -27,6 +27,28 @@ pub struct SchemaSettings {
     /// Retention for the TTL attribute.
     #[serde(with = "humantime_serde")]
     pub ttl_retention: Duration,
+    /// `none` writes every log as plain attributes; `zstd` compresses all but the key, the TTL,
+    /// index attributes and `plain_fields` into one binary attribute (docs/item-format.md).
+    pub compression: CompressionKind,
+    /// The dictionary writers compress with (`sluice dict train` stores one and prints its id);
+    /// required with `compression = "zstd"`.
+    pub dictionary_id: Option<u32>,
+    /// zstd level, 1 (fastest) to 19.
+    pub compression_level: i32,
+    /// Log fields kept as plain attributes in compressed items (so a query or filter can see
+    /// them); the key, the TTL attribute and every index attribute always are.
+    pub plain_fields: Vec<String>,
+}
+
+/// How items are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionKind {
+    /// Plain attributes, one per log field.
+    #[default]
+    None,
+    /// One zstd frame, made with a dictionary kept in the table.
+    Zstd,
 }
 
 impl Default for SchemaSettings {
@@ -39,13 +61,20 @@ impl Default for SchemaSettings {
             ts_field: s.ts_field,
             ttl_attribute: None,
             ttl_retention: Duration::from_secs(30 * 86_400),
+            compression: CompressionKind::None,
+            dictionary_id: None,
+            compression_level: sluice_core::stored::DEFAULT_LEVEL,
+            plain_fields: Vec::new(),
         }
     }
 }
 
 impl SchemaSettings {
+    /// The schema, writing plain items (the pipeline attaches the compression, which needs the
+    /// table's dictionary and indexes).
     pub fn schema(&self) -> Schema {
         Schema {
+            compression: None,
             key_field: self.key_field.clone(),
             key_attribute: self.key_attribute.clone(),
             required_fields: self.required_fields.clone(),
@@ -58,8 +87,49 @@ impl SchemaSettings {
     }
 }
 
+impl SchemaSettings {
+    /// The attributes sluice adds to a plain item, which reading it back leaves out: the TTL
+    /// attribute, and the key attribute when it is not the key field.
+    pub fn added_attributes(&self) -> Vec<String> {
+        let mut added: Vec<String> = self.ttl_attribute.iter().cloned().collect();
+        if self.key_attribute != self.key_field {
+            added.push(self.key_attribute.clone());
+        }
+        added
+    }
+
+    fn check_compression(&self, p: &mut Problems) {
+        p.check(
+            (1..=19).contains(&self.compression_level),
+            "schema.compression_level",
+            format!(
+                "schema.compression_level is {}: zstd levels run from 1 (fastest) to 19",
+                self.compression_level
+            ),
+        );
+        for f in &self.plain_fields {
+            p.check(
+                f != sluice_core::stored::LOG_ATTRIBUTE && !f.is_empty(),
+                "schema.plain_fields",
+                format!(
+                    "schema.plain_fields names `{f}`: not a field name sluice can keep plain (`{}` holds the compressed log)",
+                    sluice_core::stored::LOG_ATTRIBUTE
+                ),
+            );
+        }
+        if self.compression == CompressionKind::Zstd {
+            p.check(
+                self.dictionary_id.is_some(),
+                "schema.dictionary_id",
+                "schema.compression is \"zstd\" but schema.dictionary_id is unset: run `sluice dict train --config FILE` and set the id it prints",
+            );
+        }
+    }
+}
+
 impl Check for SchemaSettings {
     fn check(&self, _mode: Mode, p: &mut Problems) {
+        self.check_compression(p);
         for (key, value) in [
             ("schema.key_field", &self.key_field),
             ("schema.key_attribute", &self.key_attribute),

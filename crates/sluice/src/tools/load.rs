@@ -67,8 +67,15 @@ pub struct LoadArgs {
     /// How many logs to generate (duplicates included).
     #[arg(long)]
     pub count: Option<u64>,
-    /// Log size in bytes: `N` (fixed), `MIN-MAX` (uniform) or `lognormal:MEDIAN-P99` (a long
-    /// tail, as real request logs have). Sizes below ~220 bytes (the bare log) are rounded up.
+    /// What the logs look like: `padded` (a small request log padded with random text to
+    /// --size) or `realistic` (an API server's access log: UUIDs, routes with ids and query
+    /// strings, a status mix, lognormal latency, real user agents, client IPs, referers,
+    /// headers; 1–3 KB, --size ignored).
+    #[arg(long, value_enum, default_value_t = Shape::Padded)]
+    pub shape: Shape,
+    /// Log size in bytes (padded shape): `N` (fixed), `MIN-MAX` (uniform) or
+    /// `lognormal:MEDIAN-P99` (a long tail, as real request logs have). Sizes below ~220 bytes
+    /// (the bare log) are rounded up.
     #[arg(long, default_value = "uniform:300-1500")]
     pub size: SizeDist,
     /// Share of logs that are an exact re-send of an earlier log (0.0-1.0): what a producer
@@ -109,6 +116,26 @@ pub struct LoadArgs {
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What the generated logs look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// A small request log padded with random text to a drawn size.
+    #[default]
+    Padded,
+    /// A real API server's access log ([`super::shape::realistic_log`]).
+    Realistic,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Shape::Padded => "padded",
+            Shape::Realistic => "realistic",
+        })
+    }
 }
 
 /// How big the generated logs are, in bytes of JSON.
@@ -204,6 +231,7 @@ pub struct GenLog {
 /// latency_ms, user_id, attrs), padded to a size drawn from a [`SizeDist`].
 pub struct LogGen {
     rng: StdRng,
+    shape: Shape,
     run_id: String,
     size: SizeDist,
     duplicate_ratio: f64,
@@ -235,6 +263,7 @@ impl LogGen {
         let words = key_space.map_or(0, |k| k.div_ceil(64) as usize);
         LogGen {
             rng: StdRng::seed_from_u64(seed),
+            shape: Shape::Padded,
             run_id: run_id.to_owned(),
             size,
             duplicate_ratio: duplicate_ratio.clamp(0.0, 1.0),
@@ -249,6 +278,12 @@ impl LogGen {
             duplicates: 0,
             bytes: 0,
         }
+    }
+
+    /// The same generator, making logs of `shape`.
+    pub fn with_shape(mut self, shape: Shape) -> LogGen {
+        self.shape = shape;
+        self
     }
 
     /// Distinct request ids made so far: the rows the table ends with.
@@ -306,6 +341,19 @@ impl LogGen {
         const STATUS: [u16; 7] = [200, 200, 200, 201, 204, 404, 500];
         let rng = &mut self.rng;
         let group = (self.groups > 0).then(|| format!("t-{}", rng.random_range(0..self.groups)));
+        if self.shape == Shape::Realistic {
+            let ts = self.now_ms.saturating_sub(rng.random_range(0..60_000u64));
+            let mut log = super::shape::realistic_log(rng, &key, ts);
+            if let Some(g) = &group {
+                log["tenant"] = json!(g);
+            }
+            return GenLog {
+                key,
+                json: log.to_string(),
+                group,
+                duplicate: false,
+            };
+        }
         let mut log = json!({
             "request_id": key,
             "ts": self.now_ms.saturating_sub(rng.random_range(0..60_000u64)),
@@ -321,9 +369,15 @@ impl LogGen {
         }
         let bare = log.to_string().len();
         let target = self.size.sample(&mut self.rng);
-        // `,"pad":""` inside attrs costs 9 bytes.
+        // `,"pad":""` inside attrs costs 9 bytes. Random letters and digits: padding that
+        // compresses as little as text can (a run of one letter would compress to nothing and
+        // flatter compression).
         if target > bare + 9 {
-            log["attrs"]["pad"] = json!("x".repeat(target - bare - 9));
+            const A: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+            let pad: String = (0..target - bare - 9)
+                .map(|_| A[self.rng.random_range(0..A.len())] as char)
+                .collect();
+            log["attrs"]["pad"] = json!(pad);
         }
         GenLog {
             key,
@@ -387,6 +441,8 @@ pub struct LoadSummary {
     /// `sqs <queue url>` or `ingest <url>`.
     pub target: String,
     pub run_id: String,
+    /// The logs' shape (`padded` or `realistic`).
+    pub shape: Shape,
     /// Logs made, duplicates included.
     pub generated: u64,
     /// Exact re-sends of an earlier log among them.
@@ -861,7 +917,8 @@ pub async fn load(args: LoadArgs) -> Result<LoadSummary> {
             args.duplicate_ratio,
             args.key_space,
             args.fifo_groups,
-        ),
+        )
+        .with_shape(args.shape),
         sink,
         duration,
         progress: Progress::new(total_hint),
@@ -915,6 +972,7 @@ fn summarize(
     Ok(LoadSummary {
         target,
         run_id,
+        shape: args.shape,
         generated: gen_.generated,
         duplicates: gen_.duplicates,
         distinct_keys: gen_.distinct_keys(),
@@ -947,11 +1005,13 @@ pub fn print_summary(s: &LoadSummary, json: bool) {
     println!("sluice load: {}", s.target);
     println!("  run id            {}", s.run_id);
     println!(
-        "  logs made         {} ({} duplicates, {} distinct keys, {:.1} MB)",
+        "  logs made         {} ({} duplicates, {} distinct keys, {:.1} MB, {} shape, {} bytes each on average)",
         s.generated,
         s.duplicates,
         s.distinct_keys,
-        s.bytes as f64 / 1e6
+        s.bytes as f64 / 1e6,
+        s.shape,
+        s.bytes / s.generated.max(1)
     );
     println!("  accepted          {}", s.accepted);
     println!("  failed            {}", s.failed);
