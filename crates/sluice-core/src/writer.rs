@@ -249,6 +249,8 @@ pub struct Bill {
     pub saved_by_compression: f64,
     /// Share of the plain, uncached cost the write cache saved (0..1).
     pub saved_by_cache: f64,
+    /// Logs answered from the write cache.
+    pub cache_skipped_logs: u64,
 }
 
 impl WriterStats {
@@ -272,6 +274,7 @@ impl WriterStats {
             },
             saved_by_compression: ratio(plain.saturating_sub(get(&self.wcu_written)), baseline),
             saved_by_cache: ratio(get(&self.cache_saved_wcu), baseline),
+            cache_skipped_logs: get(&self.cache_skipped_logs),
         }
     }
 }

@@ -9,6 +9,9 @@
 //! local share; this type only reports the failure and reconnects on the next call.
 #![warn(missing_docs)]
 
+mod seen;
+pub use seen::RedisSeen;
+
 use sluice_core::sync::Recover;
 use std::future::Future;
 use std::pin::Pin;

@@ -1766,7 +1766,11 @@ impl DynamoDb {
         let value = values.and_then(|v| v.get(rhs)).cloned().ok_or_else(|| {
             ApiError::validation(format!("missing ExpressionAttributeValues {rhs}"))
         })?;
+        let index = req.get("IndexName").and_then(Value::as_str);
         self.with_active_table(str_field(req, "TableName")?, |t| {
+            if let Some(index) = index {
+                return query_index(req, t, index, &attr, &value);
+            }
             if attr != t.hash_key {
                 return Err(ApiError::validation(format!(
                     "Query condition missed key schema element: {}",
@@ -1859,6 +1863,64 @@ fn check_limit(req: &Value) -> ApiResult<()> {
 }
 
 /// One page of Scan or Query results: Limit, 1 MB pages, Select=COUNT, ProjectionExpression.
+/// A Query on a global secondary index: the items whose index partition key equals `value` (and
+/// that carry the index's sort key, if it has one), sorted by it, projected as the index
+/// projects. One page only: sluice-sim refuses ExclusiveStartKey on an index.
+fn query_index(req: &Value, t: &Table, index: &str, attr: &str, value: &Value) -> ApiResult {
+    let gsi = t.gsis.iter().find(|g| g.name == index).ok_or_else(|| {
+        ApiError::validation(format!(
+            "The table does not have the specified index: {index}"
+        ))
+    })?;
+    if attr != gsi.hash_key {
+        return Err(ApiError::validation(format!(
+            "Query condition missed key schema element: {}",
+            gsi.hash_key
+        )));
+    }
+    if req.get("ExclusiveStartKey").is_some() {
+        return Err(ApiError::validation(
+            "sluice-sim does not page Query on an index (ExclusiveStartKey with IndexName)",
+        ));
+    }
+    let mut matches: Vec<&Map<String, Value>> = t
+        .items
+        .values()
+        .filter(|i| i.get(attr) == Some(value))
+        .filter(|i| gsi.range_key.as_ref().is_none_or(|r| i.contains_key(r)))
+        .collect();
+    if let Some(range) = &gsi.range_key {
+        let ty = t.key_type(range);
+        matches.sort_by(|a, b| compare_key(ty, a.get(range), b.get(range)));
+    }
+    let keep = |name: &str| {
+        t.table_keys().contains(&name)
+            || name == gsi.hash_key
+            || gsi.range_key.as_deref() == Some(name)
+            || match &gsi.projection {
+                crate::meter::Projection::All => true,
+                crate::meter::Projection::KeysOnly => false,
+                crate::meter::Projection::Include(names) => names.iter().any(|n| n == name),
+            }
+    };
+    let projected: Vec<Map<String, Value>> = matches
+        .into_iter()
+        .map(|i| {
+            i.iter()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .collect();
+    Ok(page(
+        req,
+        t,
+        projected
+            .iter()
+            .map(|i| (t.key_of(i).unwrap_or_default(), i)),
+    ))
+}
+
 fn page<'a>(
     req: &Value,
     t: &Table,

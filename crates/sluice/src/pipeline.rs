@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::num::NonZeroU32;
 
-use sluice_core::{FleetConfig, IndexSpec, LeaseSource, Pacer, Schema};
+use sluice_core::{FleetConfig, IndexSpec, LeaseSource, Pacer, Schema, WriteCache, WriterConfig};
 use sluice_dynamodb::{Capacity, TableCapacity, TableLimits};
 use sluice_kafka::KafkaSource;
 use sluice_redis::{BucketRate, RedisBucket};
@@ -344,6 +344,25 @@ fn index_limiters(
     Ok(out)
 }
 
+/// The look-aside write cache, when `cache.enabled`: local, or in front of the fleet's in Redis
+/// (`cache.shared`).
+fn write_cache(settings: &Settings) -> Result<Option<Arc<WriteCache>>> {
+    let c = &settings.cache;
+    if !c.enabled {
+        return Ok(None);
+    }
+    let mut cache = WriteCache::new(c.config());
+    if c.shared {
+        let prefix = format!("sluice:seen:{}:", settings.dynamodb.table);
+        let redis = &settings.rate.redis;
+        let shared = sluice_redis::RedisSeen::new(redis.url_str(), prefix, redis.timeout)
+            .map_err(|e| anyhow!("cache.shared: {e}"))?;
+        cache = cache.with_shared(Box::new(shared));
+    }
+    tracing::info!(capacity = c.capacity, window = ?c.window, shared = c.shared, "write cache on: a log written with the same content within the window is acked without a write");
+    Ok(Some(Arc::new(cache)))
+}
+
 /// The engine on a Kafka consumer group (no visibility timeout, so no heartbeat).
 fn kafka_engine(
     settings: &Settings,
@@ -460,8 +479,11 @@ impl Pipeline {
             ));
             (stop, task)
         });
-        let (writer, writer_task) =
-            Writer::spawn(Arc::new(table_writer), pacer, settings.writer_config());
+        let writer_config = WriterConfig {
+            cache: write_cache(settings)?,
+            ..settings.writer_config()
+        };
+        let (writer, writer_task) = Writer::spawn(Arc::new(table_writer), pacer, writer_config);
         let writer_stats = writer.stats();
         let breaker = writer.breaker();
         let (engine, poll_wait) = if settings.kafka.enabled {

@@ -86,17 +86,23 @@ pub async fn run(settings: Settings) -> Result<u8> {
         budget_wcu_per_s = settings.rate.wcu_per_second.map(NonZeroU32::get),
         "sluice started"
     );
+    let writer_stats = pipeline.writer_stats();
     let summary = tokio::select! {
         summary = pipeline.run(shutdown) => summary,
         _ = second_signal => return Ok(INTERRUPTED),
     };
     server_stop.cancel();
     background_stop.cancel();
+    let bill = writer_stats.bill();
     tracing::info!(
         received = summary.received,
         acked = summary.acked,
         nacked = summary.nacked,
         poison = summary.poison,
+        logs_per_wcu = format!("{:.3}", bill.logs_per_wcu),
+        wcu_per_million_logs = bill.wcu_per_million_logs.round(),
+        saved_by_compression = format!("{:.3}", bill.saved_by_compression),
+        saved_by_cache = format!("{:.3}", bill.saved_by_cache),
         "sluice stopped"
     );
     Ok(0)

@@ -7,6 +7,7 @@
 //! file is read, naming the key. The rules that tie sections together are here
 //! (`Settings::check_across`).
 
+mod cache;
 mod de;
 mod dynamodb;
 mod ingest;
@@ -28,6 +29,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use sluice_core::{EngineConfig, Schema, WriterConfig};
 
+pub use cache::CacheSettings;
 pub use de::parse_sha256;
 pub use dynamodb::DynamoDbSettings;
 pub use ingest::{ApiKey, IngestSettings, read_api_keys_file};
@@ -50,6 +52,7 @@ pub struct Settings {
     pub sqs: SqsSettings,
     pub dynamodb: DynamoDbSettings,
     pub schema: SchemaSettings,
+    pub cache: CacheSettings,
     pub rate: RateSettings,
     pub worker: WorkerSettings,
     pub telemetry: TelemetrySettings,
@@ -158,11 +161,12 @@ impl Settings {
     /// an [`InvalidConfig`] (`downcast_ref` gives the list).
     pub fn validate_for(&self, mode: Mode) -> Result<()> {
         let mut problems = Problems::default();
-        let sections: [&dyn Check; 9] = [
+        let sections: [&dyn Check; 10] = [
             &self.kafka,
             &self.sqs,
             &self.dynamodb,
             &self.schema,
+            &self.cache,
             &self.rate,
             &self.worker,
             &self.spot,
@@ -182,6 +186,11 @@ impl Settings {
         self.check_pool(p);
         self.check_spot_drain(p);
         self.check_ingest_producer(p);
+        p.check(
+            !(self.cache.enabled && self.cache.shared) || self.rate.mode == RateMode::Redis,
+            "cache.shared",
+            "cache.shared = true shares the cache in Redis: it needs rate.mode = \"redis\" (and its rate.redis.url)",
+        );
         p.check(
             self.rate.mode != RateMode::Membership
                 || self.rate.membership.table != self.dynamodb.table,

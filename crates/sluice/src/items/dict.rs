@@ -60,15 +60,15 @@ pub async fn command(args: DictArgs) -> Outcome {
 
 /// What training gave, and what it saves on the samples themselves.
 #[derive(Debug)]
-struct Trained {
-    id: u32,
-    bytes: usize,
-    samples: usize,
-    refused: usize,
-    plain_bytes: u64,
-    compressed_bytes: u64,
-    plain_wcu: u64,
-    compressed_wcu: u64,
+pub struct Trained {
+    pub id: u32,
+    pub bytes: usize,
+    pub samples: usize,
+    pub refused: usize,
+    pub plain_bytes: u64,
+    pub compressed_bytes: u64,
+    pub plain_wcu: u64,
+    pub compressed_wcu: u64,
 }
 
 async fn train(args: TrainArgs) -> Result<()> {
@@ -117,8 +117,9 @@ async fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Trains on every log of `bodies` and measures the result on them.
-fn train_on(
+/// Trains on every log of `bodies` (message bodies: NDJSON, arrays or single logs) and measures
+/// the result on them; returns the report and the dictionary.
+pub fn train_on(
     bodies: &[String],
     schema: &Schema,
     plain: &BTreeSet<String>,

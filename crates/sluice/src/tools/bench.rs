@@ -21,7 +21,7 @@ use sluice_producer::sqs::SqsTransport;
 use sluice_sim::meter::PARTITION_WCU;
 use sluice_sim::{SimConfig, SimServer, TableSettings};
 
-use crate::tools::load::{LogGen, SizeDist};
+use crate::tools::load::{LogGen, Shape, SizeDist};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -36,11 +36,13 @@ pub struct BenchArgs {
     /// `-3kb` (logs of 2-3 KB, 3 WCU each); `gsi` (a GSI on user_id with a fifth of the table's
     /// capacity binds), `on-demand-max` (an on-demand table whose MaxWriteRequestUnits is W),
     /// `hot-key` (table and GSI at 3 × max(W, 1000), every log has one user_id: the key's
-    /// partition, 1,000 WCU/s, binds).
+    /// partition, 1,000 WCU/s, binds). Suffixes, in any order: `-real` (realistic request
+    /// logs of 1–3 KB instead of padded ones), `-zstd` (compressed items, with a dictionary
+    /// trained on 2,000 logs of the same shape and stored in the table first).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1,3,3-redis,3-aimd,gsi,on-demand-max,3-redis-3kb,hot-key"
+        default_value = "1,3,3-redis,3-aimd,gsi,on-demand-max,3-redis-3kb,hot-key,1-real,1-real-zstd"
     )]
     pub scenarios: Vec<String>,
     /// redis-server binary for the -redis scenarios (started on a free loopback port).
@@ -70,6 +72,20 @@ pub struct BenchRow {
     pub write_requests: u64,
     pub throttled_share: f64,
     pub lost: usize,
+    /// The logs' shape.
+    pub shape: Shape,
+    /// Items compressed (zstd with a dictionary).
+    pub zstd: bool,
+    /// WCU the logs would have cost written plain.
+    pub plain_wcu: u64,
+    /// Logs per WCU the table consumed.
+    pub logs_per_wcu: f64,
+    /// WCU the table consumed per million logs.
+    pub wcu_per_million_logs: f64,
+    /// Share of the plain cost compression saved.
+    pub saved_by_compression: f64,
+    /// Share of the plain cost the write cache saved (the bench sends no duplicates: 0).
+    pub saved_by_cache: f64,
 }
 
 fn now_s() -> u64 {
@@ -120,9 +136,15 @@ async fn start_redis(bin: &str) -> Result<(Child, String)> {
 }
 
 /// Mixed-size request logs from the load generator, one per message, until they cost
-/// `total_wcu`. With `one_user`, every log carries that user_id (a hot index key).
-fn backlog(total_wcu: u64, seed: u64, size: SizeDist, one_user: Option<&str>) -> Vec<String> {
-    let mut logs = LogGen::new("bench", seed, size, 0.0, None, 0);
+/// `total_wcu` written plain. With `one_user`, every log carries that user_id (a hot index key).
+fn backlog(
+    total_wcu: u64,
+    seed: u64,
+    size: SizeDist,
+    shape: Shape,
+    one_user: Option<&str>,
+) -> Vec<String> {
+    let mut logs = LogGen::new("bench", seed, size, 0.0, None, 0).with_shape(shape);
     let mut bodies = Vec::new();
     let mut wcu = 0;
     while wcu < total_wcu {
@@ -133,10 +155,18 @@ fn backlog(total_wcu: u64, seed: u64, size: SizeDist, one_user: Option<&str>) ->
             log.insert("user_id".into(), user.into());
             body = serde_json::Value::Object(log).to_string();
         }
-        wcu += sluice_core::item::wcu_for_bytes(body.len()) as u64;
+        wcu += plain_wcu(&body);
         bodies.push(body);
     }
     bodies
+}
+
+/// What a body's logs cost written plain, as sluice sizes them.
+fn plain_wcu(body: &str) -> u64 {
+    sluice_core::decode_message(body.as_bytes(), &sluice_core::Schema::default())
+        .map_or(0, |items| {
+            items.iter().map(|i| u64::from(i.plain_wcu())).sum()
+        })
 }
 
 /// What a scenario's table looks like, and which of its limits binds.
@@ -162,19 +192,32 @@ struct Scenario {
     share: bool,
     limit: Limit,
     size: SizeDist,
+    shape: Shape,
+    zstd: bool,
 }
 
 fn parse_scenario(name: &str) -> Result<Scenario> {
-    let (base, size) = match name.strip_suffix("-3kb") {
-        Some(base) => (base, SizeDist::Uniform(2100, 3000)),
-        None => (name, SizeDist::Uniform(200, 3000)),
-    };
+    let (mut base, mut size, mut shape, mut zstd) =
+        (name, SizeDist::Uniform(200, 3000), Shape::Padded, false);
+    loop {
+        if let Some(b) = base.strip_suffix("-3kb") {
+            (base, size) = (b, SizeDist::Uniform(2100, 3000));
+        } else if let Some(b) = base.strip_suffix("-real") {
+            (base, shape) = (b, Shape::Realistic);
+        } else if let Some(b) = base.strip_suffix("-zstd") {
+            (base, zstd) = (b, true);
+        } else {
+            break;
+        }
+    }
     let one = |limit| Scenario {
         instances: 1,
         redis: false,
         share: true,
         limit,
         size,
+        shape,
+        zstd,
     };
     let fleet =
         |n: &str, redis, share| -> Result<Scenario> {
@@ -186,6 +229,8 @@ fn parse_scenario(name: &str) -> Result<Scenario> {
                 share,
                 limit: Limit::Table,
                 size,
+                shape,
+                zstd,
             })
         };
     match base {
@@ -197,7 +242,7 @@ fn parse_scenario(name: &str) -> Result<Scenario> {
             Some((n, "aimd")) => fleet(n, false, false),
             None => fleet(base, false, true),
             _ => bail!(
-                "unknown scenario `{name}` (expected N, N-redis, N-aimd, gsi, on-demand-max or hot-key, optionally with -3kb)"
+                "unknown scenario `{name}` (expected N, N-redis, N-aimd, gsi, on-demand-max or hot-key, optionally with -3kb, -real and -zstd)"
             ),
         },
     }
@@ -324,6 +369,7 @@ impl Backend {
         replicas: u32,
         port: u16,
         redis: Option<&str>,
+        dictionary: Option<u32>,
     ) -> Result<Child> {
         let mut cmd = tokio::process::Command::new(exe);
         cmd.arg("run")
@@ -347,18 +393,27 @@ impl Backend {
             cmd.env("SLUICE__RATE__MODE", "redis")
                 .env("SLUICE__RATE__REDIS__URL", url);
         }
+        if let Some(id) = dictionary {
+            cmd.env("SLUICE__SCHEMA__COMPRESSION", "zstd")
+                .env("SLUICE__SCHEMA__DICTIONARY_ID", id.to_string());
+        }
         Ok(Child(cmd.spawn().context("cannot start `sluice run`")?))
     }
 
     /// The scenario's instances, once every one serves /healthz (they are polling).
-    async fn start_fleet(&self, sc: &Scenario, redis: Option<&str>) -> Result<Vec<Child>> {
+    async fn start_fleet(
+        &self,
+        sc: &Scenario,
+        redis: Option<&str>,
+        dictionary: Option<u32>,
+    ) -> Result<Vec<Child>> {
         let exe = std::env::current_exe()?;
         let replicas = if sc.share { sc.instances } else { 1 };
         let mut children = Vec::new();
         let mut health = Vec::new();
         for _ in 0..sc.instances {
             let port = free_port()?;
-            children.push(self.spawn_instance(&exe, replicas, port, redis)?);
+            children.push(self.spawn_instance(&exe, replicas, port, redis, dictionary)?);
             health.push(port);
         }
         let started = Instant::now();
@@ -368,6 +423,30 @@ impl Backend {
             }
         }
         Ok(children)
+    }
+
+    /// Trains a dictionary on 2,000 logs of the scenario's shape (another seed: earlier
+    /// traffic) and stores it in the table, as `sluice dict train` does; returns its id.
+    async fn store_dictionary(&self, sc: &Scenario) -> Result<u32> {
+        let mut samples = LogGen::new("sample", 99, sc.size, 0.0, None, 0).with_shape(sc.shape);
+        let body: String = (0..2000)
+            .map(|i| samples.log_for(format!("sample-{i}")).json + "\n")
+            .collect();
+        let schema = sluice_core::Schema::default();
+        let plain = std::collections::BTreeSet::from(["user_id".to_string()]);
+        let (trained, dictionary) =
+            crate::items::dict::train_on(&[body], &schema, &plain, 32 * 1024)?;
+        sluice_dynamodb::stored::put_dictionary(
+            &self.ddb,
+            "bench",
+            "request_id",
+            &dictionary,
+            trained.samples as u64,
+            "bench",
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(trained.id)
     }
 
     /// The spike arrives: the backlog is sent far faster than it can be written (eight
@@ -463,6 +542,8 @@ struct Drain {
     drain_s: f64,
     first_second: u64,
     expected: usize,
+    /// What the backlog would cost written plain.
+    plain_wcu: u64,
 }
 
 /// The row: the binding limit's own account (the table's, or the index's: a hot key's index
@@ -481,6 +562,7 @@ async fn bench_row(
     };
     let max_5s = max_5s_avg(meter, drain.first_second);
     let consumed = meter["consumed_wcu_total"].as_f64().unwrap_or(0.0);
+    let table_consumed = report["consumed_wcu_total"].as_f64().unwrap_or(0.0);
     let requests = backend
         .sim
         .requests_report()
@@ -509,7 +591,19 @@ async fn bench_row(
         unprocessed_items: report["unprocessed_items"].as_u64().unwrap_or(0),
         write_requests: requests,
         throttled_share: r3(throttled as f64 / requests.max(1) as f64),
-        lost: expected.saturating_sub(keys.len()),
+        // The dictionary is a row too.
+        lost: expected.saturating_sub(
+            keys.iter()
+                .filter(|k| !sluice_core::stored::is_dictionary_key(k))
+                .count(),
+        ),
+        shape: sc.shape,
+        zstd: sc.zstd,
+        plain_wcu: drain.plain_wcu,
+        logs_per_wcu: r3(expected as f64 / table_consumed.max(1.0)),
+        wcu_per_million_logs: (table_consumed / expected.max(1) as f64 * 1e6).round(),
+        saved_by_compression: r3(1.0 - table_consumed / (drain.plain_wcu.max(1) as f64)),
+        saved_by_cache: 0.0,
     })
 }
 
@@ -521,22 +615,30 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
         (binding.wcu * f64::from(args.backlog_seconds)) as u64,
         11,
         sc.size,
+        sc.shape,
         (sc.limit == Limit::HotKey).then_some("everyone"),
     );
+    let plain_wcu: u64 = bodies.iter().map(|b| plain_wcu(b)).sum();
     let redis_server = if sc.redis {
         Some(start_redis(&args.redis_server).await?)
     } else {
         None
     };
     let redis_url = redis_server.as_ref().map(|(_, url)| url.as_str());
-    let mut children = backend.start_fleet(&sc, redis_url).await?;
+    let dictionary = if sc.zstd {
+        Some(backend.store_dictionary(&sc).await?)
+    } else {
+        None
+    };
+    let mut children = backend.start_fleet(&sc, redis_url, dictionary).await?;
 
     let drain_started = Instant::now();
     let first_second = now_s();
     backend.send_backlog(&bodies).await?;
     let expected = bodies.len();
+    let rows = expected + usize::from(dictionary.is_some());
     let report = backend
-        .wait_drained(args, scenario, expected, drain_started)
+        .wait_drained(args, scenario, rows, drain_started)
         .await?;
     let drain_s = drain_started.elapsed().as_secs_f64();
     stop_fleet(&mut children).await;
@@ -545,6 +647,7 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
         drain_s,
         first_second,
         expected,
+        plain_wcu,
     };
     bench_row(&backend, scenario, &sc, &binding, drain).await
 }
@@ -563,12 +666,12 @@ pub async fn bench(args: BenchArgs) -> Result<Vec<BenchRow>> {
     }
     if !args.json {
         println!(
-            "\n| scenario | instances | Redis | binding limit | its WCU/s | consumed WCU | drain s | minimum s | utilization | max 5 s avg WCU/s | throttled requests | unprocessed items | write requests | lost |"
+            "\n| scenario | instances | Redis | binding limit | its WCU/s | consumed WCU | drain s | minimum s | utilization | max 5 s avg WCU/s | throttled requests | unprocessed items | write requests | lost | logs per WCU | WCU per million logs | saved by compression |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &rows {
             println!(
-                "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1}% | {:.0} | {} ({:.2}%) | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1}% | {:.0} | {} ({:.2}%) | {} | {} | {} | {:.3} | {:.0} | {:.1}% |",
                 r.scenario,
                 r.instances,
                 if r.redis { "yes" } else { "no" },
@@ -583,7 +686,10 @@ pub async fn bench(args: BenchArgs) -> Result<Vec<BenchRow>> {
                 r.throttled_share * 100.0,
                 r.unprocessed_items,
                 r.write_requests,
-                r.lost
+                r.lost,
+                r.logs_per_wcu,
+                r.wcu_per_million_logs,
+                r.saved_by_compression * 100.0
             );
         }
     }

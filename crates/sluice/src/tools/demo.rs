@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::pipeline::Pipeline;
-use crate::tools::load::{LogGen, SizeDist, progress};
+use crate::tools::load::{LogGen, Shape, SizeDist, progress};
 
 const MAX_RECEIVE_COUNT: u32 = 3;
 
@@ -70,6 +70,27 @@ pub struct DemoArgs {
     /// Seed for the generated logs (the same seed gives the same spike).
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// What the logs look like: `realistic` (an API server's access log, 1–3 KB) or `padded`
+    /// (a small log padded with random text to 250–1000 bytes).
+    #[arg(long, value_enum, default_value_t = Shape::Realistic)]
+    pub shape: Shape,
+    /// How items are stored: `zstd` trains a dictionary on 2,000 logs of the same shape (another
+    /// seed: earlier traffic), stores it in the table and compresses with it; `none` writes
+    /// plain items.
+    #[arg(long, value_enum, default_value_t = DemoCompression::Zstd)]
+    pub compression: DemoCompression,
+    /// The look-aside write cache (on by default): a duplicate delivery of a log already written
+    /// is acked without a write. `--cache false` turns it off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub cache: bool,
+}
+
+/// `sluice demo --compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoCompression {
+    None,
+    Zstd,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,6 +138,24 @@ pub struct DemoSummary {
     pub messages_per_s: f64,
     /// Where the numbers come from: "sluice-sim" or the endpoint.
     pub backend: String,
+    /// The logs' shape.
+    pub shape: Shape,
+    /// How items were stored.
+    pub compression: DemoCompression,
+    /// Whether the write cache was on.
+    pub cache: bool,
+    /// Logs delivered (written, or acked from the write cache) per WCU consumed.
+    pub logs_per_wcu: f64,
+    /// WCU consumed per million logs delivered.
+    pub wcu_per_million_logs: f64,
+    /// Share of the plain, uncached cost compression saved.
+    pub saved_by_compression: f64,
+    /// Share of the plain, uncached cost the write cache saved.
+    pub saved_by_cache: f64,
+    /// Logs acked from the write cache without a write.
+    pub cache_skipped_logs: u64,
+    /// The compression dictionary's id, when compressed.
+    pub dictionary_id: Option<u32>,
 }
 
 struct Spike {
@@ -133,15 +172,28 @@ fn poison_body(n: usize, run_id: &str) -> String {
         1 => json!({"request_id": format!("{run_id}-poison-{n}"), "ts": 1, "path": "/", "status": 200, "latency_ms": 1})
             .to_string(), // no `method`
         2 => "[1, 2, 3]".to_string(),
+        // An item over 400 KB, plain or compressed: random text, which zstd cannot shrink
+        // below 400 KB (a run of one letter would compress to a few bytes and be writable).
         _ => json!({"request_id": format!("{run_id}-poison-{n}"), "ts": 1, "method": "GET",
-                    "path": "x".repeat(450 * 1024), "status": 200, "latency_ms": 1})
-        .to_string(), // an item over 400 KB
+                    "path": incompressible(n as u64, 700 * 1024), "status": 200, "latency_ms": 1})
+        .to_string(),
     }
+}
+
+/// `len` random letters and digits: about 6 bits of entropy a byte, so 700 KiB of it stay over
+/// 500 KB compressed.
+fn incompressible(seed: u64, len: usize) -> String {
+    const A: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len)
+        .map(|_| A[rng.random_range(0..A.len())] as char)
+        .collect::<String>()
 }
 
 fn make_spike(args: &DemoArgs, run_id: &str) -> Spike {
     let mut rng = StdRng::seed_from_u64(args.seed);
-    // The logs themselves come from the load generator (`sluice load`), ~250-1000 bytes each.
+    // The logs themselves come from the load generator (`sluice load`): realistic ones of 1–3
+    // KB, or padded ones of 250-1000 bytes.
     let mut logs_gen = LogGen::new(
         run_id,
         args.seed,
@@ -149,7 +201,8 @@ fn make_spike(args: &DemoArgs, run_id: &str) -> Spike {
         0.0,
         None,
         0,
-    );
+    )
+    .with_shape(args.shape);
     let mut bodies = Vec::with_capacity(args.messages + args.messages / 8 + args.poison);
     let mut keys = HashSet::new();
     let mut logs = 0;
@@ -310,7 +363,15 @@ async fn drive(
     );
     end_progress_line();
 
-    let settings = demo_settings(args, queues, table)?;
+    let mut settings = demo_settings(args, queues, table)?;
+    let dictionary_id = match args.compression {
+        DemoCompression::Zstd => Some(train_dictionary(args, &settings, dynamodb).await?),
+        DemoCompression::None => None,
+    };
+    if let Some(id) = dictionary_id {
+        settings.schema.compression = crate::config::CompressionKind::Zstd;
+        settings.schema.dictionary_id = Some(id);
+    }
     let pipeline = Pipeline::build(&settings, sdk, sdk).await?;
     let budget = pipeline.limiter().budget().unwrap_or(0.0).round() as u32;
     let watch = DrainWatch {
@@ -338,8 +399,57 @@ async fn drive(
         write_s: watch.write_s(),
         final_stats,
         backend,
+        bill: watch.writer.bill(),
+        dictionary_id,
     };
     Ok(summarize(args, &spike, &table_check, &capacity, run))
+}
+
+/// Trains a dictionary on 2,000 logs of the spike's shape made with another seed (the traffic
+/// before the spike), stores it in the table and returns its id: what an operator does with
+/// `sluice dict train`.
+async fn train_dictionary(
+    args: &DemoArgs,
+    settings: &Settings,
+    dynamodb: &aws_sdk_dynamodb::Client,
+) -> Result<u32> {
+    let mut samples = LogGen::new(
+        "sample",
+        args.seed ^ 0x5eed,
+        SizeDist::Uniform(250, 1000),
+        0.0,
+        None,
+        0,
+    )
+    .with_shape(args.shape);
+    let body: String = (0..2000)
+        .map(|i| samples.log_for(format!("sample-{i}")).json + "\n")
+        .collect();
+    let (trained, dictionary) = crate::items::dict::train_on(
+        &[body],
+        &settings.schema(),
+        &crate::items::plain_attributes(settings, &[]),
+        32 * 1024,
+    )?;
+    let created = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    sluice_dynamodb::stored::put_dictionary(
+        dynamodb,
+        &settings.dynamodb.table,
+        &settings.schema.key_attribute,
+        &dictionary,
+        trained.samples as u64,
+        &created,
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
+    eprintln!(
+        "trained dictionary {} ({} bytes) on {} sample logs: {:.0}% smaller on them",
+        trained.id,
+        trained.bytes,
+        trained.samples,
+        100.0 * (1.0 - trained.compressed_bytes as f64 / trained.plain_bytes.max(1) as f64)
+    );
+    Ok(trained.id)
 }
 
 /// Ends a progress line that a terminal redraws in place.
@@ -397,6 +507,7 @@ fn demo_settings(args: &DemoArgs, queues: Queues<'_>, table: &str) -> Result<Set
     settings.dynamodb.table = table.to_string();
     settings.rate.wcu_per_second = args.wcu.and_then(std::num::NonZeroU32::new);
     settings.worker.max_in_flight = 2000;
+    settings.cache.enabled = args.cache;
     settings.validate()?;
     Ok(settings)
 }
@@ -482,7 +593,11 @@ impl TableCheck {
         let rows = sluice_dynamodb::admin::scan_keys(dynamodb, table, "request_id")
             .await
             .map_err(anyhow::Error::msg)?;
-        let found: HashSet<String> = rows.into_iter().collect();
+        // The compression dictionary is a row of the table too, and expected.
+        let found: HashSet<String> = rows
+            .into_iter()
+            .filter(|k| !sluice_core::stored::is_dictionary_key(k))
+            .collect();
         let written = spike.keys.intersection(&found).count();
         let (dead_lettered, _) = sluice_sqs::admin::queue_counts(sqs, queues.dlq)
             .await
@@ -538,6 +653,8 @@ struct DemoRun {
     write_s: f64,
     final_stats: sluice_core::StatsSnapshot,
     backend: String,
+    bill: sluice_core::Bill,
+    dictionary_id: Option<u32>,
 }
 
 fn summarize(
@@ -551,7 +668,19 @@ fn summarize(
     let mean = consumed / write_s;
     let utilization = consumed / (f64::from(args.provisioned_wcu) * write_s);
     let round1 = |x: f64| (x * 10.0).round() / 10.0;
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    // The table's own account of what it consumed (the sim's, when there is one).
+    let logs_per_wcu = run.bill.logs as f64 / consumed.max(1.0);
     DemoSummary {
+        shape: args.shape,
+        compression: args.compression,
+        cache: args.cache,
+        logs_per_wcu: round3(logs_per_wcu),
+        wcu_per_million_logs: (1e6 / logs_per_wcu.max(1e-9)).round(),
+        saved_by_compression: round3(run.bill.saved_by_compression),
+        saved_by_cache: round3(run.bill.saved_by_cache),
+        cache_skipped_logs: run.bill.cache_skipped_logs,
+        dictionary_id: run.dictionary_id,
         sent: run.total,
         logs_sent: spike.logs,
         unique_keys: spike.keys.len(),
@@ -612,6 +741,31 @@ fn print_summary(s: &DemoSummary, json: bool) {
         ("drain time", format!("{} s", s.drain_s)),
         ("drain rate", format!("{} msg/s", s.messages_per_s)),
         ("total time", format!("{} s", s.duration_s)),
+        ("logs shape", s.shape.to_string()),
+        (
+            "items",
+            match s.dictionary_id {
+                Some(id) => format!("zstd, dictionary {id}"),
+                None => "plain".to_string(),
+            },
+        ),
+        ("logs per WCU", format!("{:.3}", s.logs_per_wcu)),
+        (
+            "WCU per million logs",
+            format!("{}", s.wcu_per_million_logs),
+        ),
+        (
+            "saved by compression",
+            format!("{:.1}%", s.saved_by_compression * 100.0),
+        ),
+        (
+            "saved by the cache",
+            format!(
+                "{:.1}% ({} logs)",
+                s.saved_by_cache * 100.0,
+                s.cache_skipped_logs
+            ),
+        ),
     ];
     println!("\nsluice demo summary ({})", s.backend);
     println!("{}", "-".repeat(40));
