@@ -328,6 +328,14 @@ SLUICE_ENV=(
   SLUICE__WORKER__SHUTDOWN_GRACE=10s
   SLUICE__TELEMETRY__LISTEN=127.0.0.1:0 SLUICE__TELEMETRY__LOG_FORMAT=json
 )
+# Compressed items and the write cache, as an operator turns them on: a dictionary trained from
+# sample logs and stored in the table, its id in the config (the dashboards chart what they save).
+python3 deploy/check/live.py samples 600 >"$WORK/live/samples.ndjson"
+DICT=$(env "${SLUICE_ENV[@]}" "$SLUICE" dict train --from "$WORK/live/samples.ndjson" --json) \
+  || die "sluice dict train failed: $DICT"
+DICT_ID=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["dictionary_id"])' "$DICT")
+echo "  sluice dict train: dictionary $DICT_ID stored in $NAME"
+SLUICE_ENV+=(SLUICE__SCHEMA__COMPRESSION=zstd SLUICE__SCHEMA__DICTIONARY_ID="$DICT_ID" SLUICE__CACHE__ENABLED=true)
 env "${SLUICE_ENV[@]}" "$SLUICE" validate >/dev/null || die "sluice validate rejects the live run's config"
 python3 deploy/check/live.py notify-sink "$WORK/live/notify.sock" "$WORK/live/notify.log" &
 PIDS+=($!)

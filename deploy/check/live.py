@@ -8,6 +8,8 @@ signature needed) and listens on a systemd notify socket. Standard library only.
         receives, deletes, visibility changes and table writes, and sends poison; between
         CAP_FROM and CAP_TO lowers the table's capacity to a fifth (as another writer or a
         scale-down would), below sluice's budget
+  live.py samples N                        N sample request logs of the load's shape, NDJSON, for
+                                           `sluice dict train --from`
   live.py sqs-outage ENDPOINT FROM TO      from FROM to TO seconds from now, every SendMessage and
                                            SendMessageBatch answers 503 (ingest's SQS goes down)
   live.py notify-sink SOCKET OUT           records sd_notify datagrams, one per line, until killed
@@ -84,6 +86,13 @@ def log(rng, rid, now_ms):
 
 
 POISON = ["this is not JSON", json.dumps({"request_id": "p", "ts": 1, "path": "/", "status": 200, "latency_ms": 1}), "[1, 2, 3]"]
+
+
+def samples(n):
+    rng = random.Random(99)
+    now_ms = int(time.time() * 1000)
+    for i in range(int(n)):
+        print(json.dumps(log(rng, f"sample-{i}", now_ms)))
 
 
 def set_capacity(endpoint, table, wcu):
@@ -224,6 +233,8 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "setup":
         setup(*args)
+    elif cmd == "samples":
+        samples(*args)
     elif cmd == "sqs-outage":
         sqs_outage(*args)
     elif cmd == "load":

@@ -638,6 +638,11 @@ impl Writer {
             waiting_capacity: AtomicUsize::new(0),
         });
         let cache = config.cache.clone();
+        if cache.is_some() {
+            // Exported from the start, so a dashboard's ratio has its series before a first skip.
+            metrics::counter!(catalog::CACHE_SKIPPED_LOGS_TOTAL).increment(0);
+            metrics::counter!(catalog::CACHE_SAVED_WCU_TOTAL).increment(0);
+        }
         let ctx = Ctx {
             client,
             pacer: pacer.clone(),
