@@ -113,6 +113,19 @@ impl WriteCache {
         self.len() == 0
     }
 
+    /// Whether this instance wrote `key` with this content within the window (the local cache
+    /// alone: no call).
+    pub fn seen_locally(&self, key: &str, hash: u128) -> bool {
+        let now = Instant::now();
+        self.local
+            .locked()
+            .entries
+            .get(key)
+            .is_some_and(|(h, at, _)| {
+                *h == hash && now.saturating_duration_since(*at) < self.config.window
+            })
+    }
+
     /// For each (key, hash), whether the same content was written within the window: locally
     /// known, else (for the rest) known to the shared cache.
     pub async fn seen(&self, entries: &[(&str, u128)]) -> Vec<bool> {

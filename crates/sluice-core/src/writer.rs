@@ -398,6 +398,8 @@ struct Pending {
     costs: Costs,
     trackers: Vec<Arc<Tracker>>,
     charge: Charge,
+    /// The item's content hash, when the write cache is on (remembered once it lands).
+    hash: Option<u128>,
     /// Written, failed or given up on: dropping it needs no answer.
     settled: bool,
 }
@@ -436,7 +438,7 @@ impl Drop for Pending {
 /// One message's items not yet taken into a batch.
 struct Job {
     order: u64,
-    items: VecDeque<(Item, Costs, Charge)>,
+    items: VecDeque<(Item, Costs, Charge, Option<u128>)>,
     tracker: Arc<Tracker>,
 }
 
@@ -458,6 +460,8 @@ struct Queue {
     alive_at: Mutex<Instant>,
     /// First attempts waiting for write capacity right now.
     waiting_capacity: AtomicUsize,
+    /// The write cache, consulted again as items are taken into a batch.
+    cache: Option<Arc<WriteCache>>,
 }
 
 impl Queue {
@@ -516,11 +520,21 @@ impl Queue {
                 drained.push((order, id));
                 continue;
             }
-            while let Some((item, costs, _)) = job.items.front() {
+            while let Some((item, costs, _, hash)) = job.items.front() {
+                // Written with this content since the message was handed over (an earlier
+                // delivery of it landed meanwhile): answered without a write.
+                if let (Some(cache), Some(h)) = (&self.cache, hash)
+                    && cache.seen_locally(item.key(), *h)
+                {
+                    count_skipped(batch.stats, 1, u64::from(item.plain_wcu()));
+                    job.items.pop_front();
+                    job.tracker.item_written();
+                    continue;
+                }
                 if !batch.has_room(item, costs) {
                     break;
                 }
-                let Some((item, costs, charge)) = job.items.pop_front() else {
+                let Some((item, costs, charge, hash)) = job.items.pop_front() else {
                     break;
                 };
                 batch.push(Pending {
@@ -528,6 +542,7 @@ impl Queue {
                     costs,
                     trackers: vec![job.tracker.clone()],
                     charge,
+                    hash,
                     settled: false,
                 });
                 if !job.tracker.started.swap(true, Ordering::AcqRel) {
@@ -636,6 +651,7 @@ impl Writer {
             arrived: Notify::new(),
             alive_at: Mutex::new(Instant::now()),
             waiting_capacity: AtomicUsize::new(0),
+            cache: config.cache.clone(),
         });
         let cache = config.cache.clone();
         if cache.is_some() {
@@ -704,9 +720,9 @@ impl Writer {
         order: u64,
         timeout: Duration,
     ) -> Result<(), WriteFailure> {
-        let items = match &self.cache {
+        let items: Vec<(Item, Option<u128>)> = match &self.cache {
             Some(cache) => self.skip_written(cache, items).await,
-            None => items,
+            None => items.into_iter().map(|i| (i, None)).collect(),
         };
         if items.is_empty() {
             return Ok(());
@@ -720,12 +736,12 @@ impl Writer {
             started: AtomicBool::new(false),
             waiting_capacity: AtomicUsize::new(0),
         });
-        let items: VecDeque<(Item, Costs, Charge)> = items
+        let items: VecDeque<(Item, Costs, Charge, Option<u128>)> = items
             .into_iter()
-            .map(|item| {
+            .map(|(item, hash)| {
                 let charge = Charge::new(&self.stats, item.wcu());
                 let costs = self.pacer.costs(&item);
-                (item, costs, charge)
+                (item, costs, charge, hash)
             })
             .collect();
         let id = {
@@ -758,38 +774,49 @@ impl Writer {
 
 impl Writer {
     /// Leaves out the items the write cache knows were written with this content, counting
-    /// them: their logs are delivered.
-    async fn skip_written(&self, cache: &WriteCache, items: Vec<Item>) -> Vec<Item> {
+    /// them (their logs are delivered); the rest keep their hash, for the cache to be asked
+    /// again when they are taken into a batch and told once they land.
+    async fn skip_written(
+        &self,
+        cache: &WriteCache,
+        items: Vec<Item>,
+    ) -> Vec<(Item, Option<u128>)> {
         let hashes: Vec<u128> = items.iter().map(Item::content_hash).collect();
-        let asked: Vec<(&str, u128)> = items.iter().map(Item::key).zip(hashes).collect();
+        let asked: Vec<(&str, u128)> = items
+            .iter()
+            .map(Item::key)
+            .zip(hashes.iter().copied())
+            .collect();
         let seen = cache.seen(&asked).await;
-        if !seen.contains(&true) {
-            return items;
-        }
         let (mut logs, mut saved) = (0u64, 0u64);
-        let kept: Vec<Item> = items
+        let kept = items
             .into_iter()
+            .zip(hashes)
             .zip(seen)
-            .filter_map(|(item, hit)| {
+            .filter_map(|((item, hash), hit)| {
                 if hit {
                     logs += 1;
                     saved += u64::from(item.plain_wcu());
                     None
                 } else {
-                    Some(item)
+                    Some((item, Some(hash)))
                 }
             })
             .collect();
-        self.stats
-            .cache_skipped_logs
-            .fetch_add(logs, Ordering::Relaxed);
-        self.stats
-            .cache_saved_wcu
-            .fetch_add(saved, Ordering::Relaxed);
-        metrics::counter!(catalog::CACHE_SKIPPED_LOGS_TOTAL).increment(logs);
-        metrics::counter!(catalog::CACHE_SAVED_WCU_TOTAL).increment(saved);
+        count_skipped(&self.stats, logs, saved);
         kept
     }
+}
+
+/// Counts logs answered from the write cache, and the WCU (plain) that saved.
+fn count_skipped(stats: &WriterStats, logs: u64, saved: u64) {
+    if logs == 0 {
+        return;
+    }
+    stats.cache_skipped_logs.fetch_add(logs, Ordering::Relaxed);
+    stats.cache_saved_wcu.fetch_add(saved, Ordering::Relaxed);
+    metrics::counter!(catalog::CACHE_SKIPPED_LOGS_TOTAL).increment(logs);
+    metrics::counter!(catalog::CACHE_SAVED_WCU_TOTAL).increment(saved);
 }
 
 struct BatchBuilder<'a> {
@@ -861,6 +888,7 @@ impl<'a> BatchBuilder<'a> {
                 std::mem::swap(&mut slot.item, &mut p.item);
                 std::mem::swap(&mut slot.costs, &mut p.costs);
                 std::mem::swap(&mut slot.charge, &mut p.charge); // the loser's charge is released
+                std::mem::swap(&mut slot.hash, &mut p.hash);
             }
             slot.trackers.append(&mut p.trackers);
             p.settled = true;
@@ -1101,8 +1129,8 @@ fn settle_written<W: BatchWriter>(
             written_logs += p.trackers.len() as u64;
             written_wcu += p.item.wcu();
             plain_wcu += u64::from(p.item.plain_wcu());
-            if ctx.config.cache.is_some() {
-                landed.push((p.item.key().to_string(), p.item.content_hash()));
+            if let Some(hash) = p.hash {
+                landed.push((p.item.key().to_string(), hash));
             }
             for (e, c) in estimated.iter_mut().zip(&p.costs.wcu) {
                 *e += u64::from(*c);

@@ -72,6 +72,44 @@ async fn a_redelivered_message_is_acked_without_a_write() {
     assert!((bill.saved_by_cache - 0.5).abs() < 1e-9, "{bill:?}");
 }
 
+/// A re-send handed over while its original was still being written (both in flight at once)
+/// is answered from the cache when its turn comes, once the original landed: one write, not two.
+#[tokio::test(start_paused = true)]
+async fn a_resend_queued_behind_its_original_is_skipped_once_the_original_lands() {
+    let table = Arc::new(MemoryTableForTests::default());
+    table.set_latency(Duration::from_millis(100));
+    let cache = Arc::new(WriteCache::new(CacheConfig {
+        capacity: 1000,
+        window: Duration::from_secs(600),
+    }));
+    let (writer, _task) = Writer::spawn(
+        table.clone(),
+        Arc::new(WcuLimiter::unlimited()),
+        WriterConfig {
+            cache: Some(cache),
+            max_concurrent_requests: 1,
+            max_batch_items: 25,
+            ..WriterConfig::default()
+        },
+    );
+    // 25 fill the first call; the re-sends of the first five wait behind them.
+    let first: Vec<Item> = (0..25).map(|i| item(&format!("k{i}"), 1)).collect();
+    let again: Vec<Item> = first[..5].to_vec();
+    let a = tokio::spawn({
+        let w = writer.clone();
+        async move { w.write(first, 0, Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await; // the first call is out
+    writer
+        .write(again, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    a.await.unwrap().unwrap();
+    let stats = writer.stats();
+    assert_eq!(stats.requests.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.cache_skipped_logs.load(Ordering::Relaxed), 5);
+}
+
 /// A write that failed, or was left unprocessed, is not remembered: its redelivery is written.
 #[tokio::test(start_paused = true)]
 async fn a_write_that_did_not_land_is_not_remembered() {

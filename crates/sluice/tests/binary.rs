@@ -300,6 +300,16 @@ fn demo_drains_a_spike_into_the_embedded_simulator_and_loses_nothing() {
     assert_eq!(s["dead_lettered"], s["poison_sent"], "{s}");
     assert_eq!(s["throttled_requests"], 0, "{s}");
     assert!(s["unique_keys"].as_u64().unwrap() > 20_000, "{s}");
+    // The default demo: realistic logs, compressed with a dictionary it trained and stored, the
+    // write cache on. Each log then costs one WCU (the floor) where plain it costs about two.
+    assert_eq!(s["shape"], "realistic", "{s}");
+    assert!(s["dictionary_id"].as_u64().is_some(), "{s}");
+    assert!(s["logs_per_wcu"].as_f64().unwrap() >= 0.95, "{s}");
+    assert!(s["saved_by_compression"].as_f64().unwrap() > 0.3, "{s}");
+    assert!(
+        s["wcu_per_million_logs"].as_f64().unwrap() < 1_100_000.0,
+        "{s}"
+    );
     for key in [
         "sent",
         "provisioned_wcu",

@@ -38,11 +38,12 @@ pub struct BenchArgs {
     /// `hot-key` (table and GSI at 3 × max(W, 1000), every log has one user_id: the key's
     /// partition, 1,000 WCU/s, binds). Suffixes, in any order: `-real` (realistic request
     /// logs of 1–3 KB instead of padded ones), `-zstd` (compressed items, with a dictionary
-    /// trained on 2,000 logs of the same shape and stored in the table first).
+    /// trained on 2,000 logs of the same shape and stored in the table first), `-cache` (10% of
+    /// the messages re-send an earlier one, and the write cache is on).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1,3,3-redis,3-aimd,gsi,on-demand-max,3-redis-3kb,hot-key,1-real,1-real-zstd"
+        default_value = "1,3,3-redis,3-aimd,gsi,on-demand-max,3-redis-3kb,hot-key,1-real,1-real-zstd,1-real-cache,1-real-zstd-cache"
     )]
     pub scenarios: Vec<String>,
     /// redis-server binary for the -redis scenarios (started on a free loopback port).
@@ -62,6 +63,7 @@ pub struct BenchRow {
     pub binding: String,
     pub provisioned_wcu: u32,
     pub consumed_wcu: f64,
+    /// Distinct logs (rows).
     pub logs: usize,
     pub drain_s: f64,
     pub min_drain_s: f64,
@@ -84,7 +86,7 @@ pub struct BenchRow {
     pub wcu_per_million_logs: f64,
     /// Share of the plain cost compression saved.
     pub saved_by_compression: f64,
-    /// Share of the plain cost the write cache saved (the bench sends no duplicates: 0).
+    /// Share of the plain cost the write cache saved (re-sends exist only in `-cache`).
     pub saved_by_cache: f64,
 }
 
@@ -142,9 +144,10 @@ fn backlog(
     seed: u64,
     size: SizeDist,
     shape: Shape,
+    duplicates: f64,
     one_user: Option<&str>,
-) -> Vec<String> {
-    let mut logs = LogGen::new("bench", seed, size, 0.0, None, 0).with_shape(shape);
+) -> (Vec<String>, usize) {
+    let mut logs = LogGen::new("bench", seed, size, duplicates, None, 0).with_shape(shape);
     let mut bodies = Vec::new();
     let mut wcu = 0;
     while wcu < total_wcu {
@@ -158,7 +161,7 @@ fn backlog(
         wcu += plain_wcu(&body);
         bodies.push(body);
     }
-    bodies
+    (bodies, logs.distinct_keys() as usize)
 }
 
 /// What a body's logs cost written plain, as sluice sizes them.
@@ -194,12 +197,23 @@ struct Scenario {
     size: SizeDist,
     shape: Shape,
     zstd: bool,
+    /// 10% of the messages are re-sends of earlier ones, and the write cache is on.
+    cache: bool,
 }
 
 fn parse_scenario(name: &str) -> Result<Scenario> {
-    let (mut base, mut size, mut shape, mut zstd) =
-        (name, SizeDist::Uniform(200, 3000), Shape::Padded, false);
+    let (mut base, mut size, mut shape, mut zstd, mut cache) = (
+        name,
+        SizeDist::Uniform(200, 3000),
+        Shape::Padded,
+        false,
+        false,
+    );
     loop {
+        if let Some(b) = base.strip_suffix("-cache") {
+            (base, cache) = (b, true);
+            continue;
+        }
         if let Some(b) = base.strip_suffix("-3kb") {
             (base, size) = (b, SizeDist::Uniform(2100, 3000));
         } else if let Some(b) = base.strip_suffix("-real") {
@@ -218,6 +232,7 @@ fn parse_scenario(name: &str) -> Result<Scenario> {
         size,
         shape,
         zstd,
+        cache,
     };
     let fleet =
         |n: &str, redis, share| -> Result<Scenario> {
@@ -231,6 +246,7 @@ fn parse_scenario(name: &str) -> Result<Scenario> {
                 size,
                 shape,
                 zstd,
+                cache,
             })
         };
     match base {
@@ -242,7 +258,7 @@ fn parse_scenario(name: &str) -> Result<Scenario> {
             Some((n, "aimd")) => fleet(n, false, false),
             None => fleet(base, false, true),
             _ => bail!(
-                "unknown scenario `{name}` (expected N, N-redis, N-aimd, gsi, on-demand-max or hot-key, optionally with -3kb, -real and -zstd)"
+                "unknown scenario `{name}` (expected N, N-redis, N-aimd, gsi, on-demand-max or hot-key, optionally with -3kb, -real, -zstd and -cache)"
             ),
         },
     }
@@ -370,6 +386,7 @@ impl Backend {
         port: u16,
         redis: Option<&str>,
         dictionary: Option<u32>,
+        cache: bool,
     ) -> Result<Child> {
         let mut cmd = tokio::process::Command::new(exe);
         cmd.arg("run")
@@ -393,6 +410,9 @@ impl Backend {
             cmd.env("SLUICE__RATE__MODE", "redis")
                 .env("SLUICE__RATE__REDIS__URL", url);
         }
+        if cache {
+            cmd.env("SLUICE__CACHE__ENABLED", "true");
+        }
         if let Some(id) = dictionary {
             cmd.env("SLUICE__SCHEMA__COMPRESSION", "zstd")
                 .env("SLUICE__SCHEMA__DICTIONARY_ID", id.to_string());
@@ -406,23 +426,23 @@ impl Backend {
         sc: &Scenario,
         redis: Option<&str>,
         dictionary: Option<u32>,
-    ) -> Result<Vec<Child>> {
+    ) -> Result<(Vec<Child>, Vec<u16>)> {
         let exe = std::env::current_exe()?;
         let replicas = if sc.share { sc.instances } else { 1 };
         let mut children = Vec::new();
         let mut health = Vec::new();
         for _ in 0..sc.instances {
             let port = free_port()?;
-            children.push(self.spawn_instance(&exe, replicas, port, redis, dictionary)?);
+            children.push(self.spawn_instance(&exe, replicas, port, redis, dictionary, sc.cache)?);
             health.push(port);
         }
         let started = Instant::now();
-        for port in health {
+        for &port in &health {
             if !wait_for_port(port, started, Duration::from_secs(30)).await {
                 bail!("an instance did not start (port {port})");
             }
         }
-        Ok(children)
+        Ok((children, health))
     }
 
     /// Trains a dictionary on 2,000 logs of the scenario's shape (another seed: earlier
@@ -462,6 +482,23 @@ impl Backend {
             r??;
         }
         Ok(())
+    }
+
+    /// Waits until the queue holds nothing, visible or in flight (30 s at most).
+    async fn wait_queue_empty(&self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let (visible, in_flight) = sluice_sqs::admin::queue_counts(&self.sqs, &self.queue)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if visible == 0 && in_flight == 0 {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the queue still holds {visible} visible and {in_flight} in-flight messages");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The table's capacity report once it holds `expected` items; progress every 5 s unless
@@ -544,6 +581,56 @@ struct Drain {
     expected: usize,
     /// What the backlog would cost written plain.
     plain_wcu: u64,
+    /// Logs sent, re-sends included.
+    delivered: usize,
+    /// What the instances say compression and the cache saved.
+    saved: Saved,
+}
+
+/// WCU saved, summed over the instances' /metrics.
+#[derive(Debug, Default, Clone, Copy)]
+struct Saved {
+    compression: f64,
+    cache: f64,
+}
+
+impl Saved {
+    async fn scrape(ports: &[u16]) -> Saved {
+        let mut saved = Saved::default();
+        for &port in ports {
+            let Ok(text) = http_get(port, "/metrics").await else {
+                continue;
+            };
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| {
+                        l.strip_prefix(name)?
+                            .strip_prefix(' ')?
+                            .trim()
+                            .parse::<f64>()
+                            .ok()
+                    })
+                    .unwrap_or(0.0)
+            };
+            saved.compression += value(sluice_common::catalog::COMPRESSION_SAVED_WCU_TOTAL);
+            saved.cache += value(sluice_common::catalog::CACHE_SAVED_WCU_TOTAL);
+        }
+        saved
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback; the body.
+async fn http_get(port: u16, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut out)).await??;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, b)| b.to_string()))
 }
 
 /// The row: the binding limit's own account (the table's, or the index's: a hot key's index
@@ -600,10 +687,10 @@ async fn bench_row(
         shape: sc.shape,
         zstd: sc.zstd,
         plain_wcu: drain.plain_wcu,
-        logs_per_wcu: r3(expected as f64 / table_consumed.max(1.0)),
-        wcu_per_million_logs: (table_consumed / expected.max(1) as f64 * 1e6).round(),
-        saved_by_compression: r3(1.0 - table_consumed / (drain.plain_wcu.max(1) as f64)),
-        saved_by_cache: 0.0,
+        logs_per_wcu: r3(drain.delivered as f64 / table_consumed.max(1.0)),
+        wcu_per_million_logs: (table_consumed / drain.delivered.max(1) as f64 * 1e6).round(),
+        saved_by_compression: r3(drain.saved.compression / (drain.plain_wcu.max(1) as f64)),
+        saved_by_cache: r3(drain.saved.cache / (drain.plain_wcu.max(1) as f64)),
     })
 }
 
@@ -611,11 +698,12 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
     let sc = parse_scenario(scenario)?;
     let (table, binding) = table_for(sc.limit, args.provisioned_wcu);
     let backend = Backend::start(&table).await?;
-    let bodies = backlog(
+    let (bodies, distinct) = backlog(
         (binding.wcu * f64::from(args.backlog_seconds)) as u64,
         11,
         sc.size,
         sc.shape,
+        if sc.cache { 0.1 } else { 0.0 },
         (sc.limit == Limit::HotKey).then_some("everyone"),
     );
     let plain_wcu: u64 = bodies.iter().map(|b| plain_wcu(b)).sum();
@@ -630,17 +718,21 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
     } else {
         None
     };
-    let mut children = backend.start_fleet(&sc, redis_url, dictionary).await?;
+    let (mut children, ports) = backend.start_fleet(&sc, redis_url, dictionary).await?;
 
     let drain_started = Instant::now();
     let first_second = now_s();
     backend.send_backlog(&bodies).await?;
-    let expected = bodies.len();
+    let expected = distinct;
     let rows = expected + usize::from(dictionary.is_some());
     let report = backend
         .wait_drained(args, scenario, rows, drain_started)
         .await?;
     let drain_s = drain_started.elapsed().as_secs_f64();
+    // Every message acked before the counters are read (the table may hold every row while a
+    // re-send is still in flight).
+    backend.wait_queue_empty().await?;
+    let saved = Saved::scrape(&ports).await;
     stop_fleet(&mut children).await;
     let drain = Drain {
         report,
@@ -648,6 +740,8 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
         first_second,
         expected,
         plain_wcu,
+        delivered: bodies.len(),
+        saved,
     };
     bench_row(&backend, scenario, &sc, &binding, drain).await
 }
@@ -666,12 +760,12 @@ pub async fn bench(args: BenchArgs) -> Result<Vec<BenchRow>> {
     }
     if !args.json {
         println!(
-            "\n| scenario | instances | Redis | binding limit | its WCU/s | consumed WCU | drain s | minimum s | utilization | max 5 s avg WCU/s | throttled requests | unprocessed items | write requests | lost | logs per WCU | WCU per million logs | saved by compression |"
+            "\n| scenario | instances | Redis | binding limit | its WCU/s | consumed WCU | drain s | minimum s | utilization | max 5 s avg WCU/s | throttled requests | unprocessed items | write requests | lost | logs per WCU | WCU per million logs | saved by compression | saved by the cache |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &rows {
             println!(
-                "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1}% | {:.0} | {} ({:.2}%) | {} | {} | {} | {:.3} | {:.0} | {:.1}% |",
+                "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1}% | {:.0} | {} ({:.2}%) | {} | {} | {} | {:.3} | {:.0} | {:.1}% | {:.1}% |",
                 r.scenario,
                 r.instances,
                 if r.redis { "yes" } else { "no" },
@@ -689,7 +783,8 @@ pub async fn bench(args: BenchArgs) -> Result<Vec<BenchRow>> {
                 r.lost,
                 r.logs_per_wcu,
                 r.wcu_per_million_logs,
-                r.saved_by_compression * 100.0
+                r.saved_by_compression * 100.0,
+                r.saved_by_cache * 100.0
             );
         }
     }
