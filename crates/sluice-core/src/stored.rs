@@ -29,7 +29,7 @@ use std::fmt;
 use std::sync::Mutex;
 
 use serde_json::{Map, Value};
-use zstd::bulk::{Compressor, Decompressor};
+use zstd::bulk::Compressor;
 use zstd::dict::DecoderDictionary;
 
 use crate::item::{AttrValue, Item};
@@ -217,7 +217,9 @@ pub(crate) fn split(
 ) -> Split {
     let mut kept = BTreeMap::new();
     let mut named: Vec<&str> = Vec::new();
-    // The log fields sluice replaced, with their values as sent.
+    // The rest of the log: the fields not kept plain (in name order), then the log fields sluice
+    // replaced, with their values as sent.
+    let mut rest: Vec<(&str, &AttrValue)> = Vec::with_capacity(attrs.len());
     let mut replaced: Vec<(&str, &AttrValue)> = Vec::new();
     for (name, value) in attrs {
         if let Some((_, before)) = set.iter().find(|(n, _)| n == name) {
@@ -227,9 +229,11 @@ pub(crate) fn split(
                 None => {}
             }
             kept.insert(name.clone(), value.clone());
-        } else if plain.contains(name) {
+        } else if !plain.is_empty() && plain.contains(name) {
             named.push(name);
             kept.insert(name.clone(), value.clone());
+        } else {
+            rest.push((name, value));
         }
     }
     let mut text = Vec::with_capacity(2048);
@@ -241,13 +245,7 @@ pub(crate) fn split(
         write_string(&mut text, name);
     }
     text.extend_from_slice(b"],{");
-    // The rest of the log: the fields not kept plain (in name order), then the replaced ones.
-    let rest = attrs
-        .iter()
-        .filter(|(k, _)| !kept.contains_key(*k))
-        .map(|(k, v)| (k.as_str(), v))
-        .chain(replaced);
-    for (i, (k, v)) in rest.enumerate() {
+    for (i, (k, v)) in rest.into_iter().chain(replaced).enumerate() {
         if i > 0 {
             text.push(b',');
         }
@@ -372,10 +370,12 @@ pub fn to_json(v: &AttrValue) -> Value {
     }
 }
 
-/// The dictionaries a reader has, by id.
+/// The dictionaries a reader has, by id, and one decompression context reused for every item
+/// (making one costs more than decompressing a log).
 #[derive(Default)]
 pub struct Dictionaries {
     by_id: HashMap<u32, DecoderDictionary<'static>>,
+    ctx: Mutex<Option<zstd::zstd_safe::DCtx<'static>>>,
 }
 
 impl Dictionaries {
@@ -449,10 +449,18 @@ fn decompress(frame: &[u8], dictionaries: &Dictionaries) -> Result<Vec<u8>, Stor
             "the frame claims {size} bytes, more than any log ({MAX_LOG_TEXT_BYTES})"
         )));
     }
-    let mut ctx = Decompressor::with_prepared_dictionary(dictionary)
-        .map_err(|e| StoredError::Zstd(e.to_string()))?;
-    ctx.decompress(frame, size as usize)
-        .map_err(|e| StoredError::Corrupt(e.to_string()))
+    let mut out: Vec<u8> = Vec::with_capacity(size as usize);
+    let mut ctx = dictionaries.ctx.locked();
+    let ctx = ctx.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+    ctx.decompress_using_ddict(&mut out, frame, dictionary.as_ddict())
+        .map_err(|code| StoredError::Corrupt(zstd::zstd_safe::get_error_name(code).to_string()))?;
+    if out.len() as u64 != size {
+        return Err(StoredError::Corrupt(format!(
+            "the frame says {size} bytes and holds {}",
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 /// The texts a dictionary is trained on, one per log in `body` (a message body, as the codec

@@ -287,6 +287,28 @@ async fn compressed_items_read_back_stay_indexed_and_survive_rotation(backend: B
         out.stderr
     );
 
+    // Training from the queue samples messages without consuming them: all still there after.
+    let queued = logs(4, 120, "queued");
+    let bodies: Vec<String> = queued.chunks(10).map(ndjson).collect();
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&bodies)
+        .await
+        .unwrap();
+    let out = SluiceCommand::new(BIN, "dict")
+        .arg("train")
+        .arg("--config")
+        .arg(&*config)
+        .args(["--sample", "12", "--json"])
+        .test_env(&env)
+        .spawn()
+        .exited_within(Duration::from_secs(90))
+        .await;
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let sampled: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(sampled["samples"], 120, "{sampled}");
+    let (visible, in_flight) = env.queue_counts(&url).await.unwrap();
+    assert_eq!((visible, in_flight), (12, 0), "sampling consumed nothing");
+
     // A dictionary the table does not hold stops start-up, saying how to make one.
     let err = Pipeline::build(
         &settings(&url, Some(12_345), false),
