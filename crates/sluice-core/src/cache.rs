@@ -12,10 +12,13 @@
 //!   changed log is always written;
 //! - losing the cache (a restart, an eviction, Redis down) only costs capacity: a miss writes.
 //!
-//! The local cache is bounded by `capacity` keys (oldest evicted first) and entries expire after
-//! `window`. A fleet can share one in Redis ([`SharedSeen`], `sluice-redis`): a log written by
+//! The local cache is bounded by `capacity` keys (oldest evicted first; keys are held as 128-bit
+//! hashes, about 100 bytes an entry whatever their length) and entries expire after `window`. A fleet can share one in Redis ([`SharedSeen`], `sluice-redis`): a log written by
 //! one instance is skipped by another. What it cannot see: a row deleted outside sluice within
-//! the window is not written again by a redelivery of the same log inside the window.
+//! the window is not written again by a redelivery of the same log inside the window; and the
+//! cache answers "was this exact log written within the window", not "does the table hold it
+//! now": if the key was since overwritten with another content (by another instance, say), a
+//! redelivery of the earlier log is acked and the row keeps the later content.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -48,13 +51,19 @@ pub struct CacheConfig {
     pub window: Duration,
 }
 
+/// An item key as the local cache holds it: its 128-bit hash, so an entry costs the same
+/// (about 100 bytes) whatever the key's length (up to 2 KB).
+fn key_id(key: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(key.as_bytes())
+}
+
 struct Local {
-    /// Key → (hash, when written, write number).
-    entries: HashMap<String, (u128, Instant, u64)>,
+    /// Key (hashed) → (content hash, when written, write number).
+    entries: HashMap<u128, (u128, Instant, u64)>,
     /// Keys in the order written, with when and their write number: the oldest is evicted
     /// first. A key written again appears twice; the older record (whose number is no longer
     /// the entry's) is skipped when it comes up.
-    order: VecDeque<(String, Instant, u64)>,
+    order: VecDeque<(u128, Instant, u64)>,
     next: u64,
 }
 
@@ -120,7 +129,7 @@ impl WriteCache {
         self.local
             .locked()
             .entries
-            .get(key)
+            .get(&key_id(key))
             .is_some_and(|(h, at, _)| {
                 *h == hash && now.saturating_duration_since(*at) < self.config.window
             })
@@ -135,7 +144,7 @@ impl WriteCache {
             entries
                 .iter()
                 .map(|(k, h)| {
-                    local.entries.get(*k).is_some_and(|(hash, at, _)| {
+                    local.entries.get(&key_id(k)).is_some_and(|(hash, at, _)| {
                         hash == h && now.saturating_duration_since(*at) < self.config.window
                     })
                 })
@@ -170,8 +179,9 @@ impl WriteCache {
             for (key, hash) in &written {
                 let n = local.next;
                 local.next += 1;
-                local.entries.insert(key.clone(), (*hash, now, n));
-                local.order.push_back((key.clone(), now, n));
+                let id = key_id(key);
+                local.entries.insert(id, (*hash, now, n));
+                local.order.push_back((id, now, n));
             }
             self.evict(&mut local, now);
         }
@@ -184,7 +194,7 @@ impl WriteCache {
     /// the same keys have left it much longer than the map.
     fn evict(&self, local: &mut Local, now: Instant) {
         let Local { entries, order, .. } = local;
-        let latest = |entries: &HashMap<String, (u128, Instant, u64)>, key: &str, n: u64| {
+        let latest = |entries: &HashMap<u128, (u128, Instant, u64)>, key: &u128, n: u64| {
             entries.get(key).is_some_and(|(_, _, m)| *m == n)
         };
         while let Some((key, at, n)) = order.front() {

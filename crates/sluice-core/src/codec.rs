@@ -131,6 +131,18 @@ pub enum DecodeError {
         /// The key field's name ([`Schema::key_field`]).
         field: String,
     },
+    /// The key is one sluice reserves for its own items (a compression dictionary's key,
+    /// `sluice:dictionary:…`): written, the log would replace the dictionary.
+    #[error(
+        "log {log}: key `{key}` starts with `{prefix}`, which sluice reserves for its compression dictionaries",
+        prefix = crate::stored::DICTIONARY_KEY_PREFIX
+    )]
+    ReservedKey {
+        /// The log's 0-based position in the message.
+        log: usize,
+        /// The key, cut to 64 bytes.
+        key: String,
+    },
     /// An attribute name, at the top level or in a nested map, is empty.
     #[error("log {log}: an attribute name is empty (DynamoDB rejects empty names)")]
     EmptyAttributeName {
@@ -192,7 +204,8 @@ impl DecodeError {
             DecodeError::NotAnObject { .. }
             | DecodeError::MissingField { .. }
             | DecodeError::BadTimestamp { .. }
-            | DecodeError::BadKey { .. } => "schema",
+            | DecodeError::BadKey { .. }
+            | DecodeError::ReservedKey { .. } => "schema",
             // Valid JSON DynamoDB would refuse.
             DecodeError::EmptyAttributeName { .. }
             | DecodeError::BadNumber { .. }
@@ -435,6 +448,12 @@ pub(crate) fn build(
         }
     };
 
+    if key.starts_with(crate::stored::DICTIONARY_KEY_PREFIX) {
+        return Err(DecodeError::ReservedKey {
+            log,
+            key: truncated(&key),
+        });
+    }
     let mut attrs = BTreeMap::new();
     for (name, value) in map {
         if name.is_empty() {

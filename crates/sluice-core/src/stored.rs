@@ -22,7 +22,8 @@
 //! with an older dictionary stay readable after writers move to a new one. `docs/item-format.md`
 //! describes the same for readers in other languages; [`read_log`] is the reference reader.
 //!
-//! An item that would not be smaller compressed (a tiny log) is written plain.
+//! An item that compressed would cost more WCU than plain (incompressible text just under a KiB
+//! boundary) is written plain.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -59,10 +60,10 @@ pub fn dictionary_key(id: u32) -> String {
     format!("{DICTIONARY_KEY_PREFIX}{id}")
 }
 
-/// Whether `key` is a dictionary item's key (an export skips those).
+/// Whether `key` is a dictionary item's key (an export skips those). No log can have such a key:
+/// the codec refuses every key with the prefix.
 pub fn is_dictionary_key(key: &str) -> bool {
-    key.strip_prefix(DICTIONARY_KEY_PREFIX)
-        .is_some_and(|id| id.parse::<u32>().is_ok())
+    key.starts_with(DICTIONARY_KEY_PREFIX)
 }
 
 /// What went wrong making or reading a compressed item.
@@ -224,13 +225,19 @@ pub(crate) fn split(
     for (name, value) in attrs {
         if let Some((_, before)) = set.iter().find(|(n, _)| n == name) {
             match before {
-                Some(original) if original == value => named.push(name),
+                Some(original) if original == value && exact_in_dynamodb(value) => named.push(name),
                 Some(original) => replaced.push((name, original)),
                 None => {}
             }
             kept.insert(name.clone(), value.clone());
         } else if !plain.is_empty() && plain.contains(name) {
-            named.push(name);
+            // DynamoDB keeps a number's value, not its text (`12.50` reads back `12.5`): a value
+            // with such a number is also kept in the frame, so it reads back as sent.
+            if exact_in_dynamodb(value) {
+                named.push(name);
+            } else {
+                replaced.push((name, value));
+            }
             kept.insert(name.clone(), value.clone());
         } else {
             rest.push((name, value));
@@ -257,9 +264,22 @@ pub(crate) fn split(
     Split { plain: kept, text }
 }
 
-/// The item for a log: compressed when that makes it smaller, else plain (and plain, with a
-/// warning, should zstd fail: a log is never lost to compression). The result's `plain_size` is
-/// the plain item's size either way.
+/// Whether DynamoDB gives `value` back with the same text: every number in it is in
+/// DynamoDB's normalised form.
+fn exact_in_dynamodb(value: &AttrValue) -> bool {
+    match value {
+        AttrValue::N(n) => crate::number::Number::parse(n).is_ok_and(|x| x.canonical() == *n),
+        AttrValue::M(m) => m.values().all(exact_in_dynamodb),
+        AttrValue::L(l) => l.iter().all(exact_in_dynamodb),
+        _ => true,
+    }
+}
+
+/// The item for a log: compressed unless that would cost more WCU than plain (a tiny log costs 1
+/// WCU either way, and compressed it reads back exactly, sluice's own attributes apart), plain
+/// then; plain too, with a warning, should zstd fail (a log is never lost to compression), and
+/// for a log whose text is over [`MAX_LOG_TEXT_BYTES`] (no reader would take the frame). The
+/// result's `plain_size` is the plain item's size either way.
 pub(crate) fn compress_item(
     key: String,
     attrs: BTreeMap<String, AttrValue>,
@@ -268,6 +288,9 @@ pub(crate) fn compress_item(
 ) -> Item {
     let plain_item_size = crate::item::attrs_size(&attrs);
     let Split { mut plain, text } = split(&attrs, set, &compression.plain);
+    if text.len() as u64 > MAX_LOG_TEXT_BYTES {
+        return Item::new(key, attrs);
+    }
     let frame = match compression.compress(&text) {
         Ok(frame) => frame,
         Err(e) => {
@@ -277,7 +300,7 @@ pub(crate) fn compress_item(
     };
     plain.insert(LOG_ATTRIBUTE.to_string(), AttrValue::B(frame));
     let compressed = Item::new(key.clone(), plain);
-    if compressed.size() < plain_item_size {
+    if compressed.wcu() <= crate::item::wcu_for_bytes(plain_item_size) {
         compressed.with_plain_size(plain_item_size)
     } else {
         Item::new(key, attrs)

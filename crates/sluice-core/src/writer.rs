@@ -398,7 +398,8 @@ struct Pending {
     costs: Costs,
     trackers: Vec<Arc<Tracker>>,
     charge: Charge,
-    /// The item's content hash, when the write cache is on (remembered once it lands).
+    /// The item's content hash, when the write cache may skip it at batch time (None for a key
+    /// its message carries twice); remembered once it lands either way.
     hash: Option<u128>,
     /// Written, failed or given up on: dropping it needs no answer.
     settled: bool,
@@ -523,7 +524,9 @@ impl Queue {
             while let Some((item, costs, _, hash)) = job.items.front() {
                 // Written with this content since the message was handed over (an earlier
                 // delivery of it landed meanwhile): answered without a write.
+                // Not when the batch holds the key: the two collapse and the newer log wins.
                 if let (Some(cache), Some(h)) = (&self.cache, hash)
+                    && !batch.index.contains_key(item.key())
                     && cache.seen_locally(item.key(), *h)
                 {
                     count_skipped(batch.stats, 1, u64::from(item.plain_wcu()));
@@ -787,7 +790,27 @@ impl Writer {
             .map(Item::key)
             .zip(hashes.iter().copied())
             .collect();
-        let seen = cache.seen(&asked).await;
+        let mut seen = cache.seen(&asked).await;
+        // A key the message carries twice is skipped only if every one of its logs is a hit, and
+        // never later at batch time: written together they collapse and the newer log wins,
+        // which a lone miss would not.
+        let mut repeated: HashSet<&str> = HashSet::new();
+        if items.len() > 1 {
+            let mut all_hit: HashMap<&str, (bool, usize)> = HashMap::new();
+            for (item, hit) in items.iter().zip(&seen) {
+                let e = all_hit.entry(item.key()).or_insert((true, 0));
+                e.0 &= *hit;
+                e.1 += 1;
+            }
+            for (item, hit) in items.iter().zip(seen.iter_mut()) {
+                let (all, n) = all_hit[item.key()];
+                *hit &= all;
+                if n > 1 {
+                    repeated.insert(item.key());
+                }
+            }
+        }
+        let repeated: HashSet<String> = repeated.into_iter().map(str::to_owned).collect();
         let (mut logs, mut saved) = (0u64, 0u64);
         let kept = items
             .into_iter()
@@ -798,6 +821,8 @@ impl Writer {
                     logs += 1;
                     saved += u64::from(item.plain_wcu());
                     None
+                } else if repeated.contains(item.key()) {
+                    Some((item, None))
                 } else {
                     Some((item, Some(hash)))
                 }
@@ -1129,7 +1154,8 @@ fn settle_written<W: BatchWriter>(
             written_logs += p.trackers.len() as u64;
             written_wcu += p.item.wcu();
             plain_wcu += u64::from(p.item.plain_wcu());
-            if let Some(hash) = p.hash {
+            if ctx.config.cache.is_some() {
+                let hash = p.hash.unwrap_or_else(|| p.item.content_hash());
                 landed.push((p.item.key().to_string(), hash));
             }
             for (e, c) in estimated.iter_mut().zip(&p.costs.wcu) {

@@ -21,6 +21,15 @@ fn item(key: &str, content: u32) -> Item {
         .remove(0)
 }
 
+fn item_at(key: &str, content: u32, ts: &str) -> Item {
+    let body = format!(
+        r#"{{"request_id":"{key}","ts":"{ts}","method":"GET","path":"/v1/{content}","status":200,"latency_ms":1}}"#
+    );
+    decode_message(body.as_bytes(), &Schema::default())
+        .unwrap()
+        .remove(0)
+}
+
 fn cached_writer(table: &Arc<MemoryTableForTests>, window: Duration) -> (Writer, Arc<WriteCache>) {
     let cache = Arc::new(WriteCache::new(CacheConfig {
         capacity: 10_000,
@@ -108,6 +117,29 @@ async fn a_resend_queued_behind_its_original_is_skipped_once_the_original_lands(
     let stats = writer.stats();
     assert_eq!(stats.requests.load(Ordering::Relaxed), 1);
     assert_eq!(stats.cache_skipped_logs.load(Ordering::Relaxed), 5);
+}
+
+/// A message carrying one key twice (a newer and an older log) is redelivered: the newer log is
+/// a hit, the older a miss. Written alone the older would replace the newer; the cache lets both
+/// through, so they collapse again and the newer wins.
+#[tokio::test(start_paused = true)]
+async fn a_redelivery_never_lets_an_older_log_replace_a_newer_one() {
+    let table = Arc::new(MemoryTableForTests::default());
+    let (writer, _cache) = cached_writer(&table, Duration::from_secs(600));
+    let message = vec![
+        item_at("a", 2, "2026-12-05T10:00:02Z"),
+        item_at("a", 1, "2026-12-05T10:00:01Z"),
+    ];
+    writer
+        .write(message.clone(), 0, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(path_of(&table, "a").as_deref(), Some("/v1/2"));
+    writer
+        .write(message, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(path_of(&table, "a").as_deref(), Some("/v1/2"));
 }
 
 /// A write that failed, or was left unprocessed, is not remembered: its redelivery is written.

@@ -139,7 +139,7 @@ proptest! {
         if is_compressed(&item) || !matches!(log["request_id"], Value::Number(_)) {
             prop_assert_eq!(&back, &log);
         }
-        prop_assert!(item.size() <= item.plain_size());
+        prop_assert!(item.wcu() <= item.plain_wcu());
     }
 
     /// The TTL attribute replaces a log field of its name in the table, yet the compressed item
@@ -252,16 +252,65 @@ fn plain_and_compressed_items_both_read_back() {
     );
 }
 
-/// A tiny log, which compression would not shrink, is written plain.
+/// A tiny log costs 1 WCU either way and is compressed, so it reads back exactly: a log without
+/// a key field (keyed by its content hash) gives back no key it did not have.
 #[test]
-fn a_log_compression_would_not_shrink_is_written_plain() {
+fn a_tiny_log_is_compressed_and_reads_back_without_sluices_key() {
     let schema = Schema {
         required_fields: vec![],
         ..compressing(&[])
     };
-    let item = item_of(&json!({"request_id": "a", "x": 1}), &schema);
-    assert!(!is_compressed(&item));
-    assert_eq!(item.size(), item.plain_size());
+    let log = json!({"x": 1});
+    let item = item_of(&log, &schema);
+    assert!(is_compressed(&item));
+    assert!(item.key().starts_with("sha256:"));
+    assert_eq!(item.wcu(), item.plain_wcu());
+    let back = read_log(item.attrs(), &dictionaries(&[dictionary()]), &[]).unwrap();
+    assert_eq!(Value::Object(back), log);
+}
+
+/// DynamoDB keeps a number's value, not its text: a plain field holding `200.0` or `1.50` reads
+/// back `200` and `1.5`. Such a field is also kept in the frame, so the log reads back as sent
+/// after the table has normalised it.
+#[test]
+fn plain_numbers_dynamodb_would_rewrite_still_read_back_as_sent() {
+    let schema = compressing(&["status", "latency_ms", "nested"]);
+    let mut log: Value = serde_json::from_str(sample_logs(1, 8).trim()).unwrap();
+    log["status"] = serde_json::from_str("200.0").unwrap();
+    log["latency_ms"] = serde_json::from_str("12.50").unwrap();
+    log["nested"] = serde_json::from_str(r#"{"a":[1,2.0]}"#).unwrap();
+    let item = item_of(&log, &schema);
+    assert!(is_compressed(&item));
+    // What DynamoDB gives back: every number in its normalised form.
+    fn normalise(v: &AttrValue) -> AttrValue {
+        match v {
+            AttrValue::N(n) => {
+                AttrValue::N(sluice_core::number::Number::parse(n).unwrap().canonical())
+            }
+            AttrValue::M(m) => {
+                AttrValue::M(m.iter().map(|(k, v)| (k.clone(), normalise(v))).collect())
+            }
+            AttrValue::L(l) => AttrValue::L(l.iter().map(normalise).collect()),
+            other => other.clone(),
+        }
+    }
+    let stored: std::collections::BTreeMap<String, AttrValue> = item
+        .attrs()
+        .iter()
+        .map(|(k, v)| (k.clone(), normalise(v)))
+        .collect();
+    assert_eq!(stored["status"], AttrValue::N("200".into()));
+    let back = read_log(&stored, &dictionaries(&[dictionary()]), &[]).unwrap();
+    assert_eq!(Value::Object(back), log);
+}
+
+/// A log keyed like a dictionary item would replace the dictionary: it is poison.
+#[test]
+fn a_log_keyed_like_a_dictionary_is_refused() {
+    let body = r#"{"request_id":"sluice:dictionary:123","ts":"2026-12-05T10:00:00Z","method":"GET","path":"/","status":200,"latency_ms":1}"#;
+    let err = sluice_core::decode_message(body.as_bytes(), &Schema::default()).unwrap_err();
+    assert_eq!(err.reason(), "schema");
+    assert!(err.to_string().contains("reserves"), "{err}");
 }
 
 /// Damaged frames are refused with a reason, never a panic or a huge allocation.

@@ -29,12 +29,28 @@ struct Inner {
     client: redis::Client,
     prefix: String,
     timeout: Duration,
+    retry_after: Duration,
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// After a failure, Redis is not asked again until then: every call meanwhile is a miss at
+    /// once, so a Redis that does not answer never holds messages up.
+    down_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Inner {
+    fn is_down(&self) -> bool {
+        let until = *self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|u| tokio::time::Instant::now() < u)
+    }
+
     async fn connection(&self) -> Result<MultiplexedConnection, String> {
+        if self.is_down() {
+            return Err("Redis failed moments ago".into());
+        }
         let mut guard = self.conn.lock().await;
+        // Callers queued behind a connection attempt that failed give up at once.
+        if self.is_down() {
+            return Err("Redis failed moments ago".into());
+        }
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
@@ -48,7 +64,12 @@ impl Inner {
 
     async fn failed(&self, what: &str, error: String) {
         metrics::counter!(catalog::CACHE_ERRORS_TOTAL).increment(1);
-        tracing::warn!(error = %error, "shared write cache: {what} failed; counted as a miss (the log is written)");
+        let already_down = self.is_down();
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::time::Instant::now() + self.retry_after);
+        if !already_down {
+            tracing::warn!(error = %error, retry_after = ?self.retry_after, "shared write cache: {what} failed; every check is a miss (the log is written) until Redis is tried again");
+        }
         *self.conn.lock().await = None; // reconnect next time
     }
 
@@ -64,8 +85,14 @@ impl Inner {
 
 impl RedisSeen {
     /// A shared cache at `url` whose keys start with `prefix` (name the table in it, so two
-    /// tables never share entries). Each call waits `timeout` at most. Connects lazily.
-    pub fn new(url: &str, prefix: impl Into<String>, timeout: Duration) -> Result<Self, String> {
+    /// tables never share entries). Each call waits `timeout` at most; after a failure Redis is
+    /// left alone for `retry_after` (every check a miss meanwhile). Connects lazily.
+    pub fn new(
+        url: &str,
+        prefix: impl Into<String>,
+        timeout: Duration,
+        retry_after: Duration,
+    ) -> Result<Self, String> {
         let client =
             redis::Client::open(url).map_err(|e| format!("invalid Redis URL `{url}`: {e}"))?;
         Ok(RedisSeen {
@@ -73,7 +100,9 @@ impl RedisSeen {
                 client,
                 prefix: prefix.into(),
                 timeout,
+                retry_after,
                 conn: tokio::sync::Mutex::new(None),
+                down_until: std::sync::Mutex::new(None),
             }),
             records: Arc::new(Semaphore::new(MAX_RECORDS_IN_FLIGHT)),
         })
@@ -110,7 +139,9 @@ impl SharedSeen for RedisSeen {
                     vec![false; entries.len()]
                 }
                 Err(e) => {
-                    inner.failed("MGET", e).await;
+                    if !inner.is_down() {
+                        inner.failed("MGET", e).await;
+                    }
                     vec![false; entries.len()]
                 }
             }
@@ -135,7 +166,9 @@ impl SharedSeen for RedisSeen {
                     .arg(seconds)
                     .ignore();
             }
-            if let Err(e) = inner.query::<()>(&cmd).await {
+            if let Err(e) = inner.query::<()>(&cmd).await
+                && !inner.is_down()
+            {
                 inner.failed("SET", e).await;
             }
         });

@@ -13,7 +13,13 @@ fn instance(url: &str) -> WriteCache {
         window: Duration::from_secs(60),
     })
     .with_shared(Box::new(
-        RedisSeen::new(url, "sluice:seen:test-table:", Duration::from_millis(500)).unwrap(),
+        RedisSeen::new(
+            url,
+            "sluice:seen:test-table:",
+            Duration::from_millis(500),
+            Duration::from_secs(5),
+        )
+        .unwrap(),
     ))
 }
 

@@ -353,10 +353,15 @@ fn write_cache(settings: &Settings) -> Result<Option<Arc<WriteCache>>> {
     }
     let mut cache = WriteCache::new(c.config());
     if c.shared {
-        let prefix = format!("sluice:seen:{}:", settings.dynamodb.table);
         let redis = &settings.rate.redis;
-        let shared = sluice_redis::RedisSeen::new(redis.url_str(), prefix, redis.timeout)
-            .map_err(|e| anyhow!("cache.shared: {e}"))?;
+        // Beside the fleet's bucket: fleets that keep their buckets apart keep their caches apart.
+        let prefix = match &redis.key {
+            Some(key) => format!("{key}:seen:"),
+            None => format!("sluice:seen:{}:", settings.dynamodb.table),
+        };
+        let shared =
+            sluice_redis::RedisSeen::new(redis.url_str(), prefix, redis.timeout, redis.retry_after)
+                .map_err(|e| anyhow!("cache.shared: {e}"))?;
         cache = cache.with_shared(Box::new(shared));
     }
     tracing::info!(capacity = c.capacity, window = ?c.window, shared = c.shared, "write cache on: a log written with the same content within the window is acked without a write");
@@ -686,6 +691,9 @@ async fn refresh_budget(
                 && warned.insert(spec.name.clone())
             {
                 tracing::warn!(index = %spec.name, "an index sluice does not pace on its own (created since the start, or on demand without a known limit): it is paced from the next start of sluice, and throttles naming it slow every budget meanwhile");
+                if settings.schema.compression == crate::config::CompressionKind::Zstd {
+                    tracing::warn!(index = %spec.name, hash_key = %spec.hash_key, "if this index was created since the start, compressed items keep its attributes inside `_log` until sluice restarts (the plain attributes are read at start), and those items are not in the index: restart sluice");
+                }
             }
         }
     }

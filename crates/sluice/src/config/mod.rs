@@ -343,6 +343,47 @@ mod tests {
     }
 
     #[test]
+    fn compression_and_cache_settings_are_checked_by_name() {
+        for (extra, says) in [
+            (
+                "[schema]\ncompression = \"zstd\"\n",
+                "schema.compression is \"zstd\" but schema.dictionary_id is unset",
+            ),
+            ("[schema]\ndictionary_id = 0\n", "schema.dictionary_id is 0"),
+            (
+                "[schema]\ncompression = \"zstd\"\ndictionary_id = 7\nttl_attribute = \"_log\"\n",
+                "schema.ttl_attribute is `_log`",
+            ),
+            (
+                "[schema]\nplain_fields = [\"_log\"]\n",
+                "schema.plain_fields names `_log`",
+            ),
+            (
+                "[schema]\ncompression_level = 20\n",
+                "schema.compression_level is 20",
+            ),
+            ("[cache]\ncapacity = 0\n", "cache.capacity is 0"),
+            (
+                "[cache]\nwindow = \"0s\"\n",
+                "cache.window must be above zero",
+            ),
+            (
+                "[cache]\nenabled = true\nshared = true\n",
+                "cache.shared = true shares the cache in Redis: it needs rate.mode = \"redis\"",
+            ),
+        ] {
+            let err = from_toml(&format!("{MINIMAL}\n{extra}")).unwrap_err();
+            assert!(format!("{err:#}").contains(says), "{extra}: {err:#}");
+        }
+        let ok = from_toml(&format!(
+            "{MINIMAL}\n[schema]\ncompression = \"zstd\"\ndictionary_id = 7\nplain_fields = [\"status\"]\n[cache]\nenabled = true\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.schema.dictionary_id, Some(7));
+        assert!(ok.cache.enabled);
+    }
+
+    #[test]
     fn the_retired_write_queue_items_still_loads_and_sqs_calls_have_a_deadline() {
         let s = from_toml(&format!("{MINIMAL}\n[worker]\nwrite_queue_items = 2048\n")).unwrap();
         assert_eq!(s.worker.write_queue_items, Some(2048));

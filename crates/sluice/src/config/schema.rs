@@ -117,7 +117,23 @@ impl SchemaSettings {
                 ),
             );
         }
+        p.check(
+            self.dictionary_id != Some(0),
+            "schema.dictionary_id",
+            "schema.dictionary_id is 0: zstd dictionary ids start at 1 (use the id `sluice dict train` printed)",
+        );
         if self.compression == CompressionKind::Zstd {
+            let log = sluice_core::stored::LOG_ATTRIBUTE;
+            for (key, value) in [
+                ("schema.key_attribute", Some(&self.key_attribute)),
+                ("schema.ttl_attribute", self.ttl_attribute.as_ref()),
+            ] {
+                p.check(
+                    value.is_none_or(|v| v != log),
+                    key,
+                    format!("{key} is `{log}`, the attribute that holds a compressed item's log: name another"),
+                );
+            }
             p.check(
                 self.dictionary_id.is_some(),
                 "schema.dictionary_id",

@@ -14,11 +14,13 @@ use sluice_dynamodb::TableLimits;
 
 use crate::config::{CompressionKind, Settings};
 
-/// The attributes a compressed item keeps plain besides the key and the TTL: `plain_fields`, and
-/// every attribute an index keys on or projects by name (an index of ALL projects the compressed
-/// log with the rest).
+/// The attributes a compressed item keeps plain besides the key: the TTL attribute (a log that
+/// carries it but no timestamp keeps its own value, which DynamoDB expires by, plain too),
+/// `plain_fields`, and every attribute an index keys on or projects by name (an index of ALL
+/// projects the compressed log with the rest).
 pub fn plain_attributes(settings: &Settings, indexes: &[IndexSpec]) -> BTreeSet<String> {
     let mut plain: BTreeSet<String> = settings.schema.plain_fields.iter().cloned().collect();
+    plain.extend(settings.schema.ttl_attribute.iter().cloned());
     for index in indexes {
         plain.insert(index.hash_key.clone());
         plain.extend(index.range_key.iter().cloned());
@@ -62,6 +64,12 @@ pub async fn compression(
         ));
     };
     let plain = plain_attributes(settings, &indexes);
+    if plain.contains(sluice_core::stored::LOG_ATTRIBUTE) {
+        return Err(anyhow!(
+            "an index of table `{table}` keys on or projects `{}`, the attribute that holds a compressed item's log: schema.compression = \"zstd\" cannot serve that table",
+            sluice_core::stored::LOG_ATTRIBUTE
+        ));
+    }
     let c = Compression::new(bytes, schema.compression_level, plain.clone())
         .map_err(|e| anyhow!("dictionary {id} of table `{table}`: {e}"))?;
     tracing::info!(

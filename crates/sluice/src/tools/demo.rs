@@ -676,7 +676,11 @@ fn summarize(
         compression: args.compression,
         cache: args.cache,
         logs_per_wcu: round3(logs_per_wcu),
-        wcu_per_million_logs: (1e6 / logs_per_wcu.max(1e-9)).round(),
+        wcu_per_million_logs: if logs_per_wcu > 0.0 {
+            (1e6 / logs_per_wcu).round()
+        } else {
+            0.0
+        },
         saved_by_compression: round3(run.bill.saved_by_compression),
         saved_by_cache: round3(run.bill.saved_by_cache),
         cache_skipped_logs: run.bill.cache_skipped_logs,
