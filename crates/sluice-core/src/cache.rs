@@ -12,9 +12,10 @@
 //!   changed log is always written;
 //! - losing the cache (a restart, an eviction, Redis down) only costs capacity: a miss writes.
 //!
-//! The local cache is bounded by `capacity` keys (oldest evicted first; keys are held as 128-bit
-//! hashes, about 100 bytes an entry whatever their length) and entries expire after `window`. A fleet can share one in Redis ([`SharedSeen`], `sluice-redis`): a log written by
-//! one instance is skipped by another. What it cannot see: a row deleted outside sluice within
+//! The local cache is bounded by `capacity` keys, the oldest evicted first. Keys are held as
+//! 128-bit hashes: about 200 bytes an entry whatever their length (the map, the eviction order
+//! and their slack). Entries expire after `window`. A fleet can share one in Redis
+//! ([`SharedSeen`], `sluice-redis`): a log written by one instance is skipped by another. What it cannot see: a row deleted outside sluice within
 //! the window is not written again by a redelivery of the same log inside the window; and the
 //! cache answers "was this exact log written within the window", not "does the table hold it
 //! now": if the key was since overwritten with another content (by another instance, say), a
@@ -52,7 +53,7 @@ pub struct CacheConfig {
 }
 
 /// An item key as the local cache holds it: its 128-bit hash, so an entry costs the same
-/// (about 100 bytes) whatever the key's length (up to 2 KB).
+/// whatever the key's length (up to 2 KB).
 fn key_id(key: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(key.as_bytes())
 }

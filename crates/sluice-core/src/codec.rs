@@ -479,6 +479,12 @@ pub(crate) fn build(
         let expires = ms.div_euclid(1000) + rule.retention.as_secs() as i64;
         let replaced = attrs.insert(rule.attribute.clone(), AttrValue::N(expires.to_string()));
         set.push((rule.attribute.clone(), replaced));
+    } else if let Some(rule) = &schema.ttl
+        && let Some(own) = attrs.get(&rule.attribute)
+    {
+        // No timestamp, so no TTL of sluice's: the log's own field of that name is what DynamoDB
+        // expires the item by, and stays plain like a TTL.
+        set.push((rule.attribute.clone(), Some(own.clone())));
     }
     Ok(Built {
         key,

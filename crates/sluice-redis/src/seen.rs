@@ -65,8 +65,11 @@ impl Inner {
     async fn failed(&self, what: &str, error: String) {
         metrics::counter!(catalog::CACHE_ERRORS_TOTAL).increment(1);
         let already_down = self.is_down();
-        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(tokio::time::Instant::now() + self.retry_after);
+        let now = tokio::time::Instant::now();
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(
+            now.checked_add(self.retry_after)
+                .unwrap_or(now + Duration::from_secs(3600)),
+        );
         if !already_down {
             tracing::warn!(error = %error, retry_after = ?self.retry_after, "shared write cache: {what} failed; every check is a miss (the log is written) until Redis is tried again");
         }

@@ -15,7 +15,7 @@ use super::problems::{Check, Problems};
 pub struct CacheSettings {
     /// Whether the cache is on.
     pub enabled: bool,
-    /// Keys remembered at most (about 100 bytes each, whatever the key's length); the oldest go first.
+    /// Keys remembered at most (about 200 bytes each, whatever the key's length); the oldest go first.
     pub capacity: usize,
     /// How long a write is remembered.
     #[serde(with = "humantime_serde")]
@@ -35,7 +35,7 @@ impl Default for CacheSettings {
     }
 }
 
-/// The most keys a cache may hold (about 1 GB).
+/// The most keys a cache may hold (about 2 to 3 GB).
 pub const MAX_CAPACITY: usize = 10_000_000;
 
 impl CacheSettings {
