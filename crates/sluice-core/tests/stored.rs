@@ -304,6 +304,30 @@ fn plain_numbers_dynamodb_would_rewrite_still_read_back_as_sent() {
     assert_eq!(Value::Object(back), log);
 }
 
+/// A log with the TTL attribute's field but no timestamp gets no TTL of sluice's: its own field,
+/// which DynamoDB expires it by, stays plain (and reads back as sent).
+#[test]
+fn a_logs_own_ttl_field_stays_plain_when_it_has_no_timestamp() {
+    let schema = Schema {
+        required_fields: vec![],
+        ttl: Some(TtlRule {
+            attribute: "expires_at".into(),
+            retention: std::time::Duration::from_secs(60),
+        }),
+        ..compressing(&[])
+    };
+    let log =
+        json!({"request_id": "t1", "expires_at": 1_900_000_000, "note": "no ts here ".repeat(20)});
+    let item = item_of(&log, &schema);
+    assert!(is_compressed(&item));
+    assert_eq!(
+        item.attrs()["expires_at"],
+        AttrValue::N("1900000000".into())
+    );
+    let back = read_log(item.attrs(), &dictionaries(&[dictionary()]), &[]).unwrap();
+    assert_eq!(Value::Object(back), log);
+}
+
 /// A log keyed like a dictionary item would replace the dictionary: it is poison.
 #[test]
 fn a_log_keyed_like_a_dictionary_is_refused() {
