@@ -261,19 +261,28 @@ async fn sample_queue(
             handles.extend(m.receipt_handle().map(str::to_owned));
         }
     }
+    let mut hidden = 0;
     for h in handles {
         // Visible again at once; a failure only leaves it hidden until its 60 s run out.
-        let _ = sqs
+        let made_visible = sqs
             .change_message_visibility()
             .queue_url(&queue)
             .receipt_handle(h)
             .visibility_timeout(0)
             .send()
             .await;
+        if made_visible.is_err() {
+            hidden += 1;
+        }
     }
     eprintln!(
         "sampled {} messages from {queue} (left on the queue)",
         bodies.len()
     );
+    if hidden > 0 {
+        eprintln!(
+            "{hidden} of them could not be made visible again at once: they return within 60 s"
+        );
+    }
     Ok(bodies)
 }
