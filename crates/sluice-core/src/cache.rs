@@ -126,14 +126,14 @@ impl WriteCache {
     /// Whether this instance wrote `key` with this content within the window (the local cache
     /// alone: no call).
     pub fn seen_locally(&self, key: &str, hash: u128) -> bool {
-        let now = Instant::now();
-        self.local
-            .locked()
-            .entries
-            .get(&key_id(key))
-            .is_some_and(|(h, at, _)| {
-                *h == hash && now.saturating_duration_since(*at) < self.config.window
-            })
+        self.hit(&self.local.locked(), key, hash, Instant::now())
+    }
+
+    /// Whether `local` holds `key` written with `hash` less than a window before `now`.
+    fn hit(&self, local: &Local, key: &str, hash: u128, now: Instant) -> bool {
+        local.entries.get(&key_id(key)).is_some_and(|(h, at, _)| {
+            *h == hash && now.saturating_duration_since(*at) < self.config.window
+        })
     }
 
     /// For each (key, hash), whether the same content was written within the window: locally
@@ -144,11 +144,7 @@ impl WriteCache {
             let local = self.local.locked();
             entries
                 .iter()
-                .map(|(k, h)| {
-                    local.entries.get(&key_id(k)).is_some_and(|(hash, at, _)| {
-                        hash == h && now.saturating_duration_since(*at) < self.config.window
-                    })
-                })
+                .map(|(k, h)| self.hit(&local, k, *h, now))
                 .collect()
         };
         if let Some(shared) = &self.shared {

@@ -794,7 +794,7 @@ impl Writer {
         // A key the message carries twice is skipped only if every one of its logs is a hit, and
         // never later at batch time: written together they collapse and the newer log wins,
         // which a lone miss would not.
-        let mut repeated: HashSet<&str> = HashSet::new();
+        let mut repeated = vec![false; items.len()];
         if items.len() > 1 {
             let mut all_hit: HashMap<&str, (bool, usize)> = HashMap::new();
             for (item, hit) in items.iter().zip(&seen) {
@@ -802,29 +802,25 @@ impl Writer {
                 e.0 &= *hit;
                 e.1 += 1;
             }
-            for (item, hit) in items.iter().zip(seen.iter_mut()) {
+            for ((item, hit), repeat) in items.iter().zip(seen.iter_mut()).zip(&mut repeated) {
                 let (all, n) = all_hit[item.key()];
                 *hit &= all;
-                if n > 1 {
-                    repeated.insert(item.key());
-                }
+                *repeat = n > 1;
             }
         }
-        let repeated: HashSet<String> = repeated.into_iter().map(str::to_owned).collect();
         let (mut logs, mut saved) = (0u64, 0u64);
         let kept = items
             .into_iter()
             .zip(hashes)
             .zip(seen)
-            .filter_map(|((item, hash), hit)| {
+            .zip(repeated)
+            .filter_map(|(((item, hash), hit), repeat)| {
                 if hit {
                     logs += 1;
                     saved += u64::from(item.plain_wcu());
                     None
-                } else if repeated.contains(item.key()) {
-                    Some((item, None))
                 } else {
-                    Some((item, Some(hash)))
+                    Some((item, (!repeat).then_some(hash)))
                 }
             })
             .collect();

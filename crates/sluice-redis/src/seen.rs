@@ -14,6 +14,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use sluice_core::SharedSeen;
 use sluice_core::catalog;
+use sluice_core::sync::Recover;
 use tokio::sync::Semaphore;
 
 /// Background record calls in flight at most.
@@ -38,7 +39,7 @@ struct Inner {
 
 impl Inner {
     fn is_down(&self) -> bool {
-        let until = *self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *self.down_until.locked();
         until.is_some_and(|u| tokio::time::Instant::now() < u)
     }
 
@@ -66,7 +67,7 @@ impl Inner {
         metrics::counter!(catalog::CACHE_ERRORS_TOTAL).increment(1);
         let already_down = self.is_down();
         let now = tokio::time::Instant::now();
-        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(
+        *self.down_until.locked() = Some(
             now.checked_add(self.retry_after)
                 .unwrap_or(now + Duration::from_secs(3600)),
         );

@@ -100,26 +100,50 @@ async fn train(args: TrainArgs) -> Result<()> {
             "say where the sample logs come from: --from FILE.ndjson or --sample N (from sqs.queue_url)"
         ),
     };
-    let schema = settings.schema();
-    let trained = train_on(&bodies, &schema, &plain, args.size)?;
-    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let stored = sluice_dynamodb::stored::put_dictionary(
+    let trained = train_and_store(
         &ddb,
         &table,
         &settings.schema.key_attribute,
-        &trained.1,
-        trained.0.samples as u64,
+        &bodies,
+        &settings.schema(),
+        &plain,
+        args.size,
+    )
+    .await?;
+    report(&trained, &table, args.json);
+    Ok(())
+}
+
+/// Trains on `bodies` and stores the dictionary in `table` (keyed by `key_attribute`), stamped
+/// with the time: what `sluice dict train` does, and what the demo and the pacing benchmark do
+/// before they run compressed.
+pub async fn train_and_store(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key_attribute: &str,
+    bodies: &[String],
+    schema: &Schema,
+    plain: &BTreeSet<String>,
+    size: usize,
+) -> Result<Trained> {
+    let (trained, dictionary) = train_on(bodies, schema, plain, size)?;
+    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    sluice_dynamodb::stored::put_dictionary(
+        ddb,
+        table,
+        key_attribute,
+        &dictionary,
+        trained.samples as u64,
         &created,
     )
     .await
     .map_err(|e| anyhow!(e))?;
-    report(&trained.0, stored, &table, args.json);
-    Ok(())
+    Ok(trained)
 }
 
 /// Trains on every log of `bodies` (message bodies: NDJSON, arrays or single logs) and measures
 /// the result on them; returns the report and the dictionary.
-pub fn train_on(
+fn train_on(
     bodies: &[String],
     schema: &Schema,
     plain: &BTreeSet<String>,
@@ -174,14 +198,14 @@ pub fn train_on(
     Ok((t, dictionary))
 }
 
-fn report(t: &Trained, stored: u32, table: &str, as_json: bool) {
+fn report(t: &Trained, table: &str, as_json: bool) {
     let per = |wcu: u64| t.samples as f64 / wcu.max(1) as f64;
     if as_json {
         println!(
             "{}",
             json!({
-                "dictionary_id": stored,
-                "key": format!("{DICTIONARY_KEY_PREFIX}{stored}"),
+                "dictionary_id": t.id,
+                "key": format!("{DICTIONARY_KEY_PREFIX}{}", t.id),
                 "table": table,
                 "bytes": t.bytes,
                 "samples": t.samples,

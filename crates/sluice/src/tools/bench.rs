@@ -139,6 +139,7 @@ async fn start_redis(bin: &str) -> Result<(Child, String)> {
 
 /// Mixed-size request logs from the load generator, one per message, until they cost
 /// `total_wcu` written plain. With `one_user`, every log carries that user_id (a hot index key).
+/// Returns the bodies, the distinct request ids among them, and what they cost plain.
 fn backlog(
     total_wcu: u64,
     seed: u64,
@@ -146,7 +147,7 @@ fn backlog(
     shape: Shape,
     duplicates: f64,
     one_user: Option<&str>,
-) -> (Vec<String>, usize) {
+) -> (Vec<String>, usize, u64) {
     let mut logs = LogGen::new("bench", seed, size, duplicates, None, 0).with_shape(shape);
     let mut bodies = Vec::new();
     let mut wcu = 0;
@@ -161,7 +162,7 @@ fn backlog(
         wcu += plain_wcu(&body);
         bodies.push(body);
     }
-    (bodies, logs.distinct_keys() as usize)
+    (bodies, logs.distinct_keys() as usize, wcu)
 }
 
 /// What a body's logs cost written plain, as sluice sizes them.
@@ -448,24 +449,18 @@ impl Backend {
     /// Trains a dictionary on 2,000 logs of the scenario's shape (another seed: earlier
     /// traffic) and stores it in the table, as `sluice dict train` does; returns its id.
     async fn store_dictionary(&self, sc: &Scenario) -> Result<u32> {
-        let mut samples = LogGen::new("sample", 99, sc.size, 0.0, None, 0).with_shape(sc.shape);
-        let body: String = (0..2000)
-            .map(|i| samples.log_for(format!("sample-{i}")).json + "\n")
-            .collect();
-        let schema = sluice_core::Schema::default();
+        let body = crate::tools::load::sample_ndjson(99, sc.size, sc.shape, 2000);
         let plain = std::collections::BTreeSet::from(["user_id".to_string()]);
-        let (trained, dictionary) =
-            crate::items::dict::train_on(&[body], &schema, &plain, 32 * 1024)?;
-        sluice_dynamodb::stored::put_dictionary(
+        let trained = crate::items::dict::train_and_store(
             &self.ddb,
             "bench",
             "request_id",
-            &dictionary,
-            trained.samples as u64,
-            "bench",
+            &[body],
+            &sluice_core::Schema::default(),
+            &plain,
+            32 * 1024,
         )
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .await?;
         Ok(trained.id)
     }
 
@@ -698,7 +693,7 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
     let sc = parse_scenario(scenario)?;
     let (table, binding) = table_for(sc.limit, args.provisioned_wcu);
     let backend = Backend::start(&table).await?;
-    let (bodies, distinct) = backlog(
+    let (bodies, distinct, plain_wcu) = backlog(
         (binding.wcu * f64::from(args.backlog_seconds)) as u64,
         11,
         sc.size,
@@ -706,7 +701,6 @@ async fn run_scenario(args: &BenchArgs, scenario: &str) -> Result<BenchRow> {
         if sc.cache { 0.1 } else { 0.0 },
         (sc.limit == Limit::HotKey).then_some("everyone"),
     );
-    let plain_wcu: u64 = bodies.iter().map(|b| plain_wcu(b)).sum();
     let redis_server = if sc.redis {
         Some(start_redis(&args.redis_server).await?)
     } else {

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::pipeline::Pipeline;
-use crate::tools::load::{LogGen, Shape, SizeDist, progress};
+use crate::tools::load::{LogGen, Shape, SizeDist, progress, sample_ndjson};
 
 const MAX_RECEIVE_COUNT: u32 = 3;
 
@@ -413,35 +413,22 @@ async fn train_dictionary(
     settings: &Settings,
     dynamodb: &aws_sdk_dynamodb::Client,
 ) -> Result<u32> {
-    let mut samples = LogGen::new(
-        "sample",
+    let body = sample_ndjson(
         args.seed ^ 0x5eed,
         SizeDist::Uniform(250, 1000),
-        0.0,
-        None,
-        0,
-    )
-    .with_shape(args.shape);
-    let body: String = (0..2000)
-        .map(|i| samples.log_for(format!("sample-{i}")).json + "\n")
-        .collect();
-    let (trained, dictionary) = crate::items::dict::train_on(
+        args.shape,
+        2000,
+    );
+    let trained = crate::items::dict::train_and_store(
+        dynamodb,
+        &settings.dynamodb.table,
+        &settings.schema.key_attribute,
         &[body],
         &settings.schema(),
         &crate::items::plain_attributes(settings, &[]),
         32 * 1024,
-    )?;
-    let created = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    sluice_dynamodb::stored::put_dictionary(
-        dynamodb,
-        &settings.dynamodb.table,
-        &settings.schema.key_attribute,
-        &dictionary,
-        trained.samples as u64,
-        &created,
     )
-    .await
-    .map_err(|e| anyhow!(e))?;
+    .await?;
     eprintln!(
         "trained dictionary {} ({} bytes) on {} sample logs: {:.0}% smaller on them",
         trained.id,

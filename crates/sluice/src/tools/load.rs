@@ -388,6 +388,16 @@ impl LogGen {
     }
 }
 
+/// `n` logs of `shape` (and `size`, when padded) as NDJSON, ids `sample-0…`: sample traffic a
+/// compression dictionary is trained on (the demo and the pacing benchmark, before they run
+/// compressed).
+pub fn sample_ndjson(seed: u64, size: SizeDist, shape: Shape, n: usize) -> String {
+    let mut logs = LogGen::new("sample", seed, size, 0.0, None, 0).with_shape(shape);
+    (0..n)
+        .map(|i| logs.log_for(format!("sample-{i}")).json + "\n")
+        .collect()
+}
+
 /// Request latencies in a log-scale histogram (8 buckets per doubling): bounded memory however
 /// long the run.
 #[derive(Default)]
