@@ -142,7 +142,13 @@ catalog! {
     SPOT_NOTICES_TOTAL = "sluice_spot_notices_total", Counter, Daemon,
         "Spot interruption notices received.";
     SPOT_POLL_ERRORS_TOTAL = "sluice_spot_poll_errors_total", Counter, Daemon,
-        "Failed reads of the spot interruption notice from IMDS.";
+        "Failed IMDS reads of a watched departure signal, by signal (interruption, rebalance, scale_in).";
+    REBALANCE_RECOMMENDATIONS_TOTAL = "sluice_rebalance_recommendations_total", Counter, Daemon,
+        "EC2 rebalance recommendations received (spot.rebalance).";
+    SCALE_IN_NOTICES_TOTAL = "sluice_scale_in_notices_total", Counter, Daemon,
+        "Auto Scaling terminations of this instance seen in IMDS (spot.scale_in).";
+    LIFECYCLE_ACTIONS_TOTAL = "sluice_lifecycle_actions_total", Counter, Daemon,
+        "Termination lifecycle actions completed after a drain, by result (completed, failed).";
     MESSAGE_PROCESSING_SECONDS = "sluice_message_processing_seconds", Histogram, Daemon,
         "Time from receipt to ack or nack of a message.";
     MESSAGE_AGE_SECONDS = "sluice_message_age_seconds", Histogram, Daemon,

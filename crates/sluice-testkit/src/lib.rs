@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
+mod imds;
 pub mod process;
+pub use imds::{FakeImds, INSTANCE_ID as IMDS_INSTANCE_ID, LifecycleAction};
 pub use process::{
     HttpResponse, Sluice, SluiceCommand, Stopped, http_get, http_request, temp_dir, temp_file,
     try_http_get,
@@ -488,76 +490,6 @@ impl TestEnv {
         sluice_sqs::admin::wait_empty(&self.sqs, url, limit)
             .await
             .map_err(anyhow::Error::msg)
-    }
-}
-
-/// A small IMDSv2 server: token PUTs succeed; `/latest/meta-data/spot/instance-action` answers
-/// 404 until [`FakeImds::notify`] sets a notice. Stops when dropped.
-pub struct FakeImds {
-    /// Base URL of the server, to give the code under test as its IMDS endpoint.
-    pub endpoint: String,
-    notice: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl FakeImds {
-    /// Binds a free loopback port and serves on it in a task of the current runtime, with no notice
-    /// set. Err: the port could not be bound.
-    pub async fn start() -> Result<FakeImds> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
-        let notice = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
-        let shared = notice.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let notice = shared.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).to_string();
-                    let (status, body) = if head.starts_with("PUT /latest/api/token") {
-                        ("200 OK", "fake-imds-token".to_string())
-                    } else if head.starts_with("GET /latest/meta-data/spot/instance-action") {
-                        match notice.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                            Some(n) => ("200 OK", n),
-                            None => ("404 Not Found", String::new()),
-                        }
-                    } else {
-                        ("404 Not Found", String::new())
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                });
-            }
-        });
-        Ok(FakeImds {
-            endpoint,
-            notice,
-            task,
-        })
-    }
-
-    /// From now on, IMDS announces a spot interruption (`action` terminate, two minutes ahead).
-    pub fn notify(&self, time_rfc3339: &str) {
-        *self.notice.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
-            r#"{{"action":"terminate","time":"{time_rfc3339}"}}"#
-        ));
-    }
-}
-
-impl Drop for FakeImds {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

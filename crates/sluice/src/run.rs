@@ -40,22 +40,23 @@ pub async fn run(settings: Settings) -> Result<u8> {
     // IRSA); AWS_ENDPOINT_URL_SQS / AWS_ENDPOINT_URL_DYNAMODB point at local servers.
     let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let pipeline = Pipeline::build(&settings, &sdk, &sdk).await?;
-    let shutdown = CancellationToken::new();
+    // SIGTERM or SIGINT cancels `signalled`, and with it `shutdown`; a departure signal from IMDS
+    // cancels only `shutdown`, so a drain it started can still tell a later SIGTERM apart.
+    let signalled = CancellationToken::new();
+    let shutdown = signalled.child_token();
     let listen = settings.telemetry.listen;
     let health = Health::for_pipeline(&pipeline, shutdown.clone());
     let server_stop = CancellationToken::new();
     let addr = telemetry::serve(listen, metrics, health, server_stop.clone()).await?;
     let second_signal = tokio::spawn(crate::signals::first_and_second(
-        shutdown.clone(),
+        signalled.clone(),
         "shutting down: no more receives, draining in-flight messages",
         "second signal: exiting now; held messages return after their visibility timeout",
     ));
-    if settings.spot.enabled {
-        tokio::spawn(crate::spot::watch(
-            settings.spot.poll_interval,
-            shutdown.clone(),
-        ));
-    }
+    let departure = settings
+        .spot
+        .watches_any()
+        .then(|| tokio::spawn(crate::spot::watch(settings.spot.clone(), shutdown.clone())));
     if !settings.kafka.enabled {
         queue_metrics::spawn(
             sluice_sqs::client_with_deadlines(&sdk, settings.sqs.request_timeout),
@@ -87,12 +88,16 @@ pub async fn run(settings: Settings) -> Result<u8> {
         "sluice started"
     );
     let writer_stats = pipeline.writer_stats();
+    let mut second_signal = second_signal;
     let summary = tokio::select! {
-        summary = pipeline.run(shutdown) => summary,
-        _ = second_signal => return Ok(INTERRUPTED),
+        summary = pipeline.run(shutdown.clone()) => summary,
+        _ = &mut second_signal => return Ok(INTERRUPTED),
     };
-    server_stop.cancel();
-    background_stop.cancel();
+    shutdown.cancel();
+    let departure = match departure {
+        Some(watcher) => watcher.await.ok().flatten(),
+        None => None,
+    };
     let bill = writer_stats.bill();
     tracing::info!(
         received = summary.received,
@@ -105,5 +110,23 @@ pub async fn run(settings: Settings) -> Result<u8> {
         saved_by_cache = format!("{:.3}", bill.saved_by_cache),
         "sluice stopped"
     );
+    // Scale-in watched and the instance going: complete the lifecycle action so it ends now. After
+    // a drain on a spot notice or a rebalance recommendation, wait (idle, still answering
+    // /metrics and the watchdog) for the group to pick it; a SIGTERM ends the wait.
+    if settings.spot.scale_in {
+        let terminating = match departure {
+            Some(crate::spot::Departure::ScaleIn) => true,
+            Some(_) => tokio::select! {
+                going = crate::spot::wait_for_termination(settings.spot.poll_interval, signalled.clone()) => going,
+                _ = &mut second_signal => return Ok(INTERRUPTED),
+            },
+            None => false,
+        };
+        if terminating {
+            crate::spot::complete_lifecycle_action(&sdk, &settings.spot).await;
+        }
+    }
+    server_stop.cancel();
+    background_stop.cancel();
     Ok(0)
 }

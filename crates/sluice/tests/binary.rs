@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use sluice_producer::sqs::SqsTransport;
 use sluice_testkit::{
-    Backend, Sluice, SluiceCommand, TestEnv, free_port, http_get, temp_file, try_http_get,
+    Backend, FakeImds, IMDS_INSTANCE_ID, LifecycleAction, Sluice, SluiceCommand, TestEnv,
+    free_port, http_get, temp_file, try_http_get,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -119,6 +120,41 @@ fn validate_kafka_mode_needs_no_queue_but_brokers_topics_and_a_separate_dlq_topi
         !out.contains("sqs.queue_url"),
         "Kafka mode needs no queue: {out}"
     );
+}
+
+#[test]
+fn validate_checks_the_departure_signals() {
+    let (code, out) = validate(
+        GOOD,
+        &[
+            ("SLUICE__SPOT__SCALE_IN", "true"),
+            ("SLUICE__SPOT__LIFECYCLE_HOOK", " "),
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("spot.lifecycle_hook"), "{out}");
+    // The rebalance watcher alone must also drain within the spot notice's two minutes.
+    let (code, out) = validate(
+        GOOD,
+        &[
+            ("SLUICE__SPOT__REBALANCE", "true"),
+            ("SLUICE__WORKER__SHUTDOWN_GRACE", "88s"),
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("spot.poll_interval + worker.shutdown_grace"),
+        "{out}"
+    );
+    let (code, out) = validate(
+        GOOD,
+        &[
+            ("SLUICE__SPOT__REBALANCE", "true"),
+            ("SLUICE__SPOT__SCALE_IN", "true"),
+            ("SLUICE__SPOT__ENABLED", "true"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
@@ -499,6 +535,235 @@ async fn a_spot_interruption_notice_drains_and_exits_zero_losing_nothing() {
         written + visible as usize >= 2000,
         "{written} written + {visible} waiting"
     );
+}
+
+/// A queue of `n` one-WCU logs and a 200-WCU table (196 WCU/s paced): ten seconds of work for
+/// 2,000, so a departure signal comes mid-drain. Returns the queue URL.
+async fn departure_backlog(env: &TestEnv, prefix: &str, n: usize) -> String {
+    let url = env.create_queue("logs", 60).await.unwrap();
+    sluice_dynamodb::admin::create_table(&env.dynamodb, "request-logs", "request_id", Some(200))
+        .await
+        .unwrap();
+    SqsTransport::new(env.sqs.clone(), &url)
+        .send_bodies(&one_log_bodies(prefix, n))
+        .await
+        .unwrap();
+    url
+}
+
+/// `sluice run` with IMDS and Auto Scaling at `imds`, polling every 200 ms, a 3 s grace.
+fn departure_run(env: &TestEnv, imds: &FakeImds, url: &str, extra: &[(&str, &str)]) -> Sluice {
+    SluiceCommand::new(BIN, "run")
+        .test_env(env)
+        .env("AWS_EC2_METADATA_DISABLED", "false")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.endpoint)
+        .env("AWS_ENDPOINT_URL_AUTO_SCALING", &imds.endpoint)
+        .env("SLUICE__SQS__QUEUE_URL", url)
+        .env("SLUICE__DYNAMODB__TABLE", "request-logs")
+        .env("SLUICE__SPOT__POLL_INTERVAL", "200ms")
+        .env("SLUICE__WORKER__SHUTDOWN_GRACE", "3s")
+        .envs(extra.iter().copied())
+        .spawn()
+}
+
+async fn written(env: &TestEnv) -> usize {
+    env.scan_keys("request-logs", "request_id")
+        .await
+        .unwrap()
+        .len()
+}
+
+async fn wait_written(env: &TestEnv, at_least: usize) {
+    let started = Instant::now();
+    while written(env).await < at_least {
+        assert!(started.elapsed() < Duration::from_secs(30), "not writing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Nothing lost, nothing stranded: every log is written or its message is visible again now.
+async fn assert_nothing_lost(env: &TestEnv, url: &str, sent: usize) {
+    let written = written(env).await;
+    let (visible, in_flight) = env.queue_counts(url).await.unwrap();
+    assert_eq!(
+        in_flight, 0,
+        "unfinished messages are visible again at once"
+    );
+    assert!(written < sent, "the signal came mid-drain");
+    assert!(
+        written + visible as usize >= sent,
+        "{written} written + {visible} waiting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_drains_then_completes_the_lifecycle_action_and_unwatched_signals_are_ignored() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let imds = FakeImds::start().await.unwrap();
+    imds.in_group("sluice-fleet", "sluice-drain");
+    let url = departure_backlog(&env, "scale-in", 2000).await;
+    // Only scale-in is watched; the group comes from the instance's tag in IMDS.
+    let mut child = departure_run(&env, &imds, &url, &[("SLUICE__SPOT__SCALE_IN", "true")]);
+    wait_written(&env, 200).await;
+
+    // A spot notice and a rebalance recommendation, both switched off: sluice keeps writing.
+    imds.notify("2026-12-05T12:02:00Z");
+    imds.recommend_rebalance("2026-12-05T12:00:00Z");
+    let before = written(&env).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        child.child().try_wait().unwrap().is_none(),
+        "an unwatched signal stopped it: {}",
+        child.output_tail(20)
+    );
+    assert!(
+        written(&env).await > before,
+        "an unwatched signal stopped the writes"
+    );
+    assert_eq!(child.metric("sluice_scale_in_notices_total").await, None);
+
+    imds.set_lifecycle_state("Terminated");
+    let noticed = Instant::now();
+    let stopped = child.exited_within(Duration::from_secs(15)).await;
+    assert!(
+        stopped.status.success(),
+        "{:?}\n{}",
+        stopped.status,
+        stopped.stdout
+    );
+    assert!(
+        noticed.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        noticed.elapsed()
+    );
+    let out = &stopped.stdout;
+    let drained = out.find("sluice stopped").expect("the drain's summary");
+    let completed = out
+        .find("lifecycle action completed")
+        .unwrap_or_else(|| panic!("no completion in {out}"));
+    assert!(
+        drained < completed,
+        "completed before the drain ended: {out}"
+    );
+    assert!(
+        out.contains("Auto Scaling is terminating this instance"),
+        "{out}"
+    );
+    assert_eq!(
+        imds.completed(),
+        vec![LifecycleAction {
+            group: "sluice-fleet".into(),
+            hook: "sluice-drain".into(),
+            instance: IMDS_INSTANCE_ID.into(),
+            result: "CONTINUE".into(),
+        }]
+    );
+    assert_eq!(imds.refused(), Vec::<String>::new());
+    assert_nothing_lost(&env, &url, 2000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_recommendation_drains_then_waits_for_the_group_to_end_the_instance() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let imds = FakeImds::start().await.unwrap();
+    imds.in_group("sluice-fleet", "sluice-drain");
+    let url = departure_backlog(&env, "rebalance", 2000).await;
+    let mut child = departure_run(
+        &env,
+        &imds,
+        &url,
+        &[
+            ("SLUICE__SPOT__REBALANCE", "true"),
+            ("SLUICE__SPOT__SCALE_IN", "true"),
+            ("SLUICE__SPOT__AUTOSCALING_GROUP", "sluice-fleet"),
+        ],
+    );
+    wait_written(&env, 200).await;
+    imds.recommend_rebalance("2026-12-05T12:00:00Z");
+    // Drained within poll + grace: the summary is logged and the writes stop.
+    let started = Instant::now();
+    while !child.stdout().contains("sluice stopped") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            child.output_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        child
+            .stdout()
+            .contains("rebalance recommendation: draining now")
+    );
+    assert_eq!(
+        child.metric("sluice_rebalance_recommendations_total").await,
+        Some(1.0)
+    );
+    // Then idle, still serving /metrics, until Auto Scaling picks this instance.
+    let drained = written(&env).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        child.child().try_wait().unwrap().is_none(),
+        "{}",
+        child.output_tail(20)
+    );
+    assert_eq!(written(&env).await, drained, "writing after the drain");
+    assert!(imds.completed().is_empty());
+    assert_nothing_lost(&env, &url, 2000).await;
+
+    imds.set_lifecycle_state("Terminated");
+    let stopped = child.exited_within(Duration::from_secs(10)).await;
+    assert!(
+        stopped.status.success(),
+        "{:?}\n{}",
+        stopped.status,
+        stopped.stdout
+    );
+    assert_eq!(imds.completed().len(), 1, "{}", stopped.stdout);
+    assert_eq!(imds.completed()[0].group, "sluice-fleet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifecycle_action_auto_scaling_refuses_is_logged_and_the_drain_still_exits_zero() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let imds = FakeImds::start().await.unwrap();
+    imds.in_group("sluice-fleet", "sluice-drain");
+    let url = departure_backlog(&env, "refused", 400).await;
+    // The hook's name is wrong: Auto Scaling refuses the completion.
+    let child = departure_run(
+        &env,
+        &imds,
+        &url,
+        &[
+            ("SLUICE__SPOT__SCALE_IN", "true"),
+            ("SLUICE__SPOT__LIFECYCLE_HOOK", "no-such-hook"),
+        ],
+    );
+    wait_written(&env, 50).await;
+    imds.set_lifecycle_state("Terminated");
+    let started = Instant::now();
+    while !child
+        .stdout()
+        .contains("cannot complete the lifecycle action")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{}",
+            child.output_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped = child.exited_within(Duration::from_secs(5)).await;
+    assert!(stopped.status.success(), "{:?}", stopped.status);
+    assert!(
+        stopped
+            .stdout
+            .contains("No Lifecycle Hook found with name no-such-hook"),
+        "{}",
+        stopped.stdout
+    );
+    assert!(imds.completed().is_empty());
+    assert_eq!(imds.refused().len(), 1, "{:?}", imds.refused());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

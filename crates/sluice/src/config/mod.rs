@@ -232,14 +232,15 @@ impl Settings {
         }
     }
 
-    /// With spot.enabled, the drain must end well before the notice's two minutes are up.
+    /// With any departure signal watched, the drain must end well before the spot notice's two
+    /// minutes are up (a spot instance in a group gets the notice whatever else it watches).
     fn check_spot_drain(&self, p: &mut Problems) {
         let (poll, grace) = (self.spot.poll_interval, self.worker.shutdown_grace);
         p.check(
-            !self.spot.enabled || poll + grace <= Duration::from_secs(90),
+            !self.spot.watches_any() || poll + grace <= Duration::from_secs(90),
             "spot.poll_interval",
             format!(
-                "with spot.enabled, spot.poll_interval + worker.shutdown_grace must be at most 90s (the notice comes 2 minutes ahead), got {} + {}",
+                "with a [spot] signal watched, spot.poll_interval + worker.shutdown_grace must be at most 90s (the spot notice comes 2 minutes ahead), got {} + {}",
                 human(poll),
                 human(grace)
             ),
