@@ -5,11 +5,13 @@ scripts/deploy-check.sh. Run with the deploy-py venv's python (PyYAML, cloudcoil
   manifests.py configs SLUICE OUT RENDER... each render's sluice.toml + env through `sluice validate`
   manifests.py schema-drift SCHEMA EXAMPLE  the chart's config keys == config/sluice.example.toml's
   manifests.py iam DIR                      JSON policies == CloudFormation policies, no wildcards
+  manifests.py fleet TEMPLATE README        the EC2 fleet template's invariants, its target == README's
 
 Each prints one summary line per thing checked and exits 1 on the first class of failure.
 """
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -384,6 +386,240 @@ def cmd_iam(directory):
         print(f"iam: {kind}: {len(from_json)} statements, {n} actions, no wildcards, JSON == CloudFormation")
 
 
+def sub_text(value):
+    """The text of an Fn::Sub (its own variables substituted, ${AWS::...} and parameters left as
+    they are), or a plain string; None for anything else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and list(value) == ["Fn::Sub"]:
+        sub = value["Fn::Sub"]
+        if isinstance(sub, str):
+            return sub
+        text, variables = sub
+        for k, v in variables.items():
+            inner = sub_text(v)
+            if inner is None:
+                return None
+            text = text.replace("${%s}" % k, inner)
+        return text
+    return None
+
+
+def readme_example(readme, name):
+    """The README's worked example for NAME: the one line `NAME = <arithmetic> = <number>`. The
+    arithmetic is evaluated too, so the example cannot say one thing and compute another."""
+    with open(readme) as f:
+        lines = [l for l in f.read().splitlines() if re.match(rf"^{name}\s*=", l)]
+    if len(lines) != 1:
+        fail(f"{readme}: want exactly one line `{name} = <arithmetic> = <number>` (the worked example), found {len(lines)}")
+    m = re.fullmatch(rf"{name}\s*=\s*(.+?)\s*=\s*([0-9]+)\s*", lines[0])
+    if not m:
+        fail(f"{readme}: cannot read `{lines[0]}` as `{name} = <arithmetic> = <number>`")
+    expr, stated = m.group(1).replace("×", "*"), int(m.group(2))
+    if not re.fullmatch(r"(ceil|[0-9.\s()+*/-])+", expr):
+        fail(f"{readme}: `{lines[0]}`: the arithmetic may use numbers, + - * × /, brackets and ceil only")
+    computed = eval(expr, {"__builtins__": {}, "ceil": math.ceil})  # checked above: arithmetic only
+    if abs(computed - stated) >= 0.5:
+        fail(f"{readme}: `{lines[0]}`: {m.group(1)} is {computed:g}, not {stated}")
+    return stated
+
+
+def cmd_fleet(template, readme):
+    with open(template) as f:
+        cfn = yaml.safe_load(f)
+    params, res = cfn["Parameters"], cfn["Resources"]
+    where = os.path.basename(template)
+
+    def one(kind):
+        found = [(k, v) for k, v in res.items() if v["Type"] == kind]
+        if len(found) != 1:
+            fail(f"{where}: want exactly one {kind}, found {len(found)}")
+        return found[0]
+
+    def param_default(name):
+        if name not in params or "Default" not in params[name]:
+            fail(f"{where}: parameter {name} is missing or has no default")
+        return params[name]["Default"]
+
+    # The group, under the fixed name everything else is scoped to.
+    group_id, group = one("AWS::AutoScaling::AutoScalingGroup")
+    gp = group["Properties"]
+    own_name = "${AWS::StackName}-sluice"
+    if sub_text(gp.get("AutoScalingGroupName")) != own_name:
+        fail(f"{where}: the group must be named {own_name!r} (the IAM scope and sluice's environment use that name)")
+
+    # Spot above the base, from several instance types.
+    mip = gp.get("MixedInstancesPolicy") or fail(f"{where}: the group needs a MixedInstancesPolicy")
+    lt_id, lt = one("AWS::EC2::LaunchTemplate")
+    if mip["LaunchTemplate"]["LaunchTemplateSpecification"].get("LaunchTemplateId") != {"Ref": lt_id}:
+        fail(f"{where}: the group must launch from the template's {lt_id}")
+    choices = [t.strip() for t in str(param_default("InstanceTypes")).split(",")] if "InstanceTypes" in params else []
+    types = []
+    for o in mip["LaunchTemplate"].get("Overrides", []):
+        t = o.get("InstanceType")
+        if isinstance(t, dict) and "Fn::Select" in t:
+            i, ref = t["Fn::Select"]
+            if ref != {"Ref": "InstanceTypes"} or not isinstance(i, int) or i >= len(choices):
+                fail(f"{where}: override {t} must select within the InstanceTypes default ({len(choices)} types)")
+            t = choices[i]
+        if not isinstance(t, str):
+            fail(f"{where}: cannot read the override's instance type {t}")
+        types.append(t)
+    if len(types) < 3 or len(set(types)) != len(types):
+        fail(f"{where}: want at least 3 distinct instance type overrides (spot pools to draw from), have {types}")
+    # The package and the AMI are x86_64: no Graviton (arm64) types.
+    arm = [t for t in types if re.match(r"^(a1|[a-z]+[0-9]+g)", t)]
+    if arm:
+        fail(f"{where}: {arm} are arm64 (Graviton); the package and the AMI are x86_64")
+    if "x86_64" not in str(params.get("ImageId", {}).get("Default", "")):
+        fail(f"{where}: ImageId's default must be an x86_64 AMI, like the package")
+    dist = mip.get("InstancesDistribution", {})
+    if dist.get("OnDemandPercentageAboveBaseCapacity") != 0:
+        fail(f"{where}: OnDemandPercentageAboveBaseCapacity must be 0 (spot above the on-demand base)")
+    if dist.get("OnDemandBaseCapacity") != {"Ref": "OnDemandBaseCapacity"} or param_default("OnDemandBaseCapacity") != 0:
+        fail(f"{where}: OnDemandBaseCapacity must be the parameter, default 0")
+    if dist.get("SpotAllocationStrategy") != "price-capacity-optimized":
+        fail(f"{where}: SpotAllocationStrategy must be price-capacity-optimized")
+    if gp.get("CapacityRebalance") is not True:
+        fail(f"{where}: CapacityRebalance must be true (a replacement launches on the rebalance recommendation)")
+    if not any(m.get("Granularity") == "1Minute" and "GroupInServiceInstances" in m.get("Metrics", [])
+               for m in gp.get("MetricsCollection", [])):
+        fail(f"{where}: MetricsCollection must collect GroupInServiceInstances at 1Minute (the scaling metric's divisor)")
+
+    # The drain hook: every termination waits for sluice to drain, CONTINUE if it cannot say so.
+    hooks = [h for h in gp.get("LifecycleHookSpecificationList", [])
+             if h.get("LifecycleTransition") == "autoscaling:EC2_INSTANCE_TERMINATING"]
+    if len(hooks) != 1 or hooks[0].get("LifecycleHookName") != "sluice-drain":
+        fail(f"{where}: want one EC2_INSTANCE_TERMINATING lifecycle hook named sluice-drain, have {hooks}")
+    hook = hooks[0]
+    if hook.get("DefaultResult") != "CONTINUE":
+        fail(f"{where}: the sluice-drain hook's DefaultResult must be CONTINUE")
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "config", "sluice.example.toml"), "rb") as f:
+        grace = duration_s(tomllib.load(f)["worker"]["shutdown_grace"])
+    drain = grace + 10  # sluice exits within shutdown_grace + 10 s
+    if not isinstance(hook.get("HeartbeatTimeout"), int) or hook["HeartbeatTimeout"] <= drain:
+        fail(f"{where}: HeartbeatTimeout {hook.get('HeartbeatTimeout')} must exceed the drain "
+             f"(worker.shutdown_grace {grace} s + 10 s)")
+
+    # Target tracking on the backlog per in-service instance, the user guide's metric math.
+    policies = [(k, v) for k, v in res.items() if v["Type"] == "AWS::AutoScaling::ScalingPolicy"
+                and v["Properties"].get("PolicyType") == "TargetTrackingScaling"]
+    if len(policies) != 1:
+        fail(f"{where}: want one TargetTrackingScaling policy, found {len(policies)}")
+    pid, policy = policies[0]
+    pp = policy["Properties"]
+    if pp.get("AutoScalingGroupName") != {"Ref": group_id}:
+        fail(f"{where}: {pid} must scale the group {group_id}")
+    ttc = pp["TargetTrackingConfiguration"]
+    queries = {q["Id"]: q for q in ttc.get("CustomizedMetricSpecification", {}).get("Metrics", [])}
+    returned = [q for q in queries.values() if q.get("ReturnData") is True]
+    if len(returned) != 1 or "Expression" not in returned[0]:
+        fail(f"{where}: {pid} must return exactly one metric math expression (ReturnData: true)")
+    m = re.fullmatch(r"\(?\s*(\w+)\s*\)?\s*/\s*\(?\s*(\w+)\s*\)?", returned[0]["Expression"])
+    if not m or m.group(1) not in queries or m.group(2) not in queries:
+        fail(f"{where}: {pid}'s expression {returned[0]['Expression']!r} must divide one metric by another")
+
+    def metric(qid, namespace, name, stat, dimension, value):
+        q = queries[qid]
+        ms = q.get("MetricStat", {})
+        met = ms.get("Metric", {})
+        dims = {d["Name"]: d["Value"] for d in met.get("Dimensions", [])}
+        if (met.get("Namespace"), met.get("MetricName"), ms.get("Stat")) != (namespace, name, stat) \
+                or dims.get(dimension) not in value or len(dims) != 1 or q.get("ReturnData") is not False:
+            fail(f"{where}: {pid}: {qid} must be {namespace} {name} ({stat}) for {dimension} = {value[0]}, "
+                 f"not returned on its own; it is {q}")
+
+    metric(m.group(1), "AWS/SQS", "ApproximateNumberOfMessagesVisible", "Sum", "QueueName",
+           [{"Ref": "QueueName"}])
+    metric(m.group(2), "AWS/AutoScaling", "GroupInServiceInstances", "Average", "AutoScalingGroupName",
+           [{"Ref": group_id}, {"Fn::Sub": own_name}])
+    if ttc.get("TargetValue") != {"Ref": "BacklogPerInstanceTarget"}:
+        fail(f"{where}: {pid}'s TargetValue must be the BacklogPerInstanceTarget parameter")
+    target = param_default("BacklogPerInstanceTarget")
+    want = readme_example(readme, "BacklogPerInstanceTarget")
+    if target != want:
+        fail(f"{where}: BacklogPerInstanceTarget defaults to {target}, but {readme}'s worked example gives {want}")
+    max_size = param_default("MaxSize")
+    if gp.get("MaxSize") != {"Ref": "MaxSize"} or max_size != readme_example(readme, "MaxSize"):
+        fail(f"{where}: MaxSize must be the parameter, defaulting to the worked example's {readme_example(readme, 'MaxSize')}")
+    if params.get("MinSize", {}).get("MinValue", 0) < 1:
+        fail(f"{where}: MinSize must be at least 1 (the metric divides by the instances in service)")
+
+    # The launch template: IMDSv2 only, the group's tag readable there, encrypted disks.
+    data = lt["Properties"]["LaunchTemplateData"]
+    md = data.get("MetadataOptions", {})
+    if (md.get("HttpEndpoint"), md.get("HttpTokens"), md.get("HttpPutResponseHopLimit"), md.get("InstanceMetadataTags")) \
+            != ("enabled", "required", 1, "enabled"):
+        fail(f"{where}: IMDS must be enabled, IMDSv2 only (HttpTokens required), hop limit 1, instance tags on; it is {md}")
+    disks = data.get("BlockDeviceMappings", [])
+    if not disks or not all(d.get("Ebs", {}).get("Encrypted") is True for d in disks):
+        fail(f"{where}: every EBS volume of the launch template must be encrypted")
+
+    # The user data: install, the environment file with exactly its four lines, start.
+    ud = data.get("UserData", {})
+    script = sub_text(ud.get("Fn::Base64")) if isinstance(ud, dict) else None
+    if script is None:
+        fail(f"{where}: UserData must be Fn::Base64 of an Fn::Sub script")
+    if not script.startswith("#!/bin/bash\n") or "\nset -euo pipefail\n" not in script:
+        fail(f"{where}: the user data must be a bash script that starts with set -euo pipefail")
+    for want_cmd in ("dnf install -y", "apt-get install -y", "curl -fsSLo"):
+        if want_cmd not in script:
+            fail(f"{where}: the user data must install the package with `{want_cmd}`")
+    env = re.search(r"^cat >/etc/sluice/sluice\.env <<'EOF'\n(.*?)\nEOF$", script, re.M | re.S)
+    if not env:
+        fail(f"{where}: the user data must write /etc/sluice/sluice.env with `cat >/etc/sluice/sluice.env <<'EOF'`")
+    want_env = [
+        "SLUICE__SQS__QUEUE_URL=${QueueUrl}",
+        "SLUICE__DYNAMODB__TABLE=${TableName}",
+        "SLUICE__SPOT__REBALANCE=true",
+        f"SLUICE__SPOT__AUTOSCALING_GROUP={own_name}",
+    ]
+    if env.group(1).split("\n") != want_env:
+        fail(f"{where}: /etc/sluice/sluice.env must hold exactly {want_env}, not {env.group(1).splitlines()}")
+    mode = script.find("install -m 0600 -o root -g root /dev/null /etc/sluice/sluice.env\n")
+    if mode < 0 or mode > env.start():
+        fail(f"{where}: the user data must create /etc/sluice/sluice.env 0600 root:root before writing it")
+    if not re.search(r"^systemctl start sluice\.service$", script[env.end():], re.M):
+        fail(f"{where}: the user data must `systemctl start sluice.service` after writing its environment")
+    rendered = re.sub(r"\$\{([A-Za-z0-9:]+)\}", "placeholder", script)
+    r = subprocess.run(["bash", "-n"], input=rendered, capture_output=True, text=True)
+    if r.returncode != 0:
+        fail(f"{where}: the user data is not valid bash: {r.stderr.strip()}")
+
+    # The instance role: the worker policy, and CompleteLifecycleAction on this group only.
+    profile_ref = data.get("IamInstanceProfile", {}).get("Arn", {}).get("Fn::GetAtt", [None])[0]
+    if res.get(profile_ref, {}).get("Type") != "AWS::IAM::InstanceProfile":
+        fail(f"{where}: the launch template must use the template's instance profile")
+    roles = res[profile_ref]["Properties"]["Roles"]
+    if len(roles) != 1 or "Ref" not in roles[0] or res.get(roles[0]["Ref"], {}).get("Type") != "AWS::IAM::Role":
+        fail(f"{where}: the instance profile must hold the template's one role")
+    role = res[roles[0]["Ref"]]["Properties"]
+    if {"Ref": "WorkerPolicyArn"} not in role.get("ManagedPolicyArns", []):
+        fail(f"{where}: the instance role must carry WorkerPolicyArn")
+    want_arn = ("arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}:autoScalingGroup:*:"
+                f"autoScalingGroupName/{own_name}")
+    scoped = 0
+    for p in role.get("Policies", []):
+        statements(p["PolicyDocument"])  # named, Allow, no wildcard actions or bare "*" resources
+        for st in p["PolicyDocument"]["Statement"]:
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            if "autoscaling:CompleteLifecycleAction" in actions:
+                resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+                if [sub_text(r) for r in resources] != [want_arn] or "Condition" in st:
+                    fail(f"{where}: autoscaling:CompleteLifecycleAction must be on {want_arn} alone, "
+                         f"not {resources}")
+                scoped += 1
+    if scoped != 1:
+        fail(f"{where}: the instance role must allow autoscaling:CompleteLifecycleAction in exactly one statement")
+
+    print(f"fleet: {len(types)} x86_64 instance types, spot above {param_default('OnDemandBaseCapacity')} on demand "
+          f"(price-capacity-optimized), capacity rebalancing; hook sluice-drain on terminate, CONTINUE after "
+          f"{hook['HeartbeatTimeout']} s (drain ≤ {drain} s); target {target} visible messages per in-service "
+          f"instance (SQS visible / GroupInServiceInstances) and MaxSize {max_size} == the README's example; "
+          f"IMDSv2 only; user data writes the 4 env lines and starts sluice.service; CompleteLifecycleAction on "
+          f"this group only")
+
+
 def main():
     if len(sys.argv) < 2:
         fail(__doc__)
@@ -396,6 +632,8 @@ def main():
         cmd_schema_drift(args[0], args[1])
     elif cmd == "iam":
         cmd_iam(args[0])
+    elif cmd == "fleet":
+        cmd_fleet(args[0], args[1])
     else:
         fail(f"unknown command {cmd}")
 
