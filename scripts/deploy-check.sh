@@ -8,11 +8,18 @@
 #                    1.31, 1.37) on every render; KEDA and Prometheus Operator objects against
 #                    their models; every rendered sluice.toml through `sluice validate`; the
 #                    chart's config schema against config/sluice.example.toml
-#   checkov          every render, the IAM CloudFormation template, the Dockerfile: 0 failed
-#                    (each skip justified below)
+#   checkov          every render, the IAM and EC2 fleet CloudFormation templates, the Dockerfile:
+#                    0 failed (each skip justified below)
 #   IAM              JSON policies == CloudFormation policies, no wildcard
+#   CloudFormation   cfn-lint on both templates (0 errors, 0 warnings); the EC2 fleet template's
+#                    invariants (spot pools, drain hook, backlog-per-instance metric math, target ==
+#                    deploy/ec2/README.md's worked example, IMDSv2, user data, IAM scope)
 #   systemd          systemd-analyze verify (any output fails) and security ≤ 2.0 for both units;
 #                    the spot-drain script against an IMDSv2 stand-in
+#   packages         the .deb and .rpm built from the binary under check: lintian and rpmlint
+#                    clean (justified overrides), contents and config files asserted, units as
+#                    packaged verified, each installed into a scratch root (enabled, not started),
+#                    and the install guide's steps run there against sluice sim
 #   Prometheus       promtool check rules, promtool test rules, the chart's copy is identical
 #   dashboards       JSON round-trips through grafana-foundation-sdk, every query parses
 #   live             sluice sim + sluice run (as systemd would run it: NOTIFY_SOCKET, WATCHDOG_USEC)
@@ -88,6 +95,7 @@ HELM=$T/helm/helm
 KV=$T/deploy-py/bin/kubernetes-validate
 YAMLLINT=$T/deploy-py/bin/yamllint
 CHECKOV=$T/checkov/bin/checkov
+CFNLINT=$T/cfn-lint/bin/cfn-lint
 export HELM_CACHE_HOME=$WORK/helm/cache HELM_CONFIG_HOME=$WORK/helm/config HELM_DATA_HOME=$WORK/helm/data
 if [[ -n ${SLUICE_BIN:-} ]]; then
   SLUICE=$SLUICE_BIN # a binary built elsewhere (e.g. a release build)
@@ -180,6 +188,18 @@ section "IAM policies"
 out=$("$PY" deploy/check/manifests.py iam deploy/iam) || die "IAM check failed"
 echo "$out"; while read -r line; do note "${line#iam: }"; done <<<"$out"
 
+section "CloudFormation (cfn-lint)"
+# Both templates against the resource schemas bundled in the pinned cfn-lint: property names and
+# types, allowed values, Ref/GetAtt/Sub targets. Any error or warning fails (no rule is ignored);
+# informational findings are off, as by default.
+CFN_TEMPLATES=(deploy/iam/sluice-iam.cfn.yaml deploy/ec2/sluice-fleet.cfn.yaml)
+out=$("$CFNLINT" -- "${CFN_TEMPLATES[@]}" 2>&1) || { echo "$out"; die "cfn-lint found problems"; }
+[[ -z $out ]] || { echo "$out"; die "cfn-lint printed findings"; }
+note "cfn-lint $("$CFNLINT" --version | awk '{print $2}'): ${#CFN_TEMPLATES[@]} templates (IAM, EC2 fleet): 0 errors, 0 warnings"
+out=$("$PY" deploy/check/manifests.py fleet deploy/ec2/sluice-fleet.cfn.yaml deploy/ec2/README.md) \
+  || die "EC2 fleet template check failed"
+echo "$out"; note "${out#fleet: }"
+
 section "checkov"
 # checkov_run NAME FRAMEWORK FILE [--skip-check IDS]: requires 0 failed and at least one resource.
 CK_PASSED=0 CK_FAILED=0 CK_SKIPPED=0
@@ -221,13 +241,14 @@ for render in "${RENDERS[@]}"; do
   checkov_run "$name" kubernetes "$render" "${skips[@]+"${skips[@]}"}"
 done
 checkov_run iam cloudformation deploy/iam/sluice-iam.cfn.yaml
+checkov_run ec2-fleet cloudformation deploy/ec2/sluice-fleet.cfn.yaml
 checkov_run docker dockerfile deploy/docker/Dockerfile
-note "checkov: ${#RENDERS[@]} renders + IAM CloudFormation + Dockerfile: $CK_PASSED passed, $CK_FAILED failed, $CK_SKIPPED skipped by annotation (helm test pod: CKV_K8S_8/9 probes, CKV_K8S_43 busybox tag); excluded: CKV2_K8S_6 on the no-NetworkPolicy render, CKV_K8S_43 on the by-tag render"
+note "checkov: ${#RENDERS[@]} renders + IAM and EC2 fleet CloudFormation + Dockerfile: $CK_PASSED passed, $CK_FAILED failed, $CK_SKIPPED skipped by annotation (helm test pod: CKV_K8S_8/9 probes, CKV_K8S_43 busybox tag); excluded: CKV2_K8S_6 on the no-NetworkPolicy render, CKV_K8S_43 on the by-tag render"
 
 section "yamllint"
 "$YAMLLINT" -s -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: {check-keys: false}, comments: {min-spaces-from-content: 1}, braces: {max-spaces-inside: 1}, brackets: {max-spaces-inside: 1}}}' \
   deploy/prometheus/*.yaml "$CHART/values.yaml" "$CHART/Chart.yaml" "$CHART"/ci/*.yaml deploy/iam/sluice-iam.cfn.yaml \
-  || die "yamllint found problems"
+  deploy/ec2/sluice-fleet.cfn.yaml || die "yamllint found problems"
 note "yamllint: rules, rule tests, chart values and CloudFormation are clean"
 
 # --- systemd ----------------------------------------------------------------------------------
@@ -235,7 +256,7 @@ section "systemd units (deploy/systemd)"
 mkdir -p "$WORK/systemd"
 # verify needs ExecStart to exist: point temporary copies at the built binary and the script.
 sed "s#/usr/bin/sluice#$SLUICE#g" deploy/systemd/sluice.service >"$WORK/systemd/sluice.service"
-sed "s#/usr/local/lib/sluice/sluice-spot-drain.sh#$ROOT/deploy/systemd/sluice-spot-drain.sh#g" \
+sed "s#/usr/libexec/sluice/sluice-spot-drain.sh#$ROOT/deploy/systemd/sluice-spot-drain.sh#g" \
   deploy/systemd/sluice-spot-drain.service >"$WORK/systemd/sluice-spot-drain.service"
 out=$(cd "$WORK/systemd" && systemd-analyze verify --man=no ./sluice.service ./sluice-spot-drain.service 2>&1) || true
 # `verify` exits 0 even on errors: any output at all is a failure.
@@ -268,6 +289,10 @@ spot_s=$(python3 -c "import time; print(f'{time.time() - $spot_start:.1f}')")
 note "sluice-spot-drain.sh: notice posted at 2 s → 'systemctl stop --no-block sluice.service' after ${spot_s} s, exit 0"
 
 # --- Prometheus rules -------------------------------------------------------------------------
+# --- packages -----------------------------------------------------------------------------------
+section "packages (.deb and .rpm, scripts/package.sh)"
+source deploy/check/packages.sh
+
 section "alert rules (deploy/prometheus)"
 out=$(promtool check rules deploy/prometheus/sluice-rules.yaml 2>&1) || { echo "$out"; die "promtool check rules failed"; }
 nrules=$(grep -o 'SUCCESS: [0-9]* rules' <<<"$out")

@@ -8,6 +8,13 @@
 #   $T/deploy-py/       a venv with kubernetes-validate, cloudcoil-models-keda (KEDA CRD models),
 #                       grafana-foundation-sdk, promql-parser, PyYAML, yamllint and matplotlib
 #   $T/checkov/         checkov, in its own venv (it pins many libraries of its own)
+#   $T/cfn-lint/        cfn-lint, in its own venv too (it bundles the CloudFormation resource
+#                       schemas of its release, so its pin is also the pin of what it knows)
+#   $T/cargo-pkg/bin/   cargo-deb and cargo-generate-rpm (cargo install --locked, ~3.5 min the
+#                       first time), which scripts/package.sh runs; from Debian: lintian, rpm,
+#                       rpmlint, which check the packages
+#
+# Usage: install-deploy-tools.sh [packaging]   (packaging: only what scripts/package.sh needs)
 #
 # T = ${SLUICE_TOOLS_DIR:-<repo root>/.tools}. Idempotent: each finished install carries a stamp
 # naming exactly what was installed, and a re-run skips it; an unstamped (interrupted) install is
@@ -26,6 +33,9 @@ PY_PACKAGES=(
   "matplotlib==3.10.3"
 )
 CHECKOV="checkov==3.3.30"
+CFN_LINT="cfn-lint==1.58.0"
+CARGO_DEB="cargo-deb@3.8.0"
+CARGO_RPM="cargo-generate-rpm@0.21.0"
 STAMP=.sluice-installed
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,8 +72,9 @@ ensure_apt_tools() {
   command -v curl >/dev/null || missing+=(curl ca-certificates)
   command -v python3 >/dev/null || missing+=(python3)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  packaging_apt_tools
   if [[ ${#missing[@]} -eq 0 ]]; then
-    log "apt tools: already installed (promtool, prometheus, systemd-analyze, npm, unzip, python3-venv)"
+    log "apt tools: already installed (promtool, prometheus, systemd-analyze, npm, unzip, python3-venv, lintian, rpm, rpmlint)"
     return
   fi
   apt_install "${missing[@]}"
@@ -76,6 +87,34 @@ ensure_apt_tools() {
   fi
   command -v promtool >/dev/null || die "promtool missing after installing prometheus"
   command -v systemd-analyze >/dev/null || die "systemd-analyze missing after installing systemd"
+}
+
+# What the packages need: strip (binutils), dpkg-deb, and the linters and rpm that check them.
+# Adds to the caller's `missing`.
+packaging_apt_tools() {
+  command -v strip >/dev/null || missing+=(binutils)
+  command -v lintian >/dev/null || missing+=(lintian)
+  command -v rpm >/dev/null || missing+=(rpm)
+  command -v rpmlint >/dev/null || missing+=(rpmlint)
+}
+
+# --- cargo-deb and cargo-generate-rpm ---------------------------------------------------------
+# cargo install builds in a scratch target dir and copies the binaries into the root last, so
+# the stamp (written after both) marks a complete install.
+install_cargo_packagers() {
+  local dest=$T/cargo-pkg want="$CARGO_DEB $CARGO_RPM"
+  if stamped "$dest" "$want" && [[ -x $dest/bin/cargo-deb && -x $dest/bin/cargo-generate-rpm ]]; then
+    log "cargo-pkg: already installed ($want)"
+    return
+  fi
+  command -v cargo >/dev/null || die "cargo-pkg: cargo is needed (source scripts/bootstrap.sh)"
+  log "cargo-pkg: installing $want (cargo install --locked; a few minutes the first time)"
+  rm -rf -- "$dest"
+  cargo install --quiet --locked --root "$dest" "$CARGO_DEB"
+  cargo install --quiet --locked --root "$dest" "$CARGO_RPM"
+  printf '%s
+' "$want" >"$dest/$STAMP"
+  log "cargo-pkg: installed ($("$dest/bin/cargo-deb" --version))"
 }
 
 # --- helm -----------------------------------------------------------------------------------
@@ -119,10 +158,22 @@ install_venv() {
   log "$(basename "$dest"): installed"
 }
 
+if [[ ${1:-} == packaging ]]; then
+  missing=()
+  packaging_apt_tools
+  [[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"
+  install_cargo_packagers
+  exit 0
+fi
+[[ $# -eq 0 ]] || die "unknown argument '$1' (expected none, or packaging)"
+
 ensure_apt_tools
+install_cargo_packagers
 install_helm
 install_venv "$T/deploy-py" "${PY_PACKAGES[@]}"
 "$T/deploy-py/bin/kubernetes-validate" --version >/dev/null || die "kubernetes-validate does not run"
 install_venv "$T/checkov" "$CHECKOV"
 "$T/checkov/bin/checkov" --version >/dev/null || die "checkov does not run"
+install_venv "$T/cfn-lint" "$CFN_LINT"
+"$T/cfn-lint/bin/cfn-lint" --version >/dev/null || die "cfn-lint does not run"
 log "all deploy tools present in $T"

@@ -15,6 +15,8 @@ signature needed) and listens on a systemd notify socket. Standard library only.
   live.py notify-sink SOCKET OUT           records sd_notify datagrams, one per line, until killed
   live.py fake-imds PORT_FILE NOTICE_AFTER  IMDSv2 stand-in: a spot interruption notice after
                                             NOTICE_AFTER seconds (404 before), on a free port
+  live.py depth ENDPOINT QUEUE_URL         prints the queue's visible + in-flight messages
+  live.py rows ENDPOINT TABLE              prints the table's item count
 """
 
 import json
@@ -229,6 +231,30 @@ def sqs_outage(endpoint, start, end):
     print(f"ingest: SQS sends work again at {float(end):.0f}s", file=sys.stderr)
 
 
+def depth(endpoint, queue):
+    """Prints the queue's visible + in-flight messages."""
+    attrs = call(endpoint, SQS, "GetQueueAttributes", {
+        "QueueUrl": queue,
+        "AttributeNames": ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    })["Attributes"]
+    print(int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"]))
+
+
+def rows(endpoint, table):
+    """Prints the number of items in the table (a full scan, page by page)."""
+    n, start = 0, None
+    while True:
+        body = {"TableName": table, "Select": "COUNT"}
+        if start:
+            body["ExclusiveStartKey"] = start
+        page = call(endpoint, DDB, "Scan", body)
+        n += page["Count"]
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            break
+    print(n)
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "setup":
@@ -243,6 +269,10 @@ def main():
         notify_sink(*args)
     elif cmd == "fake-imds":
         fake_imds(*args)
+    elif cmd == "depth":
+        depth(*args)
+    elif cmd == "rows":
+        rows(*args)
     else:
         sys.exit(__doc__)
 
