@@ -65,10 +65,22 @@ pub async fn run(settings: Settings) -> Result<u8> {
         );
     }
     notifier.ready("draining the queue into the table");
+    // STOPPING=1 only on SIGTERM or SIGINT. systemd arms TimeoutStopSec when it sees it, and a
+    // drain on a departure signal may outlast that: after a rebalance drain sluice stays, idle,
+    // until Auto Scaling picks the instance, and a scale-in drain ends with the lifecycle call.
+    // Killed at the timeout, Restart=on-failure would start it again, to drain again.
     tokio::spawn({
-        let (notifier, shutdown) = (notifier.clone(), shutdown.clone());
+        let (notifier, signalled, shutdown) =
+            (notifier.clone(), signalled.clone(), shutdown.clone());
         async move {
-            shutdown.cancelled().await;
+            tokio::select! {
+                biased;
+                _ = signalled.cancelled() => {}
+                _ = shutdown.cancelled() => {
+                    notifier.send("STATUS=draining: this instance is going away (the log names the signal)");
+                    signalled.cancelled().await;
+                }
+            }
             notifier.stopping("shutting down: draining in-flight messages");
         }
     });

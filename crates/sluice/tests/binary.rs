@@ -668,6 +668,23 @@ async fn a_rebalance_recommendation_drains_then_waits_for_the_group_to_end_the_i
     let imds = FakeImds::start().await.unwrap();
     imds.in_group("sluice-fleet", "sluice-drain");
     let url = departure_backlog(&env, "rebalance", 2000).await;
+    // What systemd would hear: READY=1, then no STOPPING=1 (which arms TimeoutStopSec) while it
+    // waits idle after the drain, however long that takes.
+    let dir = sluice_testkit::temp_dir("notify");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let listener = tokio::spawn({
+        let heard = heard.clone();
+        async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf).await {
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                heard.lock().unwrap().push_str(&(text + "\n"));
+            }
+        }
+    });
+    let socket_env = socket_path.to_str().unwrap().to_string();
     let mut child = departure_run(
         &env,
         &imds,
@@ -676,6 +693,7 @@ async fn a_rebalance_recommendation_drains_then_waits_for_the_group_to_end_the_i
             ("SLUICE__SPOT__REBALANCE", "true"),
             ("SLUICE__SPOT__SCALE_IN", "true"),
             ("SLUICE__SPOT__AUTOSCALING_GROUP", "sluice-fleet"),
+            ("NOTIFY_SOCKET", &socket_env),
         ],
     );
     wait_written(&env, 200).await;
@@ -710,6 +728,13 @@ async fn a_rebalance_recommendation_drains_then_waits_for_the_group_to_end_the_i
     assert_eq!(written(&env).await, drained, "writing after the drain");
     assert!(imds.completed().is_empty());
     assert_nothing_lost(&env, &url, 2000).await;
+    let said = heard.lock().unwrap().clone();
+    assert!(said.contains("READY=1"), "{said}");
+    assert!(said.contains("this instance is going away"), "{said}");
+    assert!(
+        !said.contains("STOPPING=1"),
+        "STOPPING=1 would arm TimeoutStopSec: {said}"
+    );
 
     imds.set_lifecycle_state("Terminated");
     let stopped = child.exited_within(Duration::from_secs(10)).await;
@@ -721,6 +746,7 @@ async fn a_rebalance_recommendation_drains_then_waits_for_the_group_to_end_the_i
     );
     assert_eq!(imds.completed().len(), 1, "{}", stopped.stdout);
     assert_eq!(imds.completed()[0].group, "sluice-fleet");
+    listener.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
