@@ -288,11 +288,11 @@ spot_s=$(python3 -c "import time; print(f'{time.time() - $spot_start:.1f}')")
   || die "sluice-spot-drain.sh ran 'systemctl $(cat "$WORK/spot/systemctl.log")'"
 note "sluice-spot-drain.sh: notice posted at 2 s → 'systemctl stop --no-block sluice.service' after ${spot_s} s, exit 0"
 
-# --- Prometheus rules -------------------------------------------------------------------------
 # --- packages -----------------------------------------------------------------------------------
 section "packages (.deb and .rpm, scripts/package.sh)"
 source deploy/check/packages.sh
 
+# --- Prometheus rules -------------------------------------------------------------------------
 section "alert rules (deploy/prometheus)"
 out=$(promtool check rules deploy/prometheus/sluice-rules.yaml 2>&1) || { echo "$out"; die "promtool check rules failed"; }
 nrules=$(grep -o 'SUCCESS: [0-9]* rules' <<<"$out")

@@ -496,10 +496,14 @@ def cmd_fleet(template, readme):
         fail(f"{where}: the sluice-drain hook's DefaultResult must be CONTINUE")
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "config", "sluice.example.toml"), "rb") as f:
         grace = duration_s(tomllib.load(f)["worker"]["shutdown_grace"])
-    drain = grace + 10  # sluice exits within shutdown_grace + 10 s
+    # From the group's pick to the completed action: one poll (spot.poll_interval, 5 s), the drain
+    # (shutdown_grace + 10 s), the IMDS reads for the instance id and the group (about 4 s at
+    # worst) and the CompleteLifecycleAction call (bounded at 10 s).
+    drain = 5 + grace + 10 + 4 + 10
     if not isinstance(hook.get("HeartbeatTimeout"), int) or hook["HeartbeatTimeout"] <= drain:
-        fail(f"{where}: HeartbeatTimeout {hook.get('HeartbeatTimeout')} must exceed the drain "
-             f"(worker.shutdown_grace {grace} s + 10 s)")
+        fail(f"{where}: HeartbeatTimeout {hook.get('HeartbeatTimeout')} must exceed the worst case from "
+             f"the pick to the completed action (poll 5 s + worker.shutdown_grace {grace} s + 10 s + "
+             f"IMDS 4 s + the call 10 s = {drain} s)")
 
     # Target tracking on the backlog per in-service instance, the user guide's metric math.
     policies = [(k, v) for k, v in res.items() if v["Type"] == "AWS::AutoScaling::ScalingPolicy"
@@ -571,7 +575,6 @@ def cmd_fleet(template, readme):
     want_env = [
         "SLUICE__SQS__QUEUE_URL=${QueueUrl}",
         "SLUICE__DYNAMODB__TABLE=${TableName}",
-        "SLUICE__SPOT__REBALANCE=true",
         f"SLUICE__SPOT__AUTOSCALING_GROUP={own_name}",
     ]
     if env.group(1).split("\n") != want_env:

@@ -13,7 +13,10 @@
 #     scratch root: the two settings written by its own command, then what `systemctl start`
 #     would run: the unit's ExecStartPre and ExecStart with its EnvironmentFile, against a
 #     sluice sim. It refuses to start before the settings are written, then drains a backlog and
-#     a SIGTERM ends it with exit 0.
+#     a SIGTERM ends it with exit 0;
+#   - then, in both roots, an upgrade to revision 2 keeps the edited config, and removal (and the
+#     .deb's purge) takes everything away again;
+#   - the binary needs no glibc newer than Amazon Linux 2023's (2.34).
 
 PKG=$WORK/packages
 mkdir -p "$PKG"
@@ -22,6 +25,11 @@ bash scripts/package.sh --binary "$SLUICE" --out "$PKG/out" >"$PKG/build.log" 2>
 DEB=$(ls "$PKG"/out/sluice_*_amd64.deb)
 RPM=$(ls "$PKG"/out/sluice-*.x86_64.rpm)
 echo "  built $(basename "$DEB") and $(basename "$RPM") from $SLUICE"
+# Amazon Linux 2023 has glibc 2.34 (Debian 12: 2.36): a binary needing newer symbols would make
+# an .rpm dnf refuses (its auto-requires are versioned).
+glibc=$(objdump -T "$SLUICE" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n1)
+[[ $(printf '%s\n' "$glibc" GLIBC_2.34 | sort -V | tail -n1) == GLIBC_2.34 ]] \
+  || die "the binary needs $glibc, newer than Amazon Linux 2023's GLIBC_2.34: build on an older glibc"
 
 # --- linters -----------------------------------------------------------------------------------
 out=$(lintian --fail-on error,warning "$DEB" 2>&1) || { echo "$out"; die "lintian failed"; }
@@ -67,7 +75,7 @@ note "contents: $(wc -l <"$PKG/common.files") files in both (+ copyright, change
 mkdir -p "$PKG/ctrl"
 dpkg-deb -e "$DEB" "$PKG/ctrl"
 grep -q 'deb-systemd-helper enable sluice.service' "$PKG/ctrl/postinst" || die "the .deb's postinst does not enable sluice.service"
-! grep -nE 'deb-systemd-invoke (start|restart) |systemctl [^|;]*start ' "$PKG/ctrl/postinst" \
+! grep -nE 'deb-systemd-invoke (start|restart) |_dh_action=(start|restart)|systemctl [^|;]*start ' "$PKG/ctrl/postinst" \
   || die "the .deb's postinst starts a service"
 grep -q 'try-restart sluice.service' "$PKG/ctrl/postinst" || die "an upgrade must restart a running sluice"
 rpm -qp --scripts "$RPM" 2>/dev/null >"$PKG/rpm.scripts"
@@ -199,6 +207,37 @@ code=0
 wait "$GUIDE_PID" || code=$?
 [[ $code == 0 ]] || { tail -n 20 "$PKG/run.log"; die "the guide's sluice exited $code on SIGTERM"; }
 grep -q 'STOPPING=1' "$PKG/notify.log" || die "no STOPPING=1 from the guide's sluice"
-[[ $rows -gt 0 ]] || die "the guide's sluice wrote nothing"
+[[ $rows == 600 ]] || die "the guide's sluice wrote $rows rows of 600 logs"
 grep -q '"watching IMDS for the instance' "$PKG/run.log" || die "the packaged config's departure watchers did not start"
 note "install guide: in the .deb's scratch root, sluice refused to start before the two settings (naming both), then, started as the unit starts it, sent READY=1, drained 600 logs into $rows rows and exited 0 on SIGTERM"
+
+# --- upgrade, remove, purge ------------------------------------------------------------------------
+# Revision 2 of the same files: what an upgrade does to a configured install.
+bash scripts/package.sh --binary "$SLUICE" --out "$PKG/out2" --revision 2 >"$PKG/build2.log" 2>&1 \
+  || { cat "$PKG/build2.log"; die "scripts/package.sh --revision 2 failed"; }
+DEB2=$(ls "$PKG"/out2/sluice_*-2_amd64.deb)
+RPM2=$(ls "$PKG"/out2/sluice-*-2.x86_64.rpm)
+configured() { grep -q "^SLUICE__SQS__QUEUE_URL=$PQUEUE\$" "$1/etc/sluice/sluice.env"; }
+configured "$DROOT" || die "the guide's settings are not in the scratch root's sluice.env"
+dpkg_root -i "$DEB2" >"$PKG/dpkg2.log" 2>&1 || { cat "$PKG/dpkg2.log"; die "dpkg: the upgrade failed"; }
+[[ $(dpkg-query --admindir="$DROOT/var/lib/dpkg" -W -f '${Version}' sluice) == *-2 ]] || die "dpkg: not upgraded to revision 2"
+configured "$DROOT" || die "dpkg: the upgrade lost the settings in sluice.env"
+[[ -L $DROOT/etc/systemd/system/multi-user.target.wants/sluice.service ]] || die "dpkg: the upgrade disabled sluice.service"
+dpkg_root -r sluice >"$PKG/dpkg-r.log" 2>&1 || { cat "$PKG/dpkg-r.log"; die "dpkg -r failed"; }
+[[ ! -e $DROOT/usr/bin/sluice ]] || die "dpkg -r left /usr/bin/sluice"
+configured "$DROOT" || die "dpkg -r must keep the config files (until purge)"
+dpkg_root -P sluice >"$PKG/dpkg-p.log" 2>&1 || { cat "$PKG/dpkg-p.log"; die "dpkg -P failed"; }
+[[ ! -e $DROOT/etc/sluice/sluice.env && ! -e $DROOT/etc/sluice/sluice.toml ]] || die "dpkg -P left the config files"
+[[ ! -L $DROOT/etc/systemd/system/multi-user.target.wants/sluice.service ]] || die "dpkg -P left sluice.service enabled"
+
+echo "SLUICE__SQS__QUEUE_URL=$PQUEUE" >>"$RROOT/etc/sluice/sluice.env"
+rpm --root "$RROOT" -U --nodeps --nosignature "$RPM2" >"$PKG/rpm2.log" 2>&1 || { cat "$PKG/rpm2.log"; die "rpm: the upgrade failed"; }
+[[ $(rpm --root "$RROOT" -q --qf '%{RELEASE}' sluice) == 2 ]] || die "rpm: not upgraded to release 2"
+configured "$RROOT" || die "rpm: the upgrade lost the settings in sluice.env"
+[[ -L $RROOT/etc/systemd/system/multi-user.target.wants/sluice.service ]] || die "rpm: the upgrade disabled sluice.service"
+rpm --root "$RROOT" -e --nodeps sluice >"$PKG/rpm-e.log" 2>&1 || { cat "$PKG/rpm-e.log"; die "rpm -e failed"; }
+[[ ! -e $RROOT/usr/bin/sluice ]] || die "rpm -e left /usr/bin/sluice"
+[[ ! -L $RROOT/etc/systemd/system/multi-user.target.wants/sluice.service ]] || die "rpm -e left sluice.service enabled"
+grep -q "^SLUICE__SQS__QUEUE_URL=$PQUEUE\$" "$RROOT/etc/sluice/sluice.env.rpmsave" \
+  || die "rpm -e must keep the edited sluice.env as sluice.env.rpmsave"
+note "upgrade to revision 2 keeps the edited sluice.env and the enablement in both; dpkg -r keeps the config and -P removes it; rpm -e disables sluice.service and saves the edited sluice.env as .rpmsave; the binary needs at most $glibc (Amazon Linux 2023 has 2.34)"

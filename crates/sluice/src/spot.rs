@@ -164,18 +164,35 @@ pub async fn watch(settings: SpotSettings, shutdown: CancellationToken) -> Optio
         "watching IMDS for the instance's departure"
     );
     let mut failures = Failures::default();
+    // Look at once, then every poll_interval: a sluice (re)started on an instance already going
+    // drains before it has taken much. A stop meanwhile ends the look (IMDS may hang for seconds).
     loop {
+        let found = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            found = look_all(&client, &watched, &mut failures) => found,
+        };
+        if let Some(signal) = found {
+            shutdown.cancel();
+            return Some(signal);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(settings.poll_interval) => {}
         }
-        for &signal in &watched {
-            if look(&client, signal, &mut failures).await {
-                shutdown.cancel();
-                return Some(signal);
-            }
+    }
+}
+
+async fn look_all(
+    client: &aws_config::imds::Client,
+    watched: &[Departure],
+    failures: &mut Failures,
+) -> Option<Departure> {
+    for &signal in watched {
+        if look(client, signal, failures).await {
+            return Some(signal);
         }
     }
+    None
 }
 
 /// After a drain on another signal, with scale-in watched: waits, idle, until Auto Scaling picks
@@ -189,12 +206,16 @@ pub async fn wait_for_termination(poll_interval: Duration, stop: CancellationTok
         "drained; waiting for Auto Scaling to terminate this instance, to complete its lifecycle action"
     );
     loop {
+        let going = tokio::select! {
+            _ = stop.cancelled() => return false,
+            going = look(&client, Departure::ScaleIn, &mut failures) => going,
+        };
+        if going {
+            return true;
+        }
         tokio::select! {
             _ = stop.cancelled() => return false,
             _ = tokio::time::sleep(poll_interval) => {}
-        }
-        if look(&client, Departure::ScaleIn, &mut failures).await {
-            return true;
         }
     }
 }

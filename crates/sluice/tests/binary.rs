@@ -670,21 +670,7 @@ async fn a_rebalance_recommendation_drains_then_waits_for_the_group_to_end_the_i
     let url = departure_backlog(&env, "rebalance", 2000).await;
     // What systemd would hear: READY=1, then no STOPPING=1 (which arms TimeoutStopSec) while it
     // waits idle after the drain, however long that takes.
-    let dir = sluice_testkit::temp_dir("notify");
-    let socket_path = dir.path().join("notify.sock");
-    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
-    let heard = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let listener = tokio::spawn({
-        let heard = heard.clone();
-        async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok(n) = socket.recv(&mut buf).await {
-                let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                heard.lock().unwrap().push_str(&(text + "\n"));
-            }
-        }
-    });
-    let socket_env = socket_path.to_str().unwrap().to_string();
+    let notify = NotifySink::start();
     let mut child = departure_run(
         &env,
         &imds,
@@ -693,7 +679,7 @@ async fn a_rebalance_recommendation_drains_then_waits_for_the_group_to_end_the_i
             ("SLUICE__SPOT__REBALANCE", "true"),
             ("SLUICE__SPOT__SCALE_IN", "true"),
             ("SLUICE__SPOT__AUTOSCALING_GROUP", "sluice-fleet"),
-            ("NOTIFY_SOCKET", &socket_env),
+            ("NOTIFY_SOCKET", &notify.path),
         ],
     );
     wait_written(&env, 200).await;
@@ -728,7 +714,7 @@ async fn a_rebalance_recommendation_drains_then_waits_for_the_group_to_end_the_i
     assert_eq!(written(&env).await, drained, "writing after the drain");
     assert!(imds.completed().is_empty());
     assert_nothing_lost(&env, &url, 2000).await;
-    let said = heard.lock().unwrap().clone();
+    let said = notify.heard();
     assert!(said.contains("READY=1"), "{said}");
     assert!(said.contains("this instance is going away"), "{said}");
     assert!(
@@ -746,7 +732,95 @@ async fn a_rebalance_recommendation_drains_then_waits_for_the_group_to_end_the_i
     );
     assert_eq!(imds.completed().len(), 1, "{}", stopped.stdout);
     assert_eq!(imds.completed()[0].group, "sluice-fleet");
-    listener.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_waiting_after_a_rebalance_drain_exits_zero_at_once() {
+    let env = TestEnv::start(Backend::Sim).await.unwrap();
+    let imds = FakeImds::start().await.unwrap();
+    imds.in_group("sluice-fleet", "sluice-drain");
+    let url = departure_backlog(&env, "rebalance-term", 2000).await;
+    let notify = NotifySink::start();
+    let child = departure_run(
+        &env,
+        &imds,
+        &url,
+        &[
+            ("SLUICE__SPOT__REBALANCE", "true"),
+            ("SLUICE__SPOT__SCALE_IN", "true"),
+            ("NOTIFY_SOCKET", &notify.path),
+        ],
+    );
+    wait_written(&env, 50).await;
+    imds.recommend_rebalance("2026-12-05T12:00:00Z");
+    let started = Instant::now();
+    while !child
+        .stdout()
+        .contains("waiting for Auto Scaling to terminate")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            child.output_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!notify.heard().contains("STOPPING=1"), "{}", notify.heard());
+    // systemctl stop (or a reboot) while it waits: out at once, exit 0, nothing completed.
+    child.sigterm();
+    let stopped = child.exited_within(Duration::from_secs(3)).await;
+    assert!(
+        stopped.status.success(),
+        "{:?}\n{}",
+        stopped.status,
+        stopped.stdout
+    );
+    assert!(notify.heard().contains("STOPPING=1"), "{}", notify.heard());
+    assert!(imds.completed().is_empty());
+    assert_nothing_lost(&env, &url, 2000).await;
+}
+
+/// A systemd notify socket: records the datagrams sluice sends (one per line).
+struct NotifySink {
+    _dir: tempfile::TempDir,
+    path: String,
+    heard: std::sync::Arc<std::sync::Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NotifySink {
+    fn start() -> NotifySink {
+        let dir = sluice_testkit::temp_dir("notify");
+        let path = dir.path().join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let task = tokio::spawn({
+            let heard = heard.clone();
+            async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = socket.recv(&mut buf).await {
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    heard.lock().unwrap().push_str(&(text + "\n"));
+                }
+            }
+        });
+        NotifySink {
+            _dir: dir,
+            path: path.to_str().unwrap().to_string(),
+            heard,
+            task,
+        }
+    }
+
+    fn heard(&self) -> String {
+        self.heard.lock().unwrap().clone()
+    }
+}
+
+impl Drop for NotifySink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,8 +17,8 @@ pub struct SpotSettings {
     /// spot instance.
     pub enabled: bool,
     /// The rebalance recommendation (`events/recommendations/rebalance`): EC2's earlier warning
-    /// that a spot instance is at elevated risk. Turn it on with the Auto Scaling group's
-    /// capacity rebalancing, which launches a replacement: a drained instance does no more work.
+    /// that a spot instance is at elevated risk. A drained instance does no more work and sits
+    /// idle until something ends it (with `scale_in`, until its group picks it).
     pub rebalance: bool,
     /// Auto Scaling scale-in (`autoscaling/target-lifecycle-state` = `Terminated`): drain, then
     /// complete the termination lifecycle hook's action so the instance ends at once.
