@@ -136,8 +136,10 @@ async fn repro_8000_packed_logs_on_a_100_wcu_table_drain_at_the_floor_with_no_ti
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no JSON summary in {stdout}"));
     let messages = summary["messages_sent"].as_u64().unwrap();
+    // ~890 logs a message; a slow machine can flush a few partial batches at the producer's
+    // 50 ms linger (CI once sent 13), which still leaves hundreds of logs a message.
     assert!(
-        messages <= 12,
+        messages <= 20,
         "packed as a producer packs: {messages} messages"
     );
     let settings = example_settings(&url, "requests");
