@@ -20,6 +20,11 @@
 #                    clean (justified overrides), contents and config files asserted, units as
 #                    packaged verified, each installed into a scratch root (enabled, not started),
 #                    and the install guide's steps run there against sluice sim
+#   image            the image the chart runs, assembled from the binary under check
+#                    (scripts/image.sh: FROM scratch, no shell) and run with podman as the rendered
+#                    chart runs it (read-only root, uid 10001, its mounts): validate as the init
+#                    container, ingest spooling through an SQS outage across podman kill, run
+#                    draining a backlog; podman stop exits 0 within the grace period
 #   Prometheus       promtool check rules, promtool test rules, the chart's copy is identical
 #   dashboards       JSON round-trips through grafana-foundation-sdk, every query parses
 #   live             sluice sim + sluice run (as systemd would run it: NOTIFY_SOCKET, WATCHDOG_USEC)
@@ -291,6 +296,10 @@ note "sluice-spot-drain.sh: notice posted at 2 s → 'systemctl stop --no-block 
 # --- packages -----------------------------------------------------------------------------------
 section "packages (.deb and .rpm, scripts/package.sh)"
 source deploy/check/packages.sh
+
+# --- the image the chart runs -------------------------------------------------------------------
+section "image (scripts/image.sh, run with podman as the chart runs it)"
+source deploy/check/image.sh
 
 # --- Prometheus rules -------------------------------------------------------------------------
 section "alert rules (deploy/prometheus)"

@@ -98,6 +98,24 @@ packaging_apt_tools() {
   command -v rpmlint >/dev/null || missing+=(rpmlint)
 }
 
+# --- podman and runc ------------------------------------------------------------------------
+# The image check (deploy/check/image.sh) imports the image scripts/image.sh assembles and runs it
+# with podman. runc, not crun: crun cannot run containers on these hosts (hybrid cgroups), and
+# installing runc first keeps apt from choosing crun for podman's `crun | runc` dependency.
+ensure_container_tools() {
+  local missing=()
+  command -v runc >/dev/null || missing+=(runc)
+  command -v podman >/dev/null || missing+=(podman)
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    log "podman: already installed ($(podman --version 2>/dev/null), $(runc --version 2>/dev/null | head -n1))"
+    return
+  fi
+  [[ " ${missing[*]} " != *" runc "* ]] || apt_install runc
+  [[ " ${missing[*]} " != *" podman "* ]] || apt_install podman
+  command -v podman >/dev/null || die "podman missing after installing it"
+  command -v runc >/dev/null || die "runc missing after installing it"
+}
+
 # --- cargo-deb and cargo-generate-rpm ---------------------------------------------------------
 # cargo install builds in a scratch target dir and copies the binaries into the root last, so
 # the stamp (written after both) marks a complete install.
@@ -168,6 +186,7 @@ fi
 [[ $# -eq 0 ]] || die "unknown argument '$1' (expected none, or packaging)"
 
 ensure_apt_tools
+ensure_container_tools
 install_cargo_packagers
 install_helm
 install_venv "$T/deploy-py" "${PY_PACKAGES[@]}"

@@ -203,6 +203,18 @@ one minute of work at the per-pod floor: fleet.podFloorWcu × 60 ÷ fleet.wcuPer
   mountPath: /etc/sluice-redis
   readOnly: true
 {{- end }}
+{{- if eq .Values.mode "ingest" }}
+{{- if .Values.ingest.apiKeysSecret }}
+- name: api-keys
+  mountPath: /etc/sluice-keys
+  readOnly: true
+{{- end }}
+{{- if .Values.ingest.tlsSecret }}
+- name: tls
+  mountPath: /etc/sluice-tls
+  readOnly: true
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Values arrive as float64 whatever their YAML spelling; turn whole numbers back into integers
