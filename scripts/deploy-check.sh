@@ -74,6 +74,11 @@ cleanup() {
   for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
     wait "$pid" 2>/dev/null || true
   done
+  # The image check's containers and mount, when it stopped half-way.
+  if [[ -n ${IMG_LABEL:-} && -n ${PODMAN+x} ]]; then
+    "${PODMAN[@]}" ps -aq --filter "label=$IMG_LABEL" | xargs -r "${PODMAN[@]}" rm -f >/dev/null 2>&1 || true
+    "${PODMAN[@]}" image unmount "$IMAGE_TAG" >/dev/null 2>&1 || true
+  fi
   if [[ ${KEEP_WORK:-0} == 1 ]]; then
     echo "work dir kept: $WORK"
   else

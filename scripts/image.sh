@@ -3,11 +3,15 @@
 # and no registry: a FROM-scratch image holding only
 #   /usr/local/bin/sluice                     the binary, stripped (as scripts/package.sh does)
 #   the shared libraries `ldd` lists           at the paths ldd prints (the ELF interpreter too)
-#   /etc/ssl/certs/ca-certificates.crt        the host's CA bundle (what rustls/OpenSSL read)
+#   /etc/ssl/certs/ca-certificates.crt        the host's CA bundle: rustls (the AWS SDK) finds it
+#                                             there; OpenSSL (librdkafka's TLS) through the
+#                                             image's SSL_CERT_FILE, as on distroless
 #   /etc/passwd, /etc/group                   one line each: sluice, 10001
+#   /etc/nsswitch.conf                        hosts: files dns (without it glibc asks DNS first
+#                                             and never reads /etc/hosts on an NXDOMAIN)
 # and nothing else: no shell, no /tmp, every file owned by root, no directory writable by
 # anyone but root. Its config is deploy/docker/Dockerfile's: USER 10001:10001, EXPOSE 9464,
-# ENTRYPOINT ["/usr/local/bin/sluice"], CMD ["run", "--config", "/etc/sluice/sluice.toml"].
+# SSL_CERT_FILE, ENTRYPOINT ["/usr/local/bin/sluice"], CMD ["run", "--config", "/etc/sluice/sluice.toml"].
 # (The Dockerfile builds the same layout on distroless, for those who can pull it.)
 #
 #   scripts/image.sh [--binary PATH] [--tag TAG] [--no-strip]
@@ -17,7 +21,7 @@
 #   --tag TAG       the image's name (default localhost/sluice:local)
 #   --no-strip      put the binary in as it is
 #
-# Idempotent: the image carries a label with the digest of its root filesystem, and an image
+# Idempotent: the image carries a label with the digest of its files and config, and an image
 # under TAG with the same digest is kept as it is. A replaced image is removed when nothing else
 # names it. Prints the image id and size last (`image: ID SIZE TAG`). Runs as root (podman's
 # root store); CONTAINERS_CONF and podman's other settings are honoured.
@@ -27,7 +31,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 binary="" tag=localhost/sluice:local strip=1
-usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { printf 'image: error: %s\n' "$*" >&2; exit 1; }
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -88,23 +92,25 @@ cp -L "$CA" "$RFS$CA"
 chmod 0644 "$RFS$CA"
 printf 'sluice:x:10001:10001:sluice:/nonexistent:/sbin/nologin\n' >"$RFS/etc/passwd"
 printf 'sluice:x:10001:\n' >"$RFS/etc/group"
-chmod 0644 "$RFS/etc/passwd" "$RFS/etc/group"
+printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$RFS/etc/nsswitch.conf"
+chmod 0644 "$RFS/etc/passwd" "$RFS/etc/group" "$RFS/etc/nsswitch.conf"
 find "$RFS" -type d -exec chmod 0755 {} +
 
 # A tar that depends only on the files: sorted, root-owned, one mtime.
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --format=gnu \
   -C "$RFS" -cf "$STAGE/rootfs.tar" . || die "tar failed"
-digest=$({ sha256sum <"$STAGE/rootfs.tar"; printf '%s\n' "$tag"; } | sha256sum | cut -c1-64)
-
 # --- podman ------------------------------------------------------------------------------------
 CHANGES=(
   --change 'USER 10001:10001'
   --change 'EXPOSE 9464'
+  --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt'
   --change 'ENTRYPOINT ["/usr/local/bin/sluice"]'
   --change 'CMD ["run", "--config", "/etc/sluice/sluice.toml"]'
   --change "LABEL org.opencontainers.image.title=sluice"
-  --change "LABEL io.sluice.rootfs-digest=$digest"
 )
+# The digest covers the files, the config above and the tag: a change to any is a new image.
+digest=$({ sha256sum <"$STAGE/rootfs.tar"; printf '%s\n' "${CHANGES[@]}" "$tag"; } | sha256sum | cut -c1-64)
+CHANGES+=(--change "LABEL io.sluice.rootfs-digest=$digest")
 old_id=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 old_digest=$(podman image inspect --format '{{index .Config.Labels "io.sluice.rootfs-digest"}}' "$tag" 2>/dev/null || true)
 if [[ -n $old_id && $old_digest == "$digest" ]]; then
