@@ -65,40 +65,8 @@ pub async fn run(settings: Settings) -> Result<u8> {
         );
     }
     notifier.ready("draining the queue into the table");
-    // STOPPING=1 only on SIGTERM or SIGINT. systemd arms TimeoutStopSec when it sees it, and a
-    // drain on a departure signal may outlast that: after a rebalance drain sluice stays, idle,
-    // until Auto Scaling picks the instance, and a scale-in drain ends with the lifecycle call.
-    // Killed at the timeout, Restart=on-failure would start it again, to drain again.
-    tokio::spawn({
-        let (notifier, signalled, shutdown) =
-            (notifier.clone(), signalled.clone(), shutdown.clone());
-        async move {
-            tokio::select! {
-                biased;
-                _ = signalled.cancelled() => {}
-                _ = shutdown.cancelled() => {
-                    notifier.send("STATUS=draining: this instance is going away (the log names the signal)");
-                    signalled.cancelled().await;
-                }
-            }
-            notifier.stopping("shutting down: draining in-flight messages");
-        }
-    });
-    let buffer = if settings.kafka.enabled {
-        format!(
-            "kafka {} topics {:?} group {}",
-            settings.kafka.brokers, settings.kafka.topics, settings.kafka.group_id
-        )
-    } else {
-        settings.sqs.queue_url_str().to_owned()
-    };
-    tracing::info!(
-        buffer = %buffer,
-        table = %settings.dynamodb.table,
-        telemetry = %addr,
-        budget_wcu_per_s = settings.rate.wcu_per_second.map(NonZeroU32::get),
-        "sluice started"
-    );
+    tell_systemd_when_stopping(notifier.clone(), signalled.clone(), shutdown.clone());
+    log_started(&settings, addr);
     let writer_stats = pipeline.writer_stats();
     let mut second_signal = second_signal;
     let summary = tokio::select! {
@@ -141,4 +109,46 @@ pub async fn run(settings: Settings) -> Result<u8> {
     server_stop.cancel();
     background_stop.cancel();
     Ok(0)
+}
+
+/// STOPPING=1 only on SIGTERM or SIGINT. systemd arms TimeoutStopSec when it sees it, and a
+/// drain on a departure signal may outlast that: after a rebalance drain sluice stays, idle,
+/// until Auto Scaling picks the instance, and a scale-in drain ends with the lifecycle call.
+/// Killed at the timeout, Restart=on-failure would start it again, to drain again. A departure
+/// drain says only STATUS.
+fn tell_systemd_when_stopping(
+    notifier: std::sync::Arc<Notifier>,
+    signalled: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            _ = signalled.cancelled() => {}
+            _ = shutdown.cancelled() => {
+                notifier.send("STATUS=draining: this instance is going away (the log names the signal)");
+                signalled.cancelled().await;
+            }
+        }
+        notifier.stopping("shutting down: draining in-flight messages");
+    });
+}
+
+/// The `sluice started` log line: what it reads, what it writes, where its telemetry is.
+fn log_started(settings: &Settings, telemetry: std::net::SocketAddr) {
+    let buffer = if settings.kafka.enabled {
+        format!(
+            "kafka {} topics {:?} group {}",
+            settings.kafka.brokers, settings.kafka.topics, settings.kafka.group_id
+        )
+    } else {
+        settings.sqs.queue_url_str().to_owned()
+    };
+    tracing::info!(
+        buffer = %buffer,
+        table = %settings.dynamodb.table,
+        telemetry = %telemetry,
+        budget_wcu_per_s = settings.rate.wcu_per_second.map(NonZeroU32::get),
+        "sluice started"
+    );
 }
