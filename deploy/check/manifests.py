@@ -262,6 +262,22 @@ def cmd_configs(sluice, outdir, renders):
             with open(props, "w") as f:
                 f.write("sasl.username=check\nsasl.password=check\n")
             run_env["SLUICE__KAFKA__PROPERTIES_FILE"] = props
+        if "SLUICE__INGEST__API_KEYS_FILE" in env:
+            # The API-key Secret: validate reads it as ingest would; a stand-in key here.
+            keys = os.path.join(outdir, f"{name}.api_keys")
+            with open(keys, "w") as f:
+                f.write(f"check {'ab' * 32}\n")
+            run_env["SLUICE__INGEST__API_KEYS_FILE"] = keys
+        if "SLUICE__INGEST__TLS_CERT" in env:
+            # The TLS Secret: validate loads the pair as ingest would; a self-signed one here.
+            cert, key = (os.path.join(outdir, f"{name}.tls.{x}") for x in ("crt", "key"))
+            t = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                                "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                                "-subj", "/CN=sluice-check", "-keyout", key, "-out", cert],
+                               capture_output=True, text=True)
+            if t.returncode != 0:
+                fail(f"{render}: cannot make a stand-in TLS pair with openssl:\n{t.stderr}")
+            run_env["SLUICE__INGEST__TLS_CERT"], run_env["SLUICE__INGEST__TLS_KEY"] = cert, key
         r = subprocess.run([sluice, "validate", "--for", want_for, "--config", toml_path],
                            env=run_env, capture_output=True, text=True)
         if r.returncode != 0:

@@ -228,6 +228,20 @@ impl Sluice {
         tail(&self.output(), n)
     }
 
+    /// Waits until stdout holds `text`. Panics with the last output when `limit` passes first.
+    pub async fn wait_for_stdout(&self, text: &str, limit: Duration) {
+        let started = Instant::now();
+        while !self.stdout().contains(text) {
+            assert!(
+                started.elapsed() < limit,
+                "{} did not log {text:?} within {limit:?}:\n{}",
+                self.what,
+                self.output_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until `/healthz` on the telemetry port answers 200. Panics, naming the process, the
     /// port and its last output, when it exits first or `limit` passes.
     pub async fn wait_healthy(&mut self, limit: Duration) {

@@ -9,7 +9,7 @@ pub struct ValidateArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// What the config is for: `run` (the workers; needs dynamodb.table) or `ingest` (needs an
-    /// API key).
+    /// API key; reads ingest.api_keys_file, tls_cert and tls_key as `sluice ingest` would).
     #[arg(long = "for", value_name = "COMMAND", default_value = "run", value_parser = ["run", "ingest"])]
     pub for_command: String,
 }
@@ -17,7 +17,9 @@ pub struct ValidateArgs {
 pub fn command(args: ValidateArgs) -> Outcome {
     let path = args.config.config.as_deref();
     let line = if args.for_command == "ingest" {
-        ingest_line(&config::load_for(path, Mode::Ingest).map_err(Failure::Config)?)
+        let settings = config::load_for(path, Mode::Ingest).map_err(Failure::Config)?;
+        let files = crate::ingest::check_files(&settings.ingest).map_err(Failure::Config)?;
+        ingest_line(&settings, files)
     } else {
         run_line(&config::load(path).map_err(Failure::Config)?)
     };
@@ -25,10 +27,12 @@ pub fn command(args: ValidateArgs) -> Outcome {
     Ok(0)
 }
 
-fn ingest_line(s: &Settings) -> String {
+fn ingest_line(s: &Settings, (keys, https): (usize, bool)) -> String {
     format!(
-        "config ok: ingest on {} → {} (spool: {})",
+        "config ok: ingest on {} ({}, {keys} API key{}) → {} (spool: {})",
         s.ingest.listen,
+        if https { "HTTPS" } else { "HTTP" },
+        if keys == 1 { "" } else { "s" },
         s.producer.kafka_topic.as_ref().map_or_else(
             || format!("queue {}", s.sqs.queue_url_str()),
             |t| format!("kafka {} topic {t}", s.kafka.brokers)

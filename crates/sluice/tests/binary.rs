@@ -41,7 +41,7 @@ fn validate_accepts_the_documented_example_and_a_minimal_config() {
     assert!(out.contains("config ok"), "{out}");
 }
 
-/// `sluice validate --for ingest` on `config`: (exit code, stderr).
+/// `sluice validate --for ingest` on `config`: (exit code, stdout and stderr).
 fn validate_ingest(config: &str) -> (i32, String) {
     let file = temp_file(config, ".toml");
     let out = Command::new(BIN)
@@ -51,8 +51,96 @@ fn validate_ingest(config: &str) -> (i32, String) {
         .expect("run sluice validate");
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).to_string(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
     )
+}
+
+/// The chart's ingest init container runs `sluice validate --for ingest`: a Secret mounted at
+/// the wrong path, or holding the wrong thing, must fail there (exit 2, the key named), not when
+/// the server starts.
+#[test]
+fn validate_for_ingest_reads_the_key_file_and_the_tls_pair_as_ingest_would() {
+    let dir = sluice_testkit::temp_dir("validate-ingest");
+    let at = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let id = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = at("tls.crt", &id.cert.pem());
+    let key = at("tls.key", &id.signing_key.serialize_pem());
+    let keys = at(
+        "keys",
+        &format!("a {}\nb {}\n", "ab".repeat(32), "cd".repeat(32)),
+    );
+    let queue = "[sqs]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/1/logs\"\n";
+    let config = |keys: &str, cert: &str, key: &str| {
+        format!(
+            "{queue}[ingest]\napi_keys_file = \"{keys}\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"
+        )
+    };
+
+    let (code, out) = validate_ingest(&config(&keys, &cert, &key));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(HTTPS, 2 API keys)"), "{out}");
+
+    let missing = dir
+        .path()
+        .join("nothing-here")
+        .to_str()
+        .unwrap()
+        .to_string();
+    for (what, config, needle) in [
+        (
+            "no key file",
+            config(&missing, &cert, &key),
+            "ingest.api_keys_file",
+        ),
+        (
+            "a bad key file",
+            config(&at("bad", "a not-hex\n"), &cert, &key),
+            "ingest.api_keys_file",
+        ),
+        (
+            "no certificate",
+            config(&keys, &missing, &key),
+            "ingest.tls_cert",
+        ),
+        (
+            "a key for a certificate",
+            config(&keys, &key, &key),
+            "ingest.tls_cert",
+        ),
+        (
+            "no private key",
+            config(&keys, &cert, &missing),
+            "ingest.tls_key",
+        ),
+        (
+            "another certificate's key",
+            {
+                let other = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+                config(
+                    &keys,
+                    &cert,
+                    &at("other.key", &other.signing_key.serialize_pem()),
+                )
+            },
+            "do not make a TLS identity",
+        ),
+    ] {
+        let (code, out) = validate_ingest(&config);
+        assert_eq!(code, 2, "{what}: {out}");
+        assert!(out.contains(needle), "{what}: {needle} missing in: {out}");
+        assert!(!out.contains("panicked"), "{what}: {out}");
+    }
+    // Both wrong: both named.
+    let (code, out) = validate_ingest(&config(&missing, &missing, &key));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("ingest.api_keys_file") && out.contains("ingest.tls_cert"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -685,15 +773,9 @@ async fn a_rebalance_recommendation_drains_then_waits_for_the_group_to_end_the_i
     wait_written(&env, 200).await;
     imds.recommend_rebalance("2026-12-05T12:00:00Z");
     // Drained within poll + grace: the summary is logged and the writes stop.
-    let started = Instant::now();
-    while !child.stdout().contains("sluice stopped") {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{}",
-            child.output_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    child
+        .wait_for_stdout("sluice stopped", Duration::from_secs(10))
+        .await;
     assert!(
         child
             .stdout()
@@ -753,18 +835,12 @@ async fn a_sigterm_while_waiting_after_a_rebalance_drain_exits_zero_at_once() {
     );
     wait_written(&env, 50).await;
     imds.recommend_rebalance("2026-12-05T12:00:00Z");
-    let started = Instant::now();
-    while !child
-        .stdout()
-        .contains("waiting for Auto Scaling to terminate")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{}",
-            child.output_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    child
+        .wait_for_stdout(
+            "waiting for Auto Scaling to terminate",
+            Duration::from_secs(10),
+        )
+        .await;
     assert!(!notify.heard().contains("STOPPING=1"), "{}", notify.heard());
     // systemctl stop (or a reboot) while it waits: out at once, exit 0, nothing completed.
     child.sigterm();
@@ -841,18 +917,12 @@ async fn a_lifecycle_action_auto_scaling_refuses_is_logged_and_the_drain_still_e
     );
     wait_written(&env, 50).await;
     imds.set_lifecycle_state("Terminated");
-    let started = Instant::now();
-    while !child
-        .stdout()
-        .contains("cannot complete the lifecycle action")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "{}",
-            child.output_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    child
+        .wait_for_stdout(
+            "cannot complete the lifecycle action",
+            Duration::from_secs(15),
+        )
+        .await;
     let stopped = child.exited_within(Duration::from_secs(5)).await;
     assert!(stopped.status.success(), "{:?}", stopped.status);
     assert!(

@@ -161,6 +161,29 @@ impl Probe for IngestProbe {
     }
 }
 
+/// What `sluice validate --for ingest` reads besides the config, as `sluice ingest` reads it at
+/// start: the API key file and the TLS certificate and key. An init container that runs it
+/// catches a Secret mounted at the wrong path before the server starts. Returns how many API
+/// keys there are and whether it serves HTTPS; or names every file that is wrong.
+pub fn check_files(config: &IngestSettings) -> Result<(usize, bool)> {
+    let keys = load_keys(config).map(|k| k.len());
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => reload::tls_acceptor(cert, key).map(|_| true),
+        _ => Ok(false),
+    };
+    match (keys, tls) {
+        (Ok(keys), Ok(https)) => Ok((keys, https)),
+        (keys, tls) => {
+            let problems: Vec<String> = [keys.err(), tls.err()]
+                .into_iter()
+                .flatten()
+                .map(|e| format!("\n  - {e:#}"))
+                .collect();
+            bail!("the ingest files cannot be used:{}", problems.concat())
+        }
+    }
+}
+
 fn load_keys(config: &IngestSettings) -> Result<Vec<Key>> {
     let mut all: Vec<ApiKey> = config.api_keys.clone();
     if let Some(path) = &config.api_keys_file {

@@ -94,8 +94,12 @@ pub(super) fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsA
     if certs.is_empty() {
         bail!("ingest.tls_cert {} holds no certificate", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("ingest.tls_key {} is not a PEM private key", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
+        format!(
+            "cannot read ingest.tls_key {} as a PEM private key",
+            key.display()
+        )
+    })?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
     let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
