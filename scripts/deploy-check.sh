@@ -24,7 +24,8 @@
 #                    (scripts/image.sh: FROM scratch, no shell) and run with podman as the rendered
 #                    chart runs it (read-only root, uid 10001, its mounts): validate as the init
 #                    container, ingest spooling through an SQS outage across podman kill, run
-#                    draining a backlog; podman stop exits 0 within the grace period
+#                    draining a backlog, the chart's probes answering; podman stop exits 0 within
+#                    the grace period less preStop
 #   Prometheus       promtool check rules, promtool test rules, the chart's copy is identical
 #   dashboards       JSON round-trips through grafana-foundation-sdk, every query parses
 #   live             sluice sim + sluice run (as systemd would run it: NOTIFY_SOCKET, WATCHDOG_USEC)

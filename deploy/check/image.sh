@@ -3,9 +3,10 @@
 # WORK, ROOT, SLUICE, HELM and PY.
 #
 #   - scripts/image.sh assembles the image from the binary under check (FROM scratch: the
-#     binary, its ldd libraries, the CA bundle, a passwd/group line for 10001) and podman imports
-#     it. Its config is deploy/docker/Dockerfile's (USER, ENTRYPOINT, CMD, EXPOSE, the binary's
-#     path), and the chart's (runAsUser/runAsGroup, the metrics port, the config's path).
+#     binary, its ldd libraries, the CA bundle, a passwd/group line for 10001, nsswitch.conf)
+#     and podman imports it. Its config is deploy/docker/Dockerfile's (USER, ENTRYPOINT, CMD,
+#     ENV, EXPOSE, the binary's path), and the chart's (runAsUser/runAsGroup, the metrics port,
+#     the config's path).
 #   - What it must not have: a shell (no sh, bash, dash, ash, busybox anywhere; running /bin/sh
 #     in it fails), anything but the files listed above, a file not owned by root, anything
 #     group- or world-writable, setuid/setgid bits, a root user.
@@ -18,16 +19,19 @@
 #     network. The environment adds only what a local simulator needs (AWS_ENDPOINT_URL, test
 #     credentials, us-east-1, the simulator's queue URL) and moves the chart's 0.0.0.0 listen
 #     addresses to free ports on 127.0.0.1.
-#   - `sluice validate` as the init container runs it (worker and ingest), and refusing a config
-#     without a table; a spool directory outside the volume (on the root filesystem, or /tmp)
-#     cannot be created.
+#   - `sluice validate` as the init container runs it (worker and ingest, which reads the
+#     mounted key and TLS Secrets), refusing a config without a table and a certificate missing
+#     where the chart points; a spool directory outside the volume (on the root filesystem, or
+#     /tmp) cannot be created.
+#   - Each running container passes the chart's startup, liveness and readiness probes (the
+#     paths and port the render gives them).
 #   - ingest: logs sent over HTTPS (the chart's TLS Secret) while SQS refuses every send are
 #     answered 202 and spooled on the volume; `podman kill` (SIGKILL); the next container on the
 #     same volume replays them once SQS is back; `podman stop` ends it with exit 0 within the
-#     chart's terminationGracePeriodSeconds.
+#     chart's terminationGracePeriodSeconds less its preStop sleep (spent before SIGTERM).
 #   - worker: after the init container, `sluice run` drains a backlog (the ingest run's logs
 #     and a direct load) into the table (every row there, the queue empty); `podman stop`
-#     (SIGTERM) ends it with exit 0 within terminationGracePeriodSeconds.
+#     (SIGTERM) ends it with exit 0 within terminationGracePeriodSeconds less preStop.
 # Needs root and podman + runc (scripts/install-deploy-tools.sh). runc, not crun, and
 # containers.conf's default_ulimits emptied (with --ulimit host): what runs on these hosts.
 
@@ -93,7 +97,7 @@ for b in bad:
     print("  " + b, file=sys.stderr)
 sys.exit(1 if bad else 0)
 PY
-note "image config = Dockerfile's final stage: USER $(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["User"], "ENTRYPOINT", json.dumps(c["Entrypoint"]), "CMD", json.dumps(c["Cmd"]), "EXPOSE", *c["ExposedPorts"])' "$IMG/config.json") (= the chart's runAsUser/runAsGroup and metrics.port)"
+note "image config = Dockerfile's final stage: USER $(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["User"], "ENTRYPOINT", json.dumps(c["Entrypoint"]), "CMD", json.dumps(c["Cmd"]), "ENV", *[e for e in c.get("Env") or [] if not e.startswith("PATH=")], "EXPOSE", *c["ExposedPorts"])' "$IMG/config.json") (= the chart's runAsUser/runAsGroup and metrics.port)"
 
 # --- its filesystem: only what it needs ----------------------------------------------------------
 MNT=$("${PODMAN[@]}" image mount "$IMAGE_TAG") || die "podman image mount $IMAGE_TAG failed"
@@ -159,11 +163,26 @@ for t in w["spec"].get("volumeClaimTemplates", []):
     kinds[t["metadata"]["name"]] = "pvc"
 open(f"{out}/grace", "w").write(str(pod["terminationGracePeriodSeconds"]))
 # The kubelet runs a preStop sleep before SIGTERM, inside the grace period.
-pre = pod["containers"][0].get("lifecycle", {}).get("preStop", {})
+pre = (pod["containers"][0].get("lifecycle") or {}).get("preStop") or {}
+assert set(pre) <= {"sleep"}, f"preStop {pre}: the check counts only a sleep preStop in the stop budget"
 open(f"{out}/prestop", "w").write(str(pre.get("sleep", {}).get("seconds", 0)))
 open(f"{out}/fsgroup", "w").write(str(pod.get("securityContext", {}).get("fsGroup", "")))
 open(f"{out}/volumes", "w").write("".join(f"{n}\t{k}\n" for n, k in sorted(kinds.items())))
-for role, c in [("init", x) for x in pod.get("initContainers", [])] + [("main", pod["containers"][0])]:
+# The kubelet's probes: each an httpGet on the port telemetry listens on.
+main = pod["containers"][0]
+ports = {p["name"]: p["containerPort"] for p in main.get("ports", []) if "name" in p}
+listen = [e.get("value", "") for e in main.get("env", []) if e["name"] == "SLUICE__TELEMETRY__LISTEN"]
+assert listen, f"{main['name']}: no SLUICE__TELEMETRY__LISTEN"
+tel_port = int(listen[0].rsplit(":", 1)[1])
+probes = []
+for kind in ("startup", "liveness", "readiness"):
+    g = main.get(f"{kind}Probe", {}).get("httpGet")
+    assert g, f"{main['name']}: no httpGet {kind}Probe"
+    port = ports.get(g["port"], g["port"])
+    assert port == tel_port, f"{main['name']}: the {kind} probe asks port {g['port']} ({port}), not telemetry's {tel_port}"
+    probes.append(f"{kind} {g['path']}\n")
+open(f"{out}/main.probes", "w").write("".join(probes))
+for role, c in [("init", x) for x in pod.get("initContainers", [])] + [("main", main)]:
     assert not c.get("command"), f"{c['name']}: command overrides the image's ENTRYPOINT"
     open(f"{out}/{role}.args", "w").write("".join(a + "\n" for a in c["args"]))
     env = []
@@ -353,7 +372,16 @@ code=0
 ctr_once "sluice-check-$$-validate-bad" "$IMG/validate-bad.log" 30 || code=$?
 [[ $code == 2 ]] && grep -q 'dynamodb.table' "$IMG/validate-bad.log" \
   || { cat "$IMG/validate-bad.log"; die "the init container accepted a config without a table (exit $code)"; }
-note "init containers: 'sluice $(paste -sd' ' "$IMG/worker-keda/init.args")' and the ingest one exit 0 with the chart's mounts, read-only; without a table: exit 2 naming dynamodb.table"
+# The certificate missing where the chart points (a Secret without that key): the ingest init
+# container stops the pod there, naming the setting.
+tls_cert=$(sed -n 's/^SLUICE__INGEST__TLS_CERT=//p' "$IMG/ingest/init.env")
+[[ -n $tls_cert ]] || die "the ingest init container's environment sets no SLUICE__INGEST__TLS_CERT"
+chart_args "$IMG/ingest" init "${SIM_ENV[@]}" SLUICE__INGEST__TLS_CERT="${tls_cert%/*}/missing.crt"
+code=0
+ctr_once "sluice-check-$$-validate-bad-tls" "$IMG/validate-bad-tls.log" 30 || code=$?
+[[ $code == 2 ]] && grep -q 'ingest.tls_cert' "$IMG/validate-bad-tls.log" \
+  || { cat "$IMG/validate-bad-tls.log"; die "the ingest init container accepted a TLS Secret without the certificate (exit $code)"; }
+note "init containers: 'sluice $(paste -sd' ' "$IMG/worker-keda/init.args")' and the ingest one (which reads the key and TLS Secrets) exit 0 with the chart's mounts, read-only; without a table, or with no certificate where the chart points: exit 2 naming dynamodb.table, ingest.tls_cert"
 
 # --- nothing writable but the volume -----------------------------------------------------------------
 for probe in /var/lib/sluice/outside-the-volume /tmp/spool; do
@@ -368,6 +396,18 @@ for probe in /var/lib/sluice/outside-the-volume /tmp/spool; do
 done
 note "read-only: ingest cannot create a spool at /var/lib/sluice/outside-the-volume or /tmp/spool (EROFS, no tmpfs at /tmp)"
 
+# probes_pass DIR ADDR [-v]: every probe of the render in DIR (startup, liveness, readiness: the
+# path the chart gives each) answers 200 on the telemetry address ADDR; -v says which did not.
+probes_pass() {
+  local kind path ok=0
+  while read -r kind path; do
+    if ! curl -sf -o /dev/null "http://$2$path"; then
+      ok=1
+      [[ ${3:-} == -v ]] && echo "  the $kind probe (GET $path) does not answer 200" >&2
+    fi
+  done <"$1/main.probes"
+  return $ok
+}
 # --- ingest: an SQS outage, a SIGKILL, the replay ------------------------------------------------------
 # ctr_ingest NAME LOG: the chart's ingest container on free ports; sets ING_PORT, ING_TEL, ING_PID.
 ctr_ingest() {
@@ -378,7 +418,7 @@ ctr_ingest() {
   CTR_ARGS[-1]=127.0.0.1:$ING_PORT
   ctr_start "$1" "$2"
   ING_PID=$CTR_PID
-  wait_for "curl -sf http://$ING_TEL/readyz" 30 || { tail -n 20 "$2"; die "the ingest container never became ready"; }
+  wait_for "probes_pass $IMG/ingest $ING_TEL" 30 || { tail -n 20 "$2"; probes_pass "$IMG/ingest" "$ING_TEL" -v; die "the ingest container did not pass the chart's probes within 30 s"; }
 }
 metric() { curl -sf "http://$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 sim_faults() { curl -sf -X POST "$IEP/_sim/faults" -H 'Content-Type: application/json' -d "$1" >/dev/null || die "cannot set the simulator's faults"; }
@@ -417,7 +457,7 @@ replayed() { [[ $(metric "$ING_TEL" sluice_producer_spool_messages) == 0 && $(me
   && [[ $(python3 deploy/check/live.py depth "$IEP" "$IQUEUE") -gt 0 ]]; }
 wait_for replayed 60 || { tail -n 20 "$IMG/ingest-2.log"; die "the restarted ingest container did not replay the spool into the queue within 60 s"; }
 ctr_stop "sluice-check-$$-ingest-2" "$ING_PID" "$INGEST_GRACE" "the ingest container"
-note "ingest (HTTPS, the chart's key and TLS Secrets): $INGEST_N logs answered 202 while SQS refused every send, $spooled messages spooled on the volume (by uid 10001); podman kill (137); the next container on the volume replayed them into the queue; podman stop: exit 0 after $STOP_S s (budget after SIGTERM ${INGEST_GRACE} s: grace less preStop)"
+note "ingest (HTTPS, the chart's key and TLS Secrets): $INGEST_N logs answered 202 while SQS refused every send, $spooled messages spooled on the volume (by uid 10001); podman kill (137); the next container on the volume passed the chart's probes and replayed them into the queue; podman stop: exit 0 after $STOP_S s (budget after SIGTERM ${INGEST_GRACE} s: grace less preStop)"
 
 # --- worker: the init container, then drain the backlog ------------------------------------------------
 LOAD_N=1000
@@ -437,13 +477,13 @@ W_T0=$(date +%s.%N)
 ctr_start "sluice-check-$$-worker" "$IMG/worker.log"
 WK_PID=$CTR_PID
 assert_writable "sluice-check-$$-worker"
-wait_for "curl -sf http://$WK_TEL/readyz" 30 || { tail -n 20 "$IMG/worker.log"; die "the worker container never became ready"; }
+wait_for "probes_pass $IMG/worker-keda $WK_TEL" 30 || { tail -n 20 "$IMG/worker.log"; probes_pass "$IMG/worker-keda" "$WK_TEL" -v; die "the worker container did not pass the chart's probes within 30 s"; }
 drained() { [[ $(python3 deploy/check/live.py depth "$IEP" "$IQUEUE") == 0 && $(python3 deploy/check/live.py rows "$IEP" "$ITABLE") == "$EXPECT_ROWS" ]]; }
 wait_for drained 120 || { tail -n 20 "$IMG/worker.log"; die "the worker container did not drain the queue into $EXPECT_ROWS rows within 120 s (depth $(python3 deploy/check/live.py depth "$IEP" "$IQUEUE"), rows $(python3 deploy/check/live.py rows "$IEP" "$ITABLE"))"; }
 DRAIN_S=$(python3 -c "import time; print(f'{time.time() - $W_T0:.1f}')")
 ctr_stop "sluice-check-$$-worker" "$WK_PID" "$WORKER_GRACE" "the worker container"
 grep -q '"level":"ERROR"' "$IMG/worker.log" && { grep '"level":"ERROR"' "$IMG/worker.log" | head -n 5; die "the worker container logged errors"; }
-note "worker (ci/worker-keda render): init container, then $EXPECT_ROWS rows ($INGEST_N replayed by ingest + $LOAD_N loaded) in $ITABLE and the queue empty after $DRAIN_S s; podman stop: exit 0 after $STOP_S s (budget after SIGTERM ${WORKER_GRACE} s)"
+note "worker (ci/worker-keda render): init container, the chart's startup, liveness and readiness probes, then $EXPECT_ROWS rows ($INGEST_N replayed by ingest + $LOAD_N loaded) in $ITABLE and the queue empty after $DRAIN_S s; podman stop: exit 0 after $STOP_S s (budget after SIGTERM ${WORKER_GRACE} s)"
 
 # --- done ------------------------------------------------------------------------------------------------
 mapfile -t left < <("${PODMAN[@]}" ps -a --filter "label=$IMG_LABEL" --format '{{.Names}}')
