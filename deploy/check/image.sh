@@ -77,8 +77,7 @@ def want(what, got, exp):
 want("User (Dockerfile USER)", cfg.get("User"), final["USER"][-1])
 want("Entrypoint (Dockerfile ENTRYPOINT)", cfg.get("Entrypoint"), json.loads(final["ENTRYPOINT"][-1]))
 want("Cmd (Dockerfile CMD)", cfg.get("Cmd"), json.loads(final["CMD"][-1]))
-env = [e for e in final.get("ENV", [])]
-for e in env:
+for e in final.get("ENV", []):
     if e not in (cfg.get("Env") or []):
         bad.append(f"Env: image lacks the Dockerfile's ENV {e!r}")
 want("ExposedPorts (Dockerfile EXPOSE)", sorted(cfg.get("ExposedPorts") or {}), sorted(f"{p}/tcp" for p in final["EXPOSE"][-1].split()))

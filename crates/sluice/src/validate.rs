@@ -3,6 +3,7 @@
 
 use crate::command::{ConfigArgs, Failure, Outcome};
 use crate::config::{self, Mode, Settings};
+use crate::ingest::IngestFiles;
 
 #[derive(clap::Args, Debug)]
 pub struct ValidateArgs {
@@ -18,8 +19,8 @@ pub fn command(args: ValidateArgs) -> Outcome {
     let path = args.config.config.as_deref();
     let line = if args.for_command == "ingest" {
         let settings = config::load_for(path, Mode::Ingest).map_err(Failure::Config)?;
-        let files = crate::ingest::check_files(&settings.ingest).map_err(Failure::Config)?;
-        ingest_line(&settings, files)
+        let files = IngestFiles::load(&settings.ingest).map_err(Failure::Config)?;
+        ingest_line(&settings, &files)
     } else {
         run_line(&config::load(path).map_err(Failure::Config)?)
     };
@@ -27,11 +28,12 @@ pub fn command(args: ValidateArgs) -> Outcome {
     Ok(0)
 }
 
-fn ingest_line(s: &Settings, (keys, https): (usize, bool)) -> String {
+fn ingest_line(s: &Settings, files: &IngestFiles) -> String {
+    let keys = files.key_count();
     format!(
         "config ok: ingest on {} ({}, {keys} API key{}) → {} (spool: {})",
         s.ingest.listen,
-        if https { "HTTPS" } else { "HTTP" },
+        if files.https() { "HTTPS" } else { "HTTP" },
         if keys == 1 { "" } else { "s" },
         s.producer.kafka_topic.as_ref().map_or_else(
             || format!("queue {}", s.sqs.queue_url_str()),

@@ -161,26 +161,44 @@ impl Probe for IngestProbe {
     }
 }
 
-/// What `sluice validate --for ingest` reads besides the config, as `sluice ingest` reads it at
-/// start: the API key file and the TLS certificate and key. An init container that runs it
-/// catches a Secret mounted at the wrong path before the server starts. Returns how many API
-/// keys there are and whether it serves HTTPS; or names every file that is wrong.
-pub fn check_files(config: &IngestSettings) -> Result<(usize, bool)> {
-    let keys = load_keys(config).map(|k| k.len());
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => reload::tls_acceptor(cert, key).map(|_| true),
-        _ => Ok(false),
-    };
-    match (keys, tls) {
-        (Ok(keys), Ok(https)) => Ok((keys, https)),
-        (keys, tls) => {
-            let problems: Vec<String> = [keys.err(), tls.err()]
-                .into_iter()
-                .flatten()
-                .map(|e| format!("\n  - {e:#}"))
-                .collect();
-            bail!("the ingest files cannot be used:{}", problems.concat())
+/// The files `sluice ingest` serves with: the API keys (inline and `api_keys_file`) and, with
+/// `tls_cert` and `tls_key`, the TLS identity. Read once at start, before anything else starts,
+/// and by `sluice validate --for ingest`, so an init container catches a Secret mounted at the
+/// wrong path.
+pub struct IngestFiles {
+    keys: Vec<Key>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl IngestFiles {
+    /// Reads them all, naming every file that is wrong.
+    pub fn load(config: &IngestSettings) -> Result<IngestFiles> {
+        let keys = load_keys(config);
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => reload::tls_acceptor(cert, key).map(Some),
+            _ => Ok(None),
+        };
+        match (keys, tls) {
+            (Ok(keys), Ok(tls)) => Ok(IngestFiles { keys, tls }),
+            (keys, tls) => {
+                let problems: Vec<String> = [keys.err(), tls.err()]
+                    .into_iter()
+                    .flatten()
+                    .map(|e| format!("\n  - {e:#}"))
+                    .collect();
+                bail!("the ingest files cannot be used:{}", problems.concat())
+            }
         }
+    }
+
+    /// How many API keys there are.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether it serves HTTPS.
+    pub fn https(&self) -> bool {
+        self.tls.is_some()
     }
 }
 
@@ -245,7 +263,8 @@ pub async fn command(args: IngestArgs) -> Outcome {
 pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<u8> {
     let metrics = telemetry::install_metrics()?;
     describe_metrics();
-    let keys = load_keys(&settings.ingest)?;
+    let files = IngestFiles::load(&settings.ingest)?;
+    let https = files.https();
     let listen: SocketAddr = match listen {
         Some(text) => text
             .parse()
@@ -254,7 +273,7 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<u8> {
     };
     let (producer, queue_url) = start_producer(&settings).await?;
     let ic = settings.ingest.clone();
-    let state = Arc::new(Ingest::new(&settings, keys, producer.clone()));
+    let state = Arc::new(Ingest::new(&settings, files.keys, producer.clone()));
     let shutdown = CancellationToken::new();
     let server_stop = CancellationToken::new();
     let telemetry_addr = telemetry::serve(
@@ -280,11 +299,7 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<u8> {
         state.clone(),
         ic.drain_delay,
     ));
-    let scheme = if ic.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if https { "https" } else { "http" };
     tracing::info!(
         listen = %addr,
         %scheme,
@@ -293,12 +308,9 @@ pub async fn ingest(settings: Settings, listen: Option<String>) -> Result<u8> {
         spool = ?settings.producer.spool_dir,
         "sluice ingest started: POST {scheme}://{addr}/v1/logs"
     );
-    let tls = match (&ic.tls_cert, &ic.tls_key) {
-        (Some(cert), Some(key)) => Some(Arc::new(std::sync::RwLock::new(reload::tls_acceptor(
-            cert, key,
-        )?))),
-        _ => None,
-    };
+    let tls = files
+        .tls
+        .map(|acceptor| Arc::new(std::sync::RwLock::new(acceptor)));
     if !ic.reload_interval.is_zero() && (tls.is_some() || ic.api_keys_file.is_some()) {
         tokio::spawn(reload::reload(
             ic.clone(),
